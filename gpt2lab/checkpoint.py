@@ -1,0 +1,165 @@
+"""Checkpoints: written atomically, loaded without unpickling code.
+
+A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
+
+- ``model.safetensors``: the weights (the tied LM head is stored once, as the token embedding);
+- ``config.yaml``: the resolved config the run used;
+- ``train_state.pt``: optimizer state, step, data-loader position and RNG states, read back
+  with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+
+The folder is written under a temporary name and renamed into place, so a checkpoint that
+exists is complete: a run killed mid-write leaves only a ``.tmp-*`` folder that is ignored
+and cleaned up by the next save.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import Config, from_dict
+from .errors import UserError
+from .model import GPT
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "train_state.pt"
+TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a small file via a temp name and rename, so readers never see half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model_file(model: GPT, path: Path, metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != TIED}
+    save_file(tensors, str(path), metadata=metadata or {})
+
+
+def load_model_weights(model: GPT, path: Path) -> None:
+    try:
+        tensors = load_file(str(path), device=str(model.transformer.wte.weight.device))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: cannot read model weights ({e}); the file is damaged or not a gpt2lab checkpoint") from None
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(f"{path}: weights do not fit the model config ({first})") from None
+    missing = [k for k in missing if k != TIED]
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: GPT,
+    cfg: Config,
+    train_state: dict,
+    keep: int = 0,
+) -> Path:
+    """Write checkpoint ``step`` (the number of optimizer steps done) and prune old ones."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step:08d}"
+    tmp = ckpt_root / f".tmp-step_{step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
+    (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
+    torch.save({**train_state, "step": step}, tmp / STATE_FILE)
+    for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
+        _fsync(tmp / name)
+    if final.exists():  # re-saving the same step: move the old one aside first
+        old = ckpt_root / f".old-step_{step:08d}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync(ckpt_root)
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob(".tmp-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, or a run folder (its newest checkpoint)."""
+    p = Path(path)
+    if (p / MODEL_FILE).is_file():
+        return p
+    if not p.exists():
+        raise UserError(f"{p}: no such checkpoint or run directory")
+    found = list_checkpoints(p)
+    if not found:
+        raise UserError(f"{p}: no checkpoint found (expected {MODEL_FILE} or checkpoints/step_*/ inside)")
+    return found[-1]
+
+
+def load_checkpoint_config(ckpt: Path) -> Config:
+    path = Path(ckpt) / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; the checkpoint is incomplete") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    return from_dict(raw or {})
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, Config]:
+    """Load a trained model from a checkpoint or run folder, for sampling or evaluation."""
+    ckpt = resolve_checkpoint(path)
+    cfg = load_checkpoint_config(ckpt)
+    model = GPT(cfg.model).to(device)
+    load_model_weights(model, ckpt / MODEL_FILE)
+    model.eval()
+    return model, cfg
+
+
+def load_train_state(ckpt: Path) -> dict:
+    path = Path(ckpt) / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; the checkpoint is incomplete") from None
+    except Exception as e:  # damaged zip, or an object weights_only refuses
+        raise UserError(f"{path}: cannot read training state ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None

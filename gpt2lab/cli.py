@@ -1,0 +1,258 @@
+"""The ``gpt2lab`` command. Each subcommand is a thin layer over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import UserError
+
+EPILOG_TRAIN = """\
+overrides are section.key=value (or key=value when the key is unique), e.g.
+  gpt2lab train --config configs/gpt2-124m.yaml optim.lr=3e-4 train.micro_batch=32
+every key is listed in docs/config.md (or: gpt2lab config --doc)."""
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize text/jsonl/parquet files into token shards",
+        description="Tokenize local .txt/.jsonl/.parquet files (globs allowed, .gz ok) with the GPT-2 BPE into "
+        "llm.c-compatible .bin shards (train_*.bin, val_*.bin) plus manifest.json.",
+    )
+    p.add_argument("inputs", nargs="+", help="input files or globs")
+    p.add_argument("--out", "-o", required=True, help="output folder for the shards")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of tokens for validation (default 0.1)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100M)")
+    p.add_argument("--doc-split", choices=["file", "line", "blank"], default="file",
+                   help=".txt files: one document per file, per line, or per blank-line block (default file)")
+    p.add_argument("--text-key", default="text", help="jsonl key / parquet column holding the text (default text)")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: cores, at most 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (CPU, one GPU, or torchrun)",
+        description="Train a GPT. Config = defaults < --config YAML < key=value overrides.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", "-c", help="YAML config file (see configs/)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue from the newest checkpoint of train.run_dir (or of RUN_DIR, using its config.yaml)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a checkpoint",
+                       description="Generate text from a checkpoint folder or a run folder (its newest checkpoint).")
+    p.add_argument("checkpoint", help="checkpoint folder (…/checkpoints/step_N) or run folder")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--num-samples", "-n", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint",
+                       description="Evaluate a checkpoint. Tasks: loss (validation loss over prepared shards).")
+    p.add_argument("task", choices=["loss"], help="what to evaluate")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("--data", help="shard folder (default: the data.dir the model was trained on)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--tokens", type=int, default=None, help="tokens to score (default: eval.val_tokens of the run)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=None, help="default: the run's train.seq_len")
+    p.add_argument("--device", default="auto")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure training tokens/s and MFU",
+        description="Time training steps on random tokens and report tokens/s and MFU against a bf16 (and fp32) "
+        "matmul peak measured in the same run on the same device.",
+    )
+    p.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    p.add_argument("--batch", "-B", type=int, default=16, help="micro-batch (default 16)")
+    p.add_argument("--seq-len", "-T", type=int, default=256, help="sequence length (default 256)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off", help="torch.compile (both = side by side)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after --warmup)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print results as JSON lines")
+
+
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser(
+        "quickstart",
+        help="prepare the shipped tinyshakespeare, train a small model on CPU, sample",
+        description="The whole loop on the corpus shipped inside gpt2lab: prepare tinyshakespeare, train the "
+        "quickstart model (about 10 minutes on 2 CPU cores), report validation loss, save a checkpoint, print samples.",
+    )
+    p.add_argument("--out", default="runs/quickstart", help="run folder (default runs/quickstart)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of configs/quickstart.yaml, e.g. max_steps=50")
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="show config options", description="Print the config reference or a resolved config.")
+    p.add_argument("--doc", action="store_true", help="print the Markdown reference of every key")
+    p.add_argument("--config", "-c", help="YAML config to resolve")
+    p.add_argument("overrides", nargs="*")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gpt2lab",
+        description="Pretrain GPT-2-class language models from scratch: prepare, train, eval, sample.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpt2lab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_quickstart, _add_prepare, _add_train, _add_sample, _add_eval, _add_bench, _add_config):
+        add(sub)
+    return parser
+
+
+def cmd_prepare(args) -> None:
+    from .data.prepare import prepare
+
+    manifest = prepare(args.inputs, args.out, val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
+                       doc_split=args.doc_split, text_key=args.text_key, workers=args.workers,
+                       overwrite=args.overwrite)
+    totals = manifest.get("total_tokens", {})
+    print(f"wrote {args.out}: {json.dumps(totals)}")
+
+
+def cmd_train(args) -> None:
+    from .config import load_config
+    from .train import train
+
+    config_path = args.config
+    overrides = list(args.overrides)
+    if isinstance(args.resume, str):  # --resume RUN_DIR: that run's config, then overrides
+        if config_path is None:
+            config_path = os.path.join(args.resume, "config.yaml")
+        overrides.append(f"train.run_dir={args.resume}")
+    cfg = load_config(config_path, overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return
+    summary = train(cfg, resume=bool(args.resume))
+    if "val_loss" in summary:
+        print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, run in {summary['run_dir']}")
+
+
+def cmd_sample(args) -> None:
+    import torch
+
+    from .checkpoint import load_model
+    from .distributed import resolve_device
+    from .generate import generate
+    from .tokenizer import EOT_TOKEN, get_tokenizer
+
+    device = resolve_device(args.device)
+    model, _ = load_model(args.checkpoint, device=device)
+    tok = get_tokenizer()
+    prompt = tok.encode_ordinary(args.prompt) if args.prompt else [EOT_TOKEN]
+    if len(prompt) >= model.config.block_size:
+        raise UserError(f"--prompt is {len(prompt)} tokens; the model's block_size is {model.config.block_size}")
+    stream = args.num_samples == 1 and sys.stdout.isatty()
+    pieces: list[int] = []
+
+    def on_token(t: torch.Tensor) -> None:  # stream a single sample to the terminal as it comes
+        pieces.append(int(t[0]))
+        text = tok.decode(pieces)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            print(text, end="", flush=True)
+            pieces.clear()
+
+    outs = generate(model, prompt, args.max_new_tokens, num_samples=args.num_samples, temperature=args.temperature,
+                    top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop_token=EOT_TOKEN,
+                    on_token=on_token if stream else None)
+    if stream:
+        print()
+        return
+    for i, out in enumerate(outs):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(args.prompt + tok.decode(out))
+
+
+def cmd_eval(args) -> None:
+    from .checkpoint import load_model
+    from .distributed import resolve_device
+    from .evals.loss import eval_windows, evaluate_loss
+    from .train import autocast_for, resolve_dtype
+
+    device = resolve_device(args.device)
+    model, cfg = load_model(args.checkpoint, device=device)
+    data = args.data or cfg.data.dir
+    T = args.seq_len or cfg.train.seq_len
+    windows = eval_windows(data, args.split, T, args.tokens or cfg.eval.val_tokens)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    autocast = autocast_for(device_type, resolve_dtype("auto", device_type))
+    loss = evaluate_loss(model, windows, args.batch_size, device, autocast)
+    print(json.dumps({"task": "loss", "split": args.split, "data": str(data), "tokens": len(windows) * T, "loss": loss}))
+
+
+def cmd_bench(args) -> None:
+    from .bench import run_bench
+
+    run_bench(preset=args.preset, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, compile_mode=args.compile,
+              steps=args.steps, warmup=args.warmup, device=args.device, as_json=args.json)
+
+
+def cmd_quickstart(args) -> None:
+    from .quickstart import quickstart
+
+    quickstart(args.out, args.overrides)
+
+
+def cmd_config(args) -> None:
+    from .config import config_doc, load_config
+
+    if args.doc:
+        print(config_doc(), end="")
+    else:
+        print(load_config(args.config, args.overrides).to_yaml(), end="")
+
+
+COMMANDS = {
+    "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
+    "bench": cmd_bench, "quickstart": cmd_quickstart, "config": cmd_config,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC: a full disk is the user's to fix, not a bug
+            print(f"error: disk full while writing {e.filename or ''}: free space and retry (checkpoints are written "
+                  "atomically, the last complete one is intact)", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Token data: the shard format, corpus preparation and the training loader.
+
+``TokenLoader`` is imported lazily so that ``prepare`` (and its worker processes) do not
+pay for importing torch.
+"""
+
+from .prepare import MANIFEST, prepare, verify
+from .shards import MAGIC, VERSION, find_shards, read_shard, write_shard
+
+__all__ = ["MAGIC", "VERSION", "MANIFEST", "TokenLoader", "find_shards", "prepare", "read_shard", "verify", "write_shard"]
+
+
+def __getattr__(name):
+    if name == "TokenLoader":
+        from .loader import TokenLoader
+
+        return TokenLoader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

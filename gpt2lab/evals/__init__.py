@@ -1,0 +1,1 @@
+"""Evaluations: validation loss (HellaSwag and LAMBADA come with the evaluation issue)."""

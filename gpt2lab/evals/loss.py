@@ -1,0 +1,57 @@
+"""Validation loss over a fixed set of token windows, the same whatever the world size or batch.
+
+The first ``max_tokens`` tokens of the split are cut into windows of ``seq_len + 1`` tokens
+(stride ``seq_len``, crossing shard boundaries only by starting a new window in the next shard).
+Rank r scores windows r, r + world, ...; per-token losses are summed and all-reduced, so the
+result is the mean loss over exactly the same tokens for any world size or batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ..data.shards import find_shards, read_shard
+from ..distributed import DistInfo, all_reduce_sum
+
+
+def eval_windows(data_dir, split: str, seq_len: int, max_tokens: int) -> list[np.ndarray]:
+    """Up to max_tokens // seq_len windows of seq_len + 1 tokens, in order, from the split's shards."""
+    n_windows = max(1, max_tokens // seq_len)
+    windows = []
+    for path in find_shards(data_dir, split):
+        tokens = read_shard(path)
+        for start in range(0, len(tokens) - seq_len, seq_len):
+            windows.append(tokens[start : start + seq_len + 1])
+            if len(windows) == n_windows:
+                return windows
+    return windows
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: torch.nn.Module,
+    windows: list[np.ndarray],
+    batch_size: int,
+    device: str,
+    autocast: contextlib.AbstractContextManager | None = None,
+    dist_info: DistInfo | None = None,
+) -> float:
+    """Mean next-token loss over all ``windows`` (see :func:`eval_windows`)."""
+    info = dist_info or DistInfo(device=device)
+    mine = windows[info.rank :: info.world_size]
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
+    ctx = autocast or contextlib.nullcontext()
+    for i in range(0, len(mine), batch_size):
+        batch = torch.from_numpy(np.stack(mine[i : i + batch_size]).astype(np.int64)).to(device)
+        with ctx:
+            _, loss = model(batch[:, :-1], batch[:, 1:], reduction="sum")
+        total[0] += loss.double()
+        total[1] += batch[:, 1:].numel()
+    model.train(was_training)
+    all_reduce_sum(total, info)
+    return (total[0] / total[1]).item()

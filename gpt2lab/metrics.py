@@ -1,0 +1,72 @@
+"""Run metrics: one JSON object per line in RUN_DIR/metrics.jsonl, optionally TensorBoard too.
+
+Every record has ``step`` and ``kind`` ("train", "val", "sample", ...) plus its values, so a
+run's history is read back with :func:`read_metrics` (and plotted, compared, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = False):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)  # line-buffered: a killed run loses no whole line
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("train.tensorboard=true needs tensorboard: pip install tensorboard") from None
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def log(self, kind: str, step: int, **values) -> None:
+        record = {"kind": kind, "step": step, **{k: _jsonable(v) for k, v in values.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf
+    return v
+
+
+def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    records = []
+    with open(path) as f:
+        for line in f:
+            if line.endswith("\n"):  # a torn last line from a killed run is skipped
+                r = json.loads(line)
+                if kind is None or r.get("kind") == kind:
+                    records.append(r)
+    return records
+
+
+def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:
+    """Drop records past ``after_step`` (logged after the checkpoint a resumed run restarts from)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [json.dumps(r) + "\n" for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)

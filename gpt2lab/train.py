@@ -1,0 +1,332 @@
+"""The training loop: one function, :func:`train`, that the ``gpt2lab train`` command calls.
+
+Per optimizer step: set the learning rate, run ``accum`` micro-batches (forward under bf16
+autocast where available, loss / accum, backward; under DDP gradients are synchronised on the
+last micro-batch only), clip the gradient norm, step AdamW. Validation loss, samples and
+checkpoints come at their intervals and at the end. Only rank 0 prints and writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt_mod
+from .config import Config
+from .data.loader import TokenLoader
+from .data.shards import find_shards
+from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown
+from .errors import UserError
+from .evals.loss import eval_windows, evaluate_loss
+from .generate import generate
+from .metrics import MetricsWriter, truncate_metrics
+from .model import GPT
+from .optim import build_optimizer, lr_at
+from .tokenizer import EOT_TOKEN, get_tokenizer
+
+
+class TrainingDiverged(UserError):
+    """Loss or gradient norm became NaN/inf."""
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(name: str, device_type: str) -> torch.dtype:
+    """The autocast dtype: bfloat16 where the hardware runs it natively, else float32."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device_type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def autocast_for(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def grad_accum_steps(cfg: Config, world_size: int) -> int:
+    per_micro = cfg.train.micro_batch * cfg.train.seq_len * world_size
+    total = cfg.train.total_batch_tokens or per_micro
+    if total % per_micro:
+        raise UserError(
+            f"config key 'train.total_batch_tokens': {total} is not a multiple of micro_batch x seq_len x processes "
+            f"= {cfg.train.micro_batch} x {cfg.train.seq_len} x {world_size} = {per_micro}"
+        )
+    return total // per_micro
+
+
+def _rng_state(device: str) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: str) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.startswith("cuda"):
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _gather(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` (small, trusted, from our own processes), in rank order."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _due(every: int, step: int, last: bool) -> bool:
+    """Interval semantics shared by eval/sample: N > 0 every N steps and at the end, 0 only at the end, -1 never."""
+    return every >= 0 and (last or (every > 0 and step % every == 0))
+
+
+def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Train a model as ``cfg`` says; with ``resume``, continue from the newest checkpoint in train.run_dir.
+
+    Returns a summary: steps, tokens, last train loss, last validation loss, run directory.
+    """
+    t_cfg, o_cfg, e_cfg = cfg.train, cfg.optim, cfg.eval
+    info = init_distributed(t_cfg.device)
+    try:
+        return _train(cfg, info, resume, log if info.is_main else (lambda _msg: None))
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]) -> dict:
+    t_cfg, o_cfg, e_cfg = cfg.train, cfg.optim, cfg.eval
+    device = info.device
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UserError("config key 'train.device': CUDA is not available on this machine; use train.device=cpu")
+    if t_cfg.threads:
+        torch.set_num_threads(t_cfg.threads)
+    if t_cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+    dtype = resolve_dtype(t_cfg.dtype, device_type)
+    autocast = autocast_for(device_type, dtype)
+    B, T = t_cfg.micro_batch, t_cfg.seq_len
+    accum = grad_accum_steps(cfg, info.world_size)
+    tokens_per_step = B * T * accum * info.world_size
+    run_dir = Path(t_cfg.run_dir)
+
+    # Same seed on every rank for the weights; then a per-rank seed for dropout.
+    torch.manual_seed(t_cfg.seed)
+    model = GPT(cfg.model).to(device)
+    torch.manual_seed(t_cfg.seed + info.rank)
+    optimizer = build_optimizer(model, o_cfg, device_type)
+    loader = TokenLoader(cfg.data.dir, cfg.data.train_split, B, T, rank=info.rank, world_size=info.world_size)
+    has_val = e_cfg.every >= 0 and bool(_try_find(cfg.data.dir, cfg.data.val_split))
+    windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e_cfg.val_tokens) if has_val else []
+    if e_cfg.every >= 0 and not has_val:
+        log(f"warning: no '{cfg.data.val_split}' shards in {cfg.data.dir}; validation loss is skipped")
+
+    start_step = 0
+    if resume:
+        start_step = _restore(cfg, info, model, optimizer, loader, log)
+    elif ckpt_mod.list_checkpoints(run_dir):
+        raise UserError(f"{run_dir} already holds checkpoints: add --resume to continue, or set train.run_dir to a new folder")
+
+    metrics = None
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_mod.write_atomic(run_dir / "config.yaml", cfg.to_yaml())
+        if resume:
+            truncate_metrics(run_dir, start_step)
+        metrics = MetricsWriter(run_dir, tensorboard=t_cfg.tensorboard)
+
+    train_model: torch.nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[info.local_rank] if device_type == "cuda" else None)
+    if t_cfg.compile:
+        train_model = torch.compile(train_model)  # evaluation and sampling use the plain model
+
+    log(
+        f"model {model.num_params():,} params | {info.world_size} process(es) on {device} | {dtype} autocast | "
+        f"batch {tokens_per_step:,} tokens = {B} x {T} x {accum} accum x {info.world_size} | "
+        f"steps {start_step}..{t_cfg.max_steps} | compile {t_cfg.compile}"
+    )
+    summary: dict = {"run_dir": str(run_dir), "steps": start_step, "tokens": start_step * tokens_per_step}
+    clip = o_cfg.grad_clip if o_cfg.grad_clip > 0 else float("inf")
+    timed_steps, timed_seconds = 0, 0.0
+    loss_value = float("nan")
+    for step in range(start_step, t_cfg.max_steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, o_cfg, t_cfg.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = (_checked_batch(loader, cfg.model.vocab_size, cfg.data.dir, device) for _ in range(accum))
+        try:
+            loss_sum, norm = train_step(train_model, model, optimizer, batches, accum, autocast, clip, info)
+        except Exception as e:
+            if t_cfg.compile and step == start_step and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                raise UserError(f"torch.compile failed ({type(e).__name__}: {first}); set train.compile=false") from e
+            raise
+        loss_value, norm_value = loss_sum.item(), norm.item()
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):  # optimizer.step() skipped the update
+            raise TrainingDiverged(
+                f"training diverged at step {step}: loss {loss_value}, grad norm {norm_value}; "
+                "lower optim.lr or raise optim.warmup_steps, then resume from the last checkpoint"
+            )
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        done = step + 1
+        last = done == t_cfg.max_steps
+        if step > start_step:  # the first step includes compilation and warm-up
+            timed_steps, timed_seconds = timed_steps + 1, timed_seconds + dt
+        summary.update(steps=done, tokens=done * tokens_per_step, train_loss=loss_value)
+
+        if done % t_cfg.log_every == 0 or last or step == start_step:
+            tok_s = tokens_per_step / dt
+            eta = (t_cfg.max_steps - done) * (timed_seconds / timed_steps if timed_steps else dt)
+            log(
+                f"step {done:>6}/{t_cfg.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | norm {norm_value:.3f} | "
+                f"{tok_s:,.0f} tok/s | {dt * 1000:.0f} ms/step | ETA {_fmt_time(eta)}"
+            )
+            if metrics:
+                metrics.log("train", done, loss=loss_value, lr=lr, grad_norm=norm_value, tokens=done * tokens_per_step,
+                            tok_per_s=tok_s, step_time=dt)
+
+        if has_val and _due(e_cfg.every, done, last):
+            val = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info)
+            summary["val_loss"] = val
+            log(f"step {done:>6} | val loss {val:.4f} ({len(windows) * T:,} tokens)")
+            if metrics:
+                metrics.log("val", done, val_loss=val, val_tokens=len(windows) * T)
+
+        if info.is_main and _due(e_cfg.sample_every, done, last):
+            texts = sample_texts(model, cfg, device, autocast)
+            for text in texts:
+                log(f"sample: {text!r}")
+            summary["samples"] = texts
+            if metrics:
+                metrics.log("sample", done, prompt=e_cfg.sample_prompt, samples=texts)
+
+        if last or (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0):
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "loader": loader.state_dict(),  # the same on every rank
+                "rng": _gather(_rng_state(device), info),
+                "world_size": info.world_size,
+            }
+            if info.is_main:
+                path = ckpt_mod.save_checkpoint(run_dir, done, model, cfg, state, keep=t_cfg.keep_checkpoints)
+                summary["checkpoint"] = str(path)
+                if last:
+                    log(f"saved {path}")
+            if info.enabled:
+                dist.barrier()
+    if timed_steps:
+        summary["tok_per_s"] = tokens_per_step * timed_steps / timed_seconds
+    if metrics:
+        metrics.close()
+    return summary
+
+
+def train_step(train_model, model, optimizer, batches, accum: int, autocast, clip: float, info: DistInfo):
+    """One optimizer step over ``accum`` micro-batches; returns (mean loss, grad norm before clipping).
+
+    ``train_model`` is what runs forward (possibly DDP- or compile-wrapped); ``model`` is the
+    plain module whose parameters are clipped. The update is skipped when the loss or the
+    gradient norm is not finite, so a diverged step never corrupts the weights.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = None
+    for micro, (x, y) in enumerate(batches):
+        sync = not info.enabled or micro == accum - 1  # DDP: all-reduce gradients on the last micro-batch only
+        with contextlib.nullcontext() if sync or not hasattr(train_model, "no_sync") else train_model.no_sync():
+            with autocast:
+                _, loss = train_model(x, y)
+            loss = loss / accum  # the gradient of the mean over all micro-batches
+            loss.backward()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    all_reduce_mean(loss_sum, info)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if torch.isfinite(loss_sum) and torch.isfinite(norm):
+        optimizer.step()
+    return loss_sum, norm
+
+
+def _checked_batch(loader: TokenLoader, vocab_size: int, data_dir: str, device: str):
+    x, y = loader.next_batch()
+    if int(y.max()) >= vocab_size:
+        raise UserError(
+            f"{data_dir}: token id {int(y.max())} >= model.vocab_size {vocab_size}; "
+            "the data was made with another tokenizer, or model.vocab_size is too small"
+        )
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _try_find(data_dir: str, split: str) -> list:
+    try:
+        return find_shards(data_dir, split)
+    except UserError:
+        return []
+
+
+def _restore(cfg: Config, info: DistInfo, model: GPT, optimizer, loader: TokenLoader, log) -> int:
+    """Load the newest checkpoint of train.run_dir into model, optimizer, loader and RNG; return its step."""
+    found = ckpt_mod.list_checkpoints(cfg.train.run_dir)
+    if not found:
+        raise UserError(f"--resume: no checkpoint in {cfg.train.run_dir}/checkpoints; start without --resume")
+    path = found[-1]
+    saved = ckpt_mod.load_checkpoint_config(path)
+    if saved.model != cfg.model:
+        raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")
+    ckpt_mod.load_model_weights(model, path / ckpt_mod.MODEL_FILE)
+    state = ckpt_mod.load_train_state(path)
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("world_size", 1) != info.world_size:
+        raise UserError(
+            f"--resume: {path} was written by {state.get('world_size')} process(es), this run has {info.world_size}; "
+            "resume with the same number of processes"
+        )
+    loader.load_state_dict(state["loader"])
+    _set_rng_state(state["rng"][info.rank], info.device)
+    log(f"resumed from {path} (step {state['step']})")
+    return int(state["step"])
+
+
+def sample_texts(model: GPT, cfg: Config, device: str, autocast=None) -> list[str]:
+    """The samples training prints: eval.sample_count continuations of eval.sample_prompt (fixed seed)."""
+    e = cfg.eval
+    tok = get_tokenizer()
+    prompt = tok.encode_ordinary(e.sample_prompt) or [EOT_TOKEN]
+    outs = generate(
+        model, prompt, e.sample_tokens, num_samples=e.sample_count, temperature=e.sample_temperature,
+        top_k=e.sample_top_k or None, seed=cfg.train.seed, autocast=autocast,
+    )
+    return [e.sample_prompt + tok.decode(o) for o in outs]

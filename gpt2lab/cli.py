@@ -82,15 +82,19 @@ def _add_bench(sub) -> None:
         description="Time training steps on random tokens and report tokens/s and MFU against a bf16 (and fp32) "
         "matmul peak measured in the same run on the same device.",
     )
-    p.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    p.add_argument("--preset", default="tiny",
+                   help="model preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, micro (default tiny)")
     p.add_argument("--batch", "-B", type=int, default=16, help="micro-batch (default 16)")
     p.add_argument("--seq-len", "-T", type=int, default=256, help="sequence length (default 256)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
-    p.add_argument("--compile", choices=["off", "on", "both"], default="off", help="torch.compile (both = side by side)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (after --warmup)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print results as JSON lines")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="autocast dtype; auto = bfloat16 where the hardware has it (default auto)")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                   help="torch.compile the model: off, on, or both side by side with their ratio (default off)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps, after --warmup (default 5)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps first; compilation happens here and its time is reported (default 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per result instead of a table")
 
 
 def _add_quickstart(sub) -> None:
@@ -141,6 +145,9 @@ def cmd_train(args) -> None:
 
     config_path = args.config
     overrides = list(args.overrides)
+    if isinstance(args.resume, str) and "=" in args.resume:  # `--resume lr=1e-4`: a flag, then an override
+        overrides.insert(0, args.resume)
+        args.resume = True
     if isinstance(args.resume, str):  # --resume RUN_DIR: that run's config, then overrides
         if config_path is None:
             config_path = os.path.join(args.resume, "config.yaml")
@@ -202,7 +209,7 @@ def cmd_eval(args) -> None:
     T = args.seq_len or cfg.train.seq_len
     windows = eval_windows(data, args.split, T, args.tokens or cfg.eval.val_tokens)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    autocast = autocast_for(device_type, resolve_dtype("auto", device_type))
+    autocast = autocast_for(device_type, resolve_dtype(cfg.train.dtype, device_type))  # as the run evaluated
     loss = evaluate_loss(model, windows, args.batch_size, device, autocast)
     print(json.dumps({"task": "loss", "split": args.split, "data": str(data), "tokens": len(windows) * T, "loss": loss}))
 

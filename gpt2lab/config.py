@@ -283,13 +283,15 @@ def validate(cfg: Config) -> None:
     need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     need(o.schedule in ("cosine", "linear", "constant"), "optim.schedule", "choose cosine, linear or constant")
     need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1", "betas must be in [0, 1)")
+    need(0 <= o.beta1 < 1, "optim.beta1", "must be in [0, 1)")
+    need(0 <= o.beta2 < 1, "optim.beta2", "must be in [0, 1)")
     need(o.eps > 0, "optim.eps", "must be > 0")
     need(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 turns clipping off)")
     need(o.fused in ("auto", "true", "false", "True", "False"), "optim.fused", "choose auto, true or false")
     need(e.val_tokens > 0, "eval.val_tokens", "must be > 0")
     need(e.val_batch >= 0, "eval.val_batch", "must be >= 0")
-    need(e.sample_count > 0 and e.sample_tokens > 0, "eval.sample_count", "sample_count and sample_tokens must be > 0")
+    need(e.sample_count > 0, "eval.sample_count", "must be > 0")
+    need(e.sample_tokens > 0, "eval.sample_tokens", "must be > 0")
     need(e.sample_temperature >= 0, "eval.sample_temperature", "must be >= 0 (0 = greedy)")
 
 

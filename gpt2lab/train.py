@@ -111,8 +111,7 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
 
     Returns a summary: steps, tokens, last train loss, last validation loss, run directory.
     """
-    t_cfg, o_cfg, e_cfg = cfg.train, cfg.optim, cfg.eval
-    info = init_distributed(t_cfg.device)
+    info = init_distributed(cfg.train.device)
     try:
         return _train(cfg, info, resume, log if info.is_main else (lambda _msg: None))
     finally:
@@ -178,6 +177,10 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         f"steps {start_step}..{t_cfg.max_steps} | compile {t_cfg.compile}"
     )
     summary: dict = {"run_dir": str(run_dir), "steps": start_step, "tokens": start_step * tokens_per_step}
+    if start_step >= t_cfg.max_steps:
+        log(f"{run_dir} has already done {start_step} steps; raise train.max_steps to train further")
+        if has_val:
+            summary["val_loss"] = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info)
     clip = o_cfg.grad_clip if o_cfg.grad_clip > 0 else float("inf")
     timed_steps, timed_seconds = 0, 0.0
     loss_value = float("nan")
@@ -197,7 +200,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         loss_value, norm_value = loss_sum.item(), norm.item()
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):  # optimizer.step() skipped the update
             raise TrainingDiverged(
-                f"training diverged at step {step}: loss {loss_value}, grad norm {norm_value}; "
+                f"training diverged at step {step + 1}: loss {loss_value}, grad norm {norm_value}; "
                 "lower optim.lr or raise optim.warmup_steps, then resume from the last checkpoint"
             )
         if device_type == "cuda":
@@ -282,9 +285,10 @@ def train_step(train_model, model, optimizer, batches, accum: int, autocast, cli
 
 def _checked_batch(loader: TokenLoader, vocab_size: int, data_dir: str, device: str):
     x, y = loader.next_batch()
-    if int(y.max()) >= vocab_size:
+    top = max(int(x.max()), int(y.max()))
+    if top >= vocab_size:
         raise UserError(
-            f"{data_dir}: token id {int(y.max())} >= model.vocab_size {vocab_size}; "
+            f"{data_dir}: token id {top} >= model.vocab_size {vocab_size}; "
             "the data was made with another tokenizer, or model.vocab_size is too small"
         )
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)

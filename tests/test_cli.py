@@ -1,0 +1,149 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt2lab.checkpoint import list_checkpoints, load_model
+from gpt2lab.config import config_doc
+from gpt2lab.evals.loss import eval_windows, evaluate_loss
+from gpt2lab.metrics import read_metrics
+
+SUBCOMMANDS = ["quickstart", "prepare", "train", "sample", "eval", "bench", "config"]
+
+
+def gpt2lab(*args, cwd=None, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
+def assert_one_line_error(r):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    return lines[0]
+
+
+def test_help():
+    r = gpt2lab("--help")
+    assert r.returncode == 0 and "usage: gpt2lab" in r.stdout
+    for cmd in SUBCOMMANDS:
+        assert cmd in r.stdout
+    r = gpt2lab("--version")
+    assert r.returncode == 0 and r.stdout.startswith("gpt2lab ")
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_subcommand_help(cmd):
+    r = gpt2lab(cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert f"usage: gpt2lab {cmd}" in r.stdout and not r.stderr
+
+
+def test_console_script_installed():
+    script = Path(sys.executable).with_name("gpt2lab")
+    if not script.is_file():
+        pytest.skip("no gpt2lab console script next to this Python")
+    r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "usage: gpt2lab" in r.stdout
+
+
+def test_no_command_is_usage_error():
+    r = gpt2lab()
+    assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_key_is_one_line_error(tmp_path):
+    line = assert_one_line_error(gpt2lab("train", "optim.lrr=1e-3", cwd=tmp_path))
+    assert "'optim.lrr'" in line and "did you mean 'optim.lr'" in line
+    line = assert_one_line_error(gpt2lab("train", "max_step=3", cwd=tmp_path))
+    assert "'max_step'" in line
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_bad_value_is_one_line_error(tmp_path):
+    line = assert_one_line_error(gpt2lab("train", "train.max_steps=abc", cwd=tmp_path))
+    assert "'train.max_steps'" in line
+
+
+def test_missing_config_file_is_one_line_error(tmp_path):
+    line = assert_one_line_error(gpt2lab("train", "--config", tmp_path / "nope.yaml", cwd=tmp_path))
+    assert "nope.yaml" in line and "not found" in line
+
+
+def test_missing_data_is_one_line_error(tmp_path):
+    line = assert_one_line_error(gpt2lab("train", "preset=micro", f"data.dir={tmp_path / 'no-data'}",
+                                         f"train.run_dir={tmp_path / 'run'}", "device=cpu", cwd=tmp_path))
+    assert "no-data" in line
+
+
+def test_sample_missing_checkpoint_is_one_line_error(tmp_path):
+    line = assert_one_line_error(gpt2lab("sample", tmp_path / "no-run", cwd=tmp_path))
+    assert "no-run" in line
+
+
+def test_print_config(tmp_path):
+    r = gpt2lab("train", "--print-config", "preset=micro", "lr=1e-3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    printed = yaml.safe_load(r.stdout)
+    assert printed["model"]["n_layer"] == 2 and printed["optim"]["lr"] == 1e-3
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_doc():
+    r = gpt2lab("config", "--doc")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == config_doc()
+    assert "`optim.lr`" in r.stdout and "`train.max_steps`" in r.stdout
+
+
+def test_end_to_end(shakespeare_head, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    r = gpt2lab("prepare", shakespeare_head, "--out", data, "--workers", "1", "--val-fraction", "0.1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert 0 < manifest["tokens"]["val"] < manifest["tokens"]["train"]
+
+    r = gpt2lab("train", "preset=micro", f"data.dir={data}", f"train.run_dir={run}", "device=cpu", "dtype=float32",
+                "micro_batch=4", "seq_len=32", "max_steps=3", "warmup_steps=1", "eval.every=0", "val_tokens=1024",
+                "sample_count=1", "sample_tokens=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "done: 3 steps" in r.stdout
+    assert [x["step"] for x in read_metrics(run, "train")] == [1, 2, 3]
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000003"]
+
+    r1 = gpt2lab("sample", run, "--max-new-tokens", 5, "--seed", 1, cwd=tmp_path)
+    r2 = gpt2lab("sample", run, "--max-new-tokens", 5, "--seed", 1, "--prompt", "ROMEO:", "-n", 2, cwd=tmp_path)
+    r3 = gpt2lab("sample", run, "--max-new-tokens", 5, "--seed", 1, cwd=tmp_path)
+    for r in (r1, r2, r3):
+        assert r.returncode == 0, r.stderr
+    assert r1.stdout == r3.stdout and r1.stdout.endswith("\n")  # seeded: reproducible
+    assert r2.stdout.count("--- sample") == 2 and r2.stdout.count("ROMEO:") >= 2
+
+    r = gpt2lab("eval", "loss", run, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["task"] == "loss" and result["split"] == "val" and result["tokens"] == 1024
+    assert math.isfinite(result["loss"])
+    # it scores the same windows as the run's own validation; (the CLI may use bf16 autocast, so approx)
+    model, cfg = load_model(run)
+    expected = evaluate_loss(model, eval_windows(data, "val", 32, 1024), 8, "cpu")
+    assert result["loss"] == pytest.approx(expected, abs=0.05)
+    assert read_metrics(run, "val")[-1]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+    r = gpt2lab("eval", "loss", run, "--tokens", 256, "--seq-len", 16, "--batch-size", 3, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["tokens"] == 256
+
+    # a second train into the same run folder without --resume: one-line error
+    line = assert_one_line_error(gpt2lab("train", "preset=micro", f"data.dir={data}", f"train.run_dir={run}",
+                                         "device=cpu", "micro_batch=4", "seq_len=32", "max_steps=3", cwd=tmp_path))
+    assert "--resume" in line

@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from gpt2lab.generate import generate, sample_next
+from gpt2lab.model import GPT, GPTConfig
+
+CFG = GPTConfig(block_size=16, vocab_size=300, padded_vocab_size=320, n_layer=2, n_head=2, n_embd=32)
+PROMPT = [5, 17, 42]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = GPT(CFG)
+    with torch.no_grad():  # sharper distributions than at init, so greedy has clear winners
+        m.transformer.wte.weight.mul_(10)
+    return m.eval()
+
+
+def greedy_uncached(model, prompt, n):
+    """Reference: a full forward over the (last block_size) tokens for every new token, argmax."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            window = torch.tensor([seq[-CFG.block_size :]])
+            logits, _ = model(window)
+            seq.append(int(logits[0, -1, : CFG.vocab_size].argmax()))
+    return seq[len(prompt) :]
+
+
+def test_seeded_sampling_is_reproducible(model):
+    a = generate(model, PROMPT, 10, num_samples=3, seed=123)
+    b = generate(model, PROMPT, 10, num_samples=3, seed=123)
+    c = generate(model, PROMPT, 10, num_samples=3, seed=124)
+    assert a == b
+    assert a != c
+    assert len(a) == 3 and all(len(s) == 10 for s in a)
+    assert all(0 <= t < CFG.vocab_size for s in a for t in s)
+    assert len({tuple(s) for s in a}) > 1  # the samples of one call differ from each other
+
+
+def test_temperature_zero_is_greedy_and_matches_uncached(model):
+    out = generate(model, PROMPT, 12, num_samples=2, temperature=0.0, seed=1)
+    ref = greedy_uncached(model, PROMPT, 12)
+    assert out == [ref, ref]
+    assert generate(model, PROMPT, 12, temperature=0.0, seed=99) == [ref]  # the seed does not matter
+
+
+def test_top_k_one_is_greedy(model):
+    ref = greedy_uncached(model, PROMPT, 10)
+    assert generate(model, PROMPT, 10, num_samples=2, temperature=1.0, top_k=1, seed=7) == [ref, ref]
+
+
+def test_top_k_and_top_p_restrict_choices():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(2000, 1)
+    picks = sample_next(logits, temperature=1.0, top_k=2, generator=g)
+    assert set(picks.tolist()) == {0, 1}
+    # top_p: probs ~ [.64,.24,.09,.03,.01]; 0.8 keeps the first two (.64 < .8, .88 >= .8 stops after the 2nd)
+    picks = sample_next(logits, temperature=1.0, top_p=0.8, generator=g)
+    assert set(picks.tolist()) == {0, 1}
+    picks = sample_next(logits, temperature=1.0, generator=g)
+    assert len(set(picks.tolist())) >= 4
+
+
+def test_stop_token_ends_samples(model):
+    free = generate(model, PROMPT, 12, num_samples=4, seed=5)
+    # stop on a token that some sample produces: that sample is cut just before it
+    stop = free[0][3]
+    stopped = generate(model, PROMPT, 12, num_samples=4, seed=5, stop_token=stop)
+    for full, cut in zip(free, stopped):
+        if stop in full:
+            assert cut == full[: full.index(stop)]
+        else:
+            assert cut == full
+    assert stopped[0] == free[0][: free[0].index(stop)] and len(stopped[0]) <= 3
+    # greedy with the first greedy token as stop token: empty result, generation ends at once
+    ref = greedy_uncached(model, PROMPT, 1)
+    calls = []
+    out = generate(model, PROMPT, 50, temperature=0, stop_token=ref[0], on_token=calls.append)
+    assert out == [[]] and len(calls) == 1
+
+
+def test_generation_beyond_block_size_slides(model):
+    n = 3 * CFG.block_size
+    out = generate(model, PROMPT, n, temperature=0.0)
+    assert len(out[0]) == n
+    assert out[0] == greedy_uncached(model, PROMPT, n)
+    sampled = generate(model, PROMPT, n, num_samples=2, seed=3)
+    assert [len(s) for s in sampled] == [n, n]
+
+
+def test_prompt_longer_than_block_size_uses_its_tail(model):
+    long_prompt = list(range(1, 2 * CFG.block_size + 1))
+    out = generate(model, long_prompt, 5, temperature=0.0)
+    assert out == [greedy_uncached(model, long_prompt[-CFG.block_size :], 5)]
+
+
+def test_on_token_streams_and_mode_restored(model):
+    model.train()
+    seen = []
+    out = generate(model, PROMPT, 6, num_samples=2, seed=11, on_token=lambda t: seen.append(t.tolist()))
+    assert model.training  # restored
+    model.eval()
+    assert [list(col) for col in zip(*seen)] == out
+
+
+def test_empty_prompt_rejected(model):
+    with pytest.raises(ValueError):
+        generate(model, [], 5)
+
+
+def test_generate_under_bf16_autocast(model):
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+    out = generate(model, PROMPT, 20, num_samples=2, seed=1, autocast=ctx)
+    assert [len(s) for s in out] == [20, 20]
+    assert all(0 <= t < CFG.vocab_size for s in out for t in s)

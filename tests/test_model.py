@@ -1,0 +1,211 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2lab.config import MODEL_PRESETS
+from gpt2lab.model import GPT, GPTConfig
+
+GPT2_124M_PARAMS = 124_439_808  # GPT-2 small as OpenAI/Hugging Face count it (tied head once)
+
+
+def tiny_cfg(**kw) -> GPTConfig:
+    base = dict(block_size=64, vocab_size=500, padded_vocab_size=512, n_layer=2, n_head=2, n_embd=32)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def make(cfg: GPTConfig, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+def expected_param_count(c: GPTConfig) -> int:
+    """GPT-2 parameter count from the architecture, independent of the module tree."""
+    d, L = c.n_embd, c.n_layer
+    bias = 1 if c.bias else 0
+    per_block = (
+        2 * (d + bias * d)  # ln_1, ln_2
+        + d * 3 * d + bias * 3 * d  # c_attn
+        + d * d + bias * d  # attn.c_proj
+        + d * 4 * d + bias * 4 * d  # c_fc
+        + 4 * d * d + bias * d  # mlp.c_proj
+    )
+    return c.vocab_size * d + c.block_size * d + L * per_block + d + bias * d  # wte (= lm_head), wpe, blocks, ln_f
+
+
+@pytest.mark.parametrize("padded", [50257, 50304])
+def test_gpt2_124m_param_count(padded):
+    cfg = GPTConfig(vocab_size=50257, padded_vocab_size=padded, **MODEL_PRESETS["gpt2"])
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert expected_param_count(cfg) == GPT2_124M_PARAMS
+    assert model.num_params() == GPT2_124M_PARAMS
+    # non_embedding leaves out the position embedding only
+    assert model.num_params(non_embedding=True) == GPT2_124M_PARAMS - cfg.block_size * cfg.n_embd
+    # the padded rows exist in the tensors but are not counted
+    assert model.transformer.wte.weight.shape == (padded, cfg.n_embd)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(bias=False), dict(vocab_size=300, padded_vocab_size=300, n_layer=3)])
+def test_param_count_small_configs(kw):
+    cfg = tiny_cfg(**kw)
+    model = make(cfg)
+    assert model.num_params() == expected_param_count(cfg)
+
+
+def test_output_shapes_and_loss_none_without_targets():
+    cfg = tiny_cfg()
+    model = make(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (3, 17))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 17, cfg.padded_vocab_size)
+    assert loss is None
+    logits, loss = model(idx, idx)
+    assert loss.shape == () and torch.isfinite(loss)
+    _, per_token = model(idx, idx, reduction="none")
+    assert per_token.shape == (3 * 17,)
+    assert torch.allclose(per_token.mean(), loss)
+
+
+def test_sequence_longer_than_block_size_rejected():
+    cfg = tiny_cfg(block_size=8)
+    model = make(cfg)
+    model(torch.zeros(1, 8, dtype=torch.long))  # exactly block_size is fine
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_padded_vocab_smaller_than_vocab_rejected():
+    with pytest.raises(ValueError):
+        GPT(tiny_cfg(vocab_size=600, padded_vocab_size=512))
+
+
+def test_init_loss_is_uniform_over_vocab():
+    # small but realistic: the full GPT-2 vocabulary, padded as for training
+    cfg = GPTConfig(block_size=64, vocab_size=50257, padded_vocab_size=50304, n_layer=2, n_head=4, n_embd=128)
+    model = make(cfg, seed=1)
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, cfg.vocab_size, (4, 64), generator=g)
+    targets = torch.randint(0, cfg.vocab_size, (4, 64), generator=g)
+    with torch.no_grad():
+        _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.3
+
+
+def test_padded_logits_are_minus_inf_and_never_sampled():
+    cfg = tiny_cfg(vocab_size=100, padded_vocab_size=128)
+    model = make(cfg)
+    with torch.no_grad():
+        # make the padded rows of the tied embedding/head win by a mile were they not masked:
+        # ln_f outputs its bias (plus normalised noise), and the padded rows align with that bias
+        model.transformer.ln_f.bias.fill_(5.0)
+        model.transformer.wte.weight[cfg.vocab_size :] = 5.0
+        idx = torch.randint(0, cfg.vocab_size, (4, 16))
+        logits, _ = model(idx)
+    assert torch.isneginf(logits[..., cfg.vocab_size :]).all()
+    assert torch.isfinite(logits[..., : cfg.vocab_size]).all()
+    probs = logits.softmax(-1)
+    assert (probs[..., cfg.vocab_size :] == 0).all()
+    draws = torch.multinomial(probs.view(-1, cfg.padded_vocab_size), 200, replacement=True)
+    assert int(draws.max()) < cfg.vocab_size
+    # and the loss gives them no mass: a target in the real vocab has a finite loss
+    _, loss = model(idx, idx)
+    assert torch.isfinite(loss)
+
+
+def test_lm_head_tied_to_token_embedding():
+    model = make(tiny_cfg())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    params = list(model.parameters())
+    assert sum(p is model.transformer.wte.weight for p in params) == 1  # counted once
+    # training one affects the other: a gradient through the head lands on the embedding
+    idx = torch.randint(0, 500, (2, 8))
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert model.transformer.wte.weight.grad is not None
+    assert model.transformer.wte.weight.grad.abs().sum() > 0
+
+
+def test_init_statistics():
+    cfg = GPTConfig(block_size=64, vocab_size=1000, padded_vocab_size=1024, n_layer=8, n_head=4, n_embd=256)
+    model = make(cfg, seed=3)
+    resid_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+    for block in model.transformer.h:
+        for lin, std in ((block.attn.c_proj, resid_std), (block.mlp.c_proj, resid_std),
+                         (block.attn.c_attn, 0.02), (block.mlp.c_fc, 0.02)):
+            w = lin.weight.detach()
+            # with >= 65k samples, the sample std is within 2% of the true std with overwhelming odds
+            assert w.std().item() == pytest.approx(std, rel=0.02), lin
+            assert abs(w.mean().item()) < 4 * std / math.sqrt(w.numel())
+            assert (lin.bias == 0).all()
+    assert model.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert model.transformer.wpe.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for ln in [model.transformer.ln_f] + [b.ln_1 for b in model.transformer.h]:
+        assert (ln.weight == 1).all() and (ln.bias == 0).all()
+
+
+@pytest.mark.parametrize("chunks", [[5, 1, 1, 1, 1, 1], [1] * 10, [4, 3, 3], [10]])
+def test_kv_cache_matches_full_forward(chunks):
+    cfg = tiny_cfg(block_size=32)
+    model = make(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (2, sum(chunks)))
+    V = cfg.vocab_size
+    with torch.no_grad():
+        full, _ = model(idx)
+        caches = model.empty_caches(2)
+        pieces, pos = [], 0
+        for n in chunks:
+            logits, caches = model(idx[:, pos : pos + n], caches=caches)
+            pieces.append(logits)
+            pos += n
+            assert caches[0][0].shape == (2, cfg.n_head, pos, cfg.n_embd // cfg.n_head)
+    inc = torch.cat(pieces, dim=1)
+    assert inc.shape == full.shape
+    torch.testing.assert_close(inc[..., :V], full[..., :V], atol=1e-5, rtol=0)
+    assert torch.isneginf(inc[..., V:]).all()
+
+
+def test_kv_cache_respects_block_size():
+    cfg = tiny_cfg(block_size=8)
+    model = make(cfg)
+    with torch.no_grad():
+        _, caches = model(torch.zeros(1, 8, dtype=torch.long), caches=model.empty_caches(1))
+        with pytest.raises(ValueError, match="block_size"):
+            model(torch.zeros(1, 1, dtype=torch.long), caches=caches)
+
+
+def test_targets_minus_one_ignored():
+    cfg = tiny_cfg()
+    model = make(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (2, 12))
+    targets = torch.randint(0, cfg.vocab_size, (2, 12))
+    keep = torch.rand(2, 12, generator=torch.Generator().manual_seed(0)) < 0.5
+    keep[0, 0] = True
+    masked = torch.where(keep, targets, torch.full_like(targets, -1))
+    with torch.no_grad():
+        logits, loss = model(idx, masked)
+    expected = F.cross_entropy(logits[keep].float(), targets[keep])
+    torch.testing.assert_close(loss, expected)
+    # the mean is over the kept positions only (not over all, with zeros for the ignored ones)
+    per_token = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), reduction="none")
+    assert not torch.allclose(loss, per_token.mean())
+    _, summed = model(idx, masked, reduction="sum")
+    torch.testing.assert_close(summed, per_token[keep.view(-1)].sum())
+
+
+def test_dropout_only_in_training_mode():
+    cfg = tiny_cfg(dropout=0.5)
+    model = make(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (2, 10))
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(idx)
+        assert torch.equal(a, b)  # eval: deterministic
+        model.train()
+        torch.manual_seed(0)
+        c, _ = model(idx)
+        torch.manual_seed(1)
+        d, _ = model(idx)
+    assert not torch.equal(c[..., :500], d[..., :500])

@@ -1,0 +1,218 @@
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt2lab import checkpoint as ckpt
+from gpt2lab.config import load_config
+from gpt2lab.errors import UserError
+from gpt2lab.metrics import read_metrics
+from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_STEPS = 12
+KILL_AFTER = "step_00000004"
+
+
+def quiet(_msg):
+    pass
+
+
+def cli_args(data_dir, run_dir):
+    return [
+        "train", "model.preset=micro", "model.dropout=0.1", "train.device=cpu", "train.dtype=float32",
+        "train.deterministic=true", "train.threads=1", "train.ckpt_every=2", f"train.max_steps={MAX_STEPS}",
+        "train.keep_checkpoints=0", "train.micro_batch=4", "train.seq_len=64", "optim.warmup_steps=2",
+        "optim.lr=1e-3", "eval.every=0", "eval.val_tokens=512", "eval.sample_every=-1",
+        f"data.dir={data_dir}", f"train.run_dir={run_dir}",
+    ]
+
+
+def gpt2lab(args, log: Path, cwd: Path) -> subprocess.Popen:
+    f = open(log, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", *args], stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
+    f.close()
+    return proc
+
+
+def final_tensors(run_dir: Path) -> dict:
+    last = ckpt.list_checkpoints(run_dir)[-1]
+    assert last.name == f"step_{MAX_STEPS:08d}"
+    return load_file(str(last / ckpt.MODEL_FILE))
+
+
+def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path):
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    # run A (uninterrupted) and run B (to be killed) side by side, one thread each
+    proc_a = gpt2lab(cli_args(small_shards, run_a), tmp_path / "a.log", tmp_path)
+    proc_b = gpt2lab(cli_args(small_shards, run_b), tmp_path / "b1.log", tmp_path)
+    marker = run_b / "checkpoints" / KILL_AFTER
+    deadline = time.monotonic() + 240
+    while not marker.is_dir():
+        assert proc_b.poll() is None, "run B ended before it could be killed:\n" + (tmp_path / "b1.log").read_text()
+        assert time.monotonic() < deadline, "no checkpoint after 240 s:\n" + (tmp_path / "b1.log").read_text()
+        time.sleep(0.01)
+    os.kill(proc_b.pid, signal.SIGKILL)
+    assert proc_b.wait(timeout=60) == -signal.SIGKILL
+    killed_at = [p.name for p in ckpt.list_checkpoints(run_b)]
+    assert killed_at and killed_at[-1] != f"step_{MAX_STEPS:08d}", f"B was not interrupted mid-run: {killed_at}"
+
+    proc_b2 = gpt2lab(cli_args(small_shards, run_b) + ["--resume"], tmp_path / "b2.log", tmp_path)
+    assert proc_a.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()
+    assert proc_b2.wait(timeout=300) == 0, (tmp_path / "b2.log").read_text()
+    log_b2 = (tmp_path / "b2.log").read_text()
+    m = re.search(r"resumed from \S+step_(\d+) \(step (\d+)\)", log_b2)
+    assert m, log_b2
+    resumed_step = int(m.group(2))
+    assert 4 <= resumed_step < MAX_STEPS and f"step_{resumed_step:08d}" == killed_at[-1]
+
+    a, b = final_tensors(run_a), final_tensors(run_b)
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after SIGKILL + resume"
+    # the runs used dropout, so equality needed the restored RNG state, not only weights/optimizer/data
+    assert "dropout: 0.1" in (run_b / "config.yaml").read_text()
+
+    # metrics: every train step once, and the same losses as the uninterrupted run
+    train_a = read_metrics(run_a, "train")
+    train_b = read_metrics(run_b, "train")
+    assert [r["step"] for r in train_b] == list(range(1, MAX_STEPS + 1))
+    assert [r["loss"] for r in train_b] == [r["loss"] for r in train_a]
+    assert [r["step"] for r in read_metrics(run_b, "val")] == [MAX_STEPS]
+    assert not list((run_b / "checkpoints").glob(".tmp-*"))
+
+
+# --- in-process resume errors -------------------------------------------------------------
+
+
+def short_cfg(data_dir, run_dir, *extra):
+    return load_config(None, [
+        f"data.dir={data_dir}", f"train.run_dir={run_dir}", "model.preset=micro", "train.device=cpu",
+        "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32", "train.max_steps=2",
+        "train.ckpt_every=2", "optim.warmup_steps=1", "eval.every=-1", "eval.sample_every=-1", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def short_run(small_shards, tmp_path_factory):
+    """A finished 2-step run with one checkpoint; tests copy it before changing anything."""
+    run = tmp_path_factory.mktemp("short") / "run"
+    train(short_cfg(small_shards, run), log=quiet)
+    return run
+
+
+@pytest.fixture
+def run_copy(short_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(short_run, dst)
+    return dst
+
+
+def test_resume_continues_in_process(small_shards, run_copy):
+    lines = []
+    summary = train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=lines.append)
+    assert summary["steps"] == 4
+    assert any(re.search(r"resumed from .*step_00000002", line) for line in lines)
+    assert [r["step"] for r in read_metrics(run_copy, "train")] == [1, 2, 3, 4]
+    assert [p.name for p in ckpt.list_checkpoints(run_copy)] == ["step_00000002", "step_00000004"]
+
+
+def test_resume_without_checkpoint(small_shards, tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(short_cfg(small_shards, tmp_path / "empty"), resume=True, log=quiet)
+
+
+def test_resume_ignores_half_written_checkpoint(small_shards, run_copy):
+    stale = run_copy / "checkpoints" / ".tmp-step_00000003"
+    stale.mkdir()
+    (stale / ckpt.MODEL_FILE).write_bytes(b"half a file")
+    lines = []
+    train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=lines.append)
+    assert any("step_00000002" in line and "resumed" in line for line in lines)
+    assert not stale.exists()  # cleaned up by the next save
+
+
+@pytest.mark.parametrize("override", ["model.n_layer=3", "model.n_embd=128", "model.block_size=64"])
+def test_resume_with_different_model_is_user_error(small_shards, run_copy, override):
+    with pytest.raises(UserError, match="different model"):
+        train(short_cfg(small_shards, run_copy, "train.max_steps=4", override), resume=True, log=quiet)
+
+
+def test_weights_of_another_shape_are_user_error(run_copy):
+    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.MODEL_FILE
+    other = GPT(GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=32))
+    with pytest.raises(UserError) as e:
+        ckpt.load_model_weights(other, path)
+    assert str(path) in str(e.value)
+    deeper = GPT(GPTConfig(block_size=128, n_layer=3, n_head=2, n_embd=64))
+    with pytest.raises(UserError, match="missing"):
+        ckpt.load_model_weights(deeper, path)
+
+
+def _truncate_half(p: Path):
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+
+
+def _truncate_header(p: Path):
+    p.write_bytes(p.read_bytes()[:5])
+
+
+def _garbage(p: Path):
+    p.write_bytes(os.urandom(4096))
+
+
+def _empty(p: Path):
+    p.write_bytes(b"")
+
+
+def _drop_tail(p: Path):
+    data = p.read_bytes()
+    p.write_bytes(data[:-100])
+
+
+@pytest.mark.parametrize("damage", [_truncate_half, _truncate_header, _garbage, _empty, _drop_tail])
+def test_corrupt_model_file_is_user_error(small_shards, run_copy, damage):
+    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.MODEL_FILE
+    damage(path)
+    with pytest.raises(UserError) as e:
+        train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
+    assert str(path) in str(e.value)
+    with pytest.raises(UserError) as e:
+        ckpt.load_model(run_copy)
+    assert str(path) in str(e.value)
+
+
+def test_corrupt_train_state_is_user_error(small_shards, run_copy):
+    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.STATE_FILE
+    _truncate_half(path)
+    with pytest.raises(UserError) as e:
+        train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
+    assert str(path) in str(e.value)
+
+
+def test_missing_checkpoint_config_is_user_error(run_copy):
+    last = ckpt.list_checkpoints(run_copy)[-1]
+    (last / ckpt.CONFIG_FILE).unlink()
+    with pytest.raises(UserError, match="config.yaml"):
+        ckpt.load_model(run_copy)
+
+
+def test_load_model_from_run_or_checkpoint_folder(run_copy, tmp_path):
+    m1, c1 = ckpt.load_model(run_copy)
+    m2, c2 = ckpt.load_model(ckpt.list_checkpoints(run_copy)[-1])
+    assert c1 == c2
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    assert m1.lm_head.weight is m1.transformer.wte.weight  # still tied after loading
+    with pytest.raises(UserError, match="no such"):
+        ckpt.load_model(tmp_path / "nothing-here")

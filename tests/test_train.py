@@ -1,0 +1,280 @@
+import contextlib
+import copy
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from gpt2lab import checkpoint as ckpt
+from gpt2lab.config import OptimConfig, from_dict, load_config
+from gpt2lab.data.shards import write_shard
+from gpt2lab.distributed import DistInfo
+from gpt2lab.errors import UserError
+from gpt2lab.evals.loss import eval_windows, evaluate_loss
+from gpt2lab.metrics import read_metrics
+from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.optim import build_optimizer, lr_at, param_groups
+from gpt2lab.train import TrainingDiverged, grad_accum_steps, train, train_step
+
+NO_AUTOCAST = contextlib.nullcontext()
+SMALL = GPTConfig(block_size=32, vocab_size=512, padded_vocab_size=512, n_layer=2, n_head=2, n_embd=64)
+
+
+def quiet(_msg):
+    pass
+
+
+def small_model(seed=0, cfg=SMALL) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(cfg)
+
+
+def micro_cfg(data_dir, run_dir, *extra):
+    """A micro model on the prepared shards: fp32, a few small steps, cheap eval and sampling."""
+    return load_config(None, [
+        f"data.dir={data_dir}", f"train.run_dir={run_dir}", "model.preset=micro", "train.device=cpu",
+        "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32", "train.max_steps=4",
+        "optim.warmup_steps=2", "eval.every=2", "eval.val_tokens=1024", "eval.sample_count=1",
+        "eval.sample_tokens=4", *extra,
+    ])
+
+
+# --- the optimizer step ----------------------------------------------------------------
+
+
+def test_overfits_one_batch():
+    model = small_model()
+    model.train()
+    opt = build_optimizer(model, OptimConfig(lr=3e-3, weight_decay=0.0), "cpu")
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, SMALL.vocab_size, (4, 33), generator=g)
+    x, y = batch[:, :-1], batch[:, 1:]
+    losses = []
+    for _ in range(80):
+        loss, norm = train_step(model, model, opt, [(x, y)], 1, NO_AUTOCAST, 1.0, DistInfo())
+        assert torch.isfinite(norm)
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(math.log(SMALL.vocab_size), abs=0.3)
+    assert losses[-1] < 1.0, losses[::10]
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_grad_accumulation_equals_full_batch():
+    """4 micro-batches of B/4 with accum=4 == one batch of B with accum=1 (fp32, no dropout).
+
+    Tolerances: gradients rtol 1e-4 / atol 1e-6 (largest gradients ~1e-2), weights after each step rtol 1e-5 / atol 1e-6
+    (only the summation order differs). Adam's first step is nearly scale-free, so the gradients
+    themselves are compared too: a missing 1/accum would make them 4x too large. Adam divides by
+    |g| + eps, which turns round-off in gradients of ~1e-8 into O(lr) weight differences with the
+    default eps=1e-8, so this test uses eps=1e-6 (the update rule is otherwise the same).
+    """
+    B, T = 8, 16
+    g = torch.Generator().manual_seed(1)
+    ocfg = OptimConfig(lr=1e-3, weight_decay=0.1, eps=1e-6)
+    a, b = small_model(seed=5), small_model(seed=5)
+    a.train(), b.train()
+    opt_a, opt_b = build_optimizer(a, ocfg, "cpu"), build_optimizer(b, ocfg, "cpu")
+    for _ in range(2):
+        data = torch.randint(0, SMALL.vocab_size, (B, T + 1), generator=g)
+        x, y = data[:, :-1], data[:, 1:]
+        loss_a, norm_a = train_step(a, a, opt_a, [(x, y)], 1, NO_AUTOCAST, 1.0, DistInfo())
+        micro = [(x[i : i + B // 4], y[i : i + B // 4]) for i in range(0, B, B // 4)]
+        loss_b, norm_b = train_step(b, b, opt_b, iter(micro), 4, NO_AUTOCAST, 1.0, DistInfo())
+        torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(norm_b, norm_a, rtol=1e-5, atol=1e-7)
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(pb.detach(), pa.detach(), rtol=1e-5, atol=1e-6, msg=name)
+    # and the step did move the weights (the comparison is not between two untouched models)
+    assert not torch.allclose(a.transformer.h[0].mlp.c_fc.weight, small_model(seed=5).transformer.h[0].mlp.c_fc.weight)
+
+
+def test_non_finite_step_skips_update():
+    model = small_model()
+    opt = build_optimizer(model, OptimConfig(lr=1e-3), "cpu")
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randint(0, SMALL.vocab_size, (2, 8))
+    with torch.no_grad():
+        model.transformer.ln_f.weight[0] = float("nan")
+    before["transformer.ln_f.weight"] = model.transformer.ln_f.weight.detach().clone()
+    loss, norm = train_step(model, model, opt, [(x, x)], 1, NO_AUTOCAST, 1.0, DistInfo())
+    assert not torch.isfinite(loss)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v.isnan(), before[k].isnan()), k
+        assert torch.equal(torch.nan_to_num(v), torch.nan_to_num(before[k])), k
+    assert not opt.state  # optimizer.step() never ran
+
+
+def test_grad_accum_steps_from_config():
+    cfg = load_config(None, ["preset=micro", "micro_batch=4", "seq_len=32", "total_batch_tokens=512"])
+    assert grad_accum_steps(cfg, 1) == 4
+    assert grad_accum_steps(cfg, 2) == 2
+    cfg = load_config(None, ["preset=micro", "micro_batch=4", "seq_len=32"])
+    assert grad_accum_steps(cfg, 1) == 1
+    cfg = load_config(None, ["preset=micro", "micro_batch=4", "seq_len=32", "total_batch_tokens=500"])
+    with pytest.raises(UserError, match="train.total_batch_tokens"):
+        grad_accum_steps(cfg, 1)
+
+
+# --- learning rate and weight decay ----------------------------------------------------
+
+
+def test_lr_schedule_cosine():
+    c = OptimConfig(lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, schedule="cosine")
+    max_steps = 110
+    lr, min_lr = c.lr, c.lr * c.min_lr_ratio
+    # linear warmup from lr/warmup, reaching lr at the last warmup step
+    for s in range(10):
+        assert lr_at(s, c, max_steps) == pytest.approx(lr * (s + 1) / 10)
+    assert lr_at(9, c, max_steps) == pytest.approx(lr)
+    assert lr_at(10, c, max_steps) == pytest.approx(lr)  # decay starts at the peak
+    assert lr_at(60, c, max_steps) == pytest.approx((lr + min_lr) / 2)  # half way: cos = 0
+    assert lr_at(35, c, max_steps) == pytest.approx(min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(110, c, max_steps) == pytest.approx(min_lr)
+    assert lr_at(500, c, max_steps) == pytest.approx(min_lr)  # past the end: stays at the floor
+    after = [lr_at(s, c, max_steps) for s in range(10, 111)]
+    assert all(x >= y for x, y in zip(after, after[1:]))
+    assert min(lr_at(s, c, max_steps) for s in range(0, 200)) >= min_lr * (1 - 1e-12) or lr / 10 < min_lr
+
+
+def test_lr_schedule_linear_constant_and_edges():
+    lin = OptimConfig(lr=2e-3, min_lr_ratio=0.0, warmup_steps=4, schedule="linear")
+    assert lr_at(4, lin, 104) == pytest.approx(2e-3)
+    assert lr_at(54, lin, 104) == pytest.approx(1e-3)
+    assert lr_at(104, lin, 104) == pytest.approx(0.0, abs=1e-15)
+    const = OptimConfig(lr=2e-3, warmup_steps=4, schedule="constant")
+    assert lr_at(0, const, 100) == pytest.approx(5e-4)
+    assert all(lr_at(s, const, 100) == pytest.approx(2e-3) for s in range(3, 100))
+    no_warmup = OptimConfig(lr=1e-3, warmup_steps=0, min_lr_ratio=0.1)
+    assert lr_at(0, no_warmup, 50) == pytest.approx(1e-3)
+    assert lr_at(50, no_warmup, 50) == pytest.approx(1e-4)
+    short = OptimConfig(lr=1e-3, warmup_steps=100)  # max_steps inside warmup: no decay phase
+    assert lr_at(10, short, 20) == pytest.approx(1e-3 * 11 / 100)
+
+
+def test_weight_decay_only_on_2d_params():
+    model = small_model()
+    groups = param_groups(model, 0.1)
+    decay = {id(p) for p in groups[0]["params"]}
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    names = dict(model.named_parameters())  # tied weight listed once
+    assert len(decay) + len(no_decay) == len(names) and not decay & no_decay
+    for name, p in names.items():
+        assert (id(p) in decay) == (p.dim() == 2), name
+        if name.endswith(".bias") or ".ln_" in name:
+            assert id(p) in no_decay, name
+    assert id(model.transformer.wte.weight) in decay and id(model.transformer.wpe.weight) in decay
+
+    # behaviour: with zero gradients Adam's update is 0, so only decoupled decay moves weights
+    c = OptimConfig(lr=0.5, weight_decay=0.1)
+    opt = build_optimizer(model, c, "cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)  # make biases / LayerNorm params non-zero so decay would be visible
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        expected = before[n] * (1 - c.lr * c.weight_decay) if p.dim() == 2 else before[n]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7, msg=n)
+
+
+# --- the whole loop --------------------------------------------------------------------
+
+
+def test_train_writes_run(small_shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = micro_cfg(small_shards, run, "train.ckpt_every=2", "train.keep_checkpoints=1")
+    lines = []
+    summary = train(cfg, log=lines.append)
+    B, T = 4, 32
+    assert summary["steps"] == 4 and summary["tokens"] == 4 * B * T
+
+    records = read_metrics(run)
+    train_recs = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_recs] == [1, 2, 3, 4]
+    for r in train_recs:
+        assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["tokens"] == r["step"] * B * T
+        assert r["lr"] == pytest.approx(lr_at(r["step"] - 1, cfg.optim, cfg.train.max_steps))
+    assert train_recs[-1]["loss"] == summary["train_loss"]
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [2, 4]
+    assert val[-1]["val_loss"] == summary["val_loss"] and val[-1]["val_tokens"] == 1024
+    assert [r["step"] for r in records if r["kind"] == "sample"] == [4]
+    assert any("val loss" in line for line in lines)
+
+    saved = from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    assert saved == cfg
+
+    found = ckpt.list_checkpoints(run)
+    assert [p.name for p in found] == ["step_00000004"]  # keep_checkpoints=1 pruned step 2
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    model, ck_cfg = ckpt.load_model(run)
+    assert ck_cfg == cfg and not model.training
+    # the checkpoint is the final model: it scores the validation windows exactly as the run did
+    windows = eval_windows(small_shards, "val", T, cfg.eval.val_tokens)
+    assert evaluate_loss(model, windows, B, "cpu") == pytest.approx(summary["val_loss"], rel=1e-6)
+
+    # a second run in the same folder without --resume refuses, and leaves the run alone
+    before = (run / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        train(cfg, log=quiet)
+    assert (run / "metrics.jsonl").read_bytes() == before
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000004"]
+
+
+def test_diverged_training_raises(small_shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = micro_cfg(small_shards, run, "optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=0",
+                    "train.max_steps=6", "eval.every=-1", "eval.sample_every=-1")
+    with pytest.raises(TrainingDiverged) as e:
+        train(cfg, log=quiet)
+    assert isinstance(e.value, UserError)
+    msg = str(e.value)
+    assert re.search(r"at step \d+", msg) and "optim.lr" in msg
+    logged = [r["step"] for r in read_metrics(run, "train")]
+    assert len(logged) < 6  # it stopped early
+    assert not ckpt.list_checkpoints(run)  # no checkpoint of a diverged model
+
+
+def test_diverged_message_uses_logged_step_numbering(small_shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = micro_cfg(small_shards, run, "optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=0",
+                    "train.max_steps=6", "eval.every=-1", "eval.sample_every=-1")
+    with pytest.raises(TrainingDiverged) as e:
+        train(cfg, log=quiet)
+    last_good = max([r["step"] for r in read_metrics(run, "train")], default=0)
+    assert f"at step {last_good + 1}:" in str(e.value)
+
+
+def test_token_beyond_vocab_is_user_error(small_shards, tmp_path):
+    cfg = micro_cfg(small_shards, tmp_path / "run", "model.vocab_size=1000", "model.padded_vocab_size=1024",
+                    "eval.every=-1")
+    with pytest.raises(UserError, match=r"token id \d+ >= model.vocab_size 1000"):
+        train(cfg, log=quiet)
+
+
+def test_token_beyond_vocab_at_window_start_is_user_error(tmp_path):
+    toks = np.random.RandomState(0).randint(0, 1000, 5000)
+    toks[0] = 2000  # >= padded_vocab_size: only ever appears in x, never in y
+    write_shard(tmp_path / "data" / "train_000000.bin", toks)
+    cfg = load_config(None, [
+        f"data.dir={tmp_path / 'data'}", f"train.run_dir={tmp_path / 'run'}", "preset=micro", "vocab_size=1000",
+        "padded_vocab_size=1024", "device=cpu", "dtype=float32", "micro_batch=2", "seq_len=16", "max_steps=1",
+        "eval.every=-1", "eval.sample_every=-1",
+    ])
+    with pytest.raises(UserError):
+        train(cfg, log=quiet)
+
+
+def test_missing_data_dir_is_user_error(tmp_path):
+    cfg = micro_cfg(tmp_path / "nope", tmp_path / "run")
+    with pytest.raises(UserError, match="nope"):
+        train(cfg, log=quiet)
+
+

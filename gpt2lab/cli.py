@@ -157,7 +157,7 @@ def cmd_train(args) -> None:
         print(cfg.to_yaml(), end="")
         return
     summary = train(cfg, resume=bool(args.resume))
-    if "val_loss" in summary:
+    if "val_loss" in summary and os.environ.get("RANK", "0") == "0":
         print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, run in {summary['run_dir']}")
 
 

@@ -172,7 +172,8 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         train_model = torch.compile(train_model)  # evaluation and sampling use the plain model
 
     log(
-        f"model {model.num_params():,} params | {info.world_size} process(es) on {device} | {dtype} autocast | "
+        f"model {model.num_params():,} params | {info.world_size} process(es) on {device} | "
+        f"{'bf16 autocast' if dtype == torch.bfloat16 else 'fp32'} | "
         f"batch {tokens_per_step:,} tokens = {B} x {T} x {accum} accum x {info.world_size} | "
         f"steps {start_step}..{t_cfg.max_steps} | compile {t_cfg.compile}"
     )

@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
     dtype: str = "auto"  # autocast dtype: auto (bfloat16 where the hardware has it, else float32), bfloat16, float32
     compile: bool = False  # torch.compile the training forward/backward
+    init_from: str = ""  # start from these weights: a gpt2lab checkpoint or run folder, or a Hugging Face GPT-2 folder or hub name; the model shape then comes from there (model.dropout stays yours)
     seed: int = 1337
     micro_batch: int = 16  # sequences per forward/backward on each process
     seq_len: int = 0  # tokens per sequence (0 = model.block_size)

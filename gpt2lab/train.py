@@ -9,6 +9,8 @@ checkpoints come at their intervals and at the end. Only rank 0 prints and write
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt_mod
-from .config import Config
+from .config import Config, validate
 from .data.loader import TokenLoader
 from .data.shards import find_shards
 from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown
@@ -119,6 +121,7 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
 
 
 def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]) -> dict:
+    cfg = copy.deepcopy(cfg)  # init_from may change the model section; the caller's config stays as it was
     t_cfg, o_cfg, e_cfg = cfg.train, cfg.optim, cfg.eval
     device = info.device
     device_type = "cuda" if device.startswith("cuda") else "cpu"
@@ -140,7 +143,20 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
 
     # Same seed on every rank for the weights; then a per-rank seed for dropout.
     torch.manual_seed(t_cfg.seed)
+    init_model = None
+    if t_cfg.init_from:
+        if resume and ckpt_mod.list_checkpoints(run_dir):  # the checkpoint has the weights; take its shape
+            saved = ckpt_mod.load_checkpoint_config(ckpt_mod.list_checkpoints(run_dir)[-1]).model
+            cfg.model = dataclasses.replace(saved, dropout=cfg.model.dropout)
+        else:
+            init_model = load_pretrained(t_cfg.init_from)
+            cfg.model = dataclasses.replace(init_model.config, dropout=cfg.model.dropout)
+            log(f"initialised from {t_cfg.init_from}")
+        validate(cfg)
     model = GPT(cfg.model).to(device)
+    if init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+        del init_model
     torch.manual_seed(t_cfg.seed + info.rank)
     optimizer = build_optimizer(model, o_cfg, device_type)
     loader = TokenLoader(cfg.data.dir, cfg.data.train_split, B, T, rank=info.rank, world_size=info.world_size)
@@ -309,7 +325,7 @@ def _restore(cfg: Config, info: DistInfo, model: GPT, optimizer, loader: TokenLo
         raise UserError(f"--resume: no checkpoint in {cfg.train.run_dir}/checkpoints; start without --resume")
     path = found[-1]
     saved = ckpt_mod.load_checkpoint_config(path)
-    if saved.model != cfg.model:
+    if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:  # dropout may change; shape may not
         raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")
     ckpt_mod.load_model_weights(model, path / ckpt_mod.MODEL_FILE)
     state = ckpt_mod.load_train_state(path)
@@ -323,6 +339,18 @@ def _restore(cfg: Config, info: DistInfo, model: GPT, optimizer, loader: TokenLo
     _set_rng_state(state["rng"][info.rank], info.device)
     log(f"resumed from {path} (step {state['step']})")
     return int(state["step"])
+
+
+def load_pretrained(source: str) -> GPT:
+    """Weights to start from: a gpt2lab checkpoint/run folder, or a Hugging Face GPT-2 folder or hub name."""
+    path = Path(source)
+    if (path / ckpt_mod.CONFIG_FILE).is_file() or (path / "checkpoints").is_dir():
+        return ckpt_mod.load_model(path)[0]
+    if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise UserError(f"train.init_from: {source} does not exist")
+    from .hf import load_hf  # Hugging Face folder (config.json) or hub name
+
+    return load_hf(source)
 
 
 def sample_texts(model: GPT, cfg: Config, device: str, autocast=None) -> list[str]:

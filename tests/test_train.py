@@ -278,3 +278,33 @@ def test_missing_data_dir_is_user_error(tmp_path):
         train(cfg, log=quiet)
 
 
+
+
+def test_init_from_checkpoint_takes_weights_and_shape(small_shards, tmp_path):
+    """train.init_from starts a new run from another run's weights; its model shape wins, dropout stays ours."""
+    src = tmp_path / "src"
+    train(micro_cfg(small_shards, src, "eval.every=-1", "eval.sample_every=-1"), log=quiet)
+    source_model, _ = ckpt.load_model(src)
+
+    dst = tmp_path / "dst"
+    cfg = micro_cfg(small_shards, dst, f"train.init_from={src}", "model.n_layer=1", "model.dropout=0.2",
+                    "train.max_steps=1", "optim.lr=1e-12", "optim.warmup_steps=0", "optim.weight_decay=0",
+                    "eval.every=-1", "eval.sample_every=-1")
+    train(cfg, log=quiet)
+    tuned, tuned_cfg = ckpt.load_model(dst)
+    assert tuned_cfg.model.n_layer == source_model.config.n_layer  # not the 1 asked for: the weights decide
+    assert tuned_cfg.model.dropout == 0.2
+    assert cfg.model.n_layer == 1  # the caller's config object is left alone
+    for (name, a), (_, b) in zip(source_model.state_dict().items(), tuned.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-9), name  # one step at lr 1e-12 moves nothing visible
+
+    # resuming that run takes the shape from its own checkpoint, not from init_from again
+    more = micro_cfg(small_shards, dst, f"train.init_from={src}", "train.max_steps=2", "eval.every=-1",
+                     "eval.sample_every=-1")
+    assert train(more, resume=True, log=quiet)["steps"] == 2
+
+
+def test_init_from_missing_folder_is_user_error(small_shards, tmp_path):
+    cfg = micro_cfg(small_shards, tmp_path / "run", f"train.init_from={tmp_path / 'nope'}")
+    with pytest.raises(UserError):
+        train(cfg, log=quiet)

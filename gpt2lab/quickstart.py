@@ -30,9 +30,9 @@ def quickstart(run_dir: str = "runs/quickstart", overrides: Sequence[str] = ()) 
     from .checkpoint import list_checkpoints
 
     summary = train(cfg, resume=bool(list_checkpoints(run)))
+    val = f", val loss {summary['val_loss']:.4f}" if "val_loss" in summary else ""
     print(
-        f"\nquickstart done: {summary['steps']} steps, {summary['tokens']:,} tokens, "
-        f"val loss {summary.get('val_loss', float('nan')):.4f}\n"
+        f"\nquickstart done: {summary['steps']} steps, {summary['tokens']:,} tokens{val}\n"
         f"checkpoint: {summary.get('checkpoint')}\n"
         f"sample more: gpt2lab sample {run} --prompt 'ROMEO:' --max-new-tokens 100"
     )

@@ -196,10 +196,12 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     summary: dict = {"run_dir": str(run_dir), "steps": start_step, "tokens": start_step * tokens_per_step}
     if start_step >= t_cfg.max_steps:
         log(f"{run_dir} has already done {start_step} steps; raise train.max_steps to train further")
+        summary["checkpoint"] = str(ckpt_mod.list_checkpoints(run_dir)[-1])
         if has_val:
             summary["val_loss"] = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info)
     clip = o_cfg.grad_clip if o_cfg.grad_clip > 0 else float("inf")
     timed_steps, timed_seconds = 0, 0.0
+    recent_dt = None  # moving average of the step time, for the ETA
     loss_value = float("nan")
     for step in range(start_step, t_cfg.max_steps):
         t0 = time.perf_counter()
@@ -227,11 +229,12 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         last = done == t_cfg.max_steps
         if step > start_step:  # the first step includes compilation and warm-up
             timed_steps, timed_seconds = timed_steps + 1, timed_seconds + dt
+            recent_dt = dt if recent_dt is None else 0.9 * recent_dt + 0.1 * dt
         summary.update(steps=done, tokens=done * tokens_per_step, train_loss=loss_value)
 
         if done % t_cfg.log_every == 0 or last or step == start_step:
             tok_s = tokens_per_step / dt
-            eta = (t_cfg.max_steps - done) * (timed_seconds / timed_steps if timed_steps else dt)
+            eta = (t_cfg.max_steps - done) * (recent_dt or dt)
             log(
                 f"step {done:>6}/{t_cfg.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | norm {norm_value:.3f} | "
                 f"{tok_s:,.0f} tok/s | {dt * 1000:.0f} ms/step | ETA {_fmt_time(eta)}"

@@ -1,0 +1,509 @@
+"""Training throughput benchmark: tokens/s, ms/step and MFU, eager and ``torch.compile``.
+
+What is timed is exactly one optimizer step of the real training loop,
+:func:`gpt2lab.train.train_step` (forward under autocast, backward, gradient clipping, fused
+AdamW), plus reading the loss and gradient norm back as :func:`gpt2lab.train.train` does. The
+data are random token ids made before timing starts, so no data loading is included.
+
+MFU (model FLOPs utilisation) = achieved FLOP/s / peak FLOP/s, where achieved FLOP/s is
+``model.flops_per_token(seq_len) * tokens/s`` (6N + attention, PaLM appendix B) and the peak is
+the best dense square-matmul rate measured in the same process on the same device, in bf16 and
+in fp32 (TF32 allowed on CUDA, as training allows it). It is therefore "MFU against what this
+machine's matmul reaches", not against a datasheet number.
+
+Timings are what they are: nothing here asserts or rounds towards an expected speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Iterable
+
+import torch
+
+from .config import MODEL_PRESETS, OptimConfig
+from .distributed import DistInfo, resolve_device
+from .errors import UserError
+from .model import GPT, GPTConfig
+from .optim import build_optimizer
+from .train import autocast_for, resolve_dtype, train_step
+
+COMPILE_MODES = ("off", "on", "both")
+# Below this cpu share (see bench_train) other processes took a noticeable part of the CPU.
+BUSY_CPU_SHARE = 0.85
+# Square matmul sizes tried for the peak; the best rate over all of them counts. On 2 Sapphire
+# Rapids cores (AMX) a 4096^3 bf16 matmul takes ~60 ms and a 3072^3 fp32 one ~140 ms; on an
+# H100 an 8192^3 bf16 matmul takes ~2 ms.
+PEAK_SIZES = {
+    ("cpu", torch.bfloat16): (2048, 4096),
+    ("cpu", torch.float32): (2048, 3072),
+    ("cuda", torch.bfloat16): (4096, 8192),
+    ("cuda", torch.float32): (4096, 8192),
+}
+_CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def _device_type(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _sync(device: str) -> None:
+    if _device_type(device) == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_device(device: str) -> str:
+    device = resolve_device(device)
+    if _device_type(device) == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device: CUDA is not available on this machine; use --device cpu")
+        # As in training: TF32 for any fp32 matmul left outside autocast.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif device != "cpu":
+        raise UserError(f"--device: {device!r} is not a device; choose auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _time_matmul(device: str, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """Best FLOP/s of ``repeats`` timed n x n x n matmuls after one untimed warm-up."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b, out=out)  # warm-up: kernel selection, page faults, clocks
+    _sync(device)
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def _matmul_peak(device: str, dtype: torch.dtype, sizes: Iterable[int], repeats: int) -> tuple[float, int]:
+    best, best_n = 0.0, 0
+    for n in sizes:
+        flops = _time_matmul(device, dtype, n, repeats)
+        if flops > best:
+            best, best_n = flops, n
+    return best, best_n
+
+
+def measure_matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.bfloat16, n: int | None = None,
+                        repeats: int = 5) -> float:
+    """Dense matmul FLOP/s on ``device`` in ``dtype``: the best of ``repeats`` timed runs after a warm-up.
+
+    With ``n`` one n x n x n matmul is timed; without, the sizes of PEAK_SIZES are tried and the
+    best rate over all of them is returned.
+    """
+    device = _check_device(device)
+    sizes = (n,) if n else PEAK_SIZES.get((_device_type(device), dtype), (2048,))
+    return _matmul_peak(device, dtype, sizes, repeats)[0]
+
+
+def measure_peaks(device: str = "auto", repeats: int = 5) -> dict:
+    """bf16 and fp32 matmul peaks on one device, measured one after the other in this process."""
+    device = _check_device(device)
+    kind = _device_type(device)
+    bf16, bf16_n = _matmul_peak(device, torch.bfloat16, PEAK_SIZES[kind, torch.bfloat16], repeats)
+    fp32, fp32_n = _matmul_peak(device, torch.float32, PEAK_SIZES[kind, torch.float32], repeats)
+    return {
+        "device": device,
+        "peak_bf16_flops": bf16,
+        "peak_bf16_n": bf16_n,
+        "peak_fp32_flops": fp32,
+        "peak_fp32_n": fp32_n,
+        "fp32_tf32": _device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32),
+        "matmul_repeats": repeats,
+    }
+
+
+# --- describing the machine ------------------------------------------------------------------
+
+
+def _cpu_info() -> tuple[str, list[str]]:
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine(), [f for f in _CPU_FEATURES if f in flags]
+
+
+def load_average() -> float | None:
+    """1-minute load average of the machine (None where the OS has none): other work skews CPU timings."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def device_description(device: str) -> dict:
+    if _device_type(device) == "cuda":
+        return {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
+    name, features = _cpu_info()
+    return {"device_name": name, "cpu_features": features, "threads": torch.get_num_threads()}
+
+
+def _process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- peak memory -----------------------------------------------------------------------------
+
+
+def _reset_cpu_peak() -> bool:
+    """Reset this process's peak RSS (Linux: write 5 to /proc/self/clear_refs); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_peak(reset_ok: bool) -> tuple[int, str]:
+    if reset_ok:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024, "process peak RSS during this benchmark (VmHWM)"
+        except (OSError, ValueError, IndexError):
+            pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return rss, "process max RSS since start (getrusage)"
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+def _model_config(preset: str, seq_len: int) -> GPTConfig:
+    if preset not in MODEL_PRESETS:
+        raise UserError(f"--preset: unknown preset {preset!r}; choose one of: {', '.join(MODEL_PRESETS)}")
+    cfg = GPTConfig(**MODEL_PRESETS[preset])
+    cfg.block_size = max(cfg.block_size, seq_len)  # position embeddings are not in the FLOPs per token
+    return cfg
+
+
+def bench_train(
+    preset: str = "tiny",
+    batch: int = 16,
+    seq_len: int = 256,
+    dtype: str = "auto",
+    compile: bool = False,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str = "auto",
+    *,
+    peaks: dict | None = None,
+    seed: int = 1337,
+    retry_busy: int = 0,
+    min_cpu_share: float = BUSY_CPU_SHARE,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Time ``steps`` training steps of the ``preset`` model after ``warmup`` untimed ones.
+
+    ``peaks`` is the result of :func:`measure_peaks` for this device (measured here if None).
+    On a CPU, when other processes took CPU during the timed steps (``cpu_share`` below
+    ``min_cpu_share``), the timed steps are run again, up to ``retry_busy`` more times; the figures
+    are those of the last attempt and every attempt is listed under ``attempts``.
+    Returns a flat dict of the figures (see the keys at the end of this function).
+    """
+    if batch <= 0 or seq_len <= 0:
+        raise UserError("--batch and --seq-len must be > 0")
+    if steps < 1 or warmup < 0:
+        raise UserError("--steps must be >= 1 and --warmup >= 0")
+    if dtype not in ("auto", "bfloat16", "float32"):
+        raise UserError(f"--dtype: {dtype!r}; choose auto, bfloat16 or float32")
+    log = log or (lambda _msg: None)
+    device = _check_device(device)
+    device_type = _device_type(device)
+    cfg = _model_config(preset, seq_len)
+    if peaks is None:
+        peaks = measure_peaks(device)
+    amp_dtype = resolve_dtype(dtype, device_type)
+    autocast = autocast_for(device_type, amp_dtype)
+    if compile and warmup == 0:
+        log("warning: --warmup 0 with compile: compilation is inside the timed steps")
+
+    # Memory high-water mark from here on: model, optimizer state, activations, compiled code.
+    if device_type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        reset_ok = False
+    else:
+        reset_ok = _reset_cpu_peak()
+
+    torch.manual_seed(seed)
+    model = GPT(cfg).to(device)
+    optimizer = build_optimizer(model, OptimConfig(), device_type)
+    train_model: torch.nn.Module = model
+    if compile:
+        torch._dynamo.reset()  # compile from scratch, not on top of an earlier benchmark's graphs
+        train_model = torch.compile(model)
+    info = DistInfo(device=device)
+    clip = OptimConfig().grad_clip
+
+    # Random tokens, fixed seed, made and moved to the device before any timing.
+    g = torch.Generator().manual_seed(seed)
+    n_batches = min(warmup + steps, 8)
+    data = torch.randint(0, cfg.vocab_size, (n_batches, batch, seq_len + 1), generator=g).to(device)
+    batches = [(data[i, :, :-1].contiguous(), data[i, :, 1:].contiguous()) for i in range(n_batches)]
+
+    def one_step(i: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        loss, norm = train_step(train_model, model, optimizer, iter([batches[i % n_batches]]), 1, autocast, clip, info)
+        loss_value = loss.item()  # the training loop reads these back every step too
+        norm.item()
+        _sync(device)
+        return time.perf_counter() - t0, loss_value
+
+    load = load_average()
+    tag = f"{preset} B={batch} T={seq_len} {str(amp_dtype).replace('torch.', '')} compile={'on' if compile else 'off'}"
+    warmup_times = []
+    for i in range(warmup):
+        dt, _ = one_step(i)
+        warmup_times.append(dt)
+        log(f"{tag}: warm-up step {i + 1}/{warmup} {dt:.2f} s")
+    attempts = []
+    for attempt in range(1 + max(0, retry_busy)):
+        step_times, loss_value = [], float("nan")
+        cpu0 = _process_cpu_seconds()
+        for i in range(steps):
+            dt, loss_value = one_step(warmup + attempt * steps + i)
+            step_times.append(dt)
+            log(f"{tag}: step {i + 1}/{steps} {dt * 1000:.0f} ms")
+        total = sum(step_times)
+        # CPU time this process got / (wall time x torch threads) over the timed steps. On a quiet CPU
+        # it sits near 1 (PyTorch's threads spin while they wait); well below that, other processes
+        # took CPU from the benchmark and the timings are low.
+        cpu_share = None
+        if device_type == "cpu":
+            cpu_share = (_process_cpu_seconds() - cpu0) / (total * torch.get_num_threads())
+        attempts.append({"ms_per_step": 1000 * total / steps, "cpu_share": cpu_share})
+        if cpu_share is None or cpu_share >= min_cpu_share or attempt == retry_busy:
+            break
+        log(f"{tag}: cpu share {cpu_share:.2f} < {min_cpu_share}: other processes took CPU; timing again")
+
+    if device_type == "cuda":
+        peak_mem, mem_kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+    else:
+        peak_mem, mem_kind = _cpu_peak(reset_ok)
+
+    tokens_per_step = batch * seq_len
+    tok_s = tokens_per_step * steps / total
+    flops_per_token = model.flops_per_token(seq_len)
+    achieved = flops_per_token * tok_s
+    result: dict = {
+        "preset": preset,
+        "batch": batch,
+        "seq_len": seq_len,
+        "tokens_per_step": tokens_per_step,
+        "dtype": str(amp_dtype).replace("torch.", ""),
+        "compile": bool(compile),
+        "device": device,
+        **device_description(device),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "load_avg_1m_at_start": load,
+        "params": model.num_params(),
+        "flops_per_token": flops_per_token,
+        "steps": steps,
+        "warmup": warmup,
+        "warmup_s": sum(warmup_times),
+        "first_step_s": warmup_times[0] if warmup_times else None,
+        "ms_per_step": 1000 * total / steps,
+        "ms_per_step_min": 1000 * min(step_times),
+        "ms_per_step_max": 1000 * max(step_times),
+        "ms_per_step_median": 1000 * statistics.median(step_times),
+        "tokens_per_s": tok_s,
+        "achieved_tflops": achieved / 1e12,
+        "cpu_share": cpu_share,
+        "attempts": attempts,
+        "peak_mem_bytes": peak_mem,
+        "peak_mem_kind": mem_kind,
+        "final_loss": loss_value,
+    }
+    set_peaks(result, peaks)
+    del train_model, model, optimizer, data, batches
+    if compile:
+        torch._dynamo.reset()
+    if device_type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def set_peaks(result: dict, peaks: dict) -> dict:
+    """(Re)compute a result's MFU figures against ``peaks`` (from :func:`measure_peaks`)."""
+    achieved = result["achieved_tflops"] * 1e12
+    result["peak_bf16_tflops"] = peaks["peak_bf16_flops"] / 1e12
+    result["peak_fp32_tflops"] = peaks["peak_fp32_flops"] / 1e12
+    result["mfu"] = achieved / peaks["peak_bf16_flops"]  # headline: training runs under bf16 autocast
+    result["mfu_fp32"] = achieved / peaks["peak_fp32_flops"]
+    return result
+
+
+def add_compile_ratios(results: list[dict]) -> list[dict]:
+    """Set ``compiled_vs_eager`` (tokens/s compiled / tokens/s eager) on compiled results that have an eager twin."""
+    eager = {_shape_key(r): r for r in results if not r["compile"]}
+    for r in results:
+        twin = eager.get(_shape_key(r))
+        if r["compile"] and twin is not None:
+            r["compiled_vs_eager"] = r["tokens_per_s"] / twin["tokens_per_s"]
+            # Not comparable when either side shared the CPU with other processes.
+            r["compiled_vs_eager_busy"] = any(_busy(x) for x in (r, twin))
+    return results
+
+
+def _busy(r: dict) -> bool:
+    return r.get("cpu_share") is not None and r["cpu_share"] < BUSY_CPU_SHARE
+
+
+def _shape_key(r: dict) -> tuple:
+    return (r["preset"], r["batch"], r["seq_len"], r["dtype"], r["device"])
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.1f}M"
+
+
+def format_table(results: list[dict], peaks: dict) -> str:
+    """A plain-text table of results, with the machine and the measured peaks above it."""
+    lines = []
+    if results:
+        r0 = results[0]
+        extra = ""
+        if r0.get("cpu_features"):
+            extra += f" [{', '.join(r0['cpu_features'])}]"
+        if "threads" in r0:
+            extra += f", {r0['threads']} threads"
+        load = r0.get("load_avg_1m_at_start")
+        load_text = f" | load avg {load:.2f} at start" if load is not None else ""
+        lines.append(f"device: {r0['device']} ({r0['device_name']}){extra} | torch {r0['torch']} | host {r0['host']}"
+                     f"{load_text}")
+    tf32 = " (TF32 allowed)" if peaks.get("fp32_tf32") else ""
+    lines.append(
+        f"matmul peak (best of {peaks['matmul_repeats']}, measured in this run): "
+        f"bf16 {peaks['peak_bf16_flops'] / 1e12:.3f} TFLOP/s (n={peaks['peak_bf16_n']}), "
+        f"fp32{tf32} {peaks['peak_fp32_flops'] / 1e12:.3f} TFLOP/s (n={peaks['peak_fp32_n']})"
+    )
+    header = ["preset", "params", "B x T", "dtype", "compile", "tok/s", "ms/step (min)", "TFLOP/s", "MFU bf16",
+              "MFU fp32", "warm-up s", "peak mem", "compiled/eager"]
+    show_share = any(r.get("cpu_share") is not None for r in results)
+    if show_share:
+        header.append("cpu share")
+    rows = []
+    for r in results:
+        ratio = r.get("compiled_vs_eager")
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}x" + (" (busy)" if r.get("compiled_vs_eager_busy") else "")
+        row = [
+            r["preset"], _fmt_params(r["params"]), f"{r['batch']} x {r['seq_len']}", r["dtype"],
+            "on" if r["compile"] else "off", f"{r['tokens_per_s']:,.0f}",
+            f"{r['ms_per_step']:,.1f} ({r['ms_per_step_min']:,.1f})",
+            f"{r['achieved_tflops']:.3f}", f"{100 * r['mfu']:.1f}%", f"{100 * r['mfu_fp32']:.1f}%",
+            f"{r['warmup_s']:.1f}", _fmt_bytes(r["peak_mem_bytes"]), ratio_text,
+        ]
+        if show_share:
+            share = r.get("cpu_share")
+            tries = len(r.get("attempts", ()))
+            row.append((f"{share:.2f}" if share is not None else "-") + (f" ({tries} tries)" if tries > 1 else ""))
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    left = {0, 1, 3, 4}
+
+    def fmt(row):
+        return "  ".join(str(x).ljust(w) if i in left else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
+
+    lines += [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(row) for row in rows]
+    if results:
+        steps = sorted({(r["steps"], r["warmup"]) for r in results})
+        lines.append(
+            "timed steps / warm-up steps: " + ", ".join(f"{s}/{w}" for s, w in steps)
+            + "; tok/s = B*T*steps / timed seconds (mean step; fastest step in brackets); "
+            "MFU = model FLOPs/token * tok/s / matmul peak"
+        )
+        lines.append(f"peak mem = {results[0]['peak_mem_kind']}")
+        if show_share:
+            lines.append("cpu share = CPU time of this process / (wall time x threads) in the timed steps; "
+                         "well below 1 means other processes took CPU and the timings are low "
+                         "(N tries: the timed steps were run again after a busy attempt)")
+    return "\n".join(lines)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_bench(
+    preset: str = "tiny",
+    batch: int = 16,
+    seq_len: int = 256,
+    dtype: str = "auto",
+    compile_mode: str = "off",
+    steps: int = 5,
+    warmup: int = 2,
+    device: str = "auto",
+    as_json: bool = False,
+    *,
+    peaks: dict | None = None,
+    out=None,
+    log: Callable[[str], None] | None = _stderr,
+) -> list[dict]:
+    """Measure the matmul peaks once, then bench_train with compile off and/or on; print and return the results.
+
+    ``compile_mode`` is "off", "on" or "both" (eager and compiled side by side, with their ratio).
+    Progress goes to ``log`` (stderr); the table, or one JSON object per line with ``as_json``, to ``out``
+    (stdout). ``peaks`` (from :func:`measure_peaks`) skips measuring them again.
+    """
+    if compile_mode not in COMPILE_MODES:
+        raise UserError(f"--compile: {compile_mode!r}; choose off, on or both")
+    out = out or sys.stdout
+    device = _check_device(device)
+    _model_config(preset, seq_len)  # fail on a bad preset before spending time on the peaks
+    log = log or (lambda _msg: None)
+    load = load_average()
+    if _device_type(device) == "cpu" and load is not None and load > 0.5:
+        log(f"warning: 1-minute load average is {load:.2f}: if other processes are using the CPU, "
+            "the figures will be lower than this machine can do")
+    if peaks is None:
+        log(f"measuring bf16 and fp32 matmul peaks on {device} ...")
+        peaks = measure_peaks(device)
+    modes = {"off": [False], "on": [True], "both": [False, True]}[compile_mode]
+    results = []
+    for compiled in modes:
+        results.append(
+            bench_train(preset, batch, seq_len, dtype, compiled, steps, warmup, device, peaks=peaks, log=log)
+        )
+    add_compile_ratios(results)
+    if as_json:
+        for r in results:
+            print(json.dumps(r), file=out)
+    else:
+        print(format_table(results, peaks), file=out)
+    out.flush()
+    return results

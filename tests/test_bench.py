@@ -1,0 +1,91 @@
+"""The benchmark runs for real on a tiny model; figures are checked for sanity, never for speed."""
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2lab.bench import bench_train, format_table, measure_matmul_peak, run_bench
+from gpt2lab.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_measure_matmul_peak_small():
+    for dtype in (torch.bfloat16, torch.float32):
+        flops = measure_matmul_peak("cpu", dtype, n=256, repeats=2)
+        assert math.isfinite(flops) and flops > 0
+
+
+def test_run_bench_micro_in_process():
+    buf = io.StringIO()
+    results = run_bench(preset="micro", batch=2, seq_len=32, dtype="auto", compile_mode="off", steps=1, warmup=1,
+                        device="cpu", as_json=False, out=buf, log=None)
+    assert len(results) == 1
+    r = results[0]
+    assert r["preset"] == "micro" and r["batch"] == 2 and r["seq_len"] == 32 and r["compile"] is False
+    assert r["tokens_per_s"] > 0 and r["ms_per_step"] > 0
+    assert 0 < r["mfu"] <= 1 and r["mfu_fp32"] > 0
+    assert r["peak_bf16_tflops"] > 0 and r["peak_fp32_tflops"] > 0
+    assert r["flops_per_token"] > 6 * 1e6  # micro has ~3.3M parameters
+    assert r["params"] > 0 and r["peak_mem_bytes"] > 0
+    assert math.isfinite(r["final_loss"])
+    # The figures are consistent with each other.
+    assert r["tokens_per_s"] == pytest.approx(2 * 32 * 1000 / r["ms_per_step"])
+    assert r["achieved_tflops"] * 1e12 == pytest.approx(r["flops_per_token"] * r["tokens_per_s"])
+    table = buf.getvalue()
+    assert "tok/s" in table and "micro" in table and "MFU bf16" in table
+
+
+# Made-up peaks, for tests that check the arithmetic rather than the measurement.
+PEAKS = {"peak_bf16_flops": 1e12, "peak_bf16_n": 0, "peak_fp32_flops": 1e11, "peak_fp32_n": 0,
+         "fp32_tf32": False, "matmul_repeats": 1}
+
+
+def test_bench_train_block_size_follows_seq_len():
+    # micro has block_size 128; a longer sequence must still run.
+    r = bench_train("micro", 1, 160, "float32", False, steps=1, warmup=0, device="cpu", peaks=PEAKS)
+    assert r["dtype"] == "float32" and r["tokens_per_s"] > 0
+    assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 1.0)
+    assert r["mfu_fp32"] == pytest.approx(r["achieved_tflops"] / 0.1)
+    assert "micro" in format_table([r], PEAKS)
+
+
+def test_run_bench_json_lines():
+    buf = io.StringIO()
+    run_bench(preset="micro", batch=2, seq_len=32, steps=1, warmup=0, device="cpu", as_json=True, peaks=PEAKS,
+              out=buf, log=None)
+    (line,) = buf.getvalue().strip().splitlines()
+    r = json.loads(line)
+    assert r["preset"] == "micro" and r["tokens_per_s"] > 0 and r["mfu"] > 0
+
+
+def test_bad_arguments_are_user_errors():
+    with pytest.raises(UserError, match="unknown preset"):
+        run_bench(preset="nope", steps=1, warmup=0, device="cpu", log=None)
+    with pytest.raises(UserError, match="--compile"):
+        run_bench(preset="micro", compile_mode="maybe", device="cpu", log=None)
+    with pytest.raises(UserError, match="--steps"):
+        bench_train("micro", 2, 32, steps=0, device="cpu")
+
+
+def test_cli_bench_micro():
+    cmd = [sys.executable, "-m", "gpt2lab", "bench", "--preset", "micro", "-B", "2", "-T", "32",
+           "--steps", "1", "--warmup", "1", "--compile", "off", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tok/s" in proc.stdout and "micro" in proc.stdout
+
+
+def test_busy_cpu_retries_the_timed_steps():
+    # A cpu share of 1.5 cannot be reached, so every attempt counts as busy: 1 + retry_busy attempts.
+    r = bench_train("micro", 2, 32, "auto", False, steps=1, warmup=0, device="cpu", peaks=PEAKS,
+                    retry_busy=1, min_cpu_share=1.5)
+    assert len(r["attempts"]) == 2 and r["cpu_share"] == r["attempts"][-1]["cpu_share"]
+    assert r["ms_per_step"] == r["attempts"][-1]["ms_per_step"]
+    assert "2 tries" in format_table([r], PEAKS)

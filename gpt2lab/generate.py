@@ -1,4 +1,34 @@
-"""Text generation with a KV cache: greedy, temperature, top-k and top-p sampling."""
+"""Text generation: greedy, temperature, top-k and top-p sampling, batched, with a KV cache.
+
+``generate`` runs its own inference forward pass over the model's weights (the same
+computation as ``GPT.forward``, minus dropout), because batching prompts of different lengths
+needs two things ``GPT.forward`` does not take: a key-padding mask and a position per row.
+
+- **Batches of prompts of different lengths** are left-padded to the longest. Each row gets
+  positions counted from its own first real token, and an attention mask that hides its pad
+  keys, so every row computes what it would compute alone.
+- **The KV cache is preallocated** once, ``(batch, heads, prompt + new tokens, head_dim)`` per
+  layer, and written in place; nothing is concatenated per step.
+- **Packed weights (CPU)**: decoding reads every weight once per step. ``pack=True`` copies
+  the Linear weights (and the output layer) once per call into oneDNN's blocked layout, which
+  multiplies a few rows much faster than PyTorch's ``(out, in)`` layout in bf16 at any batch
+  and in fp32 from batch 2 (GPT-2 124M on 2 cores: fp32 batch 8 30 ms/step against 53, bf16
+  batch 1 13 against 19), but not in fp32 at batch 1. The copy costs one more set of weights
+  in memory during the call, and ~0.15 s (fp32) / 0.06 s (bf16) for 124M. ``pack=None`` (auto)
+  packs on CPU for bf16/fp16, or fp32 with several rows, when at least 16 tokens are generated.
+  Without oneDNN the copy is a plain (in, out) transpose for ``addmm``.
+- **The output layer is computed for the last position only**, over the real vocabulary.
+- ``compile=True`` runs the decode step (one token per row) through ``torch.compile`` with
+  static shapes: the whole cache is attended to, with the not-yet-written slots masked. Packed
+  weights are then plain transposes (compile cannot trace oneDNN's opaque tensors), and auto
+  packing is used for fp32 batches only. On CPU it gains little (~5% for fp32 at batch 1); the
+  first call compiles (tens of seconds).
+
+Beyond the model's ``block_size`` the context slides: each row keeps its last ``block_size``
+tokens and the forward pass is recomputed every step (positions restart at 0), as the
+uncached reference does. ``use_cache=False`` recomputes every step from the start, and is the
+reference the cached path is tested against.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +36,12 @@ import contextlib
 from typing import Callable, Sequence
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from .model import GPT
+
+PAD_ID = 0  # token id put in left padding; never seen by real tokens (masked)
 
 
 def sample_next(
@@ -34,10 +68,184 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _transpose(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``w.t()`` as a contiguous ``dtype`` tensor, copied in column blocks (faster than one copy on CPU)."""
+    out_f, in_f = w.shape
+    wt = torch.empty(in_f, out_f, dtype=dtype, device=w.device)
+    step = 1024
+    for s in range(0, out_f, step):
+        wt[:, s : s + step].copy_(w[s : s + step].t())
+    return wt
+
+
+def _mkldnn_pack(w: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """``w`` (out, in) reordered into oneDNN's blocked layout for ``batch`` rows, or None where unavailable."""
+    if w.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, batch)
+        x = torch.ones(1, w.size(1), dtype=w.dtype)
+        torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # the op runs with this layout
+        return packed
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+
+
+class PackedLinear(nn.Module):
+    """A Linear layer with its weight copied into a layout that is fast for small batches on CPU.
+
+    oneDNN's blocked layout (``torch.ops.mkldnn``, the one inductor's freezing pass uses) where
+    available, else a plain (in, out) copy for ``addmm(bias, x, W)``. ``mkldnn=False`` forces the
+    latter (torch.compile cannot trace oneDNN's opaque tensors).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, batch: int = 1,
+                 mkldnn: bool = True):
+        super().__init__()
+        w = weight.detach().to(dtype)
+        self.dtype = dtype
+        self.b = None if bias is None else bias.detach().to(dtype)
+        self.mkldnn = _mkldnn_pack(w.contiguous(), batch) if mkldnn else None
+        self.wt = None if self.mkldnn is not None else _transpose(w, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.size(-1)).to(self.dtype)
+        if self.mkldnn is not None:
+            y = torch.ops.mkldnn._linear_pointwise(x2, self.mkldnn, self.b, "none", [], "")
+        elif self.b is None:
+            y = torch.mm(x2, self.wt)
+        else:
+            y = torch.addmm(self.b, x2, self.wt)
+        return y.view(*x.shape[:-1], y.size(-1))
+
+
+class _Head(nn.Module):
+    """The model's output layer, unpacked, cut to the real vocabulary."""
+
+    def __init__(self, lm_head: nn.Module, vocab: int):
+        super().__init__()
+        self.lm_head, self.vocab = lm_head, vocab
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(x)[..., : self.vocab]
+
+
+class Decoder(nn.Module):
+    """The inference forward pass of a ``GPT`` with a preallocated KV cache and per-row masks.
+
+    Uses the model's own modules (LayerNorms, embeddings, and its Linear layers unless
+    ``pack``), so a model whose Linear layers were replaced (e.g. by int8 dynamic-quantized
+    ones) decodes through them.
+    """
+
+    def __init__(self, model: GPT, pack: bool = False, dtype: torch.dtype | None = None, batch: int = 1,
+                 mkldnn: bool = True):
+        super().__init__()
+        cfg = model.config
+        tr = model.transformer
+        self.n_head, self.n_embd, self.vocab = cfg.n_head, cfg.n_embd, cfg.vocab_size
+        self.block_size = cfg.block_size
+        self.wte, self.wpe, self.ln_f = tr.wte, tr.wpe, tr.ln_f
+        dtype = dtype or tr.wte.weight.dtype
+
+        def lin(m: nn.Module) -> nn.Module:
+            return PackedLinear(m.weight, m.bias, dtype, batch, mkldnn) if pack and type(m) is nn.Linear else m
+
+        self.layers = nn.ModuleList(
+            nn.ModuleList([b.ln_1, lin(b.attn.c_attn), lin(b.attn.c_proj), b.ln_2, lin(b.mlp.c_fc), lin(b.mlp.c_proj)])
+            for b in tr.h
+        )
+        if pack and type(model.lm_head) is nn.Linear:
+            self.head: nn.Module = PackedLinear(model.lm_head.weight[: self.vocab], None, dtype, batch, mkldnn)
+        else:
+            self.head = _Head(model.lm_head, self.vocab)
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+    def allocate(self, batch: int, length: int, dtype: torch.dtype, device) -> None:
+        """Zeroed caches (zeros, not empty: masked slots are multiplied by 0 and must not be NaN)."""
+        shape = (batch, self.n_head, length, self.n_embd // self.n_head)
+        if self.k and self.k[0].shape == shape and self.k[0].dtype == dtype:
+            return
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+
+    @property
+    def cache_len(self) -> int:
+        return self.k[0].size(2) if self.k else 0
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor,
+        slots: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv_len: int | None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """Run tokens ``idx`` (B, T) at positions ``pos`` (B, T), writing their keys and values at
+        cache slots ``slots`` (T,); attend to cache slots [0, kv_len) (all when None) under
+        ``mask`` (B, 1, T, kv_len) bool, or causally when ``causal``. Returns the (B, vocab)
+        logits of the last position."""
+        B, T = idx.shape
+        C, H = self.n_embd, self.n_head
+        x = self.wte(idx) + self.wpe(pos)
+        for i, (ln_1, c_attn, a_proj, ln_2, c_fc, m_proj) in enumerate(self.layers):
+            q, k, v = c_attn(ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+            kc, vc = self.k[i], self.v[i]
+            kc.index_copy_(2, slots, k.to(kc.dtype))
+            vc.index_copy_(2, slots, v.to(vc.dtype))
+            if kv_len is not None:
+                kc, vc = kc[:, :, :kv_len], vc[:, :, :kv_len]
+            y = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask, is_causal=causal)
+            x = x + a_proj(y.transpose(1, 2).reshape(B, T, C))
+            x = x + m_proj(F.gelu(c_fc(ln_2(x)), approximate="tanh"))
+        return self.head(self.ln_f(x[:, -1])).float()
+
+
+def _as_prompts(prompt) -> list[list[int]]:
+    if isinstance(prompt, torch.Tensor):
+        prompt = prompt.tolist()
+    prompts = [list(p) for p in prompt] if len(prompt) and isinstance(prompt[0], (list, tuple)) else [list(prompt)]
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompt must hold at least one token")
+    return prompts
+
+
+def _autocast_dtype(ctx, device_type: str) -> torch.dtype | None:
+    if isinstance(ctx, torch.autocast) and getattr(ctx, "_enabled", True) and ctx.device == device_type:
+        return ctx.fast_dtype
+    return None
+
+
+class _Batch:
+    """Left-padded rows: tokens, positions and key-padding for a batch of sequences of different lengths."""
+
+    def __init__(self, rows: list[list[int]], device):
+        B, L = len(rows), max(len(r) for r in rows)
+        self.pad = torch.tensor([L - len(r) for r in rows], device=device)  # (B,)
+        self.length = L
+        self.idx = torch.tensor([[PAD_ID] * (L - len(r)) + r for r in rows], dtype=torch.long, device=device)
+        ar = torch.arange(L, device=device)
+        self.pos = (ar[None, :] - self.pad[:, None]).clamp_min(0)
+        self.ragged = bool(self.pad.any())
+
+    def prefill_mask(self) -> torch.Tensor | None:
+        """(B, 1, L, L): causal, minus pad keys; a pad query sees itself only (so no row is all -inf)."""
+        if not self.ragged:
+            return None
+        ar = torch.arange(self.length, device=self.pad.device)
+        causal = ar[None, :] <= ar[:, None]  # (L, L) key <= query
+        real_key = ar[None, :] >= self.pad[:, None]  # (B, L)
+        mask = causal[None] & real_key[:, None, :]
+        return (mask | torch.eye(self.length, dtype=torch.bool, device=mask.device)[None])[:, None]
+
+
 @torch.no_grad()
 def generate(
     model: GPT,
-    prompt: Sequence[int],
+    prompt: Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
     num_samples: int = 1,
     temperature: float = 1.0,
@@ -47,53 +255,91 @@ def generate(
     stop_token: int | None = None,
     autocast: contextlib.AbstractContextManager | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    *,
+    use_cache: bool = True,
+    pack: bool | None = None,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Continue ``prompt`` ``num_samples`` times; returns the new tokens of each sample.
 
-    A sample ends at ``stop_token`` (not included) or after ``max_new_tokens``. Beyond the
-    model's block_size the context slides (and the cache is recomputed each step).
-    ``on_token`` receives each step's (num_samples,) tokens, for streaming.
+    ``prompt`` is one list of token ids, or a list of them (a batch; lengths may differ): the
+    result then holds ``num_samples`` rows per prompt, prompt by prompt. A sample ends at
+    ``stop_token`` (not included) or after ``max_new_tokens``. ``on_token`` receives each
+    step's (rows,) tokens, for streaming. ``seed`` makes sampling reproducible. ``autocast``
+    (e.g. ``torch.autocast("cpu", dtype=torch.bfloat16)``) runs the forward pass under it; packed
+    weights are then stored in its dtype. See the module docstring for ``use_cache``, ``pack``
+    and ``compile``.
     """
-    if not prompt:
-        raise ValueError("prompt must hold at least one token")
+    prompts = _as_prompts(prompt)
     device = model.transformer.wte.weight.device
     block = model.config.block_size
-    vocab = model.config.vocab_size
+    rows = [p[-block:] for p in prompts for _ in range(num_samples)]
+    B = len(rows)
     gen = torch.Generator(device=device)
     if seed is not None:
         gen.manual_seed(seed)
     else:
         gen.seed()
+    ctx = autocast or contextlib.nullcontext()
+    ac_dtype = _autocast_dtype(autocast, device.type)
+    compute_dtype = ac_dtype or model.transformer.wte.weight.dtype
+    if pack is None:  # see the module docstring
+        fp32 = compute_dtype == torch.float32
+        pack = device.type == "cpu" and max_new_tokens >= 16 and (
+            (fp32 and B >= 2) if compile else (B >= 2 or not fp32))
+    dec = Decoder(model, pack=pack, dtype=ac_dtype, batch=B, mkldnn=not compile)
     was_training = model.training
     model.eval()
-    idx = torch.tensor([list(prompt)] * num_samples, dtype=torch.long, device=device)[:, -block:]
-    out = torch.empty(num_samples, 0, dtype=torch.long, device=device)
-    done = torch.zeros(num_samples, dtype=torch.bool, device=device)
-    caches = model.empty_caches(num_samples, device=device)
-    step_input = idx
-    ctx = autocast or contextlib.nullcontext()
-    for _ in range(max_new_tokens):
+    try:
         with ctx:
-            if caches is not None and caches[0][0].size(2) + step_input.size(1) <= block:
-                logits, caches = model(step_input, caches=caches)
-            else:  # context full: slide the window and recompute without cache
-                caches = None
-                window = torch.cat([idx, out], dim=1)[:, -block:]
-                logits, _ = model(window)
-        nxt = sample_next(logits[:, -1, :vocab], temperature, top_k, top_p, gen)
-        if stop_token is not None:
-            nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
-            done |= nxt == stop_token
-        out = torch.cat([out, nxt[:, None]], dim=1)
-        if on_token is not None:
-            on_token(nxt)
-        step_input = nxt[:, None]
-        if stop_token is not None and bool(done.all()):
-            break
-    model.train(was_training)
+            first = _Batch(rows, device)
+            # the cache holds the prompt and every generated token but the last (never fed back)
+            cache_len = min(block, first.length + max(max_new_tokens - 1, 0)) if use_cache else block
+            dec.allocate(B, cache_len, compute_dtype, device)
+            step_fn = torch.compile(dec, dynamic=False) if compile and use_cache else dec
+            out = torch.empty(B, 0, dtype=torch.long, device=device)
+            done = torch.zeros(B, dtype=torch.bool, device=device)
+            all_slots = torch.arange(cache_len, device=device)
+            key_real = all_slots[None, :] >= first.pad[:, None]  # (B, cache_len)
+            t = first.length  # cache slot of the next token fed back
+            logits = nxt = None
+            for step in range(max_new_tokens):
+                if step == 0:
+                    logits = _prefill(dec, first)
+                elif use_cache and t < cache_len:
+                    pos = (t - first.pad)[:, None]
+                    if compile:  # static shapes: attend to the whole cache, unwritten slots masked
+                        mask = (key_real & (all_slots <= t)[None])[:, None, None, :]
+                        logits = step_fn(nxt[:, None], pos, all_slots[t : t + 1], mask, None)
+                    else:
+                        mask = key_real[:, None, None, : t + 1] if first.ragged else None
+                        logits = dec(nxt[:, None], pos, all_slots[t : t + 1], mask, t + 1)
+                    t += 1
+                else:  # no cache, or context full: each row's last block_size tokens, recomputed
+                    seqs = [r + o for r, o in zip(rows, out.tolist())]
+                    logits = _prefill(dec, _Batch([s[-block:] for s in seqs], device))
+                nxt = sample_next(logits, temperature, top_k, top_p, gen)
+                if stop_token is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
+                    done |= nxt == stop_token
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                if on_token is not None:
+                    on_token(nxt)
+                if stop_token is not None and bool(done.all()):
+                    break
+    finally:
+        model.train(was_training)
     result = []
     for row in out.tolist():
         if stop_token is not None and stop_token in row:
             row = row[: row.index(stop_token)]
         result.append(row)
     return result
+
+
+def _prefill(dec: Decoder, batch: _Batch) -> torch.Tensor:
+    """Run whole (left-padded) rows from cache slot 0; returns the last position's logits."""
+    L = batch.length
+    slots = torch.arange(L, device=batch.idx.device)
+    mask = batch.prefill_mask()
+    return dec(batch.idx, batch.pos, slots, mask, L, causal=mask is None)

@@ -115,3 +115,75 @@ def test_generate_under_bf16_autocast(model):
     out = generate(model, PROMPT, 20, num_samples=2, seed=1, autocast=ctx)
     assert [len(s) for s in out] == [20, 20]
     assert all(0 <= t < CFG.vocab_size for s in out for t in s)
+
+
+# --- batches, cache, packing, int8 ------------------------------------------------------
+PROMPTS = [[7], [5, 17, 42], [3, 1, 4, 1, 5, 9, 2], [250, 11]]
+
+
+def test_batch_of_different_lengths_matches_each_alone(model):
+    n = 10
+    batch = generate(model, PROMPTS, n, temperature=0.0)
+    alone = [generate(model, p, n, temperature=0.0)[0] for p in PROMPTS]
+    assert batch == alone == [greedy_uncached(model, p, n) for p in PROMPTS]
+
+
+def test_batch_slides_beyond_block_size_per_row(model):
+    n = CFG.block_size + 4  # rows reach the block size at different steps
+    batch = generate(model, PROMPTS, n, temperature=0.0)
+    assert batch == [greedy_uncached(model, p, n) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_cached_and_uncached_decoding_agree(model, pack):
+    n = 12
+    cached = generate(model, PROMPTS, n, temperature=0.0, pack=pack)
+    uncached = generate(model, PROMPTS, n, temperature=0.0, use_cache=False, pack=pack)
+    assert cached == uncached == [greedy_uncached(model, p, n) for p in PROMPTS]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile's own code
+def test_compiled_decode_step_gives_the_same_tokens(model):
+    n = 10
+    assert generate(model, PROMPTS, n, temperature=0.0, compile=True) == [greedy_uncached(model, p, n) for p in PROMPTS]
+
+
+def test_batch_rows_are_prompt_major_and_seeded(model):
+    out = generate(model, PROMPTS[:2], 8, num_samples=3, seed=5)
+    assert len(out) == 6 and out == generate(model, PROMPTS[:2], 8, num_samples=3, seed=5)
+    greedy = generate(model, PROMPTS[:2], 8, num_samples=2, temperature=0.0)
+    assert greedy[0] == greedy[1] == greedy_uncached(model, PROMPTS[0], 8)
+    assert greedy[2] == greedy[3] == greedy_uncached(model, PROMPTS[1], 8)
+
+
+def test_batch_rows_stop_independently(model):
+    refs = [greedy_uncached(model, p, 10) for p in PROMPTS]
+    stop = refs[1][4]
+    out = generate(model, PROMPTS, 10, temperature=0.0, stop_token=stop)
+    assert out == [r[: r.index(stop)] if stop in r else r for r in refs]
+
+
+def test_packed_bf16_autocast_and_bf16_weights(model):
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+    out = generate(model, PROMPTS, 6, seed=2, autocast=ctx, pack=True)
+    assert [len(s) for s in out] == [6] * len(PROMPTS)
+    import copy
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    for pack in (False, True):
+        out = generate(bf16, PROMPTS, 6, seed=2, pack=pack)
+        assert [len(s) for s in out] == [6] * len(PROMPTS) and all(0 <= t < CFG.vocab_size for s in out for t in s)
+
+
+def test_int8_quantized_model_generates_close_logits(model):
+    from gpt2lab.quantize import quantize_int8
+
+    q = quantize_int8(model)
+    assert model.lm_head.weight is model.transformer.wte.weight  # the original is untouched
+    x = torch.tensor([PROMPTS[2]])
+    with torch.no_grad():
+        ref, got = model(x)[0][..., : CFG.vocab_size], q(x)[0][..., : CFG.vocab_size]
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    out = generate(q, PROMPTS, 8, temperature=0.0)
+    assert [len(s) for s in out] == [8] * len(PROMPTS)
+    assert generate(q, PROMPTS, 8, temperature=0.0, use_cache=False) == out

@@ -1,0 +1,506 @@
+"""Import GPT-2 weights from Hugging Face transformers, and export gpt2lab models to it.
+
+The two layouts differ in three ways only:
+
+- transformers stores the four projection weights of a block (``attn.c_attn``, ``attn.c_proj``,
+  ``mlp.c_fc``, ``mlp.c_proj``) as ``Conv1D``, i.e. (in, out); gpt2lab uses ``nn.Linear``,
+  (out, in). Conversion is a transpose.
+- gpt2lab pads the vocabulary (50257 -> 50304 rows of the token embedding); padded rows are
+  zero on import and dropped on export.
+- the LM head is tied to the token embedding in both, and stored once.
+
+Reading never unpickles code: safetensors, or ``pytorch_model.bin`` through
+``torch.load(weights_only=True)``. Local directories need neither transformers nor
+huggingface_hub; hub names need huggingface_hub (``pip install 'gpt2lab[hf]'``).
+
+Command line: ``gpt2lab convert from-hf SRC OUT`` and ``gpt2lab convert to-hf CHECKPOINT OUT``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+
+from .errors import UserError
+from .model import GPT, GPTConfig
+
+HF_CONFIG = "config.json"
+CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) in transformers
+LAYER_PARAMS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # the same function: GELU, tanh approximation
+_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers in old checkpoints
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# --- configs --------------------------------------------------------------------------------
+def _pad_vocab(n: int, multiple: int = 64) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def gpt2lab_config_from_hf(hf_config: Mapping | object) -> GPTConfig:
+    """GPTConfig for a transformers GPT-2 config (a dict or a ``GPT2Config``).
+
+    Raises UserError naming the first field that makes the model something other than GPT-2
+    as gpt2lab computes it.
+    """
+    c = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+
+    def bad(field: str, why: str):
+        raise UserError(f"config field '{field}' is {c.get(field)!r}: {why}; gpt2lab imports GPT-2 models only")
+
+    def expect(field: str, default, ok, why: str) -> None:
+        if not ok(c.get(field, default)):
+            bad(field, why)
+
+    expect("model_type", None, lambda v: v == "gpt2", "expected 'gpt2'")
+    archs = c.get("architectures") or ["GPT2LMHeadModel"]
+    if not any(a in ("GPT2LMHeadModel", "GPT2Model") for a in archs):
+        bad("architectures", "expected GPT2LMHeadModel")
+    expect("activation_function", "gelu_new", lambda v: v in GELU_TANH, "expected gelu_new (GELU, tanh approximation)")
+    expect("layer_norm_epsilon", 1e-5, lambda v: v == 1e-5, "expected 1e-05")
+    expect("tie_word_embeddings", True, lambda v: v is True, "the LM head must be tied to the token embedding")
+    expect("scale_attn_weights", True, lambda v: v is True, "expected true (attention scaled by 1/sqrt(head_dim))")
+    expect("scale_attn_by_inverse_layer_idx", False, lambda v: v is False, "expected false")
+    expect("reorder_and_upcast_attn", False, lambda v: v is False, "expected false")
+    expect("add_cross_attention", False, lambda v: v is False, "expected false (no cross-attention)")
+    for key in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size"):
+        expect(key, None, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "expected a positive integer")
+    n_embd, n_head = c["n_embd"], c["n_head"]
+    expect("n_embd", None, lambda v: v % n_head == 0, f"not divisible by n_head={n_head}")
+    expect("n_inner", None, lambda v: v is None or v == 4 * n_embd, f"expected null or 4 * n_embd = {4 * n_embd}")
+    return GPTConfig(
+        block_size=c["n_positions"],
+        vocab_size=c["vocab_size"],
+        padded_vocab_size=_pad_vocab(c["vocab_size"]),
+        n_layer=c["n_layer"],
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=float(c.get("resid_pdrop", 0.0)),
+        bias=True,
+    )
+
+
+def hf_config_from_gpt2lab(cfg: GPTConfig) -> dict:
+    """The transformers ``config.json`` of a gpt2lab model."""
+    has_eot = cfg.vocab_size > 50256
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": 50256 if has_eot else None,
+        "eos_token_id": 50256 if has_eot else None,
+    }
+
+
+# --- state dicts ----------------------------------------------------------------------------
+def gpt2lab_state_from_hf(hf_state_dict: Mapping[str, torch.Tensor], hf_config) -> tuple[GPTConfig, dict]:
+    """Convert a transformers GPT-2 state dict (with or without the ``transformer.`` prefix) to gpt2lab's.
+
+    Returns ``(GPTConfig, state_dict)``; the state dict loads into ``GPT(cfg)`` with
+    ``strict=True`` (``lm_head.weight`` is the token embedding tensor itself).
+    """
+    cfg = gpt2lab_config_from_hf(hf_config)
+    src: dict[str, torch.Tensor] = {}
+    head = None
+    for key, t in hf_state_dict.items():
+        if key == "lm_head.weight":
+            head = t
+            continue
+        k = key[len("transformer.") :] if key.startswith("transformer.") else key
+        if _BUFFER.match(k):
+            continue
+        src[k] = t
+    expected = ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"]
+    expected += [f"h.{i}.{p}.{w}" for i in range(cfg.n_layer) for p in LAYER_PARAMS for w in ("weight", "bias")]
+    missing = [k for k in expected if k not in src]
+    unexpected = sorted(set(src) - set(expected))
+    if missing or unexpected:
+        raise UserError(
+            f"weights do not fit the config (n_layer={cfg.n_layer}): missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    C, V = cfg.n_embd, cfg.vocab_size
+    shapes = {"wte.weight": (V, C), "wpe.weight": (cfg.block_size, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    for i in range(cfg.n_layer):
+        for p, (n_in, n_out) in {"ln_1": (C, None), "ln_2": (C, None), "attn.c_attn": (C, 3 * C),
+                                 "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}.items():
+            shapes[f"h.{i}.{p}.weight"] = (n_in,) if n_out is None else (n_in, n_out)
+            shapes[f"h.{i}.{p}.bias"] = (n_in,) if n_out is None else (n_out,)
+    for k, shape in shapes.items():
+        if tuple(src[k].shape) != shape:
+            raise UserError(f"weight {k} has shape {tuple(src[k].shape)}, expected {shape} from the config")
+    wte = src["wte.weight"]
+    if head is not None and not torch.equal(head.to(wte.dtype), wte):
+        raise UserError("lm_head.weight differs from transformer.wte.weight: the LM head is not tied; "
+                        "gpt2lab imports GPT-2 models with tied embeddings only")
+
+    def f32(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu", torch.float32).contiguous()
+
+    padded = torch.zeros(cfg.padded_vocab_size, C, dtype=torch.float32)
+    padded[:V] = f32(wte)
+    out = {"transformer.wte.weight": padded, "transformer.wpe.weight": f32(src["wpe.weight"])}
+    for k, t in src.items():
+        if k.startswith("h."):
+            is_conv = any(k.endswith(f"{p}.weight") for p in CONV1D)
+            out[f"transformer.{k}"] = f32(t.t() if is_conv else t)
+    out["transformer.ln_f.weight"] = f32(src["ln_f.weight"])
+    out["transformer.ln_f.bias"] = f32(src["ln_f.bias"])
+    out["lm_head.weight"] = padded
+    return cfg, out
+
+
+def hf_state_from_gpt2lab(model: GPT) -> tuple[dict, dict]:
+    """The transformers ``GPT2LMHeadModel`` state dict (without the tied ``lm_head.weight``) and config.json of a model.
+
+    A model with ``bias=False`` gets zero biases, which compute the same function.
+    """
+    cfg = model.config
+    out: dict[str, torch.Tensor] = {}
+    for k, t in model.state_dict().items():
+        if k == "lm_head.weight":
+            continue
+        t = t.detach().cpu()
+        if k == "transformer.wte.weight":
+            t = t[: cfg.vocab_size]
+        elif any(k.endswith(f"{p}.weight") for p in CONV1D):
+            t = t.t()
+        out[k] = t.contiguous().clone()
+    if not cfg.bias:  # transformers' GPT-2 always has biases: zeros are the same function
+        C = cfg.n_embd
+        dtype = out["transformer.wte.weight"].dtype
+        sizes = {"ln_1": C, "attn.c_attn": 3 * C, "attn.c_proj": C, "ln_2": C, "mlp.c_fc": 4 * C, "mlp.c_proj": C}
+        for i in range(cfg.n_layer):
+            for p, n in sizes.items():
+                out.setdefault(f"transformer.h.{i}.{p}.bias", torch.zeros(n, dtype=dtype))
+        out.setdefault("transformer.ln_f.bias", torch.zeros(C, dtype=dtype))
+    return out, hf_config_from_gpt2lab(cfg)
+
+
+# --- reading transformers directories -------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: not a directory saved by transformers' save_pretrained()") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+
+
+def _load_torch_bin(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # damaged file, or pickled objects weights_only refuses
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: cannot read weights safely ({type(e).__name__}: {first}); "
+                        "gpt2lab loads .bin files with weights_only=True and never unpickles code") from None
+
+
+def _load_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: cannot read weights ({e})") from None
+
+
+def read_hf_state(directory: str | os.PathLike) -> dict:
+    """The weights of a transformers directory: safetensors (single or sharded), else pytorch_model.bin."""
+    d = Path(directory)
+    for name, loader in (("model.safetensors", _load_safetensors), ("pytorch_model.bin", _load_torch_bin)):
+        if (d / name).is_file():
+            return loader(d / name)
+        index = d / f"{name}.index.json"
+        if index.is_file():
+            files = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            if not files:
+                raise UserError(f"{index} has no weight_map")
+            state: dict = {}
+            for f in files:
+                if not (d / f).is_file():
+                    raise UserError(f"{d / f} is missing (listed in {index.name})")
+                state.update(loader(d / f))
+            return state
+    raise UserError(f"{d}: no model.safetensors or pytorch_model.bin (expected a directory saved with save_pretrained())")
+
+
+def _download(name: str) -> Path:
+    """Fetch config and weights of a hub model into the Hugging Face cache."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"{name!r} is not a local directory, and fetching it from the Hugging Face hub needs "
+                        "huggingface_hub: pip install 'gpt2lab[hf]'") from None
+    try:
+        path = Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors*"]))
+        if not any(path.glob("model.safetensors*")):
+            path = Path(snapshot_download(name, allow_patterns=["config.json", "pytorch_model.bin*"]))
+    except Exception as e:  # offline, unknown repo, gated, ...: every failure is the user's to fix
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {first}); "
+                        "check the name and the connection, or pass a local directory saved with save_pretrained()") from None
+    return path
+
+
+def resolve_hf_source(src: str | os.PathLike) -> Path:
+    """A local transformers directory, or a hub name downloaded to the local cache."""
+    s = os.fspath(src)
+    p = Path(s).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"{p}: expected a directory saved by transformers' save_pretrained(), got a file")
+        return p
+    if s.startswith((".", "/", "~")) or not _HUB_NAME.match(s):  # a path, not an "owner/name"
+        raise UserError(f"{s}: no such directory")
+    return _download(s)
+
+
+def load_hf(src: str | os.PathLike) -> GPT:
+    """A GPT (eval mode, fp32, CPU) with the weights of a transformers GPT-2 directory or hub name."""
+    d = resolve_hf_source(src)
+    hf_config = _read_json(d / HF_CONFIG)
+    try:
+        cfg, state = gpt2lab_state_from_hf(read_hf_state(d), hf_config)
+    except UserError as e:
+        raise UserError(f"{src}: {e}") from None
+    with torch.device("meta"):
+        model = GPT(cfg)  # no random init of 124M+ parameters that are overwritten at once
+    model.load_state_dict(state, strict=True, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the shared tensor: tie again
+    return model.eval()
+
+
+def init_weights_from(model: GPT, src: str | os.PathLike) -> str:
+    """Copy weights into ``model`` (in place) from a gpt2lab checkpoint or run folder, or a transformers
+    GPT-2 (directory or hub name): the starting point of a run with ``train.init_from``.
+
+    The source must have the model's architecture (every ``model.*`` key but dropout); returns
+    what was loaded, for the log.
+    """
+    from .checkpoint import MODEL_FILE, list_checkpoints, load_checkpoint_config, resolve_checkpoint
+
+    p = Path(os.fspath(src)).expanduser()
+    source = None
+    if ((p / MODEL_FILE).is_file() and not (p / HF_CONFIG).is_file()) or list_checkpoints(p):
+        ckpt = resolve_checkpoint(p)
+        theirs = load_checkpoint_config(ckpt).model.to_dict()
+        what = f"gpt2lab checkpoint {ckpt}"
+    else:
+        source = load_hf(src)
+        theirs = source.config.to_dict()
+        what = f"transformers model {src}"
+    mine = model.config.to_dict()
+    for key in mine:
+        if key != "dropout" and mine[key] != theirs[key]:
+            raise UserError(f"train.init_from: {what} has model.{key}={theirs[key]}, the config says {mine[key]}; "
+                            "set the same model.* keys (e.g. model.preset)")
+    if source is None:
+        from .checkpoint import load_model_weights
+
+        load_model_weights(model, ckpt / MODEL_FILE)
+    else:
+        with torch.no_grad():
+            target = model.state_dict()
+            for name, t in source.state_dict().items():
+                target[name].copy_(t)
+    return what
+
+
+# --- writing --------------------------------------------------------------------------------
+def _fsync_tree(path: Path) -> None:
+    for f in sorted(path.iterdir()):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"{out} already exists and is not empty: choose a new folder, or pass --overwrite")
+
+
+@contextmanager
+def _atomic_dir(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it is renamed to ``out`` (replacing it if ``overwrite``)."""
+    out = Path(out)
+    _check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            old = out.with_name(f".old-{out.name}-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False, tokenizer: bool | None = None) -> Path:
+    """Write ``model`` as a transformers GPT-2 directory, atomically.
+
+    ``GPT2LMHeadModel.from_pretrained(out)`` loads it, and, when the tokenizer files are written
+    (by default when the vocabulary is GPT-2's 50257 tokens), ``AutoTokenizer.from_pretrained(out)``.
+    """
+    from safetensors.torch import save_file
+
+    state, config = hf_state_from_gpt2lab(model)
+    if tokenizer is None:
+        tokenizer = model.config.vocab_size == 50257
+    with _atomic_dir(out, overwrite) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if config["eos_token_id"] is not None:
+            gen = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        if tokenizer:
+            write_tokenizer_files(tmp, model.config.block_size)
+    return Path(out)
+
+
+def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert a transformers GPT-2 (directory or hub name) into a gpt2lab checkpoint folder.
+
+    The folder holds model.safetensors and config.yaml (no train_state.pt); ``gpt2lab sample``
+    and ``checkpoint.load_model`` load it.
+    """
+    from .checkpoint import CONFIG_FILE, MODEL_FILE, save_model_file
+    from .config import Config
+
+    _check_out(Path(out), overwrite)  # before a possibly long download
+    model = load_hf(src)
+    with _atomic_dir(out, overwrite) as tmp:
+        save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "source": f"transformers:{src}"})
+        (tmp / CONFIG_FILE).write_text(Config(model=model.config).to_yaml())
+    return Path(out)
+
+
+def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert a gpt2lab checkpoint (or run folder: its newest checkpoint) into a transformers directory."""
+    from .checkpoint import load_model
+
+    _check_out(Path(out), overwrite)
+    model, _ = load_model(ckpt)
+    return save_hf(model, out, overwrite=overwrite)
+
+
+# --- tokenizer files ------------------------------------------------------------------------
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used in vocab.json and merges.txt.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...)
+    map to U+0100 onwards, in byte order.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _merge_parts(token: bytes, ranks: Mapping[bytes, int]) -> tuple[bytes, bytes]:
+    """The two tokens whose merge makes ``token``: byte-pair encode it with the merges ranked before it."""
+    limit = ranks[token]
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best, at = None, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < limit and (best is None or r < best):
+                best, at = r, i
+        if best is None:
+            break
+        parts[at : at + 2] = [parts[at] + parts[at + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"token {token!r} (rank {limit}) is not the merge of two earlier tokens")
+    return parts[0], parts[1]
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab.json's mapping and merges.txt's pairs (in rank order), derived from the shipped vocabulary."""
+    from tiktoken.load import load_tiktoken_bpe
+
+    from .tokenizer import EOT_STRING, EOT_TOKEN, VOCAB_SHA256, vocab_path
+
+    ranks = load_tiktoken_bpe(vocab_path(), expected_hash=VOCAB_SHA256)
+    b2u = bytes_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(b2u[x] for x in b)
+
+    vocab = {text(tok): rank for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])}
+    vocab[EOT_STRING] = EOT_TOKEN
+    merges = []
+    for tok, _rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) > 1:
+            a, b = _merge_parts(tok, ranks)
+            merges.append((text(a), text(b)))
+    return vocab, merges
+
+
+def write_tokenizer_files(directory: str | os.PathLike, model_max_length: int = 1024) -> None:
+    """vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json for GPT-2's BPE."""
+    from .tokenizer import EOT_STRING
+
+    d = Path(directory)
+    vocab, merges = gpt2_vocab_and_merges()
+    (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    special = {"bos_token": EOT_STRING, "eos_token": EOT_STRING, "unk_token": EOT_STRING}
+    (d / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    tok_config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        **special,
+        "add_prefix_space": False,
+        "add_bos_token": False,
+        "errors": "replace",
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+    }
+    (d / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")

@@ -1,0 +1,289 @@
+"""Import from / export to Hugging Face transformers (randomly initialised models: no hub access)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from gpt2lab.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_model  # noqa: E402
+from gpt2lab.errors import UserError  # noqa: E402
+from gpt2lab.generate import generate  # noqa: E402
+from gpt2lab.hf import export_hf, gpt2lab_state_from_hf, hf_state_from_gpt2lab, import_hf, load_hf, save_hf  # noqa: E402
+from gpt2lab.model import GPT, GPTConfig  # noqa: E402
+from gpt2lab.tokenizer import get_tokenizer  # noqa: E402
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)  # GPT-2's vocabulary, so the tokenizer applies
+
+
+def hf_model(seed=0, sharpen=True, **kw):
+    torch.manual_seed(seed)
+    m = GPT2LMHeadModel(GPT2Config(**{**TINY, **kw})).eval()
+    if sharpen:  # clear greedy winners, so float rounding cannot flip an argmax
+        with torch.no_grad():
+            m.transformer.wte.weight.mul_(10)
+    return m
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf") / "tiny"
+    m = hf_model()
+    m.save_pretrained(d)
+    return m, d
+
+
+def hf_logits(m, x):
+    with torch.no_grad():
+        return m(x).logits
+
+
+def our_logits(m, x):
+    with torch.no_grad():
+        return m(x)[0][..., : m.config.vocab_size]
+
+
+def test_import_tiny_matches_logits_and_loads(tiny_hf, tmp_path):
+    hf, d = tiny_hf
+    out = import_hf(d, tmp_path / "ckpt")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, CONFIG_FILE])
+    assert not (out / STATE_FILE).exists()
+    model, cfg = load_model(out)
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size) == (2, 32, 64)
+    assert (cfg.model.vocab_size, cfg.model.padded_vocab_size) == (50257, 50304)
+    assert torch.count_nonzero(model.transformer.wte.weight[50257:]) == 0  # pad rows are zero
+    assert model.lm_head.weight is model.transformer.wte.weight
+    x = torch.randint(0, 50257, (3, 40), generator=torch.Generator().manual_seed(1))
+    assert (our_logits(model, x) - hf_logits(hf, x)).abs().max().item() <= 1e-5
+
+
+def test_import_real_124m_config_matches_logits(tmp_path):
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 124M, random weights
+    cfg, state = gpt2lab_state_from_hf(hf.state_dict(), hf.config)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.padded_vocab_size) == (12, 12, 768, 1024, 50304)
+    model = GPT(cfg)
+    model.load_state_dict(state)
+    assert model.num_params() == sum(p.numel() for p in hf.parameters())  # 124,439,808: tied, unpadded
+    x = torch.randint(0, 50257, (1, 64), generator=torch.Generator().manual_seed(2))
+    assert (our_logits(model.eval(), x) - hf_logits(hf, x)).abs().max().item() <= 1e-5
+    # and back: every tensor identical to transformers' own
+    back, config = hf_state_from_gpt2lab(model)
+    ref = {k: v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    assert back.keys() == ref.keys()
+    assert all(torch.equal(back[k], ref[k]) for k in ref)
+    assert GPT2Config(**config).to_dict()["n_embd"] == 768
+
+
+def test_to_hf_then_from_hf_is_bitwise_identical(tiny_hf, tmp_path):
+    hf, d = tiny_hf
+    ckpt1 = import_hf(d, tmp_path / "c1")
+    exported = export_hf(ckpt1, tmp_path / "hf")
+    a, b = load_file(str(d / "model.safetensors")), load_file(str(exported / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same as transformers wrote
+    ckpt2 = import_hf(exported, tmp_path / "c2")
+    s1, s2 = load_file(str(ckpt1 / MODEL_FILE)), load_file(str(ckpt2 / MODEL_FILE))
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert (ckpt1 / CONFIG_FILE).read_text() == (ckpt2 / CONFIG_FILE).read_text()
+    # a gpt2lab model (random padded rows, no biases) goes out and back the same, padding aside
+    torch.manual_seed(3)
+    own = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False)).eval()
+    save_hf(own, tmp_path / "own")
+    back = load_hf(tmp_path / "own")
+    mine, theirs = own.state_dict(), back.state_dict()
+    for k, w in theirs.items():
+        if k not in mine:
+            assert k.endswith(".bias") and torch.count_nonzero(w) == 0  # transformers' GPT-2 has biases: zeros
+        elif k in ("transformer.wte.weight", "lm_head.weight"):
+            assert torch.equal(mine[k][:50257], w[:50257]) and torch.count_nonzero(w[50257:]) == 0
+        else:
+            assert torch.equal(mine[k], w), k
+    x = torch.randint(0, 50257, (2, 20))
+    assert torch.equal(own(x)[0], back(x)[0])
+
+
+def test_exported_dir_loads_in_transformers_with_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(4)
+    own = GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64)).eval()
+    out = save_hf(own, tmp_path / "hf")
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
+            "special_tokens_map.json", "generation_config.json"} <= {p.name for p in out.iterdir()}
+    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    x = torch.randint(0, 50257, (2, 30))
+    assert (our_logits(own, x) - hf_logits(hf, x)).abs().max().item() <= 1e-5
+    tok = AutoTokenizer.from_pretrained(out)
+    ours = get_tokenizer()
+    for s in ["Hello, world!", "  two spaces\n\nnew lines\ttab", "naïve café — ünïcödé 你好 🤖", "I'm 123 years' old", ""]:
+        ids = tok(s)["input_ids"]
+        assert ids == ours.encode_ordinary(s), s
+        assert tok.decode(ids) == s
+    assert tok.eos_token_id == 50256
+
+
+def test_tokenizer_files_equal_openai_files(shared_data, tmp_path):
+    from gpt2lab.hf import write_tokenizer_files
+
+    write_tokenizer_files(tmp_path)
+    ref_dir = shared_data / "tokenizer" / "gpt2"
+    assert json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8")) == json.loads(
+        (ref_dir / "encoder.json").read_text(encoding="utf-8"))
+    ours = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()
+    ref = (ref_dir / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    assert ours[0].startswith("#version") and ref[0].startswith("#version")
+    assert [line for line in ours[1:] if line] == [line for line in ref[1:] if line]
+    assert len(ours) == 50001
+
+
+def test_greedy_generation_matches_transformers(tiny_hf):
+    hf, d = tiny_hf
+    model = load_hf(d)
+    hf.generation_config.eos_token_id = None  # exactly n tokens on both sides
+    hf.generation_config.pad_token_id = 0
+    prompts = [[464, 2068, 7586, 21831], [15496, 11], [40, 716, 257, 3303, 2746, 11, 290]]
+    n = 24
+    ours = generate(model, prompts, n, temperature=0)
+    for p, o in zip(prompts, ours):
+        ref = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                          do_sample=False, max_new_tokens=n)
+        assert o == ref[0, len(p):].tolist()
+    # transformers' own left-padded batch agrees too
+    L = max(map(len, prompts))
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    ref = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n)
+    assert ours == ref[:, L:].tolist()
+
+
+def test_pytorch_bin_sharded_and_unsafe(tiny_hf, tmp_path):
+    hf, d = tiny_hf
+    ref = load_hf(d).state_dict()
+    # pytorch_model.bin, keys without the "transformer." prefix (as in OpenAI's original upload)
+    b = tmp_path / "bin"
+    b.mkdir()
+    shutil.copy(d / "config.json", b)
+    torch.save({k.removeprefix("transformer."): v for k, v in hf.state_dict().items()}, b / "pytorch_model.bin")
+    got = load_hf(b).state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    # sharded safetensors with an index
+    s = tmp_path / "sharded"
+    s.mkdir()
+    shutil.copy(d / "config.json", s)
+    full = load_file(str(d / "model.safetensors"))
+    keys = sorted(full)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    for name, ks in shards.items():
+        save_file({k: full[k] for k in ks}, str(s / name), metadata={"format": "pt"})
+    (s / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: n for n, ks in shards.items() for k in ks}}))
+    got = load_hf(s).state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    # a .bin that needs unpickling code is refused
+    torch.save({"w": torch.zeros(1), "x": Evil()}, b / "pytorch_model.bin")
+    with pytest.raises(UserError, match="weights_only"):
+        load_hf(b)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("activation_function", "relu"),
+    ("tie_word_embeddings", False),
+    ("scale_attn_by_inverse_layer_idx", True),
+    ("reorder_and_upcast_attn", True),
+    ("layer_norm_epsilon", 1e-6),
+    ("model_type", "llama"),
+    ("n_inner", 100),
+    ("add_cross_attention", True),
+])
+def test_rejects_non_gpt2_configs(tiny_hf, tmp_path, field, value):
+    _, d = tiny_hf
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg[field] = value
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=field):
+        import_hf(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_rejects_untied_head_and_wrong_shapes(tiny_hf):
+    hf, _ = tiny_hf
+    state = dict(hf.state_dict())
+    state["lm_head.weight"] = state["transformer.wte.weight"] + 1
+    with pytest.raises(UserError, match="not tied"):
+        gpt2lab_state_from_hf(state, hf.config)
+    state = dict(hf.state_dict())
+    del state["transformer.h.1.mlp.c_fc.bias"]
+    with pytest.raises(UserError, match="h.1.mlp.c_fc.bias"):
+        gpt2lab_state_from_hf(state, hf.config)
+    with pytest.raises(UserError, match="n_layer"):
+        gpt2lab_state_from_hf(hf.state_dict(), {**hf.config.to_dict(), "n_layer": 3})
+
+
+def test_out_must_be_new_unless_overwrite(tiny_hf, tmp_path):
+    _, d = tiny_hf
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(UserError, match="--overwrite"):
+        import_hf(d, out)
+    import_hf(d, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, CONFIG_FILE])
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folders left
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_cli_convert_both_ways_and_sample(tiny_hf, tmp_path):
+    _, d = tiny_hf
+    r = _cli("convert", "from-hf", d, tmp_path / "ckpt")
+    assert r.returncode == 0, r.stderr
+    r = _cli("sample", tmp_path / "ckpt", "--prompt", "Hello", "--max-new-tokens", 5, "--seed", 0)
+    assert r.returncode == 0 and r.stdout.startswith("Hello"), r.stderr
+    r = _cli("convert", "to-hf", tmp_path / "ckpt", tmp_path / "hf")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "hf" / "vocab.json").is_file()
+    r = _cli("convert", "to-hf", tmp_path / "ckpt", tmp_path / "hf")  # exists: one-line error
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_hub_name_unreachable_is_one_line_error(tmp_path):
+    r = _cli("convert", "from-hf", "openai-community/gpt2", tmp_path / "out", env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and "openai-community/gpt2" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("convert", "from-hf", tmp_path / "missing", tmp_path / "out")
+    assert r.returncode == 2 and "no such directory" in r.stderr
+
+
+def test_init_weights_from_hf_and_checkpoint(tiny_hf, tmp_path):
+    from gpt2lab.hf import init_weights_from
+
+    hf, d = tiny_hf
+    cfg = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    model = GPT(cfg)
+    params = list(model.parameters())
+    assert "transformers" in init_weights_from(model, d)
+    assert all(a is b for a, b in zip(model.parameters(), params))  # copied in place: an optimizer built before stays valid
+    ref = load_hf(d)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+    ckpt = import_hf(d, tmp_path / "ckpt")
+    other = GPT(cfg)
+    assert "gpt2lab" in init_weights_from(other, ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), ref.state_dict().values()))
+    with pytest.raises(UserError, match="model.n_embd"):
+        init_weights_from(GPT(GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64)), d)

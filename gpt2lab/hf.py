@@ -188,9 +188,10 @@ def hf_state_from_gpt2lab(model: GPT) -> tuple[dict, dict]:
         t = t.detach().cpu()
         if k == "transformer.wte.weight":
             t = t[: cfg.vocab_size]
-        elif any(k.endswith(f"{p}.weight") for p in CONV1D):
-            t = t.t()
-        out[k] = t.contiguous().clone()
+        if any(k.endswith(f"{p}.weight") for p in CONV1D):
+            out[k] = t.t().contiguous()  # a copy already
+        else:
+            out[k] = t.clone(memory_format=torch.contiguous_format)
     if not cfg.bias:  # transformers' GPT-2 always has biases: zeros are the same function
         C = cfg.n_embd
         dtype = out["transformer.wte.weight"].dtype
@@ -295,42 +296,6 @@ def load_hf(src: str | os.PathLike) -> GPT:
     model.load_state_dict(state, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the shared tensor: tie again
     return model.eval()
-
-
-def init_weights_from(model: GPT, src: str | os.PathLike) -> str:
-    """Copy weights into ``model`` (in place) from a gpt2lab checkpoint or run folder, or a transformers
-    GPT-2 (directory or hub name): the starting point of a run with ``train.init_from``.
-
-    The source must have the model's architecture (every ``model.*`` key but dropout); returns
-    what was loaded, for the log.
-    """
-    from .checkpoint import MODEL_FILE, list_checkpoints, load_checkpoint_config, resolve_checkpoint
-
-    p = Path(os.fspath(src)).expanduser()
-    source = None
-    if ((p / MODEL_FILE).is_file() and not (p / HF_CONFIG).is_file()) or list_checkpoints(p):
-        ckpt = resolve_checkpoint(p)
-        theirs = load_checkpoint_config(ckpt).model.to_dict()
-        what = f"gpt2lab checkpoint {ckpt}"
-    else:
-        source = load_hf(src)
-        theirs = source.config.to_dict()
-        what = f"transformers model {src}"
-    mine = model.config.to_dict()
-    for key in mine:
-        if key != "dropout" and mine[key] != theirs[key]:
-            raise UserError(f"train.init_from: {what} has model.{key}={theirs[key]}, the config says {mine[key]}; "
-                            "set the same model.* keys (e.g. model.preset)")
-    if source is None:
-        from .checkpoint import load_model_weights
-
-        load_model_weights(model, ckpt / MODEL_FILE)
-    else:
-        with torch.no_grad():
-            target = model.state_dict()
-            for name, t in source.state_dict().items():
-                target[name].copy_(t)
-    return what
 
 
 # --- writing --------------------------------------------------------------------------------

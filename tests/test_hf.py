@@ -269,21 +269,3 @@ def test_cli_hub_name_unreachable_is_one_line_error(tmp_path):
     r = _cli("convert", "from-hf", tmp_path / "missing", tmp_path / "out")
     assert r.returncode == 2 and "no such directory" in r.stderr
 
-
-def test_init_weights_from_hf_and_checkpoint(tiny_hf, tmp_path):
-    from gpt2lab.hf import init_weights_from
-
-    hf, d = tiny_hf
-    cfg = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
-    model = GPT(cfg)
-    params = list(model.parameters())
-    assert "transformers" in init_weights_from(model, d)
-    assert all(a is b for a, b in zip(model.parameters(), params))  # copied in place: an optimizer built before stays valid
-    ref = load_hf(d)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
-    ckpt = import_hf(d, tmp_path / "ckpt")
-    other = GPT(cfg)
-    assert "gpt2lab" in init_weights_from(other, ckpt)
-    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), ref.state_dict().values()))
-    with pytest.raises(UserError, match="model.n_embd"):
-        init_weights_from(GPT(GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64)), d)

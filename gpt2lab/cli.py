@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -18,19 +19,39 @@ every key is listed in docs/config.md (or: gpt2lab config --doc)."""
 def _add_prepare(sub) -> None:
     p = sub.add_parser(
         "prepare",
-        help="tokenize text/jsonl/parquet files into token shards",
-        description="Tokenize local .txt/.jsonl/.parquet files (globs allowed, .gz ok) with the GPT-2 BPE into "
-        "llm.c-compatible .bin shards (train_*.bin, val_*.bin) plus manifest.json.",
+        help="tokenize a corpus (local files or a Hugging Face dataset) into token shards",
+        description="Tokenize local .txt/.jsonl/.parquet files (globs allowed; .gz/.zst/.bz2/.xz ok) or a Hugging "
+        "Face hub dataset (--hub, streamed) with the GPT-2 BPE into llm.c-compatible .bin shards (val_*.bin, "
+        "train_*.bin) plus manifest.json. An interrupted prepare continues when the same command is run again.",
+        epilog="examples:\n"
+        "  gpt2lab prepare corpus/*.jsonl.zst --out data/mycorpus\n"
+        "  gpt2lab prepare --hub --out data/fineweb-edu-10B     # FineWeb-Edu sample-10BT, val = first 100M tokens",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", help="input files or globs")
+    p.add_argument("inputs", nargs="*", help="input files or globs")
     p.add_argument("--out", "-o", required=True, help="output folder for the shards")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of tokens for validation (default 0.1)")
+    p.add_argument("--hub", nargs="?", const="HuggingFaceFW/fineweb-edu", default=None, metavar="NAME",
+                   help="read a hub dataset by name, streaming (default HuggingFaceFW/fineweb-edu); needs datasets")
+    p.add_argument("--hub-config", default=None,
+                   help="hub dataset config (default sample-10BT for FineWeb-Edu, none otherwise)")
+    p.add_argument("--hub-split", default="train", help="hub dataset split (default train)")
+    p.add_argument("--hub-data-files", nargs="+", default=None, metavar="FILE",
+                   help="data_files for a builder dataset such as --hub parquet or --hub json")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-fraction", type=float, default=None,
+                     help="fraction of tokens for validation (default 0.1 for local files)")
+    val.add_argument("--val-tokens", type=int, default=None,
+                     help="the first N tokens are validation (default for --hub: one shard)")
     p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100M)")
     p.add_argument("--doc-split", choices=["file", "line", "blank"], default="file",
                    help=".txt files: one document per file, per line, or per blank-line block (default file)")
-    p.add_argument("--text-key", default="text", help="jsonl key / parquet column holding the text (default text)")
+    p.add_argument("--text-key", default="text", help="jsonl key / parquet or hub column holding the text (default text)")
+    p.add_argument("--max-docs", type=int, default=None, help="stop after this many documents")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2 (shipped, default) or another tiktoken encoding name (downloaded by tiktoken)")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: cores, at most 8)")
-    p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace shards (or an interrupted prepare) in --out")
 
 
 def _add_train(sub) -> None:
@@ -150,12 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_prepare(args) -> None:
     from .data.prepare import prepare
+    from .data.sources import HubSource
+    from .errors import UserError
 
-    manifest = prepare(args.inputs, args.out, val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
-                       doc_split=args.doc_split, text_key=args.text_key, workers=args.workers,
-                       overwrite=args.overwrite)
-    totals = manifest.get("total_tokens", {})
-    print(f"wrote {args.out}: {json.dumps(totals)}")
+    hub = None
+    if args.hub is not None:
+        if args.inputs:
+            raise UserError("give input files or --hub, not both")
+        config = args.hub_config
+        if config is None and args.hub == HubSource.name:
+            config = HubSource.config
+        data_files = tuple(args.hub_data_files) if args.hub_data_files else None
+        hub = HubSource(args.hub, config, args.hub_split, data_files)
+    elif not args.inputs:
+        raise UserError("no inputs: give files or globs to tokenize, or --hub for a Hugging Face dataset")
+    manifest = prepare(args.inputs or None, args.out, hub=hub, val_fraction=args.val_fraction,
+                       val_tokens=args.val_tokens, shard_tokens=args.shard_tokens, doc_split=args.doc_split,
+                       text_key=args.text_key, tokenizer=args.tokenizer, max_docs=args.max_docs,
+                       max_tokens=args.max_tokens, workers=args.workers, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {json.dumps(manifest['tokens'])}")
 
 
 def cmd_train(args) -> None:
@@ -289,9 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        if e.errno == 28:  # ENOSPC: a full disk is the user's to fix, not a bug
-            print(f"error: disk full while writing {e.filename or ''}: free space and retry (checkpoints are written "
-                  "atomically, the last complete one is intact)", file=sys.stderr)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # full disk, quota or file-size limit: the user's to fix
+            print(f"error: no space left while writing {e.filename or 'a file'} ({e.strerror}): free space and run the "
+                  "same command again (files are written atomically: nothing half-written is kept, and prepare and "
+                  "train --resume continue from their last complete shard or checkpoint)", file=sys.stderr)
             return 2
         raise
     return 0

@@ -45,6 +45,8 @@ class DataConfig:
     dir: str = "data/tinyshakespeare"  # folder of token shards made by `gpt2lab prepare`
     train_split: str = "train"  # shards whose name holds this word are training data
     val_split: str = "val"  # ... and these validation data
+    shuffle: bool = False  # permute the shard order and the sequences within each shard, anew each epoch (from train.seed)
+    verify: bool = True  # check shards against the folder's manifest.json (sizes and sha256) before training
 
 
 @dataclass

@@ -159,7 +159,8 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         del init_model
     torch.manual_seed(t_cfg.seed + info.rank)
     optimizer = build_optimizer(model, o_cfg, device_type)
-    loader = TokenLoader(cfg.data.dir, cfg.data.train_split, B, T, rank=info.rank, world_size=info.world_size)
+    loader = TokenLoader(cfg.data.dir, cfg.data.train_split, B, T, rank=info.rank, world_size=info.world_size,
+                         shuffle=cfg.data.shuffle, seed=t_cfg.seed, verify=cfg.data.verify)
     has_val = e_cfg.every >= 0 and bool(_try_find(cfg.data.dir, cfg.data.val_split))
     windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e_cfg.val_tokens) if has_val else []
     if e_cfg.every >= 0 and not has_val:

@@ -5,6 +5,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Tests never reach the Hugging Face hub: fail fast instead of retrying a network that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 
 # --- shared test data (data pipeline tests) -------------------------------------------
 def shared_data_dir() -> Path:

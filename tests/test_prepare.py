@@ -172,18 +172,6 @@ def test_missing_inputs(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_parquet_needs_pyarrow(tmp_path):
-    p = tmp_path / "d.parquet"
-    p.write_bytes(b"PAR1")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        with pytest.raises(UserError, match="pip install pyarrow"):
-            prepare([p], tmp_path / "out", workers=1, log=quiet)
-    else:
-        pytest.skip("pyarrow installed")
-
-
 def test_refuses_existing_shards_unless_overwrite(tmp_path):
     src = tmp_path / "a.txt"
     src.write_text("some text to tokenize " * 100)

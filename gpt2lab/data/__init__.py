@@ -4,10 +4,14 @@
 pay for importing torch.
 """
 
-from .prepare import MANIFEST, prepare, verify
+from .prepare import MANIFEST, load_manifest, prepare, verify
+from .sources import HubSource
 from .shards import MAGIC, VERSION, find_shards, read_shard, write_shard
 
-__all__ = ["MAGIC", "VERSION", "MANIFEST", "TokenLoader", "find_shards", "prepare", "read_shard", "verify", "write_shard"]
+__all__ = [
+    "MAGIC", "VERSION", "MANIFEST", "HubSource", "TokenLoader", "find_shards", "load_manifest", "prepare", "read_shard",
+    "verify", "write_shard",
+]
 
 
 def __getattr__(name):

@@ -1,17 +1,25 @@
-"""Batches of token windows from memory-mapped shards, for training and validation.
+"""Batches of token sequences from memory-mapped shards, for training: deterministic, resumable, rank-aware.
 
-Like build-nanogpt's DataLoaderLite: each step reads a window of ``B*T + 1`` consecutive
-tokens and returns ``x`` (the first ``B*T``) and ``y`` (the last ``B*T``, i.e. ``x`` shifted
-by one) as ``(B, T)`` int64 tensors. With ``world_size`` processes, rank ``r`` reads the
-window at ``base + r*B*T`` and every rank moves ``base`` on by ``B*T*world_size``, so the ranks
-read disjoint windows that together cover what one process would read. When the next group
-of windows would run past the end of a shard, all ranks move to the next shard together;
-after the last shard they wrap to the first one and ``epoch`` goes up. Shards too small for
-one group of windows are skipped.
+The split is seen as a list of *sequences*: shard k of L tokens holds ``(L - 1) // T``
+sequences, sequence i being the window ``tokens[i*T : i*T + T + 1]`` (``x`` is its first T
+tokens, ``y`` the last T, i.e. ``x`` shifted by one). An epoch takes the shards in order
+and, within each shard, the sequences in order, like build-nanogpt's DataLoaderLite; with
+``shuffle=True`` the shard order and the sequence order inside every shard are permuted,
+differently each epoch, from ``seed``.
+
+Each step all ``world_size`` ranks together take the next ``B * world_size`` sequences of the
+epoch, rank r the r-th group of B. So the ranks read disjoint sequences that together are
+exactly what one process with ``B * world_size`` would read, and within an epoch no token is
+an input twice. When fewer than ``B * world_size`` sequences are left the epoch ends (at most
+that many sequences, and the last ``(L - 1) % T`` tokens of each shard, are left out of it).
+
+The loader's position is a count of sequences into the epoch, the same on every rank, so a
+run can resume with another number of ranks or another micro-batch size.
 """
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +34,25 @@ def _is_int(value) -> bool:
 
 
 class TokenLoader:
-    """Deterministic, resumable loader over the shards of one split."""
+    """Deterministic, resumable loader over the shards of one split.
 
-    def __init__(self, data_dir, split: str, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1):
+    ``verify`` checks the shards against the directory's ``manifest.json`` (token counts and
+    sha256) when it has one; pass False for trusted data to skip reading every byte once.
+    """
+
+    def __init__(
+        self,
+        data_dir,
+        split: str,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        verify: bool = True,
+    ):
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("world_size", world_size)):
             if not _is_int(value) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
@@ -38,87 +62,136 @@ class TokenLoader:
         self.split = split
         self.B, self.T = int(batch_size), int(seq_len)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.shuffle, self.seed = bool(shuffle), int(seed)
         self.shards = find_shards(self.data_dir, split)
+        self.manifest = _check_manifest(self.data_dir, self.shards, verify)
         self._tokens = [read_shard(p) for p in self.shards]
-        self._span = self.B * self.T * self.world_size  # how far all ranks move per step
-        self._usable = [i for i, t in enumerate(self._tokens) if len(t) >= self._span + 1]
-        if not self._usable:
-            largest = max(len(t) for t in self._tokens)
+        self._counts = [max(0, (len(t) - 1) // self.T) for t in self._tokens]  # sequences per shard
+        self.sequences_per_epoch = sum(self._counts)
+        per_step = self.B * self.world_size
+        if self.sequences_per_epoch < per_step:
             ranks = f" x world_size {self.world_size}" if self.world_size > 1 else ""
             raise UserError(
-                f"split {split!r} in {self.data_dir} is too small for batch_size {self.B} x "
-                f"seq_len {self.T}{ranks}: one step needs {self._span + 1} tokens in one shard, "
-                f"the largest shard holds {largest}; lower batch_size/seq_len or prepare more data"
+                f"split {split!r} in {self.data_dir} is too small for batch_size {self.B}{ranks} at seq_len {self.T}: "
+                f"one step needs {per_step} sequences of {self.T + 1} tokens, the split holds "
+                f"{self.sequences_per_epoch} ({self.num_tokens} tokens); lower batch_size/seq_len or prepare more data"
             )
-        self.reset()
+        self._epoch = 0
+        self._next = 0  # sequences of this epoch already taken, by all ranks
+        self._order_epoch = None  # epoch whose order is cached below
 
     @property
     def num_tokens(self) -> int:
-        """Total tokens in the split (all shards, including ones too small to be used)."""
+        """Total tokens in the split."""
         return sum(len(t) for t in self._tokens)
-
-    def reset(self) -> None:
-        """Go back to the first window of the first usable shard, epoch 0."""
-        self._shard = self._usable[0]
-        self._base = 0
-        self._epoch = 0
 
     @property
     def epoch(self) -> int:
         return self._epoch
 
-    def _fits(self) -> bool:
-        return self._base + self._span + 1 <= len(self._tokens[self._shard])
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sequences_per_epoch // (self.B * self.world_size)
 
-    def _next_shard(self) -> None:
-        later = [i for i in self._usable if i > self._shard]
-        if later:
-            self._shard = later[0]
-        else:
-            self._shard = self._usable[0]
-            self._epoch += 1
-        self._base = 0
+    def reset(self) -> None:
+        """Back to the first sequence of epoch 0."""
+        self._epoch, self._next = 0, 0
+
+    # -- the order of an epoch ------------------------------------------------------------
+    def _order(self) -> None:
+        """Shard order, cumulative sequence counts and (when shuffling) per-shard permutations of this epoch."""
+        if self._order_epoch == self._epoch:
+            return
+        order = list(range(len(self._tokens)))
+        if self.shuffle:
+            order = [int(i) for i in np.random.default_rng([self.seed, self._epoch]).permutation(len(order))]
+        self._shard_order = order
+        self._starts = np.cumsum([0] + [self._counts[k] for k in order]).tolist()
+        self._perms: dict[int, np.ndarray] = {}
+        self._order_epoch = self._epoch
+
+    def _perm(self, shard: int) -> np.ndarray:
+        if shard not in self._perms:
+            rng = np.random.default_rng([self.seed, self._epoch, shard])
+            self._perms[shard] = rng.permutation(self._counts[shard])
+        return self._perms[shard]
+
+    def _windows(self, first: int, count: int) -> np.ndarray:
+        """Sequences ``first .. first+count-1`` of the epoch as a ``(count, T+1)`` int64 array."""
+        self._order()
+        out = np.empty((count, self.T + 1), dtype=np.int64)
+        row = 0
+        while row < count:
+            j = first + row
+            pos = bisect.bisect_right(self._starts, j) - 1
+            shard = self._shard_order[pos]
+            i = j - self._starts[pos]
+            n = min(count - row, self._starts[pos + 1] - j)  # how many of them lie in this shard
+            tokens = self._tokens[shard]
+            if self.shuffle:
+                for r, s in enumerate(self._perm(shard)[i : i + n]):
+                    out[row + r] = tokens[s * self.T : s * self.T + self.T + 1]
+            else:  # consecutive sequences: one contiguous read of n*T + 1 tokens
+                flat = np.asarray(tokens[i * self.T : (i + n) * self.T + 1], dtype=np.int64)
+                out[row : row + n, :-1] = flat[:-1].reshape(n, self.T)
+                out[row : row + n, -1] = flat[self.T :: self.T]
+            row += n
+        return out
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``(x, y)`` pair: int64 ``(B, T)`` CPU tensors, ``y[b, t] == x[b, t+1]`` in the stream."""
-        n = self.B * self.T
-        start = self._base + self.rank * n
-        window = np.array(self._tokens[self._shard][start : start + n + 1], dtype=np.int64)
-        buf = torch.from_numpy(window)
-        x = buf[:-1].view(self.B, self.T)
-        y = buf[1:].view(self.B, self.T)
-        self._base += self._span
-        if not self._fits():
-            self._next_shard()
-        return x, y
+        span = self.B * self.world_size
+        if self._next + span > self.sequences_per_epoch:
+            self._epoch, self._next = self._epoch + 1, 0
+        windows = torch.from_numpy(self._windows(self._next + self.rank * self.B, self.B))
+        self._next += span
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
+    # -- resuming -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Where the next batch comes from, as plain ints.
+        """Where the next batch comes from, as plain values, the same on every rank.
 
-        ``position`` is the offset of rank 0's next window in the shard, so every rank
-        saves the same state and a run can resume with a different number of ranks.
+        ``sequence`` counts sequences into the epoch, so a run can resume with a different
+        number of ranks or micro-batch size; ``seq_len``, ``shuffle`` and ``seed`` must match.
         """
-        return {"shard": int(self._shard), "position": int(self._base), "epoch": int(self._epoch)}
+        return {"epoch": self._epoch, "sequence": self._next, "seq_len": self.T,
+                "shuffle": self.shuffle, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         try:
-            shard, position, epoch = (int(state[k]) for k in ("shard", "position", "epoch"))
+            epoch, sequence, seq_len = (int(state[k]) for k in ("epoch", "sequence", "seq_len"))
+            shuffle, seed = bool(state["shuffle"]), int(state["seed"])
         except (KeyError, TypeError, ValueError):
             raise UserError(
-                f"bad data loader state {state!r}: needs integer 'shard', 'position' and "
-                "'epoch'; the checkpoint may be damaged"
+                f"bad data loader state {state!r}: needs 'epoch', 'sequence', 'seq_len', 'shuffle' and "
+                "'seed'; the checkpoint may be damaged or from an older gpt2lab"
             ) from None
-        if not 0 <= shard < len(self._tokens) or position < 0 or epoch < 0:
+        if seq_len != self.T:
+            raise UserError(f"the checkpoint's data position is in sequences of {seq_len} tokens, this run uses "
+                            f"{self.T}; resume with train.seq_len={seq_len}")
+        if (shuffle, seed) != (self.shuffle, self.seed):
+            raise UserError(f"the checkpoint was written with data.shuffle={shuffle} and seed {seed}, this run has "
+                            f"{self.shuffle} and {self.seed}; resume with the same settings")
+        if epoch < 0 or not 0 <= sequence <= self.sequences_per_epoch:
             raise UserError(
-                f"data loader state {state!r} does not match the {len(self._tokens)} "
+                f"data loader state {state!r} does not match the {self.sequences_per_epoch} sequences of the "
                 f"{self.split!r} shards in {self.data_dir}; was the data re-prepared?"
             )
-        self._shard, self._base, self._epoch = shard, position, epoch
-        if shard not in self._usable or not self._fits():
-            self._next_shard()
+        self._epoch, self._next = epoch, sequence
 
     def __repr__(self) -> str:
         return (
             f"TokenLoader({str(self.data_dir)!r}, {self.split!r}, B={self.B}, T={self.T}, "
-            f"rank={self.rank}/{self.world_size}, shards={len(self.shards)}, tokens={self.num_tokens})"
+            f"rank={self.rank}/{self.world_size}, shards={len(self.shards)}, tokens={self.num_tokens}, "
+            f"shuffle={self.shuffle})"
         )
+
+
+def _check_manifest(data_dir: Path, shards: list[Path], hashes: bool) -> dict | None:
+    """Check ``shards`` against data_dir's manifest, if it has one (build-nanogpt folders do not)."""
+    from .prepare import load_manifest, verify
+
+    manifest = load_manifest(data_dir)
+    if manifest is not None:
+        verify(data_dir, [p.name for p in shards], hashes=hashes)
+    return manifest

@@ -1,417 +1,577 @@
-"""Turn text corpora into train/val token shards (``gpt2lab prepare``).
+"""Turn a corpus into train/val token shards (``gpt2lab prepare``): fast, resumable, verified.
 
-Every document is tokenized with the GPT-2 tokenizer as ordinary text (``<|endoftext|>``
-inside a document is *not* the special token) and preceded by the end-of-text token 50256,
-as llm.c and build-nanogpt do: the token stream is ``EOT doc1 EOT doc2 ...`` and starts
-with EOT. The first ``round(val_fraction * total)`` tokens of that stream are the
-validation split, the rest the training split, each cut into shards of at most
-``shard_tokens`` tokens (``val_000000.bin``, ``train_000000.bin``, ``train_000001.bin``...).
-``manifest.json`` is written last, so a directory without one is incomplete.
+Every document is tokenized as ordinary text (``<|endoftext|>`` inside a document is *not*
+the special token) and preceded by the end-of-text token, as llm.c and build-nanogpt do: the
+token stream is ``EOT doc1 EOT doc2 ...``. The stream is split into validation and training
+tokens in one of two ways:
 
-The output depends only on the inputs and the options, never on the number of workers.
+* ``val_tokens=N``: the first N tokens are validation (build-nanogpt: the first shard of
+  FineWeb-Edu, 100M tokens). This is the default for hub datasets.
+* ``val_fraction=f``: in every block of :data:`VAL_BLOCK` (about 1M) stream tokens, and in
+  the last, shorter block, the first ``round(f * block)`` tokens are validation. For a corpus
+  under 1M tokens that is simply its first fraction f; for a large one the validation set is
+  spread over the whole corpus. This is the default (f = 0.1) for local files.
+
+Each split is cut into shards of ``shard_tokens`` tokens (the last one shorter):
+``val_000000.bin``, ``train_000000.bin``, ``train_000001.bin``... in llm.c's format, uint16
+(uint32 for vocabularies over 65,536 tokens). ``manifest.json`` is written last, so a
+directory without one is incomplete.
+
+Resumable: the work in progress lives in ``OUT/.prepare/`` (partial shards, appended to, and
+``state.json``, saved after every finished shard). Run the same command again after a crash
+or a kill and it continues from the last saved state; the output is byte-identical to an
+uninterrupted run. The output depends only on the inputs and options, never on the number
+of workers or on interruptions.
 """
 
 from __future__ import annotations
 
 import collections
-import glob
-import gzip
+import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
-import zlib
+import shutil
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from ..errors import UserError
-from ..tokenizer import EOT_TOKEN, VOCAB_SHA256, get_tokenizer
-from .shards import SHARD_SUFFIXES, read_shard, write_shard
+from ..tokenizer import VOCAB_SHA256, get_tokenizer
+from .shards import SHARD_SUFFIXES, VERSION, VERSION_U32, read_shard, write_shard
+from .sources import (
+    DOC_SPLITS, Chunk, HubSource, chunk_texts, expand_inputs, file_chunks, file_identity, hub_chunks,
+    tokenize_texts,
+)
 
 MANIFEST = "manifest.json"
-DOC_SPLITS = ("file", "line", "blank")
-TOKENIZER_NAME = "gpt2"
-_CHUNK_DOCS = 512  # documents per tokenization task
-_CHUNK_CHARS = 1 << 20  # ... or about this many characters, whichever comes first
+WORK_DIR = ".prepare"
+VAL_BLOCK = 1 << 20  # val_fraction is applied per block of this many stream tokens
+_CHECKPOINT_TOKENS = 32 * VAL_BLOCK  # also save the state this often between shards
+_STATE_VERSION = 1
 
 
-class _Stats:
-    def __init__(self):
-        self.kept = 0
-        self.empty = 0
-        self.invalid_utf8 = 0
+# --- tokenizers ----------------------------------------------------------------------------
 
 
-def _format(path: Path) -> str:
-    name = path.name.lower()
-    for fmt in (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet"):
-        if name.endswith(fmt):
-            return fmt
-    raise UserError(
-        f"{path}: unknown input format; use .txt, .txt.gz, .jsonl, .jsonl.gz or .parquet files"
-    )
+def resolve_tokenizer(spec):
+    """``"gpt2"`` (shipped, offline), another tiktoken encoding name, or a ``tiktoken.Encoding``."""
+    import tiktoken
 
-
-def expand_inputs(inputs) -> list[Path]:
-    """Paths and globs -> the list of input files, in the given order (globs sorted)."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    files: list[Path] = []
-    for item in inputs:
-        s = os.fspath(item)
-        if glob.has_magic(s):
-            matches = sorted(glob.glob(s, recursive=True))
-            matches = [m for m in matches if os.path.isfile(m)]
-            if not matches:
-                raise UserError(f"input glob {s!r} matches no files; check the pattern")
-            files.extend(Path(m) for m in matches)
-        else:
-            p = Path(s)
-            if p.is_dir():
-                raise UserError(f"input {s} is a directory; pass its files or a glob like '{s}/*.txt'")
-            if not p.is_file():
-                raise UserError(f"input file {s} not found; check the path")
-            files.append(p)
-    if not files:
-        raise UserError("no input files given; pass at least one .txt/.jsonl/.parquet file")
-    for f in files:
-        _format(f)
-    return files
-
-
-def _decode(data: bytes, stats: _Stats) -> str:
+    if isinstance(spec, tiktoken.Encoding):
+        return spec
+    if spec == "gpt2":
+        return get_tokenizer()
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        stats.invalid_utf8 += 1
-        return data.decode("utf-8", errors="replace")
+        return tiktoken.get_encoding(spec)
+    except Exception as e:  # unknown name, or no network to download its vocabulary
+        raise UserError(f"tokenizer {spec!r} is not available ({e}); use 'gpt2' (shipped) or a tiktoken name") from None
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+def vocab_sha256(enc) -> str:
+    """sha256 of the vocabulary in tiktoken's file format (base64 token, rank): names the tokenizer exactly.
 
+    For GPT-2 this is the sha256 of the shipped ``gpt2.tiktoken`` file.
+    """
+    if enc.name == "gpt2" and enc is get_tokenizer():
+        return VOCAB_SHA256
+    import base64
 
-def _docs_txt(path: Path, doc_split: str, stats: _Stats) -> Iterator[str]:
-    with _open_binary(path) as f:
-        if doc_split == "file":
-            yield _decode(f.read(), stats)
-        elif doc_split == "line":
-            for line in f:
-                yield _decode(line.rstrip(b"\r\n"), stats)
-        else:  # "blank": blocks of lines separated by one or more blank lines
-            block: list[bytes] = []
-            for line in f:
-                if line.strip():
-                    block.append(line)
-                elif block:
-                    yield _decode(b"".join(block).rstrip(b"\r\n"), stats)
-                    block = []
-            if block:
-                yield _decode(b"".join(block).rstrip(b"\r\n"), stats)
-
-
-def _docs_jsonl(path: Path, text_key: str, stats: _Stats) -> Iterator[str]:
-    with _open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            bad_before = stats.invalid_utf8
-            line = _decode(raw, stats)
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or remove the line") from None
-            if not isinstance(obj, dict) or text_key not in obj:
-                raise UserError(
-                    f"{path}:{lineno}: no {text_key!r} key in the JSON object; "
-                    "set text_key to the field that holds the text"
-                )
-            text = obj[text_key]
-            if not isinstance(text, str):
-                raise UserError(
-                    f"{path}:{lineno}: {text_key!r} is a {type(text).__name__}, not a string"
-                )
-            text = _clean_surrogates(text, stats, already_counted=stats.invalid_utf8 > bad_before)
-            yield text
-
-
-def _docs_parquet(path: Path, text_key: str, stats: _Stats) -> Iterator[str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UserError(
-            f"{path}: reading .parquet needs pyarrow; run `pip install pyarrow`"
-        ) from None
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises its own exception types
-        raise UserError(f"{path}: not a readable parquet file ({e})") from None
-    if text_key not in pf.schema_arrow.names:
-        raise UserError(
-            f"{path}: no {text_key!r} column (columns: {', '.join(pf.schema_arrow.names)}); "
-            "set text_key to the column that holds the text"
-        )
-    row = 0
-    for batch in pf.iter_batches(columns=[text_key]):
-        for text in batch.column(0).to_pylist():
-            row += 1
-            if text is None:
-                stats.empty += 1
-                continue
-            if isinstance(text, bytes):
-                text = _decode(text, stats)
-            elif not isinstance(text, str):
-                raise UserError(f"{path}: row {row}: column {text_key!r} is not text")
-            yield _clean_surrogates(text, stats)
-
-
-def _clean_surrogates(text: str, stats: _Stats, already_counted: bool = False) -> str:
-    """JSON may encode lone surrogates (``"\\ud800"``), which are not valid UTF-8."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        if not already_counted:
-            stats.invalid_utf8 += 1
-        return text.encode("utf-8", errors="replace").decode("utf-8")
-
-
-def iter_documents(files: list[Path], doc_split: str, text_key: str, stats: _Stats) -> Iterator[str]:
-    """All non-empty documents of all files, in order; counts go to ``stats``."""
-    for path in files:
-        fmt = _format(path)
-        if fmt in (".txt", ".txt.gz"):
-            docs = _docs_txt(path, doc_split, stats)
-        elif fmt in (".jsonl", ".jsonl.gz"):
-            docs = _docs_jsonl(path, text_key, stats)
-        else:
-            docs = _docs_parquet(path, text_key, stats)
+    special = {enc.encode_single_token(s) for s in enc.special_tokens_set}
+    h = hashlib.sha256()
+    for rank in range(enc.n_vocab):
+        if rank in special:
+            continue
         try:
-            for doc in docs:
-                if not doc.strip():
-                    stats.empty += 1
-                    continue
-                stats.kept += 1
-                yield doc
-        except (OSError, EOFError, zlib.error) as e:
-            raise UserError(f"{path}: cannot read ({e}); check the file is not damaged") from None
+            token = enc.decode_single_token_bytes(rank)
+        except KeyError:  # a gap in the ranks
+            continue
+        h.update(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
+    return h.hexdigest()
 
 
-def _chunks(docs: Iterator[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    chars = 0
-    for doc in docs:
-        chunk.append(doc)
-        chars += len(doc)
-        if len(chunk) >= _CHUNK_DOCS or chars >= _CHUNK_CHARS:
-            yield chunk
-            chunk, chars = [], 0
-    if chunk:
-        yield chunk
+# --- the worker side -----------------------------------------------------------------------
+
+_worker: dict = {}  # per worker process: the encoding and token dtype, set once by the pool initializer
 
 
-def tokenize_chunk(docs: list[str]) -> np.ndarray:
-    """Tokens of a list of documents as uint16, each document preceded by EOT."""
-    enc = get_tokenizer(TOKENIZER_NAME)
-    encoded = enc.encode_ordinary_batch(docs)
-    out = np.empty(sum(len(t) for t in encoded) + len(encoded), dtype=np.uint16)
-    i = 0
-    for toks in encoded:
-        out[i] = EOT_TOKEN
-        out[i + 1 : i + 1 + len(toks)] = toks
-        i += 1 + len(toks)
-    return out
+def _init_worker(enc, dtype) -> None:
+    _worker["enc"], _worker["dtype"] = enc, dtype
 
 
-def _tokenize_ordered(chunks: Iterator[list[str]], workers: int) -> Iterator[np.ndarray]:
-    """Tokenize chunks in a pool, yielding results in input order with bounded read-ahead."""
+def _work(chunk: Chunk):
+    counts = [0, 0, 0]
+    texts = chunk_texts(chunk, counts)
+    return tokenize_texts(_worker["enc"], texts, _worker["dtype"]), counts, chunk.position, len(chunk.items)
+
+
+def _tokenized(chunks: Iterator[Chunk], enc, dtype, workers: int) -> Iterator[tuple]:
+    """Tokenize chunks in ``workers`` processes, in input order, with bounded read-ahead."""
     if workers <= 1:
+        _init_worker(enc, dtype)
         for chunk in chunks:
-            yield tokenize_chunk(chunk)
+            yield _work(chunk)
         return
-    with multiprocessing.Pool(workers) as pool:
+    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(enc, dtype)) as pool:
         pending: collections.deque = collections.deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(tokenize_chunk, (chunk,)))
+            pending.append(pool.apply_async(_work, (chunk,)))
             if len(pending) >= 4 * workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> list[Path]:
-    """Return the old output files to remove; raise if we may not write here."""
+# --- writing -------------------------------------------------------------------------------
+
+
+class _ShardWriter:
+    """Cuts one split's tokens into shards; the shard in progress is a file appended to."""
+
+    def __init__(self, out_dir: Path, work_dir: Path, split: str, shard_tokens: int, dtype, log):
+        self.out_dir, self.work_dir, self.split = out_dir, work_dir, split
+        self.shard_tokens, self.dtype, self.log = shard_tokens, np.dtype(dtype), log
+        self.version = VERSION if self.dtype.itemsize == 2 else VERSION_U32
+        self.index, self.count, self.shards = 0, 0, []
+        self._file = None
+        self.finished = 0  # shards finished since the last checkpoint
+
+    @property
+    def tokens(self) -> int:
+        return sum(s["tokens"] for s in self.shards) + self.count
+
+    def _part(self, index: int) -> Path:
+        return self.work_dir / f"{self.split}-{index:06d}.part"
+
+    def add(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            if self._file is None:
+                self._file = open(self._part(self.index), "ab")
+            take = min(self.shard_tokens - self.count, len(tokens))
+            self._file.write(tokens[:take].tobytes())
+            self.count += take
+            tokens = tokens[take:]
+            if self.count == self.shard_tokens:
+                self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        tokens = np.fromfile(self._part(self.index), dtype=self.dtype)
+        assert len(tokens) == self.count, (self._part(self.index), len(tokens), self.count)
+        name = f"{self.split}_{self.index:06d}.bin"
+        digest = write_shard(self.out_dir / name, tokens, version=self.version)
+        self.shards.append({"name": name, "split": self.split, "tokens": self.count, "sha256": digest})
+        self.log(f"wrote {name}: {self.count:,} tokens")
+        self.index, self.count = self.index + 1, 0
+        self.finished += 1
+
+    def close(self) -> None:
+        if self.count:
+            self._finish_shard()
+
+    def sync(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def state(self) -> dict:
+        return {"index": self.index, "count": self.count, "shards": list(self.shards)}
+
+    def restore(self, state: dict) -> None:
+        self.index, self.count, self.shards = state["index"], state["count"], list(state["shards"])
+        part = self._part(self.index)
+        if self.count:
+            size = part.stat().st_size if part.is_file() else 0
+            need = self.count * self.dtype.itemsize
+            if size < need:
+                raise UserError(f"{part}: holds {size} bytes, the saved state needs {need}; "
+                                "the interrupted prepare cannot continue, pass --overwrite to start over")
+            with open(part, "r+b") as f:
+                f.truncate(need)
+        else:
+            part.unlink(missing_ok=True)
+        # Shards finished after the saved state are made again, identically.
+        for p in self.out_dir.glob(f"{self.split}_*.bin"):
+            if int(p.stem.rsplit("_", 1)[1]) >= self.index:
+                p.unlink()
+        self.drop_old_parts()
+
+    def drop_old_parts(self) -> None:
+        for p in self.work_dir.glob(f"{self.split}-*.part"):
+            if p != self._part(self.index):
+                p.unlink()
+
+
+class _Router:
+    """Sends each stream token to the validation or the training writer (see the module doc)."""
+
+    def __init__(self, val: _ShardWriter, train: _ShardWriter, val_tokens: int | None, val_fraction: float):
+        self.val, self.train = val, train
+        self.val_tokens, self.val_fraction = val_tokens, val_fraction
+        self.position = 0  # stream tokens seen
+        self.pending: list[np.ndarray] = []  # the current block (val_fraction mode)
+        self.pending_count = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        self.position += len(tokens)
+        if self.val_tokens is not None:
+            n_val = max(0, min(len(tokens), self.val_tokens - (self.position - len(tokens))))
+            self.val.add(tokens[:n_val])
+            if n_val and self.position >= self.val_tokens:
+                self.val.close()  # the validation split is complete: write its last shard now, not at the end
+            self.train.add(tokens[n_val:])
+            return
+        if self.val_fraction == 0:
+            self.train.add(tokens)
+            return
+        self.pending.append(tokens)
+        self.pending_count += len(tokens)
+        if self.pending_count >= VAL_BLOCK:
+            rest = np.concatenate(self.pending)
+            while len(rest) >= VAL_BLOCK:
+                self._route(rest[:VAL_BLOCK])
+                rest = rest[VAL_BLOCK:]
+            self.pending, self.pending_count = ([rest] if len(rest) else []), len(rest)
+
+    def _route(self, block: np.ndarray) -> None:
+        n_val = int(round(self.val_fraction * len(block)))
+        self.val.add(block[:n_val])
+        self.train.add(block[n_val:])
+
+    def finish(self) -> None:
+        if self.pending_count:
+            self._route(np.concatenate(self.pending))
+        self.pending, self.pending_count = [], 0
+
+    def pending_tokens(self, dtype) -> np.ndarray:
+        return np.concatenate(self.pending) if self.pending else np.empty(0, dtype=dtype)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")  # one writer per folder: a fixed temp name is safe
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    _write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+# --- the output directory ------------------------------------------------------------------
+
+
+def _old_outputs(out_dir: Path) -> list[Path]:
+    if not out_dir.is_dir():
+        return []
+    return [p for p in out_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in SHARD_SUFFIXES]
+
+
+def _clear(out_dir: Path) -> None:
+    for p in _old_outputs(out_dir):
+        p.unlink()
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
+    for p in out_dir.glob(".tmp-*"):  # left by a write killed half way
+        p.unlink(missing_ok=True)
+
+
+def _check_tokenizer(out_dir: Path, identity: dict) -> None:
     manifest = out_dir / MANIFEST
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            old = None
-        if isinstance(old, dict) and (
-            old.get("tokenizer") != TOKENIZER_NAME or old.get("vocab_sha256") != VOCAB_SHA256
-        ):
-            raise UserError(
-                f"{manifest}: {out_dir} holds shards made with a different tokenizer "
-                f"({old.get('tokenizer')!r}); choose another output directory or delete it"
-            )
-    old_files = [
-        p for p in out_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix in SHARD_SUFFIXES
-    ] if out_dir.is_dir() else []
-    if manifest.is_file():
-        old_files.append(manifest)
-    if old_files and not overwrite:
+    if not manifest.is_file():
+        return
+    try:
+        old = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(old, dict) and (old.get("tokenizer"), old.get("vocab_sha256")) != (
+        identity["tokenizer"], identity["vocab_sha256"]
+    ):
         raise UserError(
-            f"{out_dir} already holds shards ({len(old_files)} files); pass --overwrite to "
-            "replace them or choose another output directory"
+            f"{manifest}: {out_dir} holds shards made with a different tokenizer "
+            f"({old.get('tokenizer')!r}); choose another output directory or delete it"
         )
-    return old_files
+
+
+def _load_state(out_dir: Path, identity: dict) -> dict | None:
+    """The saved state of an interrupted prepare of the same job in out_dir, if there is one."""
+    path = out_dir / WORK_DIR / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); pass --overwrite to start over") from None
+    old = state.get("identity", {})
+    if old != identity:
+        keys = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        raise UserError(
+            f"{out_dir} holds an interrupted prepare with different {', '.join(keys)}; run the same "
+            "command again to continue it, or pass --overwrite to start over"
+        )
+    return state
+
+
+# --- prepare -------------------------------------------------------------------------------
 
 
 def prepare(
-    inputs,
-    out_dir,
+    inputs=None,
+    out_dir="data",
     *,
-    val_fraction: float = 0.1,
+    hub: HubSource | None = None,
+    val_fraction: float | None = None,
+    val_tokens: int | None = None,
     shard_tokens: int = 100_000_000,
     doc_split: str = "file",
     text_key: str = "text",
+    tokenizer="gpt2",
+    max_docs: int | None = None,
+    max_tokens: int | None = None,
     workers: int | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Tokenize ``inputs`` into shards in ``out_dir``; return the manifest (also saved there)."""
+    """Tokenize ``inputs`` (files and globs) or ``hub`` into shards in ``out_dir``; return the manifest.
+
+    A prepare interrupted in ``out_dir`` is continued when the same job is run again.
+    """
+    if (inputs is None) == (hub is None):
+        raise UserError("give either input files or a hub dataset to prepare, not both or neither")
     if doc_split not in DOC_SPLITS:
         raise UserError(f"doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
-    if not 0.0 <= float(val_fraction) < 1.0:
+    if val_tokens is not None and val_fraction is not None:
+        raise UserError("give val_tokens or val_fraction, not both")
+    if val_tokens is None and val_fraction is None:
+        if hub is not None:
+            val_tokens = int(shard_tokens)  # the first shard, as build-nanogpt does with FineWeb-Edu
+        else:
+            val_fraction = 0.1
+    if val_fraction is not None and not 0.0 <= float(val_fraction) < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if int(shard_tokens) < 1:
-        raise UserError(f"shard_tokens must be a positive number of tokens, got {shard_tokens}")
+    if val_tokens is not None and int(val_tokens) < 0:
+        raise UserError(f"val_tokens must be >= 0, got {val_tokens}")
+    for name, value in (("shard_tokens", shard_tokens), ("max_docs", max_docs), ("max_tokens", max_tokens)):
+        if value is not None and int(value) < 1:
+            raise UserError(f"{name} must be a positive number, got {value}")
     shard_tokens = int(shard_tokens)
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8)
-    if int(workers) < 1:
+    workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
+    if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
-    workers = int(workers)
-    files = expand_inputs(inputs)
+    enc = resolve_tokenizer(tokenizer)
+    dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
+    files = expand_inputs(inputs) if hub is None else None
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} exists and is not a directory; choose another path")
-    old_files = _check_out_dir(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
-    stats = _Stats()
-    log(f"tokenizing {len(files)} file(s) with {workers} worker(s)")
-    fd, stream_name = tempfile.mkstemp(prefix=".tmp-stream-", suffix=".u16", dir=out_dir)
-    stream_path = Path(stream_name)
-    try:
-        total = 0
-        with os.fdopen(fd, "wb") as stream:
-            docs = iter_documents(files, doc_split, text_key, stats)
-            for toks in _tokenize_ordered(_chunks(docs), workers):
-                stream.write(toks.tobytes())
-                total += toks.size
-        if total == 0:
-            raise UserError(
-                f"inputs hold no text ({stats.empty} empty documents); check the files"
-                + ("" if doc_split == "file" else f" and doc_split={doc_split!r}")
-            )
-        n_val = int(round(val_fraction * total))
-        if val_fraction > 0 and n_val == 0:
-            raise UserError(
-                f"only {total} tokens: too few for a validation split of {val_fraction}; "
-                "use more text or a larger val_fraction"
-            )
-        if n_val >= total:
-            raise UserError(
-                f"only {total} tokens: nothing left for training after the validation split "
-                f"of {val_fraction}; use more text or a smaller val_fraction"
-            )
-        if val_fraction == 0:
-            log("warning: val_fraction is 0, so no validation shards are written")
+    options = {
+        "val_fraction": None if val_fraction is None else float(val_fraction),
+        "val_tokens": None if val_tokens is None else int(val_tokens),
+        "shard_tokens": shard_tokens, "doc_split": doc_split, "text_key": text_key,
+        "max_docs": max_docs, "max_tokens": max_tokens,
+    }
+    source = {"files": [str(f) for f in files]} if files is not None else {"hub": hub.describe()}
+    identity = {
+        "tokenizer": enc.name, "vocab_sha256": vocab_sha256(enc), "source": source, "options": options,
+        "inputs": file_identity(files) if files is not None else None,
+    }
+    _check_tokenizer(out_dir, identity)
+    state = None if overwrite else _load_state(out_dir, identity)
+    if overwrite:
+        _clear(out_dir)
+    elif state is None and (_old_outputs(out_dir) or (out_dir / MANIFEST).is_file()):
+        raise UserError(
+            f"{out_dir} already holds shards ({len(_old_outputs(out_dir))} files); pass --overwrite to "
+            "replace them or choose another output directory"
+        )
+    work_dir = out_dir / WORK_DIR
+    work_dir.mkdir(parents=True, exist_ok=True)
 
-        for p in old_files:
-            p.unlink(missing_ok=True)
-        stream_tokens = np.memmap(stream_path, dtype=np.uint16, mode="r", shape=(total,))
-        shards = []
-        for split, lo, hi in (("val", 0, n_val), ("train", n_val, total)):
-            for i, start in enumerate(range(lo, hi, shard_tokens)):
-                end = min(start + shard_tokens, hi)
-                name = f"{split}_{i:06d}.bin"
-                digest = write_shard(out_dir / name, stream_tokens[start:end])
-                shards.append({"name": name, "split": split, "tokens": end - start, "sha256": digest})
-                log(f"wrote {name}: {end - start:,} tokens")
-        del stream_tokens
-    finally:
-        stream_path.unlink(missing_ok=True)
+    writers = {s: _ShardWriter(out_dir, work_dir, s, shard_tokens, dtype, log) for s in ("val", "train")}
+    router = _Router(writers["val"], writers["train"], options["val_tokens"], options["val_fraction"] or 0.0)
+    counts, docs_read, position = [0, 0, 0], 0, [0, 0] if files is not None else [0]
+    if state is not None:
+        for d in (out_dir, work_dir):  # temp files of writes that were killed half way
+            _drop_except(d, ".tmp-*", None)
+        for s, w in writers.items():
+            w.restore(state["writers"][s])
+        router.position = state["router_position"]
+        pending = np.empty(0, dtype)
+        if state["pending"]:
+            path = work_dir / state["pending"]["file"]
+            pending = np.fromfile(path, dtype=dtype) if path.is_file() else pending
+            if len(pending) != state["pending"]["tokens"]:
+                raise UserError(f"{path} does not match the saved state; pass --overwrite to start over")
+        _drop_except(work_dir, "pending-*.bin", state["pending"] and state["pending"]["file"])
+        router.pending, router.pending_count = ([pending] if len(pending) else []), len(pending)
+        counts, docs_read, position = state["counts"], state["docs_read"], state["position"]
+        log(f"continuing an interrupted prepare in {out_dir}: {router.position:,} tokens done, "
+            f"{sum(len(w.shards) for w in writers.values())} shards written")
+
+    def save_state() -> None:
+        for w in writers.values():
+            w.sync()
+        pending, saved = router.pending_tokens(dtype), None
+        if len(pending):  # a new file each time: the previous state's one stays valid until the state is replaced
+            saved = {"file": f"pending-{router.position:015d}.bin", "tokens": len(pending)}
+            _write_atomic(work_dir / saved["file"], pending.tobytes())
+        _write_json_atomic(work_dir / "state.json", {
+            "version": _STATE_VERSION, "identity": identity, "position": position, "docs_read": docs_read,
+            "counts": counts, "router_position": router.position, "pending": saved,
+            "writers": {s: w.state() for s, w in writers.items()},
+        })
+        _drop_except(work_dir, "pending-*.bin", saved and saved["file"])
+        for w in writers.values():
+            w.drop_old_parts()
+            w.finished = 0
+
+    if state is None:
+        save_state()  # from now on, this folder holds a prepare that can be continued
+    what = f"{len(files)} file(s)" if files is not None else f"hub dataset {hub.name}"
+    log(f"tokenizing {what} with {workers} worker(s) into {out_dir}")
+    if files is not None:
+        chunks = file_chunks(files, doc_split, text_key, start=tuple(position))
+    else:
+        chunks = hub_chunks(hub, text_key, skip=position[0])
+    if max_docs is not None:
+        chunks = _limit_docs(chunks, max_docs - docs_read)
+    t0, last_log, last_ckpt = time.perf_counter(), time.perf_counter(), router.position
+    done = max_tokens is not None and router.position >= max_tokens
+    if not done:
+        for tokens, chunk_counts, position, n_docs in _tokenized(chunks, enc, dtype, workers):
+            counts = [a + b for a, b in zip(counts, chunk_counts)]
+            docs_read += n_docs
+            if max_tokens is not None and router.position + len(tokens) >= max_tokens:
+                router.add(tokens[: max_tokens - router.position])
+                break
+            router.add(tokens)
+            if any(w.finished for w in writers.values()) or router.position - last_ckpt >= _CHECKPOINT_TOKENS:
+                save_state()
+                last_ckpt = router.position
+            if time.perf_counter() - last_log > 30:
+                rate = (router.position - (state or {}).get("router_position", 0)) / (time.perf_counter() - t0)
+                log(f"{router.position:,} tokens, {docs_read:,} documents, {rate:,.0f} tokens/s")
+                last_log = time.perf_counter()
+
+    total = router.position
+    if total == 0:
+        _clear(out_dir)
+        raise UserError(
+            f"inputs hold no text ({counts[1]} empty documents); check the files"
+            + ("" if doc_split == "file" else f" and doc_split={doc_split!r}")
+        )
+    router.finish()
+    n_val = writers["val"].tokens
+    problem = None
+    if (options["val_fraction"] or options["val_tokens"]) and n_val == 0:
+        problem = f"only {total} tokens: too few for a validation split of {val_fraction or val_tokens}; " \
+                  "use more text or a larger val_fraction"
+    elif n_val >= total:
+        problem = f"only {total} tokens: nothing left for training after the validation split of " \
+                  f"{val_fraction or val_tokens}; use more text or a smaller val split"
+    if problem:
+        _clear(out_dir)
+        raise UserError(problem)
+    if n_val == 0:
+        log("warning: the validation split is empty (val_fraction/val_tokens 0), so no validation shards are written")
+    for w in writers.values():
+        w.close()
 
     manifest = {
         "format": "gpt2lab-shards",
-        "format_version": 1,
-        "tokenizer": TOKENIZER_NAME,
-        "vocab_sha256": VOCAB_SHA256,
-        "eot_token": EOT_TOKEN,
+        "format_version": 2,
+        "tokenizer": enc.name,
+        "vocab_sha256": identity["vocab_sha256"],
+        "vocab_size": enc.n_vocab,
+        "token_dtype": np.dtype(dtype).name,
+        "eot_token": enc.eot_token,
         "eot_position": "before_each_document",
-        "inputs": [str(f) for f in files],
-        "options": {
-            "val_fraction": val_fraction,
-            "shard_tokens": shard_tokens,
-            "doc_split": doc_split,
-            "text_key": text_key,
-        },
-        "documents": {"kept": stats.kept, "empty": stats.empty, "invalid_utf8": stats.invalid_utf8},
+        "source": source,
+        "options": options,
+        "documents": {"kept": counts[0], "empty": counts[1], "invalid_utf8": counts[2]},
         "tokens": {"val": n_val, "train": total - n_val, "total": total},
-        "shards": shards,
+        "shards": writers["val"].shards + writers["train"].shards,
     }
     _write_json_atomic(out_dir / MANIFEST, manifest)
-    log(
-        f"done: {total:,} tokens from {stats.kept:,} documents "
-        f"({n_val:,} val, {total - n_val:,} train) in {out_dir}"
-    )
-    if stats.empty or stats.invalid_utf8:
-        log(f"skipped {stats.empty} empty documents; {stats.invalid_utf8} had invalid UTF-8 (replaced)")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    log(f"done: {total:,} tokens from {counts[0]:,} documents ({n_val:,} val, {total - n_val:,} train) in {out_dir}")
+    if counts[1] or counts[2]:
+        log(f"skipped {counts[1]} empty documents; {counts[2]} had invalid UTF-8 (replaced)")
     return manifest
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _drop_except(directory: Path, pattern: str, keep: str | None) -> None:
+    for p in directory.glob(pattern):
+        if p.name != keep:
+            p.unlink()
 
 
-def verify(out_dir) -> dict:
-    """Check the shards of ``out_dir`` against its manifest; return the manifest."""
-    import hashlib
+def _limit_docs(chunks: Iterator[Chunk], left: int) -> Iterator[Chunk]:
+    for chunk in chunks:
+        if left <= 0:
+            return
+        if len(chunk.items) > left:
+            items = chunk.items[:left]
+            lines = chunk.lines[:left] if chunk.lines is not None else None
+            chunk = chunk._replace(items=items, lines=lines)
+        left -= len(chunk.items)
+        yield chunk
 
-    out_dir = Path(out_dir)
-    path = out_dir / MANIFEST
+
+# --- checking ------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(data_dir) -> dict | None:
+    """The manifest of a prepared directory; None when there is none (e.g. build-nanogpt shards)."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        return None
     try:
         manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} not found; run gpt2lab prepare") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+            raise ValueError("no shard list")
     except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e}); re-run gpt2lab prepare") from None
-    for shard in manifest.get("shards", []):
-        p = out_dir / shard["name"]
-        if len(read_shard(p)) != shard["tokens"]:
-            raise UserError(f"{p}: token count differs from {path}; re-run gpt2lab prepare")
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != shard["sha256"]:
-            raise UserError(f"{p}: sha256 differs from {path}; the file changed, re-run gpt2lab prepare")
+        raise UserError(f"{path}: not a valid manifest ({e}); re-run gpt2lab prepare") from None
     return manifest
 
 
-__all__ = ["prepare", "verify", "expand_inputs", "iter_documents", "tokenize_chunk", "MANIFEST"]
+def verify(out_dir, names=None, hashes: bool = True) -> dict:
+    """Check shards of ``out_dir`` (all, or those in ``names``) against the manifest; return it.
+
+    Token counts are always checked (cheap); sha256 too unless ``hashes`` is False.
+    """
+    out_dir = Path(out_dir)
+    manifest = load_manifest(out_dir)
+    if manifest is None:
+        raise UserError(f"{out_dir / MANIFEST} not found; run gpt2lab prepare")
+    listed = {s["name"]: s for s in manifest["shards"]}
+    for name in names if names is not None else listed:
+        p = out_dir / name
+        shard = listed.get(name)
+        if shard is None:
+            raise UserError(f"{p}: not listed in {out_dir / MANIFEST}; remove it or re-run gpt2lab prepare")
+        if len(read_shard(p)) != shard["tokens"]:
+            raise UserError(f"{p}: token count differs from {out_dir / MANIFEST}; re-run gpt2lab prepare")
+        if hashes and file_sha256(p) != shard["sha256"]:
+            raise UserError(f"{p}: sha256 differs from {out_dir / MANIFEST}: the file is damaged or was changed; "
+                            "re-run gpt2lab prepare (or skip the check with data.verify=false)")
+    return manifest
+
+
+__all__ = ["prepare", "verify", "load_manifest", "resolve_tokenizer", "vocab_sha256", "HubSource", "MANIFEST",
+           "VAL_BLOCK", "expand_inputs"]

@@ -161,6 +161,10 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     optimizer = build_optimizer(model, o_cfg, device_type)
     loader = TokenLoader(cfg.data.dir, cfg.data.train_split, B, T, rank=info.rank, world_size=info.world_size,
                          shuffle=cfg.data.shuffle, seed=t_cfg.seed, verify=cfg.data.verify)
+    data_vocab = (loader.manifest or {}).get("vocab_size", 0)
+    if data_vocab > cfg.model.vocab_size:
+        raise UserError(f"{cfg.data.dir}: tokenized with {loader.manifest.get('tokenizer')!r} ({data_vocab} ids), more than "
+                        f"model.vocab_size {cfg.model.vocab_size}; set model.vocab_size={data_vocab} or prepare with gpt2")
     has_val = e_cfg.every >= 0 and bool(_try_find(cfg.data.dir, cfg.data.val_split))
     windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e_cfg.val_tokens) if has_val else []
     if e_cfg.every >= 0 and not has_val:

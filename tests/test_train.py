@@ -248,8 +248,8 @@ def test_diverged_training_raises(small_shards, tmp_path):
 def test_token_beyond_vocab_is_user_error(small_shards, tmp_path):
     cfg = micro_cfg(small_shards, tmp_path / "run", "model.vocab_size=1000", "model.padded_vocab_size=1024",
                     "eval.every=-1")
-    with pytest.raises(UserError, match=r"token id \d+ >= model.vocab_size 1000"):
-        train(cfg, log=quiet)
+    with pytest.raises(UserError, match=r"tokenized with 'gpt2' \(50257 ids\), more than model.vocab_size 1000"):
+        train(cfg, log=quiet)  # known from the manifest before the first step
 
 
 def test_token_beyond_vocab_at_window_start_is_user_error(tmp_path):
@@ -261,7 +261,7 @@ def test_token_beyond_vocab_at_window_start_is_user_error(tmp_path):
         "padded_vocab_size=1024", "device=cpu", "dtype=float32", "micro_batch=2", "seq_len=16", "max_steps=1",
         "eval.every=-1", "eval.sample_every=-1",
     ])
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"token id 2000 >= model.vocab_size 1000"):  # no manifest: found in the batch
         train(cfg, log=quiet)
 
 

@@ -1,0 +1,163 @@
+"""Data pipeline speed: ``gpt2lab prepare`` against bare tiktoken, and the loader against a training step.
+
+    python benchmarks/bench_prepare.py                      # Wikipedia jsonl x 3, all cores
+    python benchmarks/bench_prepare.py --workers 1 --repeat 1
+    python benchmarks/bench_prepare.py --no-step            # skip timing a gpt2 training step
+
+**prepare**: ``gpt2lab.data.prepare.prepare`` on ``$GPT2LAB_DATA/corpora/wikipedia-en.jsonl``
+(18,230 articles, 27.7 MB) given ``--repeat`` times as input, with ``--workers`` processes,
+timed end to end (pool start, reading, JSON parsing, tokenizing, writing shards with their
+sha256, the manifest). **bare**: the same documents already parsed into memory, split into
+``--workers`` parts, each part given to ``encode_ordinary_batch`` in one process of a pool of
+``--workers`` (started and warmed before timing): tokenizing and nothing else. Both figures
+come from the same run; the ratio prepare/bare is what to compare (target >= 0.9). Each is the
+best of ``--rounds`` rounds, alternating.
+
+**loader**: ``TokenLoader.next_batch`` on the prepared training shards at the recipe's shape
+(64 x 1024 tokens per call), plain and shuffled, in tokens/s. **step**: one ``gpt2`` (124M)
+forward+backward under bf16 autocast at 1 x 1024 tokens on this machine, in tokens/s: the
+rate a training process consumes tokens. The loader must serve at least 100x that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpt2lab.data import TokenLoader  # noqa: E402
+from gpt2lab.data.prepare import prepare  # noqa: E402
+from gpt2lab.tokenizer import get_tokenizer  # noqa: E402
+
+
+def _bare_part(docs: list[str]) -> int:
+    return sum(len(t) for t in get_tokenizer().encode_ordinary_batch(docs, num_threads=1))
+
+
+def bare_tiktoken(docs: list[str], workers: int, pool) -> tuple[float, int]:
+    parts = [docs[i::workers] for i in range(workers)]
+    t0 = time.perf_counter()
+    if pool is None:
+        n = _bare_part(docs)
+    else:
+        n = sum(pool.map(_bare_part, parts, chunksize=1))
+    return time.perf_counter() - t0, n
+
+
+def time_prepare(inputs, out: Path, workers: int) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    m = prepare(inputs, out, val_fraction=0.01, shard_tokens=10_000_000, workers=workers, log=lambda _m: None)
+    return time.perf_counter() - t0, m
+
+
+def loader_rate(data_dir: Path, shuffle: bool, seconds: float = 3.0) -> float:
+    ld = TokenLoader(data_dir, "train", 64, 1024, shuffle=shuffle, verify=False)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x, y = ld.next_batch()
+        n += x.numel()
+    return n / (time.perf_counter() - t0)
+
+
+def gpt2_step_rate() -> float:
+    import torch
+
+    from gpt2lab.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768))
+    x = torch.randint(0, 50257, (1, 1024))
+    best = float("inf")
+    for _ in range(3):  # the first is warm-up
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(x, x)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        best = min(best, time.perf_counter() - t0)
+    return 1024 / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=os.environ.get("GPT2LAB_DATA", "../shared/data"))
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeat", type=int, default=3, help="give the corpus this many times (more text to time)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-step", action="store_true", help="do not time a gpt2 training step")
+    ap.add_argument("--out", default=None, help="JSON results file")
+    args = ap.parse_args()
+
+    src = Path(args.data) / "corpora" / "wikipedia-en.jsonl"
+    if not src.is_file():
+        sys.exit(f"error: {src} not found; set GPT2LAB_DATA or --data")
+    inputs = [str(src)] * args.repeat
+    docs = [json.loads(line)["text"] for line in src.read_text(encoding="utf-8").splitlines()] * args.repeat
+    mb = src.stat().st_size * args.repeat / 1e6
+    W = args.workers
+    pool = multiprocessing.Pool(W) if W > 1 else None
+    if pool is not None:
+        pool.map(_bare_part, [docs[:10]] * W)  # start and warm the workers (tokenizer loaded)
+    else:
+        get_tokenizer()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
+    bare_s, prep_s = [], []
+    try:
+        for _ in range(args.rounds):
+            s, n_bare = bare_tiktoken(docs, W, pool)
+            bare_s.append(s)
+            s, manifest = time_prepare(inputs, tmp / "out", W)
+            prep_s.append(s)
+        if pool is not None:
+            pool.close()
+        n_docs = manifest["documents"]["kept"]
+        n_tok = manifest["tokens"]["total"]
+        assert n_tok == n_bare + n_docs, (n_tok, n_bare, n_docs)  # the same text: prepare adds one EOT per document
+        bare, prep = min(bare_s), min(prep_s)
+        res = {
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "python": platform.python_version()},
+            "command": " ".join(sys.argv), "workers": W, "input_mb": round(mb, 1), "documents": n_docs,
+            "tokens": n_tok,
+            "bare": {"seconds": round(bare, 3), "mb_per_s": round(mb / bare, 2), "tokens_per_s": round(n_bare / bare)},
+            "prepare": {"seconds": round(prep, 3), "mb_per_s": round(mb / prep, 2), "tokens_per_s": round(n_tok / prep)},
+        }
+        res["ratio_prepare_over_bare"] = round((n_tok / prep) / (n_bare / bare), 3)
+        print(f"input: {mb:.1f} MB, {n_docs:,} documents, {n_tok:,} tokens; {W} process(es); best of {args.rounds}")
+        print(f"{'':10} {'seconds':>8} {'MB/s':>8} {'tokens/s':>12}")
+        for name in ("bare", "prepare"):
+            r = res[name]
+            print(f"{name:10} {r['seconds']:>8.2f} {r['mb_per_s']:>8.2f} {r['tokens_per_s']:>12,}")
+        print(f"prepare / bare tiktoken: {res['ratio_prepare_over_bare']:.3f}  (target >= 0.9)")
+
+        res["loader_tokens_per_s"] = {s: round(loader_rate(tmp / "out", s == "shuffled"))
+                                      for s in ("sequential", "shuffled")}
+        for k, v in res["loader_tokens_per_s"].items():
+            print(f"loader ({k}, 64 x 1024 per batch): {v:,} tokens/s")
+        if not args.no_step:
+            step = gpt2_step_rate()
+            res["gpt2_step_tokens_per_s"] = round(step, 1)
+            worst = min(res["loader_tokens_per_s"].values())
+            res["loader_over_step"] = round(worst / step)
+            print(f"gpt2 training step (bf16, 1 x 1024, fwd+bwd) consumes {step:,.0f} tokens/s here: "
+                  f"the loader serves {worst / step:,.0f}x that (target >= 100x)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -97,8 +98,10 @@ def vocab_sha256(enc) -> str:
 _worker: dict = {}  # per worker process: the encoding and token dtype, set once by the pool initializer
 
 
-def _init_worker(enc, dtype) -> None:
+def _init_worker(enc, dtype, pool: bool = True) -> None:
     _worker["enc"], _worker["dtype"] = enc, dtype
+    if pool:  # Ctrl-C is for the main process, which stops the pool; workers would only print tracebacks
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _work(chunk: Chunk):
@@ -110,7 +113,7 @@ def _work(chunk: Chunk):
 def _tokenized(chunks: Iterator[Chunk], enc, dtype, workers: int) -> Iterator[tuple]:
     """Tokenize chunks in ``workers`` processes, in input order, with bounded read-ahead."""
     if workers <= 1:
-        _init_worker(enc, dtype)
+        _init_worker(enc, dtype, pool=False)
         for chunk in chunks:
             yield _work(chunk)
         return
@@ -196,7 +199,8 @@ class _ShardWriter:
             part.unlink(missing_ok=True)
         # Shards finished after the saved state are made again, identically.
         for p in self.out_dir.glob(f"{self.split}_*.bin"):
-            if int(p.stem.rsplit("_", 1)[1]) >= self.index:
+            number = p.stem.rsplit("_", 1)[1]
+            if number.isdigit() and int(number) >= self.index:
                 p.unlink()
         self.drop_old_parts()
 

@@ -5,7 +5,11 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
 - ``model.safetensors``: the weights (the tied LM head is stored once, as the token embedding);
 - ``config.yaml``: the resolved config the run used;
 - ``train_state.pt``: optimizer state, step, data-loader position and RNG states, read back
-  with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+  with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers;
+- ``dcp/`` (FSDP runs, ``train.parallel=fsdp``): model and optimizer state written shard by shard
+  by every process with ``torch.distributed.checkpoint``, which reshards on load, so a run can
+  resume on another number of processes. ``model.safetensors`` is then a consolidated copy for
+  sampling and export, and ``train_state.pt`` holds no optimizer state.
 
 The folder is written under a temporary name and renamed into place, so a checkpoint that
 exists is complete: a run killed mid-write leaves only a ``.tmp-*`` folder that is ignored
@@ -17,9 +21,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -31,6 +37,7 @@ from .model import GPT
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "train_state.pt"
+DCP_DIR = "dcp"
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -54,16 +61,26 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
-def save_model_file(model: GPT, path: Path, metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != TIED}
+def save_model_file(model: GPT | dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``model`` is a GPT or its state dict (full tensors)."""
+    state = model if isinstance(model, dict) else model.state_dict()
+    tensors = {k: v.detach().contiguous() for k, v in state.items() if k != TIED}
     save_file(tensors, str(path), metadata=metadata or {})
 
 
-def load_model_weights(model: GPT, path: Path) -> None:
+def read_model_file(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a model file, with the tied LM head filled in."""
     try:
-        tensors = load_file(str(path), device=str(model.transformer.wte.weight.device))
+        tensors = load_file(str(path), device=device)
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: cannot read model weights ({e}); the file is damaged or not a gpt2lab checkpoint") from None
+    if "transformer.wte.weight" in tensors:
+        tensors.setdefault(TIED, tensors["transformer.wte.weight"])
+    return tensors
+
+
+def load_model_weights(model: GPT, path: Path) -> None:
+    tensors = read_model_file(path, str(model.transformer.wte.weight.device))
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # shape mismatch
@@ -77,39 +94,62 @@ def load_model_weights(model: GPT, path: Path) -> None:
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
-    model: GPT,
+    model: GPT | dict,
     cfg: Config,
     train_state: dict,
     keep: int = 0,
-) -> Path:
-    """Write checkpoint ``step`` (the number of optimizer steps done) and prune old ones."""
+    sharded_state: dict | None = None,
+    dist_info=None,
+) -> Path | None:
+    """Write checkpoint ``step`` (the number of optimizer steps done) and prune old ones; return its folder.
+
+    ``model`` is the model or its full state dict. In a multi-process run every rank calls this
+    (``dist_info``); rank 0 writes the files, and with ``sharded_state`` each rank also writes
+    its shards into ``dcp/`` of the same folder, which must then be on a filesystem all
+    processes share. Other ranks get ``None``.
+    """
+    main = dist_info is None or dist_info.is_main
+    together = dist_info is not None and dist_info.enabled
     ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp-step_{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
-    (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
-    torch.save({**train_state, "step": step}, tmp / STATE_FILE)
-    for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
-        _fsync(tmp / name)
-    if final.exists():  # re-saving the same step: move the old one aside first
-        old = ckpt_root / f".old-step_{step:08d}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync(ckpt_root)
-    if keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
+    if main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    if together:
+        dist.barrier()  # the temporary folder exists before anyone writes into it
+    if sharded_state is not None:
+        import torch.distributed.checkpoint as dcp
+
+        with warnings.catch_warnings():  # one process: DCP warns that it saves without a process group, as meant
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            # a collective when several processes run; the files are fsynced
+            dcp.save(sharded_state, checkpoint_id=str(tmp / DCP_DIR), no_dist=not dist.is_initialized())
+    if main:
+        save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
+        (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
+        torch.save({**train_state, "step": step}, tmp / STATE_FILE)
+        for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
+            _fsync(tmp / name)
+        if final.exists():  # re-saving the same step: move the old one aside first
+            old = ckpt_root / f".old-step_{step:08d}"
             shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_root.glob(".tmp-*"):  # left by a run killed while saving
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(ckpt_root)
+        if keep > 0:
+            for old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in ckpt_root.glob(".tmp-*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
+    if together:
+        dist.barrier()  # nobody goes on (or resumes) before the checkpoint is complete
+    return final if main else None
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from .errors import UserError
+from .errors import PeerFailure, UserError
 
 EPILOG_TRAIN = """\
 overrides are section.key=value (or key=value when the key is unique), e.g.
@@ -319,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except PeerFailure as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # The process group is broken; normal interpreter exit could block or abort tearing it down.
+        os._exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -67,6 +67,8 @@ class TrainConfig:
     deterministic: bool = False  # deterministic algorithms (bitwise-reproducible resume on CPU)
     threads: int = 0  # torch CPU threads (0 = PyTorch's default)
     tensorboard: bool = False  # also write TensorBoard events to run_dir/tb (needs tensorboard)
+    parallel: str = "ddp"  # with several processes (torchrun): ddp (a full copy per process) or fsdp (FSDP2: weights, gradients and optimizer state sharded; for the larger sizes)
+    dist_timeout: int = 600  # seconds a process waits for the others in a collective before the job stops with an error (a dead or hung rank)
 
 
 @dataclass
@@ -280,6 +282,8 @@ def validate(cfg: Config) -> None:
     need(t.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
     need(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0")
     need(t.dtype in ("auto", "bfloat16", "float32"), "train.dtype", "choose auto, bfloat16 or float32")
+    need(t.parallel in ("ddp", "fsdp"), "train.parallel", "choose ddp or fsdp")
+    need(t.dist_timeout > 0, "train.dist_timeout", "must be > 0 seconds")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device", "choose auto, cpu, cuda or cuda:N")
     need(o.lr > 0, "optim.lr", "must be > 0")
     need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")

@@ -1,17 +1,30 @@
-"""Process-group set-up for torchrun. One process and no torchrun is the plain case.
+"""Process groups and parallel wrapping for torchrun. One process and no torchrun is the plain case.
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; with WORLD_SIZE > 1 we join the process group
 (nccl on GPUs, gloo on CPU) and each process takes the GPU of its local rank.
+
+The model knows nothing of parallelism: :func:`wrap_model` puts PyTorch's DDP or FSDP2
+(``fully_shard``) around it from outside, and the helpers here hide the difference from the
+training loop (gradient sync during accumulation, clipping, full and sharded state dicts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .errors import PeerFailure
+
+# Each transformer block is its own FSDP unit and returns its KV tensors (views) beside the
+# hidden state; the model never modifies them in place, so FSDP2's warning about in-place ops
+# on returned views does not apply.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
 @dataclass
@@ -37,6 +50,7 @@ def resolve_device(device: str) -> str:
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
+    """Join torchrun's process group; ``timeout_s`` bounds how long any collective waits for the others."""
     device = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -48,8 +62,34 @@ def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        # device_id binds the NCCL communicator to this GPU up front (eager init, no guessing later).
+        kwargs = {"device_id": torch.device(device)} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def is_comm_failure(e: BaseException) -> bool:
+    """Whether ``e`` came from a collective that lost a peer or timed out (gloo raises plain RuntimeErrors)."""
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
+    )
+
+
+def peer_failure(e: BaseException, info: DistInfo, timeout_s: float) -> PeerFailure:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return PeerFailure(
+        f"rank {info.rank}: lost contact with the other processes ({first}). Another rank died or hung (see its "
+        f"log), or a collective waited longer than train.dist_timeout={timeout_s:g}s. The job stops; continue "
+        "from the last checkpoint with --resume"
+    )
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -66,6 +106,127 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank (small, trusted, from our own processes)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --- wrapping -----------------------------------------------------------------------------
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo, parallel: str, param_dtype: torch.dtype) -> torch.nn.Module:
+    """The module to train: ``model`` itself (one process), DDP around it, or ``model`` sharded in place by FSDP2.
+
+    FSDP2: each transformer block is one unit (gathered just before it runs, freed after); the
+    root unit holds the embeddings, the final LayerNorm and the LM head, which is tied to the
+    token embedding and so must live in the same unit. With ``param_dtype`` bfloat16 the
+    mixed-precision policy computes in bf16 and reduces gradients in fp32; the sharded master
+    weights and the optimizer state stay fp32.
+    """
+    if not info.enabled:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        device_type = "cuda" if info.device.startswith("cuda") else "cpu"
+        mesh = init_device_mesh(device_type, (info.world_size,))
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype != torch.float32 \
+            else MixedPrecisionPolicy()
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[info.local_rank] if info.device.startswith("cuda") else None)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+
+
+@contextlib.contextmanager
+def grad_sync(train_model: torch.nn.Module, sync: bool):
+    """Backward inside this block all-reduces (DDP) or reduce-scatters (FSDP2) gradients only if ``sync``.
+
+    Micro-batches before the last one of an accumulation keep their gradients local, so the
+    communication happens once per optimizer step.
+    """
+    if sync:
+        yield
+    elif hasattr(train_model, "no_sync"):  # DDP
+        with train_model.no_sync():
+            yield
+    elif hasattr(train_model, "set_requires_gradient_sync"):  # FSDP2
+        train_model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            train_model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm; returns the norm before clipping as a plain tensor (same on every rank)."""
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    from torch.distributed.tensor import DTensor
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm  # FSDP2: sharded grads give a DTensor norm
+
+
+# --- state dicts --------------------------------------------------------------------------
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """The unsharded weights. FSDP2: a collective (every rank calls it); rank 0 gets CPU tensors, others ``{}``."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict()
+
+
+def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Model and optimizer state keyed by parameter name, each rank holding its shards, for ``torch.distributed.checkpoint``."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path) -> None:
+    """Read a ``torch.distributed.checkpoint`` folder into ``model``/``optimizer``, resharding to this world size.
+
+    Works sharded (FSDP2, any number of processes) and unsharded (one process, or DDP replicas).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = sharded_state(model, optimizer)
+    with warnings.catch_warnings():  # one process: DCP warns that it loads without a process group, as meant
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim_state: dict) -> None:
+    """Load an unsharded checkpoint (full weights, and ``optimizer.state_dict()`` of an unwrapped model,
+    keyed by position) into a model and optimizer that may be sharded by FSDP2."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    names = {id(p): n for n, p in model.named_parameters()}  # the same names and order as the plain model
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    by_name = {
+        "state": {order[i]: s for i, s in optim_state["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in optim_state["param_groups"]],
+    }
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=by_name,
+                   options=StateDictOptions(full_state_dict=True))

@@ -1,9 +1,10 @@
 """The training loop: one function, :func:`train`, that the ``gpt2lab train`` command calls.
 
 Per optimizer step: set the learning rate, run ``accum`` micro-batches (forward under bf16
-autocast where available, loss / accum, backward; under DDP gradients are synchronised on the
-last micro-batch only), clip the gradient norm, step AdamW. Validation loss, samples and
-checkpoints come at their intervals and at the end. Only rank 0 prints and writes files.
+autocast where available, loss / accum, backward; under DDP or FSDP2 gradients are synchronised
+on the last micro-batch only), clip the gradient norm, step AdamW. Validation loss, samples and
+checkpoints come at their intervals and at the end. Only rank 0 prints, samples and writes
+metrics; the parallel wrapping (DDP, FSDP2) lives in distributed.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -23,7 +25,23 @@ from . import checkpoint as ckpt_mod
 from .config import Config, validate
 from .data.loader import TokenLoader
 from .data.shards import find_shards
-from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    broadcast_object,
+    clip_grad_norm,
+    full_state_dict,
+    grad_sync,
+    init_distributed,
+    is_comm_failure,
+    is_sharded,
+    load_full_state,
+    load_sharded_state,
+    peer_failure,
+    sharded_state,
+    shutdown,
+    wrap_model,
+)
 from .errors import UserError
 from .evals.loss import eval_windows, evaluate_loss
 from .generate import generate
@@ -113,11 +131,18 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
 
     Returns a summary: steps, tokens, last train loss, last validation loss, run directory.
     """
-    info = init_distributed(cfg.train.device)
+    info = init_distributed(cfg.train.device, cfg.train.dist_timeout)
+    lost_peer = False
     try:
         return _train(cfg, info, resume, log if info.is_main else (lambda _msg: None))
+    except Exception as e:
+        if info.enabled and is_comm_failure(e):
+            lost_peer = True  # the group is broken: tearing it down could block on the dead peer
+            raise peer_failure(e, info, cfg.train.dist_timeout) from e
+        raise
     finally:
-        shutdown(info)
+        if not lost_peer:
+            shutdown(info)
 
 
 def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]) -> dict:
@@ -141,7 +166,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     tokens_per_step = B * T * accum * info.world_size
     run_dir = Path(t_cfg.run_dir)
 
-    # Same seed on every rank for the weights; then a per-rank seed for dropout.
+    # Same seed on every rank for the weights; then a per-rank seed (train.seed + rank) for dropout.
     torch.manual_seed(t_cfg.seed)
     init_model = None
     if t_cfg.init_from:
@@ -158,6 +183,10 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         model.load_state_dict(init_model.state_dict())
         del init_model
     torch.manual_seed(t_cfg.seed + info.rank)
+    train_model = wrap_model(model, info, t_cfg.parallel, dtype)  # DDP, or FSDP2 sharding `model` in place
+    sharded = is_sharded(model)
+    # FSDP2's mixed-precision policy already runs the training forward in bf16; eval/sampling keep autocast.
+    train_autocast = contextlib.nullcontext() if sharded else autocast
     optimizer = build_optimizer(model, o_cfg, device_type)
     loader = TokenLoader(cfg.data.dir, cfg.data.train_split, B, T, rank=info.rank, world_size=info.world_size,
                          shuffle=cfg.data.shuffle, seed=t_cfg.seed, verify=cfg.data.verify)
@@ -173,7 +202,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     start_step = 0
     if resume:
         start_step = _restore(cfg, info, model, optimizer, loader, log)
-    elif ckpt_mod.list_checkpoints(run_dir):
+    elif broadcast_object(bool(ckpt_mod.list_checkpoints(run_dir)), info):
         raise UserError(f"{run_dir} already holds checkpoints: add --resume to continue, or set train.run_dir to a new folder")
 
     metrics = None
@@ -184,17 +213,13 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
             truncate_metrics(run_dir, start_step)
         metrics = MetricsWriter(run_dir, tensorboard=t_cfg.tensorboard)
 
-    train_model: torch.nn.Module = model
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(model, device_ids=[info.local_rank] if device_type == "cuda" else None)
     if t_cfg.compile:
         train_model = torch.compile(train_model)  # evaluation and sampling use the plain model
 
     log(
         f"model {model.num_params():,} params | {info.world_size} process(es) on {device} | "
-        f"{'bf16 autocast' if dtype == torch.bfloat16 else 'fp32'} | "
+        f"{'fsdp' if sharded else 'ddp' if info.enabled else 'single'} | "
+        f"{('bf16 fsdp mixed precision' if sharded else 'bf16 autocast') if dtype == torch.bfloat16 else 'fp32'} | "
         f"batch {tokens_per_step:,} tokens = {B} x {T} x {accum} accum x {info.world_size} | "
         f"steps {start_step}..{t_cfg.max_steps} | compile {t_cfg.compile}"
     )
@@ -203,7 +228,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         log(f"{run_dir} has already done {start_step} steps; raise train.max_steps to train further")
         summary["checkpoint"] = str(ckpt_mod.list_checkpoints(run_dir)[-1])
         if has_val:
-            summary["val_loss"] = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info)
+            summary["val_loss"] = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info, sharded)
     clip = o_cfg.grad_clip if o_cfg.grad_clip > 0 else float("inf")
     timed_steps, timed_seconds = 0, 0.0
     recent_dt = None  # moving average of the step time, for the ETA
@@ -215,7 +240,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
             group["lr"] = lr
         batches = (_checked_batch(loader, cfg.model.vocab_size, cfg.data.dir, device) for _ in range(accum))
         try:
-            loss_sum, norm = train_step(train_model, model, optimizer, batches, accum, autocast, clip, info)
+            loss_sum, norm = train_step(train_model, model, optimizer, batches, accum, train_autocast, clip, info)
         except Exception as e:
             if t_cfg.compile and step == start_step and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 first = (str(e).strip().splitlines() or [""])[0][:300]
@@ -249,34 +274,41 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
                             tok_per_s=tok_s, step_time=dt)
 
         if has_val and _due(e_cfg.every, done, last):
-            val = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info)
+            val = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info, sharded)
             summary["val_loss"] = val
             log(f"step {done:>6} | val loss {val:.4f} ({len(windows) * T:,} tokens)")
             if metrics:
                 metrics.log("val", done, val_loss=val, val_tokens=len(windows) * T)
 
-        if info.is_main and _due(e_cfg.sample_every, done, last):
-            texts = sample_texts(model, cfg, device, autocast)
-            for text in texts:
-                log(f"sample: {text!r}")
-            summary["samples"] = texts
-            if metrics:
-                metrics.log("sample", done, prompt=e_cfg.sample_prompt, samples=texts)
+        if _due(e_cfg.sample_every, done, last):
+            plain = _unsharded(model, cfg, device)  # FSDP2: every rank sends its shards to rank 0
+            if info.is_main:
+                texts = sample_texts(plain, cfg, device, autocast)
+                for text in texts:
+                    log(f"sample: {text!r}")
+                summary["samples"] = texts
+                if metrics:
+                    metrics.log("sample", done, prompt=e_cfg.sample_prompt, samples=texts)
+            del plain
 
         if last or (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0):
             state = {
-                "optimizer": optimizer.state_dict(),
                 "loader": loader.state_dict(),  # the same on every rank
                 "rng": _gather(_rng_state(device), info),
                 "world_size": info.world_size,
+                "parallel": t_cfg.parallel,
             }
+            if t_cfg.parallel == "fsdp":  # sharded model + optimizer through DCP, and a consolidated model file
+                weights, shards = full_state_dict(model), sharded_state(model, optimizer)
+            else:
+                weights, shards = model, None
+                state["optimizer"] = optimizer.state_dict()
+            path = ckpt_mod.save_checkpoint(run_dir, done, weights, cfg, state, keep=t_cfg.keep_checkpoints,
+                                            sharded_state=shards, dist_info=info)
             if info.is_main:
-                path = ckpt_mod.save_checkpoint(run_dir, done, model, cfg, state, keep=t_cfg.keep_checkpoints)
                 summary["checkpoint"] = str(path)
                 if last:
                     log(f"saved {path}")
-            if info.enabled:
-                dist.barrier()
     if timed_steps:
         summary["tok_per_s"] = tokens_per_step * timed_steps / timed_seconds
     if metrics:
@@ -287,22 +319,23 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
 def train_step(train_model, model, optimizer, batches, accum: int, autocast, clip: float, info: DistInfo):
     """One optimizer step over ``accum`` micro-batches; returns (mean loss, grad norm before clipping).
 
-    ``train_model`` is what runs forward (possibly DDP- or compile-wrapped); ``model`` is the
-    plain module whose parameters are clipped. The update is skipped when the loss or the
-    gradient norm is not finite, so a diverged step never corrupts the weights.
+    ``train_model`` is what runs forward (possibly DDP-, FSDP2- or compile-wrapped); ``model`` is
+    the module whose parameters are clipped (for FSDP2 the same, sharded, module). The update is
+    skipped when the loss or the gradient norm is not finite, so a diverged step never corrupts
+    the weights.
     """
     optimizer.zero_grad(set_to_none=True)
     loss_sum = None
     for micro, (x, y) in enumerate(batches):
-        sync = not info.enabled or micro == accum - 1  # DDP: all-reduce gradients on the last micro-batch only
-        with contextlib.nullcontext() if sync or not hasattr(train_model, "no_sync") else train_model.no_sync():
+        sync = not info.enabled or micro == accum - 1  # all-reduce/reduce-scatter gradients on the last micro-batch only
+        with grad_sync(train_model, sync):
             with autocast:
                 _, loss = train_model(x, y)
             loss = loss / accum  # the gradient of the mean over all micro-batches
             loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     all_reduce_mean(loss_sum, info)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    norm = clip_grad_norm(model.parameters(), clip)
     if torch.isfinite(loss_sum) and torch.isfinite(norm):
         optimizer.step()
     return loss_sum, norm
@@ -327,26 +360,58 @@ def _try_find(data_dir: str, split: str) -> list:
 
 
 def _restore(cfg: Config, info: DistInfo, model: GPT, optimizer, loader: TokenLoader, log) -> int:
-    """Load the newest checkpoint of train.run_dir into model, optimizer, loader and RNG; return its step."""
-    found = ckpt_mod.list_checkpoints(cfg.train.run_dir)
-    if not found:
-        raise UserError(f"--resume: no checkpoint in {cfg.train.run_dir}/checkpoints; start without --resume")
-    path = found[-1]
+    """Load the newest checkpoint of train.run_dir into model, optimizer, loader and RNG; return its step.
+
+    Rank 0 picks the checkpoint and every rank loads that one, so all agree on the step. The
+    number of processes may differ from the run that wrote it: the loader state does not depend
+    on it, DDP optimizer state is replicated, and a sharded (dcp/) checkpoint is resharded.
+    """
+    run_dir = Path(cfg.train.run_dir)
+    found = ckpt_mod.list_checkpoints(run_dir)
+    name = broadcast_object(found[-1].name if found else None, info)
+    if name is None:
+        raise UserError(f"--resume: no checkpoint in {run_dir}/checkpoints; start without --resume")
+    path = run_dir / "checkpoints" / name
+    if not path.is_dir():
+        raise UserError(f"--resume: rank {info.rank} cannot see {path}; train.run_dir must be on a filesystem all nodes share")
     saved = ckpt_mod.load_checkpoint_config(path)
     if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:  # dropout may change; shape may not
         raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")
-    ckpt_mod.load_model_weights(model, path / ckpt_mod.MODEL_FILE)
     state = ckpt_mod.load_train_state(path)
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("world_size", 1) != info.world_size:
-        raise UserError(
-            f"--resume: {path} was written by {state.get('world_size')} process(es), this run has {info.world_size}; "
-            "resume with the same number of processes"
-        )
+    if not (path / ckpt_mod.DCP_DIR).is_dir() and "optimizer" not in state:
+        raise UserError(f"--resume: {path} has neither {ckpt_mod.DCP_DIR}/ nor optimizer state; the checkpoint is incomplete")
+    if (path / ckpt_mod.DCP_DIR).is_dir():
+        load_sharded_state(model, optimizer, path / ckpt_mod.DCP_DIR)
+    elif is_sharded(model):  # a DDP/single-process checkpoint: every rank reads it whole and keeps its shards
+        load_full_state(model, optimizer, ckpt_mod.read_model_file(path / ckpt_mod.MODEL_FILE), state["optimizer"])
+    else:
+        ckpt_mod.load_model_weights(model, path / ckpt_mod.MODEL_FILE)
+        optimizer.load_state_dict(state["optimizer"])
     loader.load_state_dict(state["loader"])
-    _set_rng_state(state["rng"][info.rank], info.device)
-    log(f"resumed from {path} (step {state['step']})")
-    return int(state["step"])
+    step, saved_ranks = int(state["step"]), len(state["rng"])
+    if info.rank < saved_ranks:
+        _set_rng_state(state["rng"][info.rank], info.device)
+    else:  # a rank the old run did not have: a fresh stream, derived from the seed, this rank and the step
+        torch.manual_seed(int(np.random.SeedSequence([cfg.train.seed, info.rank, step]).generate_state(1)[0]))
+    if saved_ranks != info.world_size:
+        log(f"checkpoint written by {saved_ranks} process(es), continuing on {info.world_size}")
+    log(f"resumed from {path} (step {step})")
+    return step
+
+
+def _unsharded(model: GPT, cfg: Config, device: str) -> GPT | None:
+    """The model as one plain module on rank 0: ``model`` itself, or for FSDP2 a full copy of the
+    shards (a collective; other ranks get None). Built on the meta device first, so no RNG is used."""
+    if not is_sharded(model):
+        return model
+    full = full_state_dict(model)
+    if not full:
+        return None
+    with torch.device("meta"):
+        plain = GPT(cfg.model)
+    plain.load_state_dict(full, assign=True)
+    plain.lm_head.weight = plain.transformer.wte.weight  # assign=True replaced the tied tensor
+    return plain.to(device)
 
 
 def load_pretrained(source: str) -> GPT:

@@ -38,20 +38,34 @@ def evaluate_loss(
     device: str,
     autocast: contextlib.AbstractContextManager | None = None,
     dist_info: DistInfo | None = None,
+    lockstep: bool = False,
 ) -> float:
-    """Mean next-token loss over all ``windows`` (see :func:`eval_windows`)."""
+    """Mean next-token loss over all ``windows`` (see :func:`eval_windows`).
+
+    ``lockstep``: every rank runs the same number of forwards (a sharded FSDP model gathers its
+    weights collectively in each one); ranks with fewer windows score a repeat and drop it.
+    """
     info = dist_info or DistInfo(device=device)
     mine = windows[info.rank :: info.world_size]
+    n_real = len(mine)
+    if lockstep and windows:
+        per_rank = -(-len(windows) // info.world_size)
+        mine = mine + [windows[0]] * (per_rank - len(mine))
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
     ctx = autocast or contextlib.nullcontext()
     for i in range(0, len(mine), batch_size):
         batch = torch.from_numpy(np.stack(mine[i : i + batch_size]).astype(np.int64)).to(device)
+        x, y = batch[:, :-1], batch[:, 1:]
+        real = max(0, min(len(batch), n_real - i))  # leading rows are this rank's windows, the rest repeats
+        if real < len(batch):
+            y = y.clone()
+            y[real:] = -1  # ignored targets: no loss
         with ctx:
-            _, loss = model(batch[:, :-1], batch[:, 1:], reduction="sum")
+            _, loss = model(x, y, reduction="sum")
         total[0] += loss.double()
-        total[1] += batch[:, 1:].numel()
+        total[1] += real * y.size(1)
     model.train(was_training)
     all_reduce_sum(total, info)
     return (total[0] / total[1]).item()

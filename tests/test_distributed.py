@@ -1,0 +1,334 @@
+"""Many processes through torchrun (gloo on CPU, real subprocesses), checked against one process.
+
+The reference is one process with 2 micro-batches of gradient accumulation; the runs under test
+are 2 processes with 1 micro-batch each, so both see the same 256 tokens per optimizer step
+(fp32, dropout 0, deterministic kernels). Tolerances on the weights after 6 AdamW steps:
+
+- DDP: 1e-6 absolute (measured: 0.0, bitwise equal; averaging two gradients by all-reduce
+  rounds exactly as adding two halves does).
+- FSDP2: 2e-5 absolute (measured: about 1.7e-6; the reduce-scatter divides before summing).
+
+A bug (unsynchronised gradients, a wrong batch split, a missed optimizer state) moves weights
+by about lr = 1e-3 per step, far above both tolerances.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpt2lab import checkpoint as ckpt
+from gpt2lab.cli import main as cli_main
+from gpt2lab.config import load_config
+from gpt2lab.data import TokenLoader
+from gpt2lab.data.shards import write_shard
+from gpt2lab.errors import UserError
+from gpt2lab.evals.loss import eval_windows, evaluate_loss
+from gpt2lab.metrics import read_metrics
+from gpt2lab.train import train
+
+STEPS = 6
+DDP_ATOL = 1e-6
+FSDP_ATOL = 2e-5
+# 31 validation windows of 32 tokens: 16 on rank 0 and 15 on rank 1, so the uneven split is exercised.
+COMMON = [
+    "model.preset=micro", "model.dropout=0.0", "train.device=cpu", "train.dtype=float32", "train.deterministic=true",
+    "train.threads=1", "train.micro_batch=4", "train.seq_len=32", "train.total_batch_tokens=256",
+    f"train.max_steps={STEPS}", "train.ckpt_every=3", "train.keep_checkpoints=0", "optim.warmup_steps=2",
+    "optim.lr=1e-3", "eval.every=3", "eval.val_tokens=992", "eval.val_batch=4", "eval.sample_count=1",
+    "eval.sample_tokens=4",
+]
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(args, log: Path, cwd: Path, nproc: int = 2, entry=("-m", "gpt2lab")) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *entry, *args]
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env())
+
+
+def run_ok(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
+    assert proc.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+    return log.read_text()
+
+
+def weights(run: Path, step: int = STEPS) -> dict:
+    return load_file(str(run / "checkpoints" / f"step_{step:08d}" / ckpt.MODEL_FILE))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys() and len(a) > 10
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def cfg_for(data, run, *extra):
+    return load_config(None, [*COMMON, f"data.dir={data}", f"train.run_dir={run}", *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(small_shards, tmp_path_factory):
+    """The reference (1 process x 2 micro-batches, in this process) and torchrun DDP and FSDP2 runs of 2 x 1."""
+    root = tmp_path_factory.mktemp("dist")
+    paths = {name: root / name for name in ("single", "ddp", "fsdp")}
+    args = ["train", *COMMON, f"data.dir={small_shards}"]
+    procs = {p: torchrun([*args, f"train.run_dir={paths[p]}", f"train.parallel={p}"], root / f"{p}.log", root)
+             for p in ("ddp", "fsdp")}
+    train(cfg_for(small_shards, paths["single"]), log=lambda _m: None)  # while the two jobs run
+    logs = {p: run_ok(procs[p], root / f"{p}.log") for p in procs}
+    return paths, logs
+
+
+def test_ddp_two_processes_equal_one_with_accumulation(runs):
+    paths, logs = runs
+    assert re.search(r"2 process\(es\) on cpu \| ddp \| fp32 \| batch 256 tokens = 4 x 32 x 1 accum x 2", logs["ddp"])
+    diff = max_diff(weights(paths["single"]), weights(paths["ddp"]))
+    print(f"DDP 2x1 vs 1x2: max abs weight diff {diff:.3g}")
+    assert diff <= DDP_ATOL
+    single, ddp = read_metrics(paths["single"], "train"), read_metrics(paths["ddp"], "train")
+    assert [r["step"] for r in ddp] == list(range(1, STEPS + 1))  # rank 0 alone writes metrics, once per step
+    for a, b in zip(single, ddp):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    # only rank 0 logs and samples: each line once in torchrun's merged output
+    assert logs["ddp"].count(f"step {STEPS:>6}/{STEPS}") == 1
+    assert logs["ddp"].count("sample: ") == 1 and logs["ddp"].count("saved ") == 1
+
+
+def test_fsdp_two_processes_equal_one_with_accumulation(runs):
+    paths, logs = runs
+    assert "| fsdp | fp32 |" in logs["fsdp"]
+    diff = max_diff(weights(paths["single"]), weights(paths["fsdp"]))
+    print(f"FSDP2 2x1 vs 1x2: max abs weight diff {diff:.3g}")
+    assert 0 < diff <= FSDP_ATOL  # > 0: the weights really went through sharding, not a replica
+    single, fsdp = read_metrics(paths["single"], "train"), read_metrics(paths["fsdp"], "train")
+    for a, b in zip(single, fsdp, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        # step 1: 2.5e-6 apart (fp32 reduce-scatter); Adam then amplifies round-off in tiny gradients, about 2e-4 by step 6
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5 if a["step"] == 1 else 1e-3)
+    assert logs["fsdp"].count("sample: ") == 1
+    # sharded checkpoint (one file per rank) beside the consolidated model file that sampling reads
+    last = ckpt.list_checkpoints(paths["fsdp"])[-1]
+    assert sorted(p.name for p in (last / ckpt.DCP_DIR).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert "optimizer" not in ckpt.load_train_state(last)
+    model, _ = ckpt.load_model(paths["fsdp"])
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert cli_main(["sample", str(paths["fsdp"]), "--max-new-tokens", "3", "--seed", "0", "--device", "cpu"]) == 0
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_val_loss_same_on_one_and_two_processes(runs, small_shards, parallel):
+    paths, _ = runs
+    val_1 = read_metrics(paths["single"], "val")
+    val_2 = read_metrics(paths[parallel], "val")
+    assert [r["step"] for r in val_2] == [3, STEPS] and [r["val_tokens"] for r in val_2] == [992, 992]
+    for a, b in zip(val_1, val_2, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    # the same weights scored by one process here (batches grouped differently: fp32 rounding only)
+    model, _ = ckpt.load_model(paths[parallel])
+    here = evaluate_loss(model, eval_windows(small_shards, "val", 32, 992), 4, "cpu")
+    assert here == pytest.approx(val_2[-1]["val_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("parallel, atol", [("ddp", DDP_ATOL), ("fsdp", FSDP_ATOL)])
+def test_checkpoint_of_two_processes_resumes_on_one(runs, small_shards, tmp_path, parallel, atol):
+    paths, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(paths[parallel], run)
+    shutil.rmtree(run / "checkpoints" / f"step_{STEPS:08d}")
+    lines = []
+    summary = train(cfg_for(small_shards, run, f"train.parallel={parallel}"), resume=True, log=lines.append)
+    assert summary["steps"] == STEPS
+    assert "checkpoint written by 2 process(es), continuing on 1" in lines
+    assert any(re.search(r"resumed from .*step_00000003 \(step 3\)", line) for line in lines)
+    diff = max_diff(weights(paths[parallel]), weights(run))  # the 2-process run that went on to step 6
+    print(f"{parallel}: resumed on 1 vs continued on 2: max abs weight diff {diff:.3g}")
+    assert diff <= atol
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_checkpoint_of_one_process_resumes_on_two_with_accumulation(runs, tmp_path, parallel):
+    """1 x (2 micro-batches of 4) -> 2 x (2 micro-batches of 2): the same 256 tokens per step, and the
+    gradient sync is skipped on the first micro-batch. The checkpoint is unsharded (FSDP2 shards it
+    on load); the new rank has no saved RNG state and gets one derived from the seed. Also the
+    `gpt2lab` command form of torchrun. Summation order differs, hence the FSDP2 tolerance."""
+    paths, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(paths["single"], run)
+    shutil.rmtree(run / "checkpoints" / f"step_{STEPS:08d}")
+    gpt2lab = Path(sys.executable).with_name("gpt2lab")
+    entry = ("--no-python", str(gpt2lab)) if gpt2lab.is_file() else ("-m", "gpt2lab")
+    args = ["train", "--resume", str(run), "train.micro_batch=2", f"train.parallel={parallel}"]
+    log = run_ok(torchrun(args, tmp_path / "log", tmp_path, entry=entry), tmp_path / "log")
+    assert "checkpoint written by 1 process(es), continuing on 2" in log
+    assert f"| {parallel} | fp32 | batch 256 tokens = 2 x 32 x 2 accum x 2" in log
+    diff = max_diff(weights(paths["single"]), weights(run))
+    print(f"{parallel}: 1 process resumed on 2 with accumulation: max abs weight diff {diff:.3g}")
+    assert diff <= FSDP_ATOL
+    assert [r["step"] for r in read_metrics(run, "train")] == list(range(1, STEPS + 1))
+
+
+def test_ddp_checkpoint_resumes_as_fsdp_on_one_process(runs, small_shards, tmp_path):
+    """One process has nothing to shard: an fsdp run there loads a DDP checkpoint and writes a sharded one."""
+    paths, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(paths["ddp"], run)
+    summary = train(cfg_for(small_shards, run, "train.parallel=fsdp", "train.max_steps=7"), resume=True,
+                    log=lambda _m: None)
+    assert summary["steps"] == 7 and (ckpt.list_checkpoints(run)[-1] / ckpt.DCP_DIR).is_dir()
+
+
+def test_loader_gives_no_token_twice_across_ranks(tmp_path):
+    """Token ids here are their own positions, so a repeated id is a repeated token."""
+    sizes, B, T, world = [1000, 37, 613], 2, 8, 3
+    start = 0
+    for i, n in enumerate(sizes):
+        write_shard(tmp_path / f"train_{i:06d}.bin", np.arange(start, start + n))
+        start += n
+    loaders = [TokenLoader(tmp_path, "train", B, T, rank=r, world_size=world) for r in range(world)]
+    seen = [[] for _ in range(world)]
+    while all(ld.state_dict()["epoch"] == 0 for ld in loaders):
+        assert len({str(ld.state_dict()) for ld in loaders}) == 1  # every rank at the same place
+        for r, ld in enumerate(loaders):
+            seen[r].append(ld.next_batch()[0].flatten().numpy())
+    assert all(ld.state_dict()["epoch"] == 1 for ld in loaders)
+    per_rank = [np.concatenate(s) for s in seen]
+    everything = np.concatenate(per_rank)
+    assert len(np.unique(everything)) == len(everything), "a token was read twice in one epoch"
+    for r in range(world):
+        assert len(per_rank[r]) == len(per_rank[0]) > 0
+    assert len(everything) > 0.9 * (sizes[0] + sizes[2])  # and the epoch covered the usable shards
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+def _wait_for_train_steps(run: Path, log: Path, proc: subprocess.Popen, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not (run / "metrics.jsonl").is_file() or len(read_metrics(run, "train")) < n:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+LONG = ["model.preset=micro", "train.device=cpu", "train.threads=1", "train.micro_batch=4", "train.seq_len=32",
+        "train.max_steps=1000000", "optim.warmup_steps=2", "eval.every=-1", "eval.sample_every=-1"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
+def test_killed_rank_ends_the_job(runs, small_shards, tmp_path):
+    """SIGKILL one worker of a 2-process FSDP2 job (bf16 mixed precision on CPU): torchrun stops the other and fails.
+
+    Before that, its first step (before any update: same weights and tokens as the fp32 reference
+    run) shows bf16 mixed precision computing the same loss and gradient norm up to bf16 rounding.
+    """
+    run, log = tmp_path / "run", tmp_path / "log"
+    proc = torchrun(["train", *LONG, "train.parallel=fsdp", "train.dtype=bfloat16", f"data.dir={small_shards}",
+                     f"train.run_dir={run}"], log, tmp_path)
+    try:
+        _wait_for_train_steps(run, log, proc, 3)
+        rank1 = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
+        assert len(rank1) == 1, (rank1, _children(proc.pid))
+        os.kill(rank1[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=90)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert rc != 0, text[-3000:]
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to stop"
+    assert "| fsdp | bf16 fsdp mixed precision |" in text
+    first, ref = read_metrics(run, "train")[0], read_metrics(runs[0]["single"], "train")[0]
+    print(f"bf16 FSDP2 step 1: loss {first['loss']:.5f} vs fp32 {ref['loss']:.5f}, "
+          f"grad norm {first['grad_norm']:.4f} vs {ref['grad_norm']:.4f}")
+    assert first["loss"] == pytest.approx(ref["loss"], abs=0.02)
+    assert first["grad_norm"] == pytest.approx(ref["grad_norm"], rel=0.05)
+    assert all(np.isfinite(r["loss"]) for r in read_metrics(run, "train"))
+    assert re.search(r"Signal 9|SIGKILL|exitcode\s*:\s*-9", text), text[-3000:]  # torchrun names the dead rank
+
+
+def test_hung_rank_times_out_with_clear_error(small_shards, tmp_path):
+    """Without torchrun's watchdog (e.g. a peer on another node hangs), train.dist_timeout bounds the wait."""
+    run = tmp_path / "run"
+    base = {**env(), "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"}
+    with socket_port() as port:
+        base["MASTER_PORT"] = str(port)
+    args = [sys.executable, "-m", "gpt2lab", "train", *LONG, "train.dist_timeout=3", f"data.dir={small_shards}",
+            f"train.run_dir={run}"]
+    logs = [tmp_path / f"rank{r}.log" for r in range(2)]
+    procs = []
+    for r in range(2):
+        with open(logs[r], "w") as f:
+            procs.append(subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                          env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}))
+    try:
+        _wait_for_train_steps(run, logs[0], procs[0], 3)
+        os.kill(procs[1].pid, signal.SIGSTOP)  # alive but silent: no connection is closed
+        t0 = time.monotonic()
+        rc = procs[0].wait(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    text = logs[0].read_text()
+    assert rc == 1, text[-3000:]
+    assert elapsed < 30, f"rank 0 took {elapsed:.0f} s to give up"
+    assert "error: rank 0: lost contact with the other processes" in text and "train.dist_timeout=3s" in text
+    assert "Traceback" not in text
+
+
+class socket_port:
+    """A free TCP port on localhost (closed again before use)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+def test_parallel_key_is_checked():
+    with pytest.raises(UserError, match="train.parallel"):
+        load_config(None, ["train.parallel=zero3"])
+    with pytest.raises(UserError, match="train.dist_timeout"):
+        load_config(None, ["train.dist_timeout=0"])

@@ -198,10 +198,13 @@ def test_loader_gives_no_token_twice_across_ranks(tmp_path):
         start += n
     loaders = [TokenLoader(tmp_path, "train", B, T, rank=r, world_size=world) for r in range(world)]
     seen = [[] for _ in range(world)]
-    while all(ld.state_dict()["epoch"] == 0 for ld in loaders):
+    for _ in range(loaders[0].steps_per_epoch):
         assert len({str(ld.state_dict()) for ld in loaders}) == 1  # every rank at the same place
         for r, ld in enumerate(loaders):
             seen[r].append(ld.next_batch()[0].flatten().numpy())
+    assert all(ld.state_dict()["epoch"] == 0 for ld in loaders)
+    for ld in loaders:  # the next batch starts epoch 1
+        ld.next_batch()
     assert all(ld.state_dict()["epoch"] == 1 for ld in loaders)
     per_rank = [np.concatenate(s) for s in seen]
     everything = np.concatenate(per_rank)

@@ -144,7 +144,7 @@ def evaluate_hellaswag(
         if plain:
             scores = score_plain(model, reqs, device, autocast)
         else:
-            scores = score_fast(model, reqs, device, autocast, batch_tokens=batch_tokens)
+            scores = score_fast(model, reqs, device, autocast, batch_tokens=batch_tokens, greedy=False)
         for rec, it, sc in zip(records, local_items, scores):
             lps = [s.logprob for s in sc]
             if style == "completion":

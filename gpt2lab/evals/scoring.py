@@ -8,9 +8,10 @@ Two implementations give the same numbers:
 
 - :func:`score_plain`: one request at a time, its continuations as rows of one padded batch
   through ``model(idx)`` (full logits), as build-nanogpt does. Simple; the reference.
-- :func:`score_fast`: requests grouped by context length and batched; the context runs once and
-  its KV cache is shared by all continuations; the LM head (a third of the 124M model's
-  forward) is applied only at the positions that are scored.
+- :func:`score_fast`: one request per row, packed as context + all continuations with an
+  attention mask that lets each continuation see only the context and itself (the context is
+  computed once, not once per continuation); rows of similar length batched together; the LM
+  head (a third of the 124M model's forward) applied only at the positions that are scored.
 
 Truncation, the same in both: if the context plus the longest continuation do not fit in the
 model's ``block_size + 1`` tokens, the context loses tokens from its left, equally for every
@@ -21,15 +22,15 @@ context becomes the end-of-text token, as in lm-eval-harness.
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UserError
 from ..tokenizer import EOT_TOKEN
 
-HEAD_CHUNK = 2048  # positions per LM-head matmul + log-softmax (bounds the fp32 logits memory)
+HEAD_CHUNK = 512  # positions per LM-head matmul + log-softmax (bounds the fp32 logits memory)
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Request:
 class Score:
     logprob: float  # sum of log p(token) over the continuation's tokens
     n_tokens: int
-    greedy: bool  # every token of the continuation is the argmax of its distribution
+    greedy: bool  # every token of the continuation is the argmax of its distribution (False when not computed)
 
 
 def fit(req: Request, block_size: int) -> tuple[list[int], list[list[int]]]:
@@ -62,21 +63,21 @@ def _null(autocast):
     return autocast if autocast is not None else contextlib.nullcontext()
 
 
-def _head_logprobs(model, h: torch.Tensor) -> torch.Tensor:
-    """fp32 log-probabilities over the real vocabulary for hidden states h (N, C)."""
-    logits = model.lm_head(h)[:, : model.config.vocab_size]  # padded columns dropped, as -inf would be
-    return logits.float().log_softmax(-1)
+def _score_positions(model, h: torch.Tensor, targets: torch.Tensor, greedy: bool):
+    """(log p(target) in float64, target == argmax or None) for hidden states h (N, C), in chunks.
 
-
-def _score_positions(model, h: torch.Tensor, targets: torch.Tensor):
-    """(log p(target), target == argmax) for hidden states h (N, C), in chunks."""
+    Padded vocabulary columns are dropped, which is what their -inf logits amount to.
+    (log_softmax then gather is faster on CPU than gather minus logsumexp, which is not fused.)
+    """
     lps, hits = [], []
+    V = model.config.vocab_size
     for i in range(0, h.size(0), HEAD_CHUNK):
-        logp = _head_logprobs(model, h[i : i + HEAD_CHUNK])
+        logp = model.lm_head(h[i : i + HEAD_CHUNK])[:, :V].float().log_softmax(-1)
         t = targets[i : i + HEAD_CHUNK]
         lps.append(logp.gather(1, t[:, None])[:, 0].double())
-        hits.append(logp.argmax(-1) == t)
-    return torch.cat(lps), torch.cat(hits)
+        if greedy:
+            hits.append(logp.argmax(-1) == t)
+    return torch.cat(lps), (torch.cat(hits) if greedy else None)
 
 
 @torch.no_grad()
@@ -84,6 +85,11 @@ def score_plain(model, requests: list[Request], device: str = "cpu", autocast=No
     """Reference scorer: one request at a time through the model's ordinary forward."""
     model.eval()
     out = []
+    with _null(autocast):  # entered once, as in score_fast: autocast caches its bf16 weight copies
+        return _plain_loop(model, requests, device, out)
+
+
+def _plain_loop(model, requests, device, out):
     for req in requests:
         ctx, conts = fit(req, model.config.block_size)
         rows = [ctx + c for c in conts]
@@ -91,8 +97,7 @@ def score_plain(model, requests: list[Request], device: str = "cpu", autocast=No
         idx = torch.zeros(len(rows), T, dtype=torch.long)
         for i, r in enumerate(rows):
             idx[i, : len(r) - 1] = torch.tensor(r[:-1])
-        with _null(autocast):
-            logits, _ = model(idx.to(device))
+        logits, _ = model(idx.to(device))
         logp = logits.float().log_softmax(-1)
         scores = []
         for i, c in enumerate(conts):
@@ -104,79 +109,99 @@ def score_plain(model, requests: list[Request], device: str = "cpu", autocast=No
     return out
 
 
-def _hidden(model, idx: torch.Tensor, caches=None):
-    """GPT.forward up to the final LayerNorm, with the same modules; returns (hidden, caches)."""
+def _packed_hidden(model, idx: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """The model's blocks over packed rows; returns the hidden states after the final LayerNorm.
+
+    A row holds one context (segment 0) followed by several continuations (segments 1, 2, ...),
+    each continuation with the positions it would have right after the context. A token sees
+    earlier tokens of the context and of its own segment only, so each continuation is scored
+    exactly as if it followed the context alone, and the context is computed once. Padding has
+    segment -1 (it sees only itself). Same modules and weights as GPT.forward; only the attention
+    mask and positions differ, which the ordinary forward does not take as inputs.
+    """
     tr = model.transformer
-    past = caches[0][0].size(2) if caches else 0
-    pos = torch.arange(past, past + idx.size(1), dtype=torch.long, device=idx.device)
+    B, T = idx.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    mask = causal & ((seg[:, :, None] == seg[:, None, :]) | (seg == 0)[:, None, :])
+    mask = mask[:, None]  # (B, 1, T, T): the same for every head
     x = tr.drop(tr.wte(idx) + tr.wpe(pos))
-    new = []
-    for i, block in enumerate(tr.h):
-        x, kv = block(x, caches[i] if caches else None)
-        new.append(kv)
-    return tr.ln_f(x), new
+    for block in tr.h:
+        attn = block.attn
+        C = x.size(-1)
+        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + attn.resid_dropout(attn.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        x = x + block.mlp(block.ln_2(x))
+    return tr.ln_f(x)
+
+
+def _packed_len(ctx: list[int], conts: list[list[int]]) -> int:
+    return len(ctx) + sum(len(c) - 1 for c in conts)  # the last token of a continuation is only predicted
 
 
 def _batches(fitted: list[tuple[list[int], list[list[int]]]], batch_tokens: int):
-    """Request indices in batches of equal context length, about ``batch_tokens`` tokens each."""
-    by_len = defaultdict(list)
-    for i, (ctx, _) in enumerate(fitted):
-        by_len[len(ctx)].append(i)
-    for L in sorted(by_len, reverse=True):
-        # Similar continuation lengths together, so little padding in the continuation pass.
-        group = sorted(by_len[L], key=lambda i: max(len(c) for c in fitted[i][1]))
-        batch, tokens = [], 0
-        for i in group:
-            conts = fitted[i][1]
-            cost = len(conts) * (L + max(len(c) for c in conts))  # the shared cache is copied per continuation
-            if batch and tokens + cost > batch_tokens:
-                yield batch
-                batch, tokens = [], 0
-            batch.append(i)
-            tokens += cost
-        if batch:
+    """Request indices in batches of similar packed length, at most ``batch_tokens`` tokens (with padding) each."""
+    order = sorted(range(len(fitted)), key=lambda i: _packed_len(*fitted[i]), reverse=True)
+    batch: list[int] = []
+    for i in order:
+        longest = _packed_len(*fitted[batch[0]]) if batch else _packed_len(*fitted[i])
+        if batch and (len(batch) + 1) * longest > batch_tokens:
             yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 @torch.no_grad()
 def score_fast(
-    model, requests: list[Request], device: str = "cpu", autocast=None, batch_tokens: int = 8192
+    model, requests: list[Request], device: str = "cpu", autocast=None, batch_tokens: int = 8192,
+    greedy: bool = True,
 ) -> list[list[Score]]:
-    """Batched scorer with the context computed once per request (KV cache); same results as :func:`score_plain`."""
+    """Batched scorer: requests packed one per row, context computed once; same results as :func:`score_plain`."""
     model.eval()
     fitted = [fit(r, model.config.block_size) for r in requests]
     out: list[list[Score] | None] = [None] * len(requests)
-    for batch in _batches(fitted, batch_tokens):
-        ctxs = torch.tensor([fitted[i][0] for i in batch], dtype=torch.long, device=device)
-        conts = [c for i in batch for c in fitted[i][1]]
-        owner = torch.tensor([j for j, i in enumerate(batch) for _ in fitted[i][1]], device=device)  # row -> ctx
-        n = torch.tensor([len(c) for c in conts], device=device)
-        E = max(len(c) for c in conts) - 1  # continuation tokens fed to the model (the last is only predicted)
-        with _null(autocast):
-            h, caches = _hidden(model, ctxs)
-            # First token of every continuation: predicted by the context's last position.
-            # (one head row per context, shared by its continuations)
-            first = torch.tensor([c[0] for c in conts], device=device)
-            logp0 = _head_logprobs(model, h[:, -1])
-            lp_sum = logp0[owner, first].double()
-            miss = (logp0.argmax(-1)[owner] != first).long()
-            if E > 0:
-                inp = torch.zeros(len(conts), E, dtype=torch.long)
-                tgt = torch.full((len(conts), E), -1, dtype=torch.long)
-                for r, c in enumerate(conts):
-                    inp[r, : len(c) - 1] = torch.tensor(c[:-1])
-                    tgt[r, : len(c) - 1] = torch.tensor(c[1:])
-                inp, tgt = inp.to(device), tgt.to(device)
-                shared = [(k[owner], v[owner]) for k, v in caches]
-                h2, _ = _hidden(model, inp, shared)
-                rows, cols = (tgt >= 0).nonzero(as_tuple=True)  # padding after short continuations is not scored
-                lp, hit = _score_positions(model, h2[rows, cols], tgt[rows, cols])
-                lp_sum.index_add_(0, rows, lp)
-                miss.index_add_(0, rows, (~hit).long())
-        lp_sum, miss, n = lp_sum.tolist(), miss.tolist(), n.tolist()
-        r = 0
-        for i in batch:
-            k = len(fitted[i][1])
-            out[i] = [Score(lp_sum[r + j], n[r + j], miss[r + j] == 0) for j in range(k)]
-            r += k
+    with _null(autocast):  # entered once: autocast caches the bf16 copies of the weights across batches
+        for batch in _batches(fitted, batch_tokens):
+            T = max(_packed_len(*fitted[i]) for i in batch)
+            idx = torch.zeros(len(batch), T, dtype=torch.long)
+            pos = torch.zeros(len(batch), T, dtype=torch.long)
+            seg = torch.full((len(batch), T), -1, dtype=torch.long)
+            # Scored positions: (row, column that predicts, target token, continuation number).
+            rows, cols, tgts, conts_of = [], [], [], []
+            k = 0
+            for b, i in enumerate(batch):
+                ctx, conts = fitted[i]
+                L = len(ctx)
+                idx[b, :L] = torch.tensor(ctx)
+                pos[b, :L] = torch.arange(L)
+                seg[b, :L] = 0
+                at = L
+                for j, c in enumerate(conts):
+                    n = len(c) - 1
+                    idx[b, at : at + n] = torch.tensor(c[:-1], dtype=torch.long)
+                    pos[b, at : at + n] = torch.arange(L, L + n)
+                    seg[b, at : at + n] = j + 1
+                    # token 0 is predicted by the context's last position, token t by the continuation's token t-1
+                    rows += [b] * len(c)
+                    cols += [L - 1] + list(range(at, at + n))
+                    tgts += c
+                    conts_of += [k] * len(c)
+                    at += n
+                    k += 1
+            h = _packed_hidden(model, idx.to(device), pos.to(device), seg.to(device))
+            lp, hit = _score_positions(model, h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)],
+                                       torch.tensor(tgts, device=device), greedy)
+            owner = torch.tensor(conts_of, device=device)
+            lp_sum = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, owner, lp).tolist()
+            miss = [1] * k  # greedy not computed: reported as False
+            if hit is not None:
+                miss = torch.zeros(k, dtype=torch.long, device=device).index_add_(0, owner, (~hit).long()).tolist()
+            r = 0
+            for i in batch:
+                conts = fitted[i][1]
+                out[i] = [Score(lp_sum[r + j], len(c), miss[r + j] == 0) for j, c in enumerate(conts)]
+                r += len(conts)
     return out  # type: ignore[return-value]

@@ -84,12 +84,12 @@ def _score_positions(model, h: torch.Tensor, targets: torch.Tensor, greedy: bool
 def score_plain(model, requests: list[Request], device: str = "cpu", autocast=None) -> list[list[Score]]:
     """Reference scorer: one request at a time through the model's ordinary forward."""
     model.eval()
-    out = []
     with _null(autocast):  # entered once, as in score_fast: autocast caches its bf16 weight copies
-        return _plain_loop(model, requests, device, out)
+        return _plain_loop(model, requests, device)
 
 
-def _plain_loop(model, requests, device, out):
+def _plain_loop(model, requests: list[Request], device: str) -> list[list[Score]]:
+    out = []
     for req in requests:
         ctx, conts = fit(req, model.config.block_size)
         rows = [ctx + c for c in conts]
@@ -116,7 +116,8 @@ def _packed_hidden(model, idx: torch.Tensor, pos: torch.Tensor, seg: torch.Tenso
     each continuation with the positions it would have right after the context. A token sees
     earlier tokens of the context and of its own segment only, so each continuation is scored
     exactly as if it followed the context alone, and the context is computed once. Padding has
-    segment -1 (it sees only itself). Same modules and weights as GPT.forward; only the attention
+    segment -1 (never scored; it sees the context and earlier padding, so no mask row is empty,
+    which would give NaN). Same modules and weights as GPT.forward; only the attention
     mask and positions differ, which the ordinary forward does not take as inputs.
     """
     tr = model.transformer

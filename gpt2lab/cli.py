@@ -102,16 +102,47 @@ def _add_convert(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint",
-                       description="Evaluate a checkpoint. Tasks: loss (validation loss over prepared shards).")
-    p.add_argument("task", choices=["loss"], help="what to evaluate")
-    p.add_argument("checkpoint", help="checkpoint folder or run folder")
-    p.add_argument("--data", help="shard folder (default: the data.dir the model was trained on)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--tokens", type=int, default=None, help="tokens to score (default: eval.val_tokens of the run)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=None, help="default: the run's train.seq_len")
+    p = sub.add_parser(
+        "eval", help="evaluate a model: validation loss, HellaSwag, LAMBADA",
+        description="Evaluate a model. MODEL is a gpt2lab checkpoint or run folder; hellaswag and lambada also take "
+        "a Hugging Face GPT-2 folder. Tasks: loss (validation loss over prepared shards), hellaswag (4-way "
+        "completion accuracy, build-nanogpt and lm-eval-harness definitions), lambada (last-word accuracy and "
+        "perplexity). All of them also run under torchrun, sharded over the processes. hellaswag and lambada "
+        "write OUT/<task>_examples.jsonl and OUT/<task>_summary.json and print the summary.",
+    )
+    p.add_argument("task", choices=["loss", "hellaswag", "lambada"], help="what to evaluate")
+    p.add_argument("checkpoint", metavar="MODEL", help="checkpoint folder, run folder, or (hellaswag, lambada) a "
+                   "Hugging Face GPT-2 folder")
+    p.add_argument("--data", help="loss: shard folder (default: the run's data.dir); hellaswag: hellaswag_val.jsonl "
+                   "(default: download to the cache); lambada: jsonl with 'text' or one passage per line")
     p.add_argument("--device", default="auto")
+    g = p.add_argument_group("loss")
+    g.add_argument("--split", default="val")
+    g.add_argument("--tokens", type=int, default=None, help="tokens to score (default: eval.val_tokens of the run)")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seq-len", type=int, default=None, help="default: the run's train.seq_len")
+    g = p.add_argument_group("hellaswag and lambada")
+    g.add_argument("--out", help="folder for the result files (default: evals/<name of MODEL>)")
+    g.add_argument("--limit", type=int, default=0, help="score only N items (hellaswag: spread evenly; lambada: the "
+                   "first N); 0 = all")
+    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="autocast dtype (default auto: bfloat16 where the hardware has it)")
+    g.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (default 8192)")
+    g.add_argument("--plain", action="store_true", help="use the plain one-example-at-a-time scorer (reference, slow)")
+    g.add_argument("--style", default="both", choices=["both", "completion", "lm-eval"],
+                   help="hellaswag: which definitions to compute (default both)")
+    g.add_argument("--variant", default="openai", choices=["openai", "original"],
+                   help="lambada: openai (detokenized, lambada_openai; downloaded when reachable) or original "
+                   "(lowercased, tokenized; needs --data)")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="print a run's evaluation history",
+                       description="Print the validation loss and HellaSwag history of a training run (from its "
+                       "metrics.jsonl) as a table.")
+    p.add_argument("run_dir", help="training run folder (train.run_dir)")
+    p.add_argument("--plot", metavar="FILE", help="also plot the history to FILE (.png, .svg, ...; needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
 
 
 def _add_bench(sub) -> None:
@@ -163,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gpt2lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_prepare, _add_train, _add_sample, _add_eval, _add_bench, _add_convert,
-                _add_config):
+    for add in (_add_quickstart, _add_prepare, _add_train, _add_sample, _add_eval, _add_report, _add_bench,
+                _add_convert, _add_config):
         add(sub)
     return parser
 
@@ -257,20 +288,53 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.task == "hellaswag":
+        from .evals.hellaswag import run_hellaswag
+
+        summary = run_hellaswag(args.checkpoint, data=args.data, out=args.out, limit=args.limit, device=args.device,
+                                dtype=args.dtype, style=args.style, batch_tokens=args.batch_tokens, plain=args.plain)
+    elif args.task == "lambada":
+        from .evals.lambada import run_lambada
+
+        summary = run_lambada(args.checkpoint, variant=args.variant, data=args.data, out=args.out, limit=args.limit,
+                              device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens, plain=args.plain)
+    else:
+        summary = _eval_loss(args)
+    if os.environ.get("RANK", "0") == "0":
+        summary.pop("definitions", None)
+        print(json.dumps(summary))
+
+
+def _eval_loss(args) -> dict:
     from .checkpoint import load_model
-    from .distributed import resolve_device
+    from .distributed import init_distributed, shutdown
     from .evals.loss import eval_windows, evaluate_loss
     from .train import autocast_for, resolve_dtype
 
-    device = resolve_device(args.device)
-    model, cfg = load_model(args.checkpoint, device=device)
-    data = args.data or cfg.data.dir
-    T = args.seq_len or cfg.train.seq_len
-    windows = eval_windows(data, args.split, T, args.tokens or cfg.eval.val_tokens)
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    autocast = autocast_for(device_type, resolve_dtype(cfg.train.dtype, device_type))  # as the run evaluated
-    loss = evaluate_loss(model, windows, args.batch_size, device, autocast)
-    print(json.dumps({"task": "loss", "split": args.split, "data": str(data), "tokens": len(windows) * T, "loss": loss}))
+    info = init_distributed(args.device)
+    try:
+        model, cfg = load_model(args.checkpoint, device=info.device)
+        data = args.data or cfg.data.dir
+        T = args.seq_len or cfg.train.seq_len
+        windows = eval_windows(data, args.split, T, args.tokens or cfg.eval.val_tokens)
+        device_type = "cuda" if info.device.startswith("cuda") else "cpu"
+        autocast = autocast_for(device_type, resolve_dtype(cfg.train.dtype, device_type))  # as the run evaluated
+        loss = evaluate_loss(model, windows, args.batch_size, info.device, autocast, info)
+    finally:
+        shutdown(info)
+    return {"task": "loss", "split": args.split, "data": str(data), "tokens": len(windows) * T, "loss": loss}
+
+
+def cmd_report(args) -> None:
+    from .evals.report import eval_history, format_history, plot_history
+
+    rows = eval_history(args.run_dir)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(format_history(rows))
+    if args.plot:
+        print(f"wrote {plot_history(rows, args.plot)}")
 
 
 def cmd_bench(args) -> None:
@@ -307,7 +371,7 @@ def cmd_config(args) -> None:
 
 
 COMMANDS = {
-    "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
+    "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "report": cmd_report,
     "bench": cmd_bench, "quickstart": cmd_quickstart, "config": cmd_config, "convert": cmd_convert,
 }
 

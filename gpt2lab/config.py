@@ -90,6 +90,9 @@ class EvalConfig:
     every: int = 250  # validation loss every N steps (0 = only at the end; -1 = never)
     val_tokens: int = 10_485_760  # tokens of the validation split to score (capped by its size)
     val_batch: int = 0  # sequences per validation forward (0 = train.micro_batch)
+    hellaswag_every: int = -1  # HellaSwag accuracy every N steps (0 = only at the end; -1 = never); logged as kind 'hellaswag'
+    hellaswag_items: int = 0  # HellaSwag items per evaluation: 0 = all 10,042; N = a fixed subset of N spread evenly over the file
+    hellaswag_data: str = ""  # local hellaswag_val.jsonl; "" = the cached official file (downloaded when missing)
     sample_every: int = 0  # print samples every N steps (0 = only at the end; -1 = never)
     sample_prompt: str = "Hello, I'm a language model,"
     sample_count: int = 4
@@ -297,6 +300,8 @@ def validate(cfg: Config) -> None:
     need(o.fused in ("auto", "true", "false", "True", "False"), "optim.fused", "choose auto, true or false")
     need(e.val_tokens > 0, "eval.val_tokens", "must be > 0")
     need(e.val_batch >= 0, "eval.val_batch", "must be >= 0")
+    need(e.hellaswag_every >= -1, "eval.hellaswag_every", "must be >= -1 (-1 = never, 0 = only at the end)")
+    need(e.hellaswag_items >= 0, "eval.hellaswag_items", "must be >= 0 (0 = all items)")
     need(e.sample_count > 0, "eval.sample_count", "must be > 0")
     need(e.sample_tokens > 0, "eval.sample_tokens", "must be > 0")
     need(e.sample_temperature >= 0, "eval.sample_temperature", "must be >= 0 (0 = greedy)")

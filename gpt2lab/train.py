@@ -43,6 +43,8 @@ from .distributed import (
     wrap_model,
 )
 from .errors import UserError
+from .evals.common import write_json_atomic
+from .evals.hellaswag import evaluate_hellaswag, load_hellaswag, select_items
 from .evals.loss import eval_windows, evaluate_loss
 from .generate import generate
 from .metrics import MetricsWriter, truncate_metrics
@@ -198,6 +200,9 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e_cfg.val_tokens) if has_val else []
     if e_cfg.every >= 0 and not has_val:
         log(f"warning: no '{cfg.data.val_split}' shards in {cfg.data.dir}; validation loss is skipped")
+    hs_items = None
+    if e_cfg.hellaswag_every >= 0:  # loaded (downloaded) before training, so a data problem stops the run at once
+        hs_items = select_items(load_hellaswag(e_cfg.hellaswag_data or None), e_cfg.hellaswag_items)
 
     start_step = 0
     if resume:
@@ -273,12 +278,30 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
                 metrics.log("train", done, loss=loss_value, lr=lr, grad_norm=norm_value, tokens=done * tokens_per_step,
                             tok_per_s=tok_s, step_time=dt)
 
+        evals: dict = {}  # what was evaluated at this step, also written to run_dir/evals/step_N.json
         if has_val and _due(e_cfg.every, done, last):
             val = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info, sharded)
             summary["val_loss"] = val
+            evals.update(val_loss=val, val_tokens=len(windows) * T)
             log(f"step {done:>6} | val loss {val:.4f} ({len(windows) * T:,} tokens)")
             if metrics:
                 metrics.log("val", done, val_loss=val, val_tokens=len(windows) * T)
+
+        if hs_items is not None and _due(e_cfg.hellaswag_every, done, last):
+            if sharded:  # FSDP2 forwards need every rank in lockstep: score a gathered copy on rank 0 instead
+                plain = _unsharded(model, cfg, device)
+                hs = evaluate_hellaswag(plain, hs_items, device, autocast)[0] if info.is_main else None
+                del plain
+            else:
+                hs, _ = evaluate_hellaswag(model, hs_items, device, autocast, info)
+            if hs is not None:
+                summary["hellaswag"] = evals["hellaswag"] = hs
+                log(f"step {done:>6} | hellaswag acc_norm {hs['completion_acc_norm']:.4f} "
+                    f"(lm-eval {hs['lm_eval_acc_norm']:.4f}, {hs['items']:,} items)")
+                if metrics:
+                    metrics.log("hellaswag", done, **hs)
+        if evals and info.is_main:
+            write_json_atomic(run_dir / "evals" / f"step_{done:08d}.json", {"step": done, **evals})
 
         if _due(e_cfg.sample_every, done, last):
             plain = _unsharded(model, cfg, device)  # FSDP2: every rank sends its shards to rank 0

@@ -78,14 +78,20 @@ def cfg_for(data, run, *extra):
 
 
 @pytest.fixture(scope="module")
-def runs(small_shards, tmp_path_factory):
-    """The reference (1 process x 2 micro-batches, in this process) and torchrun DDP and FSDP2 runs of 2 x 1."""
+def runs(small_shards, shared_data, tmp_path_factory):
+    """The reference (1 process x 2 micro-batches, in this process) and torchrun DDP and FSDP2 runs of 2 x 1.
+
+    All three also score 13 HellaSwag items at their evaluations (13: uneven over 2 ranks).
+    """
     root = tmp_path_factory.mktemp("dist")
+    hs = root / "hellaswag.jsonl"
+    hs.write_text("".join((shared_data / "hellaswag" / "hellaswag_val.jsonl").read_text().splitlines(True)[:13]))
+    evals = ["eval.hellaswag_every=3", f"eval.hellaswag_data={hs}"]
     paths = {name: root / name for name in ("single", "ddp", "fsdp")}
-    args = ["train", *COMMON, f"data.dir={small_shards}"]
+    args = ["train", *COMMON, *evals, f"data.dir={small_shards}"]
     procs = {p: torchrun([*args, f"train.run_dir={paths[p]}", f"train.parallel={p}"], root / f"{p}.log", root)
              for p in ("ddp", "fsdp")}
-    train(cfg_for(small_shards, paths["single"]), log=lambda _m: None)  # while the two jobs run
+    train(cfg_for(small_shards, paths["single"], *evals), log=lambda _m: None)  # while the two jobs run
     logs = {p: run_ok(procs[p], root / f"{p}.log") for p in procs}
     return paths, logs
 
@@ -177,6 +183,18 @@ def test_checkpoint_of_one_process_resumes_on_two_with_accumulation(runs, tmp_pa
     print(f"{parallel}: 1 process resumed on 2 with accumulation: max abs weight diff {diff:.3g}")
     assert diff <= FSDP_ATOL
     assert [r["step"] for r in read_metrics(run, "train")] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_hellaswag_in_training_same_on_one_and_two_processes(runs, parallel):
+    """DDP scores its share on each rank; FSDP2 scores a gathered copy on rank 0. Both match one process."""
+    paths, _ = runs
+    ref, got = (read_metrics(paths[p], "hellaswag") for p in ("single", parallel))
+    assert [r["step"] for r in got] == [r["step"] for r in ref] == [3, STEPS]
+    for a, b in zip(ref, got):
+        assert a["items"] == b["items"] == 13
+        for key in ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
+            assert a[key] == b[key], (key, a, b)
 
 
 def test_ddp_checkpoint_resumes_as_fsdp_on_one_process(runs, small_shards, tmp_path):

@@ -1,1 +1,1 @@
-"""Evaluations: validation loss (HellaSwag and LAMBADA come with the evaluation issue)."""
+"""Evaluations: validation loss, HellaSwag, LAMBADA, and a run's evaluation history."""

@@ -1,0 +1,134 @@
+"""Helpers shared by the evaluations: model loading, dataset cache and download, result files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+
+def cache_dir() -> Path:
+    """Where downloaded evaluation data lives: $GPT2LAB_CACHE, else ~/.cache/gpt2lab."""
+    return Path(os.environ.get("GPT2LAB_CACHE") or Path.home() / ".cache" / "gpt2lab")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(urls: list[str] | str, dest: Path, sha256: dict[str, str] | None = None, what: str = "data",
+             timeout: float = 30) -> Path:
+    """Fetch the first reachable URL into ``dest`` (atomically), checking ``sha256[url]`` where given.
+
+    Raises UserError naming every URL tried and the offline fix when none works.
+    """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    sha256 = sha256 or {}
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    problems = []
+    for url in urls:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".tmp-{dest.name}")
+        try:
+            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+                shutil.copyfileobj(r, f)
+            if url in sha256 and sha256_file(Path(tmp)) != sha256[url]:
+                problems.append(f"{url}: checksum mismatch")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            problems.append(f"{url}: {getattr(e, 'reason', e)}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise UserError(f"cannot download {what} to {dest} ({'; '.join(problems)}); download it yourself and pass --data PATH")
+
+
+def read_jsonl(path: Path, what: str) -> list[dict]:
+    """Objects of a jsonl file; UserError with the file and line for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such {what} file; check the path given to --data")
+    records = []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path} line {n}: not valid JSON ({e.msg}); is this a {what} jsonl file?") from None
+                if not isinstance(obj, dict):
+                    raise UserError(f"{path} line {n}: expected a JSON object; is this a {what} jsonl file?")
+                records.append(obj)
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text; is this a {what} jsonl file?") from None
+    if not records:
+        raise UserError(f"{path}: empty {what} file")
+    return records
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    _write_atomic(Path(path), json.dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
+    _write_atomic(Path(path), "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_eval_model(source: str | os.PathLike, device: str = "cpu"):
+    """A GPT in eval mode from a gpt2lab checkpoint or run folder, or a Hugging Face GPT-2 folder."""
+    from ..train import load_pretrained
+
+    path = Path(source)
+    if path.is_dir() and not ((path / "config.json").is_file() or (path / "config.yaml").is_file()
+                              or (path / "checkpoints").is_dir()):
+        raise UserError(f"{source}: not a model: expected a gpt2lab checkpoint or run folder, "
+                        "or a Hugging Face GPT-2 folder (config.json)")
+    if not path.exists() and str(source).startswith((".", "/", "~")):
+        raise UserError(f"{source}: no such checkpoint, run or Hugging Face folder")
+    return load_pretrained(str(source)).to(device).eval()
+
+
+def eval_dtype(name: str, device: str) -> torch.dtype:
+    from ..train import resolve_dtype
+
+    if name not in ("auto", "bfloat16", "float32"):
+        raise UserError(f"dtype {name!r}: choose auto, bfloat16 or float32")
+    return resolve_dtype(name, "cuda" if device.startswith("cuda") else "cpu")
+
+
+def gather_records(records: list, info) -> list:
+    """Every rank's records, concatenated in rank order (rank 0 uses them; small, from our own processes)."""
+    if not info.enabled:
+        return list(records)
+    import torch.distributed as dist
+
+    parts = [None] * info.world_size
+    dist.all_gather_object(parts, records)
+    return [r for part in parts for r in part]

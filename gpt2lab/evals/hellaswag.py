@@ -1,0 +1,218 @@
+"""HellaSwag: pick the right one of 4 endings by the model's log-likelihood.
+
+Data: the official validation set ``hellaswag_val.jsonl`` (10,042 items; fields ``ctx`` or
+``ctx_a``/``ctx_b``, ``endings``, ``label``, ``activity_label``, ...), downloaded from the
+HellaSwag repository into the cache (:func:`~gpt2lab.evals.common.cache_dir`) when missing,
+or a local file (``--data``).
+
+Two common definitions are reported, each with its own text preparation:
+
+- ``completion`` (build-nanogpt, the number in its training plots): context ``ctx`` as it is,
+  each ending as ``" " + ending``, no other processing. ``completion_acc`` picks the ending
+  with the highest summed log-likelihood; ``completion_acc_norm`` the lowest mean loss per
+  ending token (build-nanogpt's ``acc_norm``, quoted as "HellaSwag" there).
+- ``lm_eval`` (EleutherAI lm-eval-harness ``hellaswag``): context
+  ``preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())`` (``ctx`` when the file
+  has no ``ctx_a``/``ctx_b``), endings ``" " + preprocess(ending)``, where ``preprocess`` strips,
+  turns ``" [title]"`` into ``". "``, drops other ``[...]`` markers and double spaces.
+  ``lm_eval_acc`` is the highest summed log-likelihood; ``lm_eval_acc_norm`` the highest
+  log-likelihood per UTF-8 byte of the ending (lm-eval counts characters; the two differ only
+  for the few non-ASCII endings).
+
+Context and ending are tokenized separately, as both reference implementations do. The
+scores come from :mod:`gpt2lab.evals.scoring` (fast path by default; ``plain=True`` for the
+reference one). Under torchrun, rank r scores items r, r + world, ...; counts are all-reduced.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from ..distributed import DistInfo, all_reduce_sum
+from ..errors import UserError
+from ..tokenizer import get_tokenizer
+from .common import cache_dir, download, gather_records, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .scoring import Request, score_fast, score_plain
+
+URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+N_VAL = 10_042
+STYLES = ("completion", "lm_eval")
+METRICS = ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm")
+DEFINITIONS = {
+    "completion_acc": "build-nanogpt text (ctx + ' ' + ending); argmax of the summed log-likelihood of the ending",
+    "completion_acc_norm": "build-nanogpt text; argmin of the mean loss per ending token (build-nanogpt's acc_norm)",
+    "lm_eval_acc": "lm-eval-harness text (activity label, preprocessing); argmax of the summed log-likelihood",
+    "lm_eval_acc_norm": "lm-eval-harness text; argmax of the log-likelihood divided by the ending's length in UTF-8 bytes",
+}
+
+
+def default_path() -> Path:
+    return cache_dir() / "hellaswag" / "hellaswag_val.jsonl"
+
+
+def load_hellaswag(path: str | os.PathLike | None = None) -> list[dict]:
+    """Validated HellaSwag items from ``path``, or from the cache (downloaded when missing)."""
+    if path is None:
+        path = default_path()
+        if not path.is_file():
+            download(URL, path, what="HellaSwag validation data")
+    path = Path(path)
+    items = read_jsonl(path, "HellaSwag")
+    for n, it in enumerate(items, 1):
+        where = f"{path} item {n}"
+        has_ctx = isinstance(it.get("ctx"), str) or (isinstance(it.get("ctx_a"), str) and isinstance(it.get("ctx_b"), str))
+        if not has_ctx:
+            raise UserError(f"{where}: no 'ctx' (or 'ctx_a' and 'ctx_b') text field; is this HellaSwag jsonl?")
+        endings = it.get("endings")
+        if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) and e.strip() for e in endings)):
+            raise UserError(f"{where}: 'endings' must be a list of 4 non-empty strings")
+        label = it.get("label")
+        if isinstance(label, str) and label.strip().isdigit():
+            label = int(label)
+        if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label < 4):
+            raise UserError(f"{where}: 'label' must be 0..3, got {label!r} (the test split has no labels; use the val split)")
+        it["label"] = label
+    return items
+
+
+def select_items(items: list[dict], n: int) -> list[dict]:
+    """A fixed subset of n items spread evenly over the file (all items when n <= 0 or n >= len)."""
+    if n <= 0 or n >= len(items):
+        return items
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def lm_eval_preprocess(text: str) -> str:
+    text = text.strip()
+    text = text.replace(" [title]", ". ")  # WikiHow markers
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def texts(item: dict, style: str) -> tuple[str, list[str]]:
+    """(context, continuations) of an item as the style writes them."""
+    if style == "completion":
+        ctx = item["ctx"] if isinstance(item.get("ctx"), str) else item["ctx_a"] + " " + item["ctx_b"]
+        return ctx, [" " + e for e in item["endings"]]
+    if style == "lm_eval":
+        if isinstance(item.get("ctx_a"), str) and isinstance(item.get("ctx_b"), str):
+            ctx = item["ctx_a"] + " " + item["ctx_b"].capitalize()
+        else:
+            ctx = item["ctx"]
+        label = item.get("activity_label")
+        query = f"{label}: {ctx}" if isinstance(label, str) and label else ctx
+        return lm_eval_preprocess(query), [" " + lm_eval_preprocess(e) for e in item["endings"]]
+    raise ValueError(f"unknown style {style!r}")
+
+
+def requests_for(items: list[dict], style: str) -> list[Request]:
+    tok = get_tokenizer()
+    out = []
+    for it in items:
+        ctx, conts = texts(it, style)
+        out.append(Request(tok.encode_ordinary(ctx), [tok.encode_ordinary(c) for c in conts]))
+    return out
+
+
+def _argmax(values) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))  # ties: the first
+
+
+def evaluate_hellaswag(
+    model,
+    items: list[dict],
+    device: str = "cpu",
+    autocast=None,
+    dist_info: DistInfo | None = None,
+    styles: tuple[str, ...] = STYLES,
+    batch_tokens: int = 8192,
+    plain: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Score ``items``; return (metrics, per-example records). Records are complete on every rank."""
+    info = dist_info or DistInfo(device=device)
+    was_training = model.training
+    mine = list(range(info.rank, len(items), info.world_size))
+    local_items = [items[i] for i in mine]
+    records = [{"index": i, "ind": items[i].get("ind"), "label": items[i]["label"]} for i in mine]
+    for style in styles:
+        reqs = requests_for(local_items, style)
+        if plain:
+            scores = score_plain(model, reqs, device, autocast)
+        else:
+            scores = score_fast(model, reqs, device, autocast, batch_tokens=batch_tokens, greedy=False)
+        for rec, it, sc in zip(records, local_items, scores):
+            lps = [s.logprob for s in sc]
+            if style == "completion":
+                ntok = [s.n_tokens for s in sc]
+                rec["completion"] = {"logprob": lps, "tokens": ntok, "pred_sum": _argmax(lps),
+                                     "pred_mean": _argmax([lp / n for lp, n in zip(lps, ntok)])}
+            else:
+                nbytes = [len(c.encode("utf-8")) for c in texts(it, "lm_eval")[1]]
+                rec["lm_eval"] = {"logprob": lps, "bytes": nbytes, "pred": _argmax(lps),
+                                  "pred_norm": _argmax([lp / b for lp, b in zip(lps, nbytes)])}
+    model.train(was_training)
+    keys = {"completion_acc": ("completion", "pred_sum"), "completion_acc_norm": ("completion", "pred_mean"),
+            "lm_eval_acc": ("lm_eval", "pred"), "lm_eval_acc_norm": ("lm_eval", "pred_norm")}
+    used = [m for m in METRICS if keys[m][0] in styles]
+    counts = torch.zeros(1 + len(used), dtype=torch.float64, device=device)
+    counts[0] = len(records)
+    for j, m in enumerate(used, 1):
+        style, key = keys[m]
+        counts[j] = sum(r[style][key] == r["label"] for r in records)
+    all_reduce_sum(counts, info)
+    counts = counts.tolist()
+    metrics = {"items": int(counts[0])}
+    metrics.update({m: counts[j] / max(counts[0], 1) for j, m in enumerate(used, 1)})
+    all_records = sorted(gather_records(records, info), key=lambda r: r["index"])
+    return metrics, all_records
+
+
+def run_hellaswag(
+    model_path: str,
+    data: str | None = None,
+    out: str | None = None,
+    limit: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    style: str = "both",
+    batch_tokens: int = 8192,
+    plain: bool = False,
+    log=print,
+) -> dict:
+    """``gpt2lab eval hellaswag``: score a model, write the per-example file and the summary JSON."""
+    from ..distributed import init_distributed, shutdown
+    from ..train import autocast_for
+    from .common import eval_dtype, load_eval_model
+
+    styles = STYLES if style == "both" else (style.replace("-", "_"),)
+    if any(s not in STYLES for s in styles):
+        raise UserError(f"--style {style!r}: choose completion, lm-eval or both")
+    info = init_distributed(device)
+    try:
+        items = select_items(load_hellaswag(data), limit)  # data problems first: quicker to report than a model load
+        model = load_eval_model(model_path, info.device)
+        dt = eval_dtype(dtype, info.device)
+        autocast = autocast_for("cuda" if info.device.startswith("cuda") else "cpu", dt)
+        t0 = time.perf_counter()
+        metrics, records = evaluate_hellaswag(model, items, info.device, autocast, info, styles, batch_tokens, plain)
+        seconds = time.perf_counter() - t0
+        summary = {
+            "task": "hellaswag", "model": str(model_path), "data": str(data or default_path()),
+            **metrics, "dtype": str(dt).replace("torch.", ""), "world_size": info.world_size,
+            "scorer": "plain" if plain else "fast", "seconds": round(seconds, 3),
+            "items_per_s": round(metrics["items"] / seconds, 3) if seconds > 0 else None,
+            "definitions": {m: DEFINITIONS[m] for m in metrics if m in DEFINITIONS},
+        }
+        if info.is_main:
+            out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
+            write_jsonl_atomic(out_dir / "hellaswag_examples.jsonl", records)
+            write_json_atomic(out_dir / "hellaswag_summary.json", summary)
+            summary["out"] = str(out_dir)
+        return summary
+    finally:
+        shutdown(info)

@@ -1,0 +1,169 @@
+"""LAMBADA: predict the last word of a passage.
+
+Each passage is split at its last space: the context is the text before it, the target is
+``" " + last word`` (as lm-eval-harness does). Per passage we score the target's tokens:
+
+- ``acc``: greedy accuracy, 1 when every token of the last word is the model's argmax;
+- ``ppl``: perplexity of the last word, ``exp(-mean over passages of log p(last word))``
+  (lm-eval-harness' ``perplexity``; GPT-2's paper reports this kind of figure, 35.13 for 124M).
+
+Variants:
+
+- ``openai``: the detokenized test set OpenAI made for GPT-2, which lm-eval-harness calls
+  ``lambada_openai`` (5,153 passages, jsonl ``{"text": ...}``); downloaded into the cache when
+  reachable, else pass ``--data``.
+- ``original``: the original LAMBADA test set (Paperno et al., 2016; 5,153 passages, lowercased,
+  PTB-style tokens such as ``do n't``), a local file only (``--data``): jsonl with ``text`` or
+  plain text with one passage per line. It is scored as it is, without detokenization, so its
+  numbers are lower than ``openai``'s and not comparable to them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..distributed import DistInfo, all_reduce_sum
+from ..errors import UserError
+from ..tokenizer import get_tokenizer
+from .common import cache_dir, download, gather_records, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .scoring import Request, score_fast, score_plain
+
+# lambada_openai: Hugging Face copy (checksum as pinned by users of it), then OpenAI's original location.
+OPENAI_URLS = [
+    "https://huggingface.co/datasets/EleutherAI/lambada_openai/resolve/main/data/lambada_test_en.jsonl",
+    "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl",
+]
+OPENAI_SHA256 = {OPENAI_URLS[0]: "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226"}
+VARIANTS = ("openai", "original")
+N_TEST = 5153
+
+
+def default_path() -> Path:
+    return cache_dir() / "lambada" / "lambada_openai_test.jsonl"
+
+
+def fetch_openai(dest: Path | None = None, urls: list[str] | None = None) -> Path:
+    """Download lambada_openai into the cache (the first URL that works)."""
+    return download(urls or OPENAI_URLS, Path(dest) if dest else default_path(), sha256=OPENAI_SHA256,
+                    what="LAMBADA (lambada_openai)")
+
+
+def load_lambada(path: str | os.PathLike | None = None, variant: str = "openai") -> list[str]:
+    """Passages of LAMBADA: from ``path`` (jsonl with 'text', or one passage per line), or the cached download."""
+    if variant not in VARIANTS:
+        raise UserError(f"LAMBADA variant {variant!r}: choose {' or '.join(VARIANTS)}")
+    if path is None:
+        if variant == "original":
+            raise UserError("the original LAMBADA test set is not downloaded: pass --data lambada_test_plain_text.txt "
+                            "(or a jsonl with 'text')")
+        path = default_path()
+        if not path.is_file():
+            fetch_openai(path)
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such LAMBADA file; check the path given to --data")
+    if path.suffix == ".jsonl":
+        texts = []
+        for n, r in enumerate(read_jsonl(path, "LAMBADA"), 1):
+            if not isinstance(r.get("text"), str):
+                raise UserError(f"{path} record {n}: no 'text' string field; is this a LAMBADA jsonl file?")
+            texts.append(r["text"])
+    else:
+        try:
+            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text; expected one LAMBADA passage per line") from None
+    for n, t in enumerate(texts, 1):
+        if " " not in t.strip():
+            raise UserError(f"{path} passage {n}: needs a context and a last word separated by a space")
+    if not texts:
+        raise UserError(f"{path}: no passages")
+    return texts
+
+
+def split_passage(text: str) -> tuple[str, str]:
+    """(context, target): the target is the last space-separated word, with its leading space."""
+    ctx, _, word = text.strip().rpartition(" ")
+    return ctx, " " + word
+
+
+def evaluate_lambada(
+    model,
+    texts: list[str],
+    device: str = "cpu",
+    autocast=None,
+    dist_info: DistInfo | None = None,
+    batch_tokens: int = 8192,
+    plain: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Score ``texts``; return (metrics, per-passage records). Records are complete on every rank."""
+    info = dist_info or DistInfo(device=device)
+    was_training = model.training
+    tok = get_tokenizer()
+    mine = list(range(info.rank, len(texts), info.world_size))
+    pairs = [split_passage(texts[i]) for i in mine]
+    reqs = [Request(tok.encode_ordinary(c), [tok.encode_ordinary(w)]) for c, w in pairs]
+    if plain:
+        scores = score_plain(model, reqs, device, autocast)
+    else:
+        scores = score_fast(model, reqs, device, autocast, batch_tokens=batch_tokens)
+    model.train(was_training)
+    records = [{"index": i, "target": w.strip(), "logprob": s[0].logprob, "tokens": s[0].n_tokens, "greedy": s[0].greedy}
+               for i, (_, w), s in zip(mine, pairs, scores)]
+    totals = torch.tensor([len(records), sum(r["greedy"] for r in records), sum(r["logprob"] for r in records),
+                           sum(r["tokens"] for r in records)], dtype=torch.float64, device=device)
+    all_reduce_sum(totals, info)
+    n, hits, lp, ntok = totals.tolist()
+    metrics = {"items": int(n), "acc": hits / max(n, 1), "ppl": math.exp(-lp / max(n, 1)),
+               "token_ppl": math.exp(-lp / max(ntok, 1))}
+    return metrics, sorted(gather_records(records, info), key=lambda r: r["index"])
+
+
+def run_lambada(
+    model_path: str,
+    variant: str = "openai",
+    data: str | None = None,
+    out: str | None = None,
+    limit: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_tokens: int = 8192,
+    plain: bool = False,
+) -> dict:
+    """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON."""
+    from ..distributed import init_distributed, shutdown
+    from ..train import autocast_for
+    from .common import eval_dtype, load_eval_model
+
+    info = init_distributed(device)
+    try:
+        texts = load_lambada(data, variant)  # data problems first: they are quicker to report than a model load
+        if limit > 0:
+            texts = texts[:limit]
+        model = load_eval_model(model_path, info.device)
+        dt = eval_dtype(dtype, info.device)
+        autocast = autocast_for("cuda" if info.device.startswith("cuda") else "cpu", dt)
+        t0 = time.perf_counter()
+        metrics, records = evaluate_lambada(model, texts, info.device, autocast, info, batch_tokens, plain)
+        seconds = time.perf_counter() - t0
+        summary = {
+            "task": f"lambada_{variant}", "model": str(model_path), "data": str(data or default_path()), **metrics,
+            "dtype": str(dt).replace("torch.", ""), "world_size": info.world_size,
+            "scorer": "plain" if plain else "fast", "seconds": round(seconds, 3),
+            "definitions": {"acc": "greedy: every token of the last word is the argmax",
+                            "ppl": "exp(-mean log-likelihood of the last word), per passage",
+                            "token_ppl": "exp(-mean log-likelihood per last-word token)"},
+        }
+        if info.is_main:
+            out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
+            write_jsonl_atomic(out_dir / f"lambada_{variant}_examples.jsonl", records)
+            write_json_atomic(out_dir / f"lambada_{variant}_summary.json", summary)
+            summary["out"] = str(out_dir)
+        return summary
+    finally:
+        shutdown(info)

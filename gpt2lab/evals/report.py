@@ -1,0 +1,88 @@
+"""A run's evaluation history: validation loss and HellaSwag by step, from its metrics.jsonl.
+
+``gpt2lab report RUN_DIR`` prints it as a table (and plots it with ``--plot`` when matplotlib
+is installed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from ..errors import UserError
+from ..metrics import METRICS_FILE, read_metrics
+
+COLUMNS = ("step", "tokens", "train_loss", "val_loss", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
+           "hellaswag_items")
+
+
+def eval_history(run_dir: str | os.PathLike) -> list[dict]:
+    """One row per step with an evaluation: step, tokens, last train loss, val loss, HellaSwag metrics."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise UserError(f"{path} not found; RUN_DIR must be a training run folder (train.run_dir)")
+    rows: dict[int, dict] = {}
+    last_train: dict = {}
+    for r in read_metrics(run_dir):
+        kind, step = r.get("kind"), r.get("step", 0)
+        if kind == "train":
+            last_train = r
+        elif kind in ("val", "hellaswag"):
+            row = rows.setdefault(step, {"step": step})
+            if last_train and last_train.get("step", -1) <= step:
+                row["train_loss"] = last_train.get("loss")
+                row["tokens"] = last_train.get("tokens")
+            if kind == "val":
+                row["val_loss"] = r.get("val_loss")
+            else:
+                row.update({f"hellaswag_{k}" if k == "items" else k: v for k, v in r.items() if k not in ("kind", "step")})
+    return [rows[s] for s in sorted(rows)]
+
+
+def format_history(rows: list[dict]) -> str:
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    if not rows:
+        return "no evaluations logged yet (eval.every / eval.hellaswag_every)"
+
+    def cell(v) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4f}" if math.isfinite(v) else str(v)
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+    table = [cols] + [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_history(rows: list[dict], out: str | os.PathLike) -> Path:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'gpt2lab[plot]'") from None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("val_loss", axes[0]), ("completion_acc_norm", axes[1])):
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=key)
+        if key != "val_loss":
+            pts = [(r["step"], r["lm_eval_acc_norm"]) for r in rows if isinstance(r.get("lm_eval_acc_norm"), float)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label="lm_eval_acc_norm")
+            ax.axhline(0.25, color="gray", lw=0.5)
+        ax.set_xlabel("step")
+        ax.set_title("validation loss" if key == "val_loss" else "HellaSwag")
+        ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(f".tmp-{out.name}")
+    fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,208 @@
+"""Log-likelihood of continuations given a context: the engine under HellaSwag and LAMBADA.
+
+A :class:`Request` is one context and one or more continuations (HellaSwag: 4 endings,
+LAMBADA: 1 last word). For each continuation we want the summed log-probability of its
+tokens, their number, and whether greedy decoding would have produced every one of them.
+
+Two implementations give the same numbers:
+
+- :func:`score_plain`: one request at a time, its continuations as rows of one padded batch
+  through ``model(idx)`` (full logits), as build-nanogpt does. Simple; the reference.
+- :func:`score_fast`: one request per row, packed as context + all continuations with an
+  attention mask that lets each continuation see only the context and itself (the context is
+  computed once, not once per continuation); rows of similar length batched together; the LM
+  head (a third of the 124M model's forward) applied only at the positions that are scored.
+
+Truncation, the same in both: if the context plus the longest continuation do not fit in the
+model's ``block_size + 1`` tokens, the context loses tokens from its left, equally for every
+continuation of the request (so the endings are compared on the same context). An empty
+context becomes the end-of-text token, as in lm-eval-harness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..tokenizer import EOT_TOKEN
+
+HEAD_CHUNK = 512  # positions per LM-head matmul + log-softmax (bounds the fp32 logits memory)
+
+
+@dataclass
+class Request:
+    context: list[int]
+    continuations: list[list[int]]
+
+
+@dataclass
+class Score:
+    logprob: float  # sum of log p(token) over the continuation's tokens
+    n_tokens: int
+    greedy: bool  # every token of the continuation is the argmax of its distribution (False when not computed)
+
+
+def fit(req: Request, block_size: int) -> tuple[list[int], list[list[int]]]:
+    """The request as it is scored: non-empty context, cut from the left to fit ``block_size``."""
+    conts = [list(c) for c in req.continuations]
+    if not conts or any(len(c) == 0 for c in conts):
+        raise ValueError("every continuation needs at least one token")
+    longest = max(len(c) for c in conts)
+    if longest > block_size:
+        raise UserError(f"a continuation of {longest} tokens does not fit the model's block_size {block_size}")
+    ctx = list(req.context) or [EOT_TOKEN]
+    keep = block_size + 1 - longest  # input = context + continuation minus its last token
+    return ctx[-keep:], conts
+
+
+def _null(autocast):
+    return autocast if autocast is not None else contextlib.nullcontext()
+
+
+def _score_positions(model, h: torch.Tensor, targets: torch.Tensor, greedy: bool):
+    """(log p(target) in float64, target == argmax or None) for hidden states h (N, C), in chunks.
+
+    Padded vocabulary columns are dropped, which is what their -inf logits amount to.
+    (log_softmax then gather is faster on CPU than gather minus logsumexp, which is not fused.)
+    """
+    lps, hits = [], []
+    V = model.config.vocab_size
+    for i in range(0, h.size(0), HEAD_CHUNK):
+        logp = model.lm_head(h[i : i + HEAD_CHUNK])[:, :V].float().log_softmax(-1)
+        t = targets[i : i + HEAD_CHUNK]
+        lps.append(logp.gather(1, t[:, None])[:, 0].double())
+        if greedy:
+            hits.append(logp.argmax(-1) == t)
+    return torch.cat(lps), (torch.cat(hits) if greedy else None)
+
+
+@torch.no_grad()
+def score_plain(model, requests: list[Request], device: str = "cpu", autocast=None) -> list[list[Score]]:
+    """Reference scorer: one request at a time through the model's ordinary forward."""
+    model.eval()
+    with _null(autocast):  # entered once, as in score_fast: autocast caches its bf16 weight copies
+        return _plain_loop(model, requests, device)
+
+
+def _plain_loop(model, requests: list[Request], device: str) -> list[list[Score]]:
+    out = []
+    for req in requests:
+        ctx, conts = fit(req, model.config.block_size)
+        rows = [ctx + c for c in conts]
+        T = max(len(r) for r in rows) - 1
+        idx = torch.zeros(len(rows), T, dtype=torch.long)
+        for i, r in enumerate(rows):
+            idx[i, : len(r) - 1] = torch.tensor(r[:-1])
+        logits, _ = model(idx.to(device))
+        logp = logits.float().log_softmax(-1)
+        scores = []
+        for i, c in enumerate(conts):
+            pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=logp.device)
+            t = torch.tensor(c, device=logp.device)
+            lp = logp[i, pos]
+            scores.append(Score(float(lp.gather(1, t[:, None]).double().sum()), len(c), bool((lp.argmax(-1) == t).all())))
+        out.append(scores)
+    return out
+
+
+def _packed_hidden(model, idx: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """The model's blocks over packed rows; returns the hidden states after the final LayerNorm.
+
+    A row holds one context (segment 0) followed by several continuations (segments 1, 2, ...),
+    each continuation with the positions it would have right after the context. A token sees
+    earlier tokens of the context and of its own segment only, so each continuation is scored
+    exactly as if it followed the context alone, and the context is computed once. Padding has
+    segment -1 (never scored; it sees the context and earlier padding, so no mask row is empty,
+    which would give NaN). Same modules and weights as GPT.forward; only the attention
+    mask and positions differ, which the ordinary forward does not take as inputs.
+    """
+    tr = model.transformer
+    B, T = idx.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    mask = causal & ((seg[:, :, None] == seg[:, None, :]) | (seg == 0)[:, None, :])
+    mask = mask[:, None]  # (B, 1, T, T): the same for every head
+    x = tr.drop(tr.wte(idx) + tr.wpe(pos))
+    for block in tr.h:
+        attn = block.attn
+        C = x.size(-1)
+        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + attn.resid_dropout(attn.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        x = x + block.mlp(block.ln_2(x))
+    return tr.ln_f(x)
+
+
+def _packed_len(ctx: list[int], conts: list[list[int]]) -> int:
+    return len(ctx) + sum(len(c) - 1 for c in conts)  # the last token of a continuation is only predicted
+
+
+def _batches(fitted: list[tuple[list[int], list[list[int]]]], batch_tokens: int):
+    """Request indices in batches of similar packed length, at most ``batch_tokens`` tokens (with padding) each."""
+    order = sorted(range(len(fitted)), key=lambda i: _packed_len(*fitted[i]), reverse=True)
+    batch: list[int] = []
+    for i in order:
+        longest = _packed_len(*fitted[batch[0]]) if batch else _packed_len(*fitted[i])
+        if batch and (len(batch) + 1) * longest > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def score_fast(
+    model, requests: list[Request], device: str = "cpu", autocast=None, batch_tokens: int = 8192,
+    greedy: bool = True,
+) -> list[list[Score]]:
+    """Batched scorer: requests packed one per row, context computed once; same results as :func:`score_plain`."""
+    model.eval()
+    fitted = [fit(r, model.config.block_size) for r in requests]
+    out: list[list[Score] | None] = [None] * len(requests)
+    with _null(autocast):  # entered once: autocast caches the bf16 copies of the weights across batches
+        for batch in _batches(fitted, batch_tokens):
+            T = max(_packed_len(*fitted[i]) for i in batch)
+            idx = torch.zeros(len(batch), T, dtype=torch.long)
+            pos = torch.zeros(len(batch), T, dtype=torch.long)
+            seg = torch.full((len(batch), T), -1, dtype=torch.long)
+            # Scored positions: (row, column that predicts, target token, continuation number).
+            rows, cols, tgts, conts_of = [], [], [], []
+            k = 0
+            for b, i in enumerate(batch):
+                ctx, conts = fitted[i]
+                L = len(ctx)
+                idx[b, :L] = torch.tensor(ctx)
+                pos[b, :L] = torch.arange(L)
+                seg[b, :L] = 0
+                at = L
+                for j, c in enumerate(conts):
+                    n = len(c) - 1
+                    idx[b, at : at + n] = torch.tensor(c[:-1], dtype=torch.long)
+                    pos[b, at : at + n] = torch.arange(L, L + n)
+                    seg[b, at : at + n] = j + 1
+                    # token 0 is predicted by the context's last position, token t by the continuation's token t-1
+                    rows += [b] * len(c)
+                    cols += [L - 1] + list(range(at, at + n))
+                    tgts += c
+                    conts_of += [k] * len(c)
+                    at += n
+                    k += 1
+            h = _packed_hidden(model, idx.to(device), pos.to(device), seg.to(device))
+            lp, hit = _score_positions(model, h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)],
+                                       torch.tensor(tgts, device=device), greedy)
+            owner = torch.tensor(conts_of, device=device)
+            lp_sum = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, owner, lp).tolist()
+            miss = [1] * k  # greedy not computed: reported as False
+            if hit is not None:
+                miss = torch.zeros(k, dtype=torch.long, device=device).index_add_(0, owner, (~hit).long()).tolist()
+            r = 0
+            for i in batch:
+                conts = fitted[i][1]
+                out[i] = [Score(lp_sum[r + j], len(c), miss[r + j] == 0) for j, c in enumerate(conts)]
+                r += len(conts)
+    return out  # type: ignore[return-value]

@@ -258,7 +258,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
                 metrics.log("val", done, val_loss=val, val_tokens=len(windows) * T)
 
         if hs_items is not None and _due(e_cfg.hellaswag_every, done, last):
-            hs, _ = evaluate_hellaswag(model, hs_items, device, autocast, info)
+            hs, _ = evaluate_hellaswag(model, hs_items, device, autocast, info, gather=False)
             summary["hellaswag"] = evals["hellaswag"] = hs
             log(f"step {done:>6} | hellaswag acc_norm {hs['completion_acc_norm']:.4f} "
                 f"(lm-eval {hs['lm_eval_acc_norm']:.4f}, {hs['items']:,} items)")

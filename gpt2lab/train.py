@@ -293,7 +293,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
                 hs = evaluate_hellaswag(plain, hs_items, device, autocast)[0] if info.is_main else None
                 del plain
             else:
-                hs, _ = evaluate_hellaswag(model, hs_items, device, autocast, info)
+                hs, _ = evaluate_hellaswag(model, hs_items, device, autocast, info, gather=False)
             if hs is not None:
                 summary["hellaswag"] = evals["hellaswag"] = hs
                 log(f"step {done:>6} | hellaswag acc_norm {hs['completion_acc_norm']:.4f} "

@@ -12,7 +12,7 @@ from gpt2lab.config import config_doc
 from gpt2lab.evals.loss import eval_windows, evaluate_loss
 from gpt2lab.metrics import read_metrics
 
-SUBCOMMANDS = ["quickstart", "prepare", "train", "sample", "eval", "bench", "config"]
+SUBCOMMANDS = ["quickstart", "prepare", "train", "sample", "eval", "bench", "config", "report"]
 
 
 def gpt2lab(*args, cwd=None, timeout=300):

@@ -132,8 +132,13 @@ def evaluate_hellaswag(
     styles: tuple[str, ...] = STYLES,
     batch_tokens: int = 8192,
     plain: bool = False,
+    gather: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """Score ``items``; return (metrics, per-example records). Records are complete on every rank."""
+    """Score ``items``; return (metrics, per-example records).
+
+    Metrics are over all items on every rank. Records are those of every rank, or with
+    ``gather=False`` only this rank's (no object collective: training needs the metrics only).
+    """
     info = dist_info or DistInfo(device=device)
     was_training = model.training
     mine = list(range(info.rank, len(items), info.world_size))
@@ -168,8 +173,9 @@ def evaluate_hellaswag(
     counts = counts.tolist()
     metrics = {"items": int(counts[0])}
     metrics.update({m: counts[j] / max(counts[0], 1) for j, m in enumerate(used, 1)})
-    all_records = sorted(gather_records(records, info), key=lambda r: r["index"])
-    return metrics, all_records
+    if gather:
+        records = sorted(gather_records(records, info), key=lambda r: r["index"])
+    return metrics, records
 
 
 def run_hellaswag(

@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--style", default="completion", choices=["completion", "lm_eval", "both"],
                     help="text preparation scored (default completion; both = two requests per item)")
     ap.add_argument("--data", default=default_data(), help="hellaswag_val.jsonl (default: shared data, else cache)")
-    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=None, help="default: 4096 on CPU, 16384 on CUDA")
     ap.add_argument("--full", action="store_true", help="also time the fast bf16 scorer on all items")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs per case, round-robin; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")

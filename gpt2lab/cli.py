@@ -127,7 +127,8 @@ def _add_eval(sub) -> None:
                    "first N); 0 = all")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="autocast dtype (default auto: bfloat16 where the hardware has it)")
-    g.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (default 8192)")
+    g.add_argument("--batch-tokens", type=int, default=None,
+                   help="tokens per forward batch (default 4096 on CPU, 16384 on CUDA)")
     g.add_argument("--plain", action="store_true", help="use the plain one-example-at-a-time scorer (reference, slow)")
     g.add_argument("--style", default="both", choices=["both", "completion", "lm-eval"],
                    help="hellaswag: which definitions to compute (default both)")

@@ -130,7 +130,7 @@ def evaluate_hellaswag(
     autocast=None,
     dist_info: DistInfo | None = None,
     styles: tuple[str, ...] = STYLES,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     plain: bool = False,
     gather: bool = True,
 ) -> tuple[dict, list[dict]]:
@@ -186,7 +186,7 @@ def run_hellaswag(
     device: str = "auto",
     dtype: str = "auto",
     style: str = "both",
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     plain: bool = False,
     log=print,
 ) -> dict:

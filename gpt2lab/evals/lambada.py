@@ -98,7 +98,7 @@ def evaluate_lambada(
     device: str = "cpu",
     autocast=None,
     dist_info: DistInfo | None = None,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     plain: bool = False,
 ) -> tuple[dict, list[dict]]:
     """Score ``texts``; return (metrics, per-passage records). Records are complete on every rank."""
@@ -132,7 +132,7 @@ def run_lambada(
     limit: int = 0,
     device: str = "auto",
     dtype: str = "auto",
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     plain: bool = False,
 ) -> dict:
     """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON."""

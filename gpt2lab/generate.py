@@ -223,7 +223,7 @@ class _Batch:
     """Left-padded rows: tokens, positions and key-padding for a batch of sequences of different lengths."""
 
     def __init__(self, rows: list[list[int]], device):
-        B, L = len(rows), max(len(r) for r in rows)
+        L = max(len(r) for r in rows)
         self.pad = torch.tensor([L - len(r) for r in rows], device=device)  # (B,)
         self.length = L
         self.idx = torch.tensor([[PAD_ID] * (L - len(r)) + r for r in rows], dtype=torch.long, device=device)

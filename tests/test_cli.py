@@ -1,6 +1,5 @@
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,22 +10,9 @@ from gpt2lab.checkpoint import list_checkpoints, load_model
 from gpt2lab.config import config_doc
 from gpt2lab.evals.loss import eval_windows, evaluate_loss
 from gpt2lab.metrics import read_metrics
+from cli_helpers import gpt2lab, one_line_error as assert_one_line_error
 
 SUBCOMMANDS = ["quickstart", "prepare", "train", "sample", "eval", "bench", "config", "report"]
-
-
-def gpt2lab(*args, cwd=None, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
-
-
-def assert_one_line_error(r):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    return lines[0]
 
 
 def test_help():

@@ -1,8 +1,5 @@
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,19 +15,7 @@ from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT
 from gpt2lab.tokenizer import get_tokenizer
 from gpt2lab.train import train
-
-
-def gpt2lab(*args, cwd=None, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
-
-
-def one_line_error(r) -> str:
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
-    return lines[0]
+from cli_helpers import gpt2lab, one_line_error
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import os
 import resource
 import signal
 import subprocess

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,20 +12,13 @@ from pathlib import Path
 
 import torch
 
+from ..data.prepare import file_sha256
 from ..errors import UserError
 
 
 def cache_dir() -> Path:
     """Where downloaded evaluation data lives: $GPT2LAB_CACHE, else ~/.cache/gpt2lab."""
     return Path(os.environ.get("GPT2LAB_CACHE") or Path.home() / ".cache" / "gpt2lab")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(urls: list[str] | str, dest: Path, sha256: dict[str, str] | None = None, what: str = "data",
@@ -45,7 +37,7 @@ def download(urls: list[str] | str, dest: Path, sha256: dict[str, str] | None = 
         try:
             with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
                 shutil.copyfileobj(r, f)
-            if url in sha256 and sha256_file(Path(tmp)) != sha256[url]:
+            if url in sha256 and file_sha256(Path(tmp)) != sha256[url]:
                 problems.append(f"{url}: checksum mismatch")
                 continue
             os.replace(tmp, dest)

@@ -50,16 +50,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a small file via a temp name and rename, so readers never see half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def save_model_file(model: GPT | dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """``model`` is a GPT or its state dict (full tensors)."""

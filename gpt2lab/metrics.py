@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from .errors import UserError
+from .fileio import write_jsonl_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -66,7 +67,4 @@ def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
-    kept = [json.dumps(r) + "\n" for r in read_metrics(run_dir) if r.get("step", 0) <= after_step]
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step])

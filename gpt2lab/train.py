@@ -43,7 +43,7 @@ from .distributed import (
     wrap_model,
 )
 from .errors import UserError
-from .evals.common import write_json_atomic
+from .fileio import write_atomic, write_json_atomic
 from .evals.hellaswag import evaluate_hellaswag, load_hellaswag, select_items
 from .evals.loss import eval_windows, evaluate_loss
 from .generate import generate
@@ -213,7 +213,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     metrics = None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_mod.write_atomic(run_dir / "config.yaml", cfg.to_yaml())
+        write_atomic(run_dir / "config.yaml", cfg.to_yaml())
         if resume:
             truncate_metrics(run_dir, start_step)
         metrics = MetricsWriter(run_dir, tensorboard=t_cfg.tensorboard)

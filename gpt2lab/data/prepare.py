@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import UserError
+from ..fileio import file_sha256, write_atomic, write_json_atomic
 from ..tokenizer import VOCAB_SHA256, get_tokenizer
 from .shards import SHARD_SUFFIXES, VERSION, VERSION_U32, read_shard, write_shard
 from .sources import (
@@ -255,19 +256,6 @@ class _Router:
         return np.concatenate(self.pending) if self.pending else np.empty(0, dtype=dtype)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")  # one writer per folder: a fixed temp name is safe
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 # --- the output directory ------------------------------------------------------------------
 
 
@@ -425,8 +413,8 @@ def prepare(
         pending, saved = router.pending_tokens(dtype), None
         if len(pending):  # a new file each time: the previous state's one stays valid until the state is replaced
             saved = {"file": f"pending-{router.position:015d}.bin", "tokens": len(pending)}
-            _write_atomic(work_dir / saved["file"], pending.tobytes())
-        _write_json_atomic(work_dir / "state.json", {
+            write_atomic(work_dir / saved["file"], pending.tobytes())
+        write_json_atomic(work_dir / "state.json", {
             "version": _STATE_VERSION, "identity": identity, "position": position, "docs_read": docs_read,
             "counts": counts, "router_position": router.position, "pending": saved,
             "writers": {s: w.state() for s, w in writers.items()},
@@ -503,7 +491,7 @@ def prepare(
         "tokens": {"val": n_val, "train": total - n_val, "total": total},
         "shards": writers["val"].shards + writers["train"].shards,
     }
-    _write_json_atomic(out_dir / MANIFEST, manifest)
+    write_json_atomic(out_dir / MANIFEST, manifest)
     shutil.rmtree(work_dir, ignore_errors=True)
     log(f"done: {total:,} tokens from {counts[0]:,} documents ({n_val:,} val, {total - n_val:,} train) in {out_dir}")
     if counts[1] or counts[2]:
@@ -531,13 +519,6 @@ def _limit_docs(chunks: Iterator[Chunk], left: int) -> Iterator[Chunk]:
 
 # --- checking ------------------------------------------------------------------------------
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_manifest(data_dir) -> dict | None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.prepare import file_sha256
 from ..errors import UserError
+from ..fileio import file_sha256
 
 
 def cache_dir() -> Path:
@@ -74,23 +74,6 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
         raise UserError(f"{path}: empty {what} file")
     return records
 
-
-def write_json_atomic(path: Path, obj) -> None:
-    _write_atomic(Path(path), json.dumps(obj, indent=2) + "\n")
-
-
-def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    _write_atomic(Path(path), "".join(json.dumps(r) + "\n" for r in records))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_eval_model(source: str | os.PathLike, device: str = "cpu"):

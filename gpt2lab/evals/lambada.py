@@ -30,7 +30,8 @@ import torch
 from ..distributed import DistInfo, all_reduce_sum
 from ..errors import UserError
 from ..tokenizer import get_tokenizer
-from .common import cache_dir, download, gather_records, read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..fileio import write_json_atomic, write_jsonl_atomic
+from .common import cache_dir, download, gather_records, read_jsonl
 from .scoring import Request, score_fast, score_plain
 
 # lambada_openai: Hugging Face copy (checksum as pinned by users of it), then OpenAI's original location.

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..fileio import file_sha256
+from ..fileio import file_sha256, write_json_atomic, write_jsonl_atomic
 
 
 def cache_dir() -> Path:
@@ -107,3 +108,40 @@ def gather_records(records: list, info) -> list:
     parts = [None] * info.world_size
     dist.all_gather_object(parts, records)
     return [r for part in parts for r in part]
+
+
+def run_task(task: str, model_path, load, score, *, data_label: str, out=None, device: str = "auto",
+             dtype: str = "auto", plain: bool = False, definitions: dict | None = None) -> dict:
+    """The body of ``gpt2lab eval hellaswag|lambada``: load data then model, score, write the files.
+
+    ``load()`` returns the task's data; ``score(model, data, info, autocast)`` returns (metrics,
+    records). Under torchrun every rank scores its share; rank 0 writes ``OUT/<task>_examples.jsonl``
+    and ``OUT/<task>_summary.json`` (default OUT: ``evals/<name of the model folder>``).
+    """
+    from ..distributed import init_distributed, shutdown
+    from ..train import autocast_for
+
+    info = init_distributed(device)
+    try:
+        data = load()  # data problems first: quicker to report than a model load
+        model = load_eval_model(model_path, info.device)
+        dt = eval_dtype(dtype, info.device)
+        autocast = autocast_for("cuda" if info.device.startswith("cuda") else "cpu", dt)
+        t0 = time.perf_counter()
+        metrics, records = score(model, data, info, autocast)
+        seconds = time.perf_counter() - t0
+        summary = {
+            "task": task, "model": str(model_path), "data": data_label, **metrics,
+            "dtype": str(dt).replace("torch.", ""), "world_size": info.world_size,
+            "scorer": "plain" if plain else "fast", "seconds": round(seconds, 3),
+            "items_per_s": round(metrics["items"] / seconds, 3) if seconds > 0 else None,
+            "definitions": {k: v for k, v in (definitions or {}).items() if k in metrics},
+        }
+        if info.is_main:
+            out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
+            write_jsonl_atomic(out_dir / f"{task}_examples.jsonl", records)
+            write_json_atomic(out_dir / f"{task}_summary.json", summary)
+            summary["out"] = str(out_dir)
+        return summary
+    finally:
+        shutdown(info)

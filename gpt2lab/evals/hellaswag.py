@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import torch
@@ -36,8 +35,7 @@ import torch
 from ..distributed import DistInfo, all_reduce_sum
 from ..errors import UserError
 from ..tokenizer import get_tokenizer
-from ..fileio import write_json_atomic, write_jsonl_atomic
-from .common import cache_dir, download, gather_records, read_jsonl
+from .common import cache_dir, download, gather_records, read_jsonl, run_task
 from .scoring import Request, score_fast, score_plain
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -189,37 +187,15 @@ def run_hellaswag(
     style: str = "both",
     batch_tokens: int | None = None,
     plain: bool = False,
-    log=print,
 ) -> dict:
     """``gpt2lab eval hellaswag``: score a model, write the per-example file and the summary JSON."""
-    from ..distributed import init_distributed, shutdown
-    from ..train import autocast_for
-    from .common import eval_dtype, load_eval_model
-
     styles = STYLES if style == "both" else (style.replace("-", "_"),)
     if any(s not in STYLES for s in styles):
         raise UserError(f"--style {style!r}: choose completion, lm-eval or both")
-    info = init_distributed(device)
-    try:
-        items = select_items(load_hellaswag(data), limit)  # data problems first: quicker to report than a model load
-        model = load_eval_model(model_path, info.device)
-        dt = eval_dtype(dtype, info.device)
-        autocast = autocast_for("cuda" if info.device.startswith("cuda") else "cpu", dt)
-        t0 = time.perf_counter()
-        metrics, records = evaluate_hellaswag(model, items, info.device, autocast, info, styles, batch_tokens, plain)
-        seconds = time.perf_counter() - t0
-        summary = {
-            "task": "hellaswag", "model": str(model_path), "data": str(data or default_path()),
-            **metrics, "dtype": str(dt).replace("torch.", ""), "world_size": info.world_size,
-            "scorer": "plain" if plain else "fast", "seconds": round(seconds, 3),
-            "items_per_s": round(metrics["items"] / seconds, 3) if seconds > 0 else None,
-            "definitions": {m: DEFINITIONS[m] for m in metrics if m in DEFINITIONS},
-        }
-        if info.is_main:
-            out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
-            write_jsonl_atomic(out_dir / "hellaswag_examples.jsonl", records)
-            write_json_atomic(out_dir / "hellaswag_summary.json", summary)
-            summary["out"] = str(out_dir)
-        return summary
-    finally:
-        shutdown(info)
+    return run_task(
+        "hellaswag", model_path, lambda: select_items(load_hellaswag(data), limit),
+        lambda model, items, info, autocast: evaluate_hellaswag(
+            model, items, info.device, autocast, info, styles, batch_tokens, plain),
+        data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain,
+        definitions=DEFINITIONS,
+    )

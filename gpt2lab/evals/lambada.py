@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -30,8 +29,7 @@ import torch
 from ..distributed import DistInfo, all_reduce_sum
 from ..errors import UserError
 from ..tokenizer import get_tokenizer
-from ..fileio import write_json_atomic, write_jsonl_atomic
-from .common import cache_dir, download, gather_records, read_jsonl
+from .common import cache_dir, download, gather_records, read_jsonl, run_task
 from .scoring import Request, score_fast, score_plain
 
 # lambada_openai: Hugging Face copy (checksum as pinned by users of it), then OpenAI's original location.
@@ -137,34 +135,16 @@ def run_lambada(
     plain: bool = False,
 ) -> dict:
     """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON."""
-    from ..distributed import init_distributed, shutdown
-    from ..train import autocast_for
-    from .common import eval_dtype, load_eval_model
+    def load() -> list[str]:
+        texts = load_lambada(data, variant)
+        return texts[:limit] if limit > 0 else texts
 
-    info = init_distributed(device)
-    try:
-        texts = load_lambada(data, variant)  # data problems first: they are quicker to report than a model load
-        if limit > 0:
-            texts = texts[:limit]
-        model = load_eval_model(model_path, info.device)
-        dt = eval_dtype(dtype, info.device)
-        autocast = autocast_for("cuda" if info.device.startswith("cuda") else "cpu", dt)
-        t0 = time.perf_counter()
-        metrics, records = evaluate_lambada(model, texts, info.device, autocast, info, batch_tokens, plain)
-        seconds = time.perf_counter() - t0
-        summary = {
-            "task": f"lambada_{variant}", "model": str(model_path), "data": str(data or default_path()), **metrics,
-            "dtype": str(dt).replace("torch.", ""), "world_size": info.world_size,
-            "scorer": "plain" if plain else "fast", "seconds": round(seconds, 3),
-            "definitions": {"acc": "greedy: every token of the last word is the argmax",
-                            "ppl": "exp(-mean log-likelihood of the last word), per passage",
-                            "token_ppl": "exp(-mean log-likelihood per last-word token)"},
-        }
-        if info.is_main:
-            out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
-            write_jsonl_atomic(out_dir / f"lambada_{variant}_examples.jsonl", records)
-            write_json_atomic(out_dir / f"lambada_{variant}_summary.json", summary)
-            summary["out"] = str(out_dir)
-        return summary
-    finally:
-        shutdown(info)
+    return run_task(
+        f"lambada_{variant}", model_path, load,
+        lambda model, texts, info, autocast: evaluate_lambada(
+            model, texts, info.device, autocast, info, batch_tokens, plain),
+        data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain,
+        definitions={"acc": "greedy: every token of the last word is the argmax",
+                     "ppl": "exp(-mean log-likelihood of the last word), per passage",
+                     "token_ppl": "exp(-mean log-likelihood per last-word token)"},
+    )

@@ -204,7 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_prepare(args) -> None:
     from .data.prepare import prepare
     from .data.sources import HubSource
-    from .errors import UserError
 
     hub = None
     if args.hub is not None:

@@ -96,32 +96,34 @@ def vocab_sha256(enc) -> str:
 
 # --- the worker side -----------------------------------------------------------------------
 
-_worker: dict = {}  # per worker process: the encoding and token dtype, set once by the pool initializer
+_worker: dict = {}  # in each pool process: the encoding and token dtype, set once by the pool initializer
 
 
-def _init_worker(enc, dtype, pool: bool = True) -> None:
+def _init_worker(enc, dtype) -> None:
     _worker["enc"], _worker["dtype"] = enc, dtype
-    if pool:  # Ctrl-C is for the main process, which stops the pool; workers would only print tracebacks
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which stops the pool
 
 
-def _work(chunk: Chunk):
+def _work(chunk: Chunk, enc, dtype):
     counts = [0, 0, 0]
     texts = chunk_texts(chunk, counts)
-    return tokenize_texts(_worker["enc"], texts, _worker["dtype"]), counts, chunk.position, len(chunk.items)
+    return tokenize_texts(enc, texts, dtype), counts, chunk.position, len(chunk.items)
+
+
+def _pool_work(chunk: Chunk):
+    return _work(chunk, _worker["enc"], _worker["dtype"])
 
 
 def _tokenized(chunks: Iterator[Chunk], enc, dtype, workers: int) -> Iterator[tuple]:
     """Tokenize chunks in ``workers`` processes, in input order, with bounded read-ahead."""
     if workers <= 1:
-        _init_worker(enc, dtype, pool=False)
         for chunk in chunks:
-            yield _work(chunk)
+            yield _work(chunk, enc, dtype)
         return
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(enc, dtype)) as pool:
         pending: collections.deque = collections.deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(_work, (chunk,)))
+            pending.append(pool.apply_async(_pool_work, (chunk,)))
             if len(pending) >= 4 * workers:
                 yield pending.popleft().get()
         while pending:
@@ -206,9 +208,7 @@ class _ShardWriter:
         self.drop_old_parts()
 
     def drop_old_parts(self) -> None:
-        for p in self.work_dir.glob(f"{self.split}-*.part"):
-            if p != self._part(self.index):
-                p.unlink()
+        _drop_except(self.work_dir, f"{self.split}-*.part", self._part(self.index).name)
 
 
 class _Router:

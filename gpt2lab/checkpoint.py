@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import Config, from_dict
 from .errors import UserError
+from .fileio import replace_dir
 from .model import GPT
 
 MODEL_FILE = "model.safetensors"
@@ -123,14 +124,7 @@ def save_checkpoint(
         torch.save({**train_state, "step": step}, tmp / STATE_FILE)
         for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
             _fsync(tmp / name)
-        if final.exists():  # re-saving the same step: move the old one aside first
-            old = ckpt_root / f".old-step_{step:08d}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final, aside=ckpt_root / f".old-step_{step:08d}")  # re-saving a step replaces it whole
         _fsync(ckpt_root)
         if keep > 0:
             for old in list_checkpoints(run_dir)[:-keep]:

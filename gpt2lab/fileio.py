@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 
@@ -30,6 +31,23 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 def write_jsonl_atomic(path: str | os.PathLike, records: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def replace_dir(tmp: Path, dest: Path, aside: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``dest``. Whatever is at ``dest`` (a file, or a folder that
+    is not empty) is first renamed to ``aside`` and removed after, so ``dest`` is never half-written."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(dest, aside)
+        os.replace(tmp, dest)
+        if aside.is_dir():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink()
+    else:
+        if dest.exists():  # an empty folder
+            dest.rmdir()
+        os.replace(tmp, dest)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -30,6 +30,7 @@ from typing import Iterator, Mapping
 import torch
 
 from .errors import UserError
+from .fileio import replace_dir
 from .model import GPT, GPTConfig
 
 HF_CONFIG = "config.json"
@@ -325,19 +326,7 @@ def _atomic_dir(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            old = out.with_name(f".old-{out.name}-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-        else:
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
+        replace_dir(tmp, out, aside=out.with_name(f".old-{out.name}-{os.getpid()}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

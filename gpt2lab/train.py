@@ -287,11 +287,13 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
             if metrics:
                 metrics.log("val", done, val_loss=val, val_tokens=len(windows) * T)
 
-        if hs_items is not None and _due(e_cfg.hellaswag_every, done, last):
-            if sharded:  # FSDP2 forwards need every rank in lockstep: score a gathered copy on rank 0 instead
-                plain = _unsharded(model, cfg, device)
+        hs_due = hs_items is not None and _due(e_cfg.hellaswag_every, done, last)
+        sample_due = _due(e_cfg.sample_every, done, last)
+        # FSDP2: one full copy, gathered on rank 0 (None elsewhere), serves both HellaSwag and the samples
+        plain = _unsharded(model, cfg, device) if sample_due or (hs_due and sharded) else model
+        if hs_due:
+            if sharded:  # FSDP2 forwards need every rank in lockstep: score the gathered copy on rank 0 instead
                 hs = evaluate_hellaswag(plain, hs_items, device, autocast)[0] if info.is_main else None
-                del plain
             else:
                 hs, _ = evaluate_hellaswag(model, hs_items, device, autocast, info, gather=False)
             if hs is not None:
@@ -303,16 +305,14 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         if evals and info.is_main:
             write_json_atomic(run_dir / "evals" / f"step_{done:08d}.json", {"step": done, **evals})
 
-        if _due(e_cfg.sample_every, done, last):
-            plain = _unsharded(model, cfg, device)  # FSDP2: every rank sends its shards to rank 0
-            if info.is_main:
-                texts = sample_texts(plain, cfg, device, autocast)
-                for text in texts:
-                    log(f"sample: {text!r}")
-                summary["samples"] = texts
-                if metrics:
-                    metrics.log("sample", done, prompt=e_cfg.sample_prompt, samples=texts)
-            del plain
+        if sample_due and info.is_main:
+            texts = sample_texts(plain, cfg, device, autocast)
+            for text in texts:
+                log(f"sample: {text!r}")
+            summary["samples"] = texts
+            if metrics:
+                metrics.log("sample", done, prompt=e_cfg.sample_prompt, samples=texts)
+        del plain
 
         if last or (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0):
             state = {

@@ -9,8 +9,9 @@ bandwidth, not arithmetic. The script measures, in one process, on the same rand
 - **GEMVs**: one batch-1 matrix-vector product over every weight matrix of the model (the 48
   block matrices and the 50,257-row head), in three layouts: ``F.linear`` on (out, in) weights
   (what the model holds), ``x @ Wt`` on an (in, out) copy, and oneDNN's packed layout;
-- **generate**: ``gpt2lab.generate.generate`` and transformers' ``generate`` (greedy, its KV cache),
-  whole calls, best of ``--repeats``.
+- **generate**: ``gpt2lab.generate.generate`` (given the model; given a reused ``Decoder``, whose
+  weights are laid out (in, out) once; given a reused compiled ``Decoder``) and transformers'
+  ``generate`` (greedy, its KV cache), whole calls, best of ``--repeats``.
 
 A decoder can only beat transformers by (its GEMV rate) / (transformers' rate) in a layout, so
 the ratios printed say what a target like 1.5x needs.
@@ -43,7 +44,7 @@ def main() -> None:
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gpt2lab.generate import generate
+    from gpt2lab.generate import Decoder, generate
     from gpt2lab.hf import gpt2lab_state_from_hf
     from gpt2lab.model import GPT
 
@@ -77,6 +78,9 @@ def main() -> None:
     n = args.new_tokens
     ids = torch.randint(0, cfg.vocab_size, (1, 16))
     t_ours = best(lambda: generate(ours, ids.tolist(), n, temperature=0.0), args.repeats)
+    dec, cdec = Decoder(ours), Decoder(ours, compile=True)  # reused: weights laid out (and compiled) once
+    t_dec = best(lambda: generate(dec, ids.tolist(), n, temperature=0.0), args.repeats)
+    t_cdec = best(lambda: generate(cdec, ids.tolist(), n, temperature=0.0), args.repeats)
     t_hf = best(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                     max_new_tokens=n, min_new_tokens=n), args.repeats)
     hf_rate = n / t_hf
@@ -85,8 +89,10 @@ def main() -> None:
           f"({copy_bw / nbytes / hf_rate:.2f}x transformers)")
     for name, r in rates.items():
         print(f"GEMVs, {name:24} {r:6.1f} tokens/s  {r * nbytes / 1e9:5.1f} GB/s  {r / hf_rate:.2f}x transformers")
-    print(f"gpt2lab generate      {n / t_ours:6.1f} tokens/s  ({t_hf / t_ours:.2f}x transformers)")
-    print(f"transformers generate {hf_rate:6.1f} tokens/s")
+    print(f"gpt2lab generate          {n / t_ours:6.1f} tokens/s  ({t_hf / t_ours:.2f}x transformers)")
+    print(f"gpt2lab Decoder           {n / t_dec:6.1f} tokens/s  ({t_hf / t_dec:.2f}x transformers)")
+    print(f"gpt2lab Decoder, compiled {n / t_cdec:6.1f} tokens/s  ({t_hf / t_cdec:.2f}x transformers)")
+    print(f"transformers generate     {hf_rate:6.1f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -9,20 +9,26 @@ needs two things ``GPT.forward`` does not take: a key-padding mask and a positio
   keys, so every row computes what it would compute alone.
 - **The KV cache is preallocated** once, ``(batch, heads, prompt + new tokens, head_dim)`` per
   layer, and written in place; nothing is concatenated per step.
-- **Packed weights (CPU)**: decoding reads every weight once per step. ``pack=True`` copies
-  the Linear weights (and the output layer) once per call into oneDNN's blocked layout, which
-  multiplies a few rows much faster than PyTorch's ``(out, in)`` layout in bf16 at any batch
-  and in fp32 from batch 2 (GPT-2 124M on 2 cores: fp32 batch 8 30 ms/step against 53, bf16
-  batch 1 13 against 19), but not in fp32 at batch 1. The copy costs one more set of weights
-  in memory during the call, and ~0.15 s (fp32) / 0.06 s (bf16) for 124M. ``pack=None`` (auto)
-  packs on CPU for bf16/fp16, or fp32 with several rows, when at least 16 tokens are generated.
-  Without oneDNN the copy is a plain (in, out) transpose for ``addmm``.
+- **Packed weights (CPU)**: decoding reads every weight once per step, so the weights' layout
+  sets the speed. Packing copies the Linear weights (and the output layer) into oneDNN's
+  blocked layout, which multiplies a few rows much faster than PyTorch's ``(out, in)`` layout
+  in bf16 at any batch and in fp32 from batch 2 (GPT-2 124M on 2 cores: fp32 batch 8 30
+  ms/step against 53, bf16 batch 1 13 against 19); for fp32 at one row the fastest is a plain
+  ``(in, out)`` copy for ``addmm`` (``benchmarks/bench_decode_bound.py``). The copy costs one
+  more set of weights in memory, and ~0.15-0.6 s for 124M.
+- **A Decoder reused across calls** pays that once: ``dec = Decoder(model)`` packs on CPU and
+  ``generate(dec, ...)`` reuses its weights, KV cache and compiled step; it re-copies any
+  weight the model changed since (optimizer steps, ``load_state_dict``). ``generate(model,
+  ...)`` builds a Decoder for the one call, and with ``pack=None`` (auto) packs only where that
+  pays within the call: on CPU, for bf16/fp16 or fp32 with several rows, when at least 16 tokens
+  are generated.
 - **The output layer is computed for the last position only**, over the real vocabulary.
 - ``compile=True`` runs the decode step (one token per row) through ``torch.compile`` with
-  static shapes: the whole cache is attended to, with the not-yet-written slots masked. Packed
-  weights are then plain transposes (compile cannot trace oneDNN's opaque tensors), and auto
-  packing is used for fp32 batches only. On CPU it gains little (~5% for fp32 at batch 1); the
-  first call compiles (tens of seconds).
+  static shapes: the whole cache (its length rounded up to a multiple of 64) is attended to,
+  with the not-yet-written slots masked. Packed weights are then plain transposes (compile
+  cannot trace oneDNN's opaque tensors). The first call compiles (~10 s for 124M on 2 cores), so
+  compile a reused ``Decoder(model, compile=True)``. On CPU it gains ~6% for fp32 at batch 1
+  and loses at batch 8 and in bf16, where oneDNN's layout is faster (``benchmarks/README.md``).
 
 Beyond the model's ``block_size`` the context slides: each row keeps its last ``block_size``
 tokens and the forward pass is recomputed every step (positions restart at 0), as the
@@ -68,10 +74,11 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _transpose(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``w.t()`` as a contiguous ``dtype`` tensor, copied in column blocks (faster than one copy on CPU)."""
+def _transpose(w: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``w.t()`` as a contiguous ``dtype`` tensor (into ``out`` if given), copied in column blocks
+    (faster than one copy on CPU)."""
     out_f, in_f = w.shape
-    wt = torch.empty(in_f, out_f, dtype=dtype, device=w.device)
+    wt = torch.empty(in_f, out_f, dtype=dtype, device=w.device) if out is None else out
     step = 1024
     for s in range(0, out_f, step):
         wt[:, s : s + step].copy_(w[s : s + step].t())
@@ -91,22 +98,48 @@ def _mkldnn_pack(w: torch.Tensor, batch: int) -> torch.Tensor | None:
         return None
 
 
-class PackedLinear(nn.Module):
-    """A Linear layer with its weight copied into a layout that is fast for small batches on CPU.
+def _stamp(t: torch.Tensor) -> tuple[int, int]:
+    """Changes when ``t`` is written in place (optimizer steps, ``load_state_dict``) or its storage replaced."""
+    return t.data_ptr(), t._version
 
-    oneDNN's blocked layout (``torch.ops.mkldnn``, the one inductor's freezing pass uses) where
-    available, else a plain (in, out) copy for ``addmm(bias, x, W)``. ``mkldnn=False`` forces the
-    latter (torch.compile cannot trace oneDNN's opaque tensors).
+
+class PackedLinear(nn.Module):
+    """A copy of a Linear layer's weight in a layout that is fast for few rows on CPU.
+
+    ``layout="onednn"``: oneDNN's blocked layout (``torch.ops.mkldnn``, the one inductor's
+    freezing pass uses) where available; ``"transposed"``: a plain (in, out) copy for
+    ``addmm(bias, x, W)`` (the fastest fp32 layout for one row here, and one torch.compile can
+    trace). ``sync()`` copies the source weight again if it changed since.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, batch: int = 1,
-                 mkldnn: bool = True):
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype, batch: int = 1, layout: str = "onednn",
+                 rows: int | None = None):
         super().__init__()
-        w = weight.detach().to(dtype)
-        self.dtype = dtype
-        self.b = None if bias is None else bias.detach().to(dtype)
-        self.mkldnn = _mkldnn_pack(w.contiguous(), batch) if mkldnn else None
-        self.wt = None if self.mkldnn is not None else _transpose(w, dtype)
+        # the source module, read again at every sync (its weight may have been replaced, e.g. by .to())
+        self.linear, self.rows = linear, rows
+        self.dtype, self.batch, self.layout = dtype, batch, layout
+        self.mkldnn: torch.Tensor | None = None
+        self.wt: torch.Tensor | None = None
+        self.b: torch.Tensor | None = None
+        self._stamps: tuple = ()
+        self.sync()
+
+    def sync(self) -> bool:
+        """Re-copy the weight (and bias) if the source changed; True if it did."""
+        weight, bias = self.linear.weight, self.linear.bias
+        stamps = (_stamp(weight),) + (() if bias is None else (_stamp(bias),))
+        if stamps == self._stamps:
+            return False
+        with torch.no_grad():
+            w = weight.detach()[: self.rows].to(self.dtype)
+            self.b = None if bias is None else bias.detach()[: self.rows].to(self.dtype)
+            if self.layout == "onednn":
+                self.mkldnn = _mkldnn_pack(w.contiguous(), self.batch)
+            if self.mkldnn is None:  # transposed, or oneDNN unavailable; in place keeps compiled graphs valid
+                same = self.wt is not None and self.wt.shape == w.t().shape and self.wt.dtype == self.dtype
+                self.wt = _transpose(w, self.dtype, self.wt if same else None)
+        self._stamps = stamps
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.size(-1)).to(self.dtype)
@@ -131,44 +164,71 @@ class _Head(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The inference forward pass of a ``GPT`` with a preallocated KV cache and per-row masks.
+    """The inference forward pass of a ``GPT``, with a preallocated KV cache and per-row masks.
 
-    Uses the model's own modules (LayerNorms, embeddings, and its Linear layers unless
-    ``pack``), so a model whose Linear layers were replaced (e.g. by int8 dynamic-quantized
-    ones) decodes through them.
+    Build one and pass it to ``generate`` in place of the model to pack the weights (and
+    compile the decode step) once for many calls::
+
+        dec = Decoder(model)                # CPU: weights packed once (one more copy in memory)
+        for prompt in prompts:
+            out = generate(dec, prompt, 128, temperature=0.0)
+
+    ``pack`` (default: on CPU) copies the Linear weights and the output layer into a layout that
+    is fast for a few rows (see the module docstring); ``batch`` is the number of rows it is laid
+    out for. Packed weights are copies: ``generate`` re-copies any that changed in the model
+    since (an optimizer step, ``load_state_dict``) before it runs. ``dtype`` is the compute
+    dtype (default: the model's; e.g. bf16 for an fp32 model under bf16 autocast). ``compile``
+    runs the one-token decode step through ``torch.compile``, compiled on first use and kept.
+
+    Uses the model's own modules (LayerNorms, embeddings, and its Linear layers unless packed),
+    so a model whose Linear layers were replaced (e.g. by int8 dynamic-quantized ones) decodes
+    through them.
     """
 
-    def __init__(self, model: GPT, pack: bool = False, dtype: torch.dtype | None = None, batch: int = 1,
-                 mkldnn: bool = True):
+    def __init__(self, model: GPT, pack: bool | None = None, dtype: torch.dtype | None = None, batch: int = 1,
+                 compile: bool = False):
         super().__init__()
         cfg = model.config
         tr = model.transformer
         self.n_head, self.n_embd, self.vocab = cfg.n_head, cfg.n_embd, cfg.vocab_size
         self.block_size = cfg.block_size
+        self.device = tr.wte.weight.device
         self.wte, self.wpe, self.ln_f = tr.wte, tr.wpe, tr.ln_f
-        dtype = dtype or tr.wte.weight.dtype
+        self.dtype = dtype or tr.wte.weight.dtype
+        pack = self.device.type == "cpu" if pack is None else pack
+        # fp32 at one row: (in, out) GEMVs beat oneDNN's layout (benchmarks/bench_decode_bound.py);
+        # compile cannot trace oneDNN's opaque tensors.
+        layout = "transposed" if compile or (self.dtype == torch.float32 and batch == 1) else "onednn"
 
         def lin(m: nn.Module) -> nn.Module:
-            return PackedLinear(m.weight, m.bias, dtype, batch, mkldnn) if pack and type(m) is nn.Linear else m
+            return PackedLinear(m, self.dtype, batch, layout) if pack and type(m) is nn.Linear else m
 
         self.layers = nn.ModuleList(
             nn.ModuleList([b.ln_1, lin(b.attn.c_attn), lin(b.attn.c_proj), b.ln_2, lin(b.mlp.c_fc), lin(b.mlp.c_proj)])
             for b in tr.h
         )
         if pack and type(model.lm_head) is nn.Linear:
-            self.head: nn.Module = PackedLinear(model.lm_head.weight[: self.vocab], None, dtype, batch, mkldnn)
+            self.head: nn.Module = PackedLinear(model.lm_head, self.dtype, batch, layout, rows=self.vocab)
         else:
             self.head = _Head(model.lm_head, self.vocab)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
+        # a plain function, not a Module attribute (that would register the Decoder inside itself)
+        self.step = torch.compile(self.forward, dynamic=False) if compile else None
 
-    def allocate(self, batch: int, length: int, dtype: torch.dtype, device) -> None:
+    def sync(self) -> int:
+        """Re-copy the packed weights the model changed since they were copied; returns how many."""
+        return sum(m.sync() for m in self.modules() if isinstance(m, PackedLinear))
+
+    def allocate(self, batch: int, length: int) -> None:
         """Zeroed caches (zeros, not empty: masked slots are multiplied by 0 and must not be NaN)."""
         shape = (batch, self.n_head, length, self.n_embd // self.n_head)
-        if self.k and self.k[0].shape == shape and self.k[0].dtype == dtype:
+        if self.k and self.k[0].shape == shape:
+            for c in self.k + self.v:  # a previous call's values: masked, but could be inf or NaN
+                c.zero_()
             return
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
 
     @property
     def cache_len(self) -> int:
@@ -244,7 +304,7 @@ class _Batch:
 
 @torch.no_grad()
 def generate(
-    model: GPT,
+    model: GPT | Decoder,
     prompt: Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
     num_samples: int = 1,
@@ -262,17 +322,35 @@ def generate(
 ) -> list[list[int]]:
     """Continue ``prompt`` ``num_samples`` times; returns the new tokens of each sample.
 
-    ``prompt`` is one list of token ids, or a list of them (a batch; lengths may differ): the
-    result then holds ``num_samples`` rows per prompt, prompt by prompt. A sample ends at
-    ``stop_token`` (not included) or after ``max_new_tokens``. ``on_token`` receives each
-    step's (rows,) tokens, for streaming. ``seed`` makes sampling reproducible. ``autocast``
-    (e.g. ``torch.autocast("cpu", dtype=torch.bfloat16)``) runs the forward pass under it; packed
+    ``model`` is a ``GPT``, or a ``Decoder`` built from one to reuse its packed weights and
+    compiled step across calls (``pack`` and ``compile`` are then the Decoder's). ``prompt`` is
+    one list of token ids, or a list of them (a batch; lengths may differ): the result then
+    holds ``num_samples`` rows per prompt, prompt by prompt. A sample ends at ``stop_token``
+    (not included) or after ``max_new_tokens``. ``on_token`` receives each step's (rows,)
+    tokens, for streaming. ``seed`` makes sampling reproducible. ``autocast`` (e.g.
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``) runs the forward pass under it; packed
     weights are then stored in its dtype. See the module docstring for ``use_cache``, ``pack``
     and ``compile``.
     """
     prompts = _as_prompts(prompt)
-    device = model.transformer.wte.weight.device
-    block = model.config.block_size
+    device = model.device if isinstance(model, Decoder) else model.transformer.wte.weight.device
+    ac_dtype = _autocast_dtype(autocast, device.type)
+    if isinstance(model, Decoder):
+        if pack is not None or compile:
+            raise ValueError("pack and compile are set when the Decoder is built: Decoder(model, pack=..., compile=...)")
+        if ac_dtype is not None and ac_dtype != model.dtype:
+            raise ValueError(f"autocast runs {ac_dtype} but the Decoder was built for {model.dtype}: "
+                             f"build it with Decoder(model, dtype={ac_dtype})")
+        dec = model
+        dec.sync()
+    else:
+        B = len(prompts) * num_samples
+        if pack is None:  # a one-call Decoder: packing must pay for itself within this call
+            fp32 = (ac_dtype or model.transformer.wte.weight.dtype) == torch.float32
+            pack = device.type == "cpu" and max_new_tokens >= 16 and (
+                (fp32 and B >= 2) if compile else (B >= 2 or not fp32))
+        dec = Decoder(model, pack=pack, dtype=ac_dtype, batch=B, compile=compile)
+    block = dec.block_size
     rows = [p[-block:] for p in prompts for _ in range(num_samples)]
     B = len(rows)
     gen = torch.Generator(device=device)
@@ -280,55 +358,44 @@ def generate(
         gen.manual_seed(seed)
     else:
         gen.seed()
-    ctx = autocast or contextlib.nullcontext()
-    ac_dtype = _autocast_dtype(autocast, device.type)
-    compute_dtype = ac_dtype or model.transformer.wte.weight.dtype
-    if pack is None:  # see the module docstring
-        fp32 = compute_dtype == torch.float32
-        pack = device.type == "cpu" and max_new_tokens >= 16 and (
-            (fp32 and B >= 2) if compile else (B >= 2 or not fp32))
-    dec = Decoder(model, pack=pack, dtype=ac_dtype, batch=B, mkldnn=not compile)
-    was_training = model.training
-    model.eval()
-    try:
-        with ctx:
-            first = _Batch(rows, device)
-            # the cache holds the prompt and every generated token but the last (never fed back)
-            cache_len = min(block, first.length + max(max_new_tokens - 1, 0)) if use_cache else block
-            dec.allocate(B, cache_len, compute_dtype, device)
-            step_fn = torch.compile(dec, dynamic=False) if compile and use_cache else dec
-            out = torch.empty(B, 0, dtype=torch.long, device=device)
-            done = torch.zeros(B, dtype=torch.bool, device=device)
-            all_slots = torch.arange(cache_len, device=device)
-            key_real = all_slots[None, :] >= first.pad[:, None]  # (B, cache_len)
-            t = first.length  # cache slot of the next token fed back
-            logits = nxt = None
-            for step in range(max_new_tokens):
-                if step == 0:
-                    logits = _prefill(dec, first)
-                elif use_cache and t < cache_len:
-                    pos = (t - first.pad)[:, None]
-                    if compile:  # static shapes: attend to the whole cache, unwritten slots masked
-                        mask = (key_real & (all_slots <= t)[None])[:, None, None, :]
-                        logits = step_fn(nxt[:, None], pos, all_slots[t : t + 1], mask, None)
-                    else:
-                        mask = key_real[:, None, None, : t + 1] if first.ragged else None
-                        logits = dec(nxt[:, None], pos, all_slots[t : t + 1], mask, t + 1)
-                    t += 1
-                else:  # no cache, or context full: each row's last block_size tokens, recomputed
-                    seqs = [r + o for r, o in zip(rows, out.tolist())]
-                    logits = _prefill(dec, _Batch([s[-block:] for s in seqs], device))
-                nxt = sample_next(logits, temperature, top_k, top_p, gen)
-                if stop_token is not None:
-                    nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
-                    done |= nxt == stop_token
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                if on_token is not None:
-                    on_token(nxt)
-                if stop_token is not None and bool(done.all()):
-                    break
-    finally:
-        model.train(was_training)
+    with autocast or contextlib.nullcontext():
+        first = _Batch(rows, device)
+        # the cache holds the prompt and every generated token but the last (never fed back);
+        # its length is rounded up so that a reused compiled step meets few distinct shapes
+        need = first.length + max(max_new_tokens - 1, 0)
+        cache_len = min(block, -(-need // 64) * 64) if use_cache else block
+        dec.allocate(B, cache_len)
+        compiled = dec.step if use_cache else None
+        out = torch.empty(B, 0, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        all_slots = torch.arange(cache_len, device=device)
+        key_real = all_slots[None, :] >= first.pad[:, None]  # (B, cache_len)
+        t = first.length  # cache slot of the next token fed back
+        logits = nxt = None
+        for step in range(max_new_tokens):
+            if step == 0:
+                logits = _prefill(dec, first)
+            elif use_cache and t < cache_len:
+                pos = (t - first.pad)[:, None]
+                if compiled is not None:  # static shapes: attend to the whole cache, unwritten slots masked
+                    mask = (key_real & (all_slots <= t)[None])[:, None, None, :]
+                    logits = compiled(nxt[:, None], pos, all_slots[t : t + 1], mask, None)
+                else:
+                    mask = key_real[:, None, None, : t + 1] if first.ragged else None
+                    logits = dec(nxt[:, None], pos, all_slots[t : t + 1], mask, t + 1)
+                t += 1
+            else:  # no cache, or context full: each row's last block_size tokens, recomputed
+                seqs = [r + o for r, o in zip(rows, out.tolist())]
+                logits = _prefill(dec, _Batch([s[-block:] for s in seqs], device))
+            nxt = sample_next(logits, temperature, top_k, top_p, gen)
+            if stop_token is not None:
+                nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
+                done |= nxt == stop_token
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            if on_token is not None:
+                on_token(nxt)
+            if stop_token is not None and bool(done.all()):
+                break
     result = []
     for row in out.tolist():
         if stop_token is not None and stop_token in row:

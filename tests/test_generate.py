@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gpt2lab.generate import generate, sample_next
+from gpt2lab.generate import Decoder, PackedLinear, generate, sample_next
 from gpt2lab.model import GPT, GPTConfig
 
 CFG = GPTConfig(block_size=16, vocab_size=300, padded_vocab_size=320, n_layer=2, n_head=2, n_embd=32)
@@ -22,7 +22,7 @@ def greedy_uncached(model, prompt, n):
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            window = torch.tensor([seq[-CFG.block_size :]])
+            window = torch.tensor([seq[-model.config.block_size :]])
             logits, _ = model(window)
             seq.append(int(logits[0, -1, : CFG.vocab_size].argmax()))
     return seq[len(prompt) :]
@@ -96,13 +96,21 @@ def test_prompt_longer_than_block_size_uses_its_tail(model):
     assert out == [greedy_uncached(model, long_prompt[-CFG.block_size :], 5)]
 
 
-def test_on_token_streams_and_mode_restored(model):
+def test_on_token_streams_and_training_mode_is_untouched(model):
     model.train()
     seen = []
     out = generate(model, PROMPT, 6, num_samples=2, seed=11, on_token=lambda t: seen.append(t.tolist()))
-    assert model.training  # restored
+    assert model.training  # generation neither needs nor changes the mode
     model.eval()
     assert [list(col) for col in zip(*seen)] == out
+
+
+def test_dropout_in_training_mode_does_not_reach_generation():
+    import dataclasses
+
+    torch.manual_seed(0)
+    m = GPT(dataclasses.replace(CFG, dropout=0.5)).train()
+    assert generate(m, PROMPTS, 8, temperature=0.0) == [greedy_uncached(m.eval(), p, 8) for p in PROMPTS]
 
 
 def test_empty_prompt_rejected(model):
@@ -146,6 +154,64 @@ def test_cached_and_uncached_decoding_agree(model, pack):
 def test_compiled_decode_step_gives_the_same_tokens(model):
     n = 10
     assert generate(model, PROMPTS, n, temperature=0.0, compile=True) == [greedy_uncached(model, p, n) for p in PROMPTS]
+
+
+# --- a Decoder built once and reused ----------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 4])  # fp32: (in, out) copies at one row, oneDNN's layout at more
+def test_reused_decoder_matches_the_model_across_calls(model, batch):
+    dec = Decoder(model, pack=True, batch=batch)
+    packed = [m for m in dec.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == 4 * CFG.n_layer + 1
+    assert {m.layout for m in packed} == {"transposed" if batch == 1 else "onednn"}
+    # longer, then shorter, then a batch: the cache is reused and must not leak the previous call
+    for prompts, n in ((PROMPTS[2], 12), (PROMPTS[0], 5), (PROMPTS, 9)):
+        rows = prompts if isinstance(prompts[0], list) else [prompts]
+        assert generate(dec, prompts, n, temperature=0.0) == [greedy_uncached(model, p, n) for p in rows]
+    assert generate(dec, PROMPTS, 7, seed=3) == generate(model, PROMPTS, 7, seed=3, pack=False)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("compile", [False, True])
+def test_reused_decoder_follows_weight_changes(model, compile):
+    import copy
+
+    m = copy.deepcopy(model)
+    dec = Decoder(m, pack=True, compile=compile)
+    before = generate(dec, PROMPTS, 8, temperature=0.0)
+    assert dec.sync() == 0  # nothing changed
+    opt = torch.optim.AdamW(m.parameters(), lr=0.05)
+    m(torch.tensor([PROMPTS[2]]), torch.tensor([PROMPTS[2][1:] + [0]]))[1].backward()
+    opt.step()
+    after = generate(dec, PROMPTS, 8, temperature=0.0)  # re-copies the changed weights first
+    assert after == [greedy_uncached(m, p, 8) for p in PROMPTS] != before
+    assert dec.sync() == 0
+    m.load_state_dict(model.state_dict())
+    assert generate(dec, PROMPTS, 8, temperature=0.0) == before
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_reused_compiled_decoder_gives_the_same_tokens(model):
+    import dataclasses
+
+    torch.manual_seed(1)
+    long = GPT(dataclasses.replace(CFG, block_size=128)).eval()  # room for two cache lengths (64 and 128)
+    dec = Decoder(long, compile=True)
+    for n in (70, 60, 10):  # cache lengths 128, 128 (reused), 64
+        assert generate(dec, PROMPTS, n, temperature=0.0) == [greedy_uncached(long, p, n) for p in PROMPTS]
+        for c in dec.k + dec.v:  # whatever a call leaves in the cache must not reach the next one
+            c.fill_(float("nan"))
+    assert dec.cache_len == 64
+
+
+def test_decoder_options_belong_to_the_decoder(model):
+    dec = Decoder(model)
+    with pytest.raises(ValueError, match="Decoder"):
+        generate(dec, PROMPT, 3, pack=True)
+    with pytest.raises(ValueError, match="dtype=torch.bfloat16"):
+        generate(dec, PROMPT, 3, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    bf16 = Decoder(model, dtype=torch.bfloat16)
+    out = generate(bf16, PROMPTS, 5, seed=1, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert out == generate(model, PROMPTS, 5, seed=1, autocast=torch.autocast("cpu", dtype=torch.bfloat16), pack=True)
 
 
 def test_batch_rows_are_prompt_major_and_seeded(model):

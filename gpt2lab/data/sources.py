@@ -121,9 +121,47 @@ def _open_binary(path: Path, comp: str):
             import zstandard
         except ImportError:
             raise UserError(f"{path}: reading .zst needs zstandard; run `pip install zstandard`") from None
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(_ZstdFrames(path, zstandard), buffer_size=1 << 20)
     return open(path, "rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The zstd frames of a file, one after another. zstandard's own stream reader ends quietly
+    where a file is cut short; this raises EOFError there, as gzip, bz2 and lzma do."""
+
+    def __init__(self, path: Path, zstandard):
+        self._file = open(path, "rb")
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._frame = self._new()
+        self._in_frame = False  # bytes of an unfinished frame were fed
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self._out:
+            chunk = self._file.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the zstd data ends inside a frame (file cut short?)")
+                return 0
+            out = []
+            while chunk:
+                if self._frame.eof:
+                    self._frame = self._new()
+                out.append(self._frame.decompress(chunk))
+                chunk = self._frame.unused_data if self._frame.eof else b""
+                self._in_frame = not self._frame.eof
+            self._out = memoryview(b"".join(out))
+        n = min(len(buf), len(self._out))
+        buf[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _txt_records(f, doc_split: str) -> Iterator[bytes]:

@@ -269,6 +269,8 @@ def cmd_sample(args) -> None:
     pieces: list[int] = []
 
     def on_token(t: torch.Tensor) -> None:  # stream a single sample to the terminal as it comes
+        if int(t[0]) == EOT_TOKEN:  # the end of the sample, not text
+            return
         pieces.append(int(t[0]))
         text = tok.decode(pieces)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character

@@ -17,8 +17,8 @@ needs two things ``GPT.forward`` does not take: a key-padding mask and a positio
   ``(in, out)`` copy for ``addmm`` (``benchmarks/bench_decode_bound.py``). The copy costs one
   more set of weights in memory, and ~0.15-0.6 s for 124M.
 - **A Decoder reused across calls** pays that once: ``dec = Decoder(model)`` packs on CPU and
-  ``generate(dec, ...)`` reuses its weights, KV cache and compiled step; it re-copies any
-  weight the model changed since (optimizer steps, ``load_state_dict``). ``generate(model,
+  ``generate(dec, ...)`` reuses its weights, KV cache and compiled step. After changing the
+  model's weights, call ``dec.refresh()`` (see ``Decoder`` for what is noticed without it). ``generate(model,
   ...)`` builds a Decoder for the one call, and with ``pack=None`` (auto) packs only where that
   pays within the call: on CPU, for bf16/fp16 or fp32 with several rows, when at least 16 tokens
   are generated.
@@ -98,37 +98,38 @@ def _mkldnn_pack(w: torch.Tensor, batch: int) -> torch.Tensor | None:
         return None
 
 
-def _stamp(t: torch.Tensor) -> tuple[int, int]:
-    """Changes when ``t`` is written in place (optimizer steps, ``load_state_dict``) or its storage replaced."""
-    return t.data_ptr(), t._version
+def _stamp(t: torch.Tensor) -> tuple:
+    """Changes when ``t`` is written in place by ordinary ops (non-fused optimizer steps,
+    ``load_state_dict``) or replaced. Fused optimizers and ``.data`` writes do not bump
+    ``_version``: ``Decoder.refresh()`` covers those."""
+    return t.data_ptr(), t._version, t.dtype, t.device
 
 
-class PackedLinear(nn.Module):
+class PackedLinear:
     """A copy of a Linear layer's weight in a layout that is fast for few rows on CPU.
 
     ``layout="onednn"``: oneDNN's blocked layout (``torch.ops.mkldnn``, the one inductor's
     freezing pass uses) where available; ``"transposed"``: a plain (in, out) copy for
     ``addmm(bias, x, W)`` (the fastest fp32 layout for one row here, and one torch.compile can
-    trace). ``sync()`` copies the source weight again if it changed since.
+    trace). ``rows`` keeps the first rows only (the real vocabulary of the output layer). Not an
+    ``nn.Module``, so nothing like ``.half()`` can reach the source layer through it.
     """
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype, batch: int = 1, layout: str = "onednn",
                  rows: int | None = None):
-        super().__init__()
-        # the source module, read again at every sync (its weight may have been replaced, e.g. by .to())
-        self.linear, self.rows = linear, rows
+        self.linear, self.rows = linear, rows  # the source, read again at every sync
         self.dtype, self.batch, self.layout = dtype, batch, layout
         self.mkldnn: torch.Tensor | None = None
         self.wt: torch.Tensor | None = None
         self.b: torch.Tensor | None = None
         self._stamps: tuple = ()
-        self.sync()
+        self.sync(force=True)
 
-    def sync(self) -> bool:
-        """Re-copy the weight (and bias) if the source changed; True if it did."""
+    def sync(self, force: bool = False) -> bool:
+        """Re-copy the weight (and bias) if the source changed (or ``force``); True if it did."""
         weight, bias = self.linear.weight, self.linear.bias
         stamps = (_stamp(weight),) + (() if bias is None else (_stamp(bias),))
-        if stamps == self._stamps:
+        if stamps == self._stamps and not force:
             return False
         with torch.no_grad():
             w = weight.detach()[: self.rows].to(self.dtype)
@@ -141,7 +142,7 @@ class PackedLinear(nn.Module):
         self._stamps = stamps
         return True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.size(-1)).to(self.dtype)
         if self.mkldnn is not None:
             y = torch.ops.mkldnn._linear_pointwise(x2, self.mkldnn, self.b, "none", [], "")
@@ -152,18 +153,7 @@ class PackedLinear(nn.Module):
         return y.view(*x.shape[:-1], y.size(-1))
 
 
-class _Head(nn.Module):
-    """The model's output layer, unpacked, cut to the real vocabulary."""
-
-    def __init__(self, lm_head: nn.Module, vocab: int):
-        super().__init__()
-        self.lm_head, self.vocab = lm_head, vocab
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(x)[..., : self.vocab]
-
-
-class Decoder(nn.Module):
+class Decoder:
     """The inference forward pass of a ``GPT``, with a preallocated KV cache and per-row masks.
 
     Build one and pass it to ``generate`` in place of the model to pack the weights (and
@@ -175,50 +165,65 @@ class Decoder(nn.Module):
 
     ``pack`` (default: on CPU) copies the Linear weights and the output layer into a layout that
     is fast for a few rows (see the module docstring); ``batch`` is the number of rows it is laid
-    out for. Packed weights are copies: ``generate`` re-copies any that changed in the model
-    since (an optimizer step, ``load_state_dict``) before it runs. ``dtype`` is the compute
-    dtype (default: the model's; e.g. bf16 for an fp32 model under bf16 autocast). ``compile``
-    runs the one-token decode step through ``torch.compile``, compiled on first use and kept.
+    out for (any number works). ``dtype`` is the dtype of the packed weights and the KV cache
+    (default: the model's); to run under ``autocast``, build it with autocast's dtype.
+    ``compile`` runs the one-token decode step through ``torch.compile``, compiled on first use
+    and kept (once per batch size and cache length, which is rounded up to a multiple of 64).
 
-    Uses the model's own modules (LayerNorms, embeddings, and its Linear layers unless packed),
-    so a model whose Linear layers were replaced (e.g. by int8 dynamic-quantized ones) decodes
-    through them.
+    The Decoder reads the model's other weights (embeddings, LayerNorms, unpacked layers) where
+    they are, and keeps its own copies of the packed ones. ``generate`` re-copies those the
+    model changed in place since (``load_state_dict``, a non-fused optimizer step); a fused
+    optimizer step (``torch.optim.AdamW(fused=True)``, gpt2lab's default) or a write through
+    ``.data`` goes unseen, so call ``refresh()`` after one. The model's layout is taken when the
+    Decoder is built: after ``model.to(...)`` or replacing its layers, build a new one. Layers
+    replaced before the build (e.g. int8 dynamic-quantized ones) are decoded through as they are.
     """
 
     def __init__(self, model: GPT, pack: bool | None = None, dtype: torch.dtype | None = None, batch: int = 1,
                  compile: bool = False):
-        super().__init__()
         cfg = model.config
         tr = model.transformer
         self.n_head, self.n_embd, self.vocab = cfg.n_head, cfg.n_embd, cfg.vocab_size
         self.block_size = cfg.block_size
-        self.device = tr.wte.weight.device
         self.wte, self.wpe, self.ln_f = tr.wte, tr.wpe, tr.ln_f
-        self.dtype = dtype or tr.wte.weight.dtype
+        self.device, self.model_dtype = tr.wte.weight.device, tr.wte.weight.dtype
+        self.dtype = dtype or self.model_dtype
+        quantized = [n for n, m in model.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+        if quantized and self.dtype != torch.float32:
+            raise ValueError(f"{quantized[0]} is a {type(model.get_submodule(quantized[0])).__name__}, which runs "
+                             f"in float32 only: decode without {self.dtype} (no autocast, no dtype)")
         pack = self.device.type == "cpu" if pack is None else pack
         # fp32 at one row: (in, out) GEMVs beat oneDNN's layout (benchmarks/bench_decode_bound.py);
         # compile cannot trace oneDNN's opaque tensors.
         layout = "transposed" if compile or (self.dtype == torch.float32 and batch == 1) else "onednn"
 
-        def lin(m: nn.Module) -> nn.Module:
+        def lin(m: nn.Module):
             return PackedLinear(m, self.dtype, batch, layout) if pack and type(m) is nn.Linear else m
 
-        self.layers = nn.ModuleList(
-            nn.ModuleList([b.ln_1, lin(b.attn.c_attn), lin(b.attn.c_proj), b.ln_2, lin(b.mlp.c_fc), lin(b.mlp.c_proj)])
-            for b in tr.h
-        )
-        if pack and type(model.lm_head) is nn.Linear:
-            self.head: nn.Module = PackedLinear(model.lm_head, self.dtype, batch, layout, rows=self.vocab)
-        else:
-            self.head = _Head(model.lm_head, self.vocab)
+        self.layers = [(b.ln_1, lin(b.attn.c_attn), lin(b.attn.c_proj), b.ln_2, lin(b.mlp.c_fc), lin(b.mlp.c_proj))
+                       for b in tr.h]
+        lm_head, vocab = model.lm_head, self.vocab
+        packed_head = pack and type(lm_head) is nn.Linear
+        self.head = PackedLinear(lm_head, self.dtype, batch, layout, rows=vocab) if packed_head else (
+            lambda x: lm_head(x)[..., :vocab])
+        self.packed = [m for m in (*(m for layer in self.layers for m in layer), self.head)
+                       if isinstance(m, PackedLinear)]
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-        # a plain function, not a Module attribute (that would register the Decoder inside itself)
         self.step = torch.compile(self.forward, dynamic=False) if compile else None
 
     def sync(self) -> int:
-        """Re-copy the packed weights the model changed since they were copied; returns how many."""
-        return sum(m.sync() for m in self.modules() if isinstance(m, PackedLinear))
+        """Re-copy the packed weights whose tensors changed visibly since; returns how many."""
+        if (self.wte.weight.device, self.wte.weight.dtype) != (self.device, self.model_dtype):
+            raise ValueError(f"the model moved to {self.wte.weight.device}/{self.wte.weight.dtype} after its Decoder "
+                             f"was built for {self.device}/{self.model_dtype}: build a new Decoder")
+        return sum(m.sync() for m in self.packed)
+
+    def refresh(self) -> None:
+        """Re-copy every packed weight from the model (after a fused optimizer step or a ``.data`` write)."""
+        self.sync()
+        for m in self.packed:
+            m.sync(force=True)
 
     def allocate(self, batch: int, length: int) -> None:
         """Zeroed caches (zeros, not empty: masked slots are multiplied by 0 and must not be NaN)."""
@@ -262,6 +267,8 @@ class Decoder(nn.Module):
             x = x + a_proj(y.transpose(1, 2).reshape(B, T, C))
             x = x + m_proj(F.gelu(c_fc(ln_2(x)), approximate="tanh"))
         return self.head(self.ln_f(x[:, -1])).float()
+
+    __call__ = forward
 
 
 def _as_prompts(prompt) -> list[list[int]]:

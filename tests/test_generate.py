@@ -160,9 +160,8 @@ def test_compiled_decode_step_gives_the_same_tokens(model):
 @pytest.mark.parametrize("batch", [1, 4])  # fp32: (in, out) copies at one row, oneDNN's layout at more
 def test_reused_decoder_matches_the_model_across_calls(model, batch):
     dec = Decoder(model, pack=True, batch=batch)
-    packed = [m for m in dec.modules() if isinstance(m, PackedLinear)]
-    assert len(packed) == 4 * CFG.n_layer + 1
-    assert {m.layout for m in packed} == {"transposed" if batch == 1 else "onednn"}
+    assert len(dec.packed) == 4 * CFG.n_layer + 1 and all(isinstance(m, PackedLinear) for m in dec.packed)
+    assert {m.layout for m in dec.packed} == {"transposed" if batch == 1 else "onednn"}
     # longer, then shorter, then a batch: the cache is reused and must not leak the previous call
     for prompts, n in ((PROMPTS[2], 12), (PROMPTS[0], 5), (PROMPTS, 9)):
         rows = prompts if isinstance(prompts[0], list) else [prompts]
@@ -170,23 +169,50 @@ def test_reused_decoder_matches_the_model_across_calls(model, batch):
     assert generate(dec, PROMPTS, 7, seed=3) == generate(model, PROMPTS, 7, seed=3, pack=False)
 
 
+def _one_step(m, optimizer):
+    x = torch.tensor([PROMPTS[2]])
+    m(x, torch.roll(x, -1, 1))[1].backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("compile", [False, True])
 def test_reused_decoder_follows_weight_changes(model, compile):
     import copy
 
+    from gpt2lab.config import OptimConfig
+    from gpt2lab.optim import build_optimizer
+
     m = copy.deepcopy(model)
     dec = Decoder(m, pack=True, compile=compile)
     before = generate(dec, PROMPTS, 8, temperature=0.0)
     assert dec.sync() == 0  # nothing changed
-    opt = torch.optim.AdamW(m.parameters(), lr=0.05)
-    m(torch.tensor([PROMPTS[2]]), torch.tensor([PROMPTS[2][1:] + [0]]))[1].backward()
-    opt.step()
-    after = generate(dec, PROMPTS, 8, temperature=0.0)  # re-copies the changed weights first
+    # a non-fused optimizer step writes through ordinary in-place ops: generate re-copies by itself
+    _one_step(m, torch.optim.AdamW(m.parameters(), lr=0.05, foreach=True))
+    after = generate(dec, PROMPTS, 8, temperature=0.0)
     assert after == [greedy_uncached(m, p, 8) for p in PROMPTS] != before
     assert dec.sync() == 0
     m.load_state_dict(model.state_dict())
     assert generate(dec, PROMPTS, 8, temperature=0.0) == before
+    # gpt2lab's own optimizer is fused, whose writes tensors do not record: refresh() re-copies all
+    _one_step(m, build_optimizer(m, OptimConfig(lr=0.05), "cpu"))
+    dec.refresh()
+    assert generate(dec, PROMPTS, 8, temperature=0.0) == [greedy_uncached(m, p, 8) for p in PROMPTS]
+
+
+def test_decoder_refuses_a_moved_model_and_int8_in_bf16(model):
+    import copy
+
+    from gpt2lab.quantize import quantize_int8
+
+    m = copy.deepcopy(model)
+    dec = Decoder(m)
+    m.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="build a new Decoder"):
+        generate(dec, PROMPT, 3)
+    with pytest.raises(ValueError, match="float32 only"):
+        generate(quantize_int8(model), PROMPT, 3, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -166,7 +166,7 @@ def load_checkpoint_config(ckpt: Path) -> Config:
         raise UserError(f"{path} is missing; the checkpoint is incomplete") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    return from_dict(raw or {})
+    return from_dict(raw or {}, f" in {path}")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, Config]:
@@ -185,5 +185,6 @@ def load_train_state(ckpt: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path} is missing; the checkpoint is incomplete") from None
-    except Exception as e:  # damaged zip, or an object weights_only refuses
-        raise UserError(f"{path}: cannot read training state ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # damaged zip, or an object weights_only refuses (its message suggests unsafe loading)
+        raise UserError(f"{path}: cannot read the training state ({type(e).__name__}); the file is damaged or not "
+                        f"gpt2lab's: resume from another checkpoint (delete this folder) or start a new run") from None

@@ -16,6 +16,25 @@ overrides are section.key=value (or key=value when the key is unique), e.g.
 every key is listed in docs/config.md (or: gpt2lab config --doc)."""
 
 
+def _number(kind, low: float, low_ok: bool = True, high: float | None = None):
+    """An argparse type: ``kind`` (int or float) >= low (> low unless low_ok), <= high; a bad value is a usage error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if value < low or (value == low and not low_ok) or (high is not None and value > high):
+            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0)
+
+
 def _add_prepare(sub) -> None:
     p = sub.add_parser(
         "prepare",
@@ -74,11 +93,11 @@ def _add_sample(sub) -> None:
                        description="Generate text from a checkpoint folder or a run folder (its newest checkpoint).")
     p.add_argument("checkpoint", help="checkpoint folder (…/checkpoints/step_N) or run folder")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    p.add_argument("--num-samples", "-n", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--num-samples", "-n", type=POSITIVE, default=1)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=100)
+    p.add_argument("--temperature", type=_number(float, 0), default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="0 = off")
+    p.add_argument("--top-p", type=_number(float, 0, low_ok=False, high=1), default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (compiles first, faster after)")
@@ -118,16 +137,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--device", default="auto")
     g = p.add_argument_group("loss")
     g.add_argument("--split", default="val")
-    g.add_argument("--tokens", type=int, default=None, help="tokens to score (default: eval.val_tokens of the run)")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--seq-len", type=int, default=None, help="default: the run's train.seq_len")
+    g.add_argument("--tokens", type=POSITIVE, default=None, help="tokens to score (default: eval.val_tokens of the run)")
+    g.add_argument("--batch-size", type=POSITIVE, default=8)
+    g.add_argument("--seq-len", type=POSITIVE, default=None, help="default: the run's train.seq_len")
     g = p.add_argument_group("hellaswag and lambada")
     g.add_argument("--out", help="folder for the result files (default: evals/<name of MODEL>)")
-    g.add_argument("--limit", type=int, default=0, help="score only N items (hellaswag: spread evenly; lambada: the "
+    g.add_argument("--limit", type=NON_NEGATIVE, default=0, help="score only N items (hellaswag: spread evenly; lambada: the "
                    "first N); 0 = all")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="autocast dtype (default auto: bfloat16 where the hardware has it)")
-    g.add_argument("--batch-tokens", type=int, default=None,
+    g.add_argument("--batch-tokens", type=POSITIVE, default=None,
                    help="tokens per forward batch (default 4096 on CPU, 16384 on CUDA)")
     g.add_argument("--plain", action="store_true", help="use the plain one-example-at-a-time scorer (reference, slow)")
     g.add_argument("--style", default="both", choices=["both", "completion", "lm-eval"],
@@ -155,14 +174,14 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--preset", default="tiny",
                    help="model preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, micro (default tiny)")
-    p.add_argument("--batch", "-B", type=int, default=16, help="micro-batch (default 16)")
-    p.add_argument("--seq-len", "-T", type=int, default=256, help="sequence length (default 256)")
+    p.add_argument("--batch", "-B", type=POSITIVE, default=16, help="micro-batch (default 16)")
+    p.add_argument("--seq-len", "-T", type=POSITIVE, default=256, help="sequence length (default 256)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="autocast dtype; auto = bfloat16 where the hardware has it (default auto)")
     p.add_argument("--compile", choices=["off", "on", "both"], default="off",
                    help="torch.compile the model: off, on, or both side by side with their ratio (default off)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps, after --warmup (default 5)")
-    p.add_argument("--warmup", type=int, default=2,
+    p.add_argument("--steps", type=POSITIVE, default=5, help="timed steps, after --warmup (default 5)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=2,
                    help="untimed steps first; compilation happens here and its time is reported (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object per result instead of a table")
@@ -318,6 +337,8 @@ def _eval_loss(args) -> dict:
         model, cfg = load_model(args.checkpoint, device=info.device)
         data = args.data or cfg.data.dir
         T = args.seq_len or cfg.train.seq_len
+        if T > model.config.block_size:
+            raise UserError(f"--seq-len {T} is longer than the model's block_size {model.config.block_size}")
         windows = eval_windows(data, args.split, T, args.tokens or cfg.eval.val_tokens)
         device_type = "cuda" if info.device.startswith("cuda") else "cpu"
         autocast = autocast_for(device_type, resolve_dtype(cfg.train.dtype, device_type))  # as the run evaluated

@@ -245,17 +245,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
     for text in overrides:
         section, key, value = parse_override(text)
         cli.setdefault(section, {})[key] = value
-    # A preset on the command line replaces the model; other model overrides apply on top of it.
+    # A preset on the command line replaces the file's architecture (the keys presets set); the
+    # file's other model keys (dropout, vocab sizes, bias) and command-line overrides still apply.
     if "preset" in cli.get("model", {}):
-        merged.pop("model", None)
+        file_model = merged.get("model", {})
+        for key in {"preset"}.union(*(p.keys() for p in MODEL_PRESETS.values())):
+            file_model.pop(key, None)
     _merge(merged, cli, " on the command line")
     return from_dict(merged)
 
 
-def from_dict(raw: dict) -> Config:
-    """Build and validate a Config from a {section: {key: value}} mapping (e.g. a saved config)."""
+def from_dict(raw: dict, where: str = "") -> Config:
+    """Build and validate a Config from a {section: {key: value}} mapping (e.g. a saved config);
+    ``where`` (e.g. " in runs/a/config.yaml") goes into the error messages."""
     merged: dict[str, dict] = {}
-    _merge(merged, raw, "")
+    _merge(merged, raw, where)
     cfg = Config(**{s: SECTIONS[s](**merged.get(s, {})) for s in SECTIONS})
     if cfg.train.seq_len == 0:
         cfg.train.seq_len = cfg.model.block_size
@@ -287,6 +291,7 @@ def validate(cfg: Config) -> None:
     need(t.dtype in ("auto", "bfloat16", "float32"), "train.dtype", "choose auto, bfloat16 or float32")
     need(t.parallel in ("ddp", "fsdp"), "train.parallel", "choose ddp or fsdp")
     need(t.dist_timeout > 0, "train.dist_timeout", "must be > 0 seconds")
+    need(t.threads >= 0, "train.threads", "must be >= 0 (0 = PyTorch's default)")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device", "choose auto, cpu, cuda or cuda:N")
     need(o.lr > 0, "optim.lr", "must be > 0")
     need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
@@ -305,6 +310,9 @@ def validate(cfg: Config) -> None:
     need(e.sample_count > 0, "eval.sample_count", "must be > 0")
     need(e.sample_tokens > 0, "eval.sample_tokens", "must be > 0")
     need(e.sample_temperature >= 0, "eval.sample_temperature", "must be >= 0 (0 = greedy)")
+    need(e.sample_top_k >= 0, "eval.sample_top_k", "must be >= 0 (0 = no top-k)")
+    for key in ("every", "sample_every"):
+        need(getattr(e, key) >= -1, f"eval.{key}", "must be >= -1 (-1 = never, 0 = only at the end)")
 
 
 def config_doc() -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import PeerFailure
+from .errors import PeerFailure, UserError
 
 # Each transformer block is its own FSDP unit and returns its KV tensors (views) beside the
 # hidden state; the model never modifies them in place, so FSDP2's warning about in-place ops
@@ -44,8 +44,18 @@ class DistInfo:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` -> cuda where available, else cpu; refuses a CUDA device this machine lacks."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r}: no CUDA GPU here (or this PyTorch build has no CUDA); use cpu")
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise UserError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), so cuda:0 to "
+                            f"cuda:{torch.cuda.device_count() - 1}")
+    elif device != "cpu":
+        raise UserError(f"device {device!r}: choose auto, cpu, cuda or cuda:N")
     return device
 
 

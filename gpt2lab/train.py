@@ -13,6 +13,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -157,6 +158,8 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     if t_cfg.threads:
         torch.set_num_threads(t_cfg.threads)
     if t_cfg.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; set before its first use (CUDA docs)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left outside autocast
@@ -214,8 +217,12 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", cfg.to_yaml())
-        if resume:
-            truncate_metrics(run_dir, start_step)
+        # history past the restart point is from a run that stopped (or, fresh, from one that never
+        # reached a checkpoint): drop it, or the step records would appear twice
+        truncate_metrics(run_dir, start_step)
+        for old in (run_dir / "evals").glob("step_*.json"):
+            if int(old.stem.split("_")[1]) > start_step:
+                old.unlink()
         metrics = MetricsWriter(run_dir, tensorboard=t_cfg.tensorboard)
 
     if t_cfg.compile:
@@ -228,6 +235,9 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         f"batch {tokens_per_step:,} tokens = {B} x {T} x {accum} accum x {info.world_size} | "
         f"steps {start_step}..{t_cfg.max_steps} | compile {t_cfg.compile}"
     )
+    if o_cfg.warmup_steps >= t_cfg.max_steps / 2:
+        log(f"warning: optim.warmup_steps={o_cfg.warmup_steps} is {o_cfg.warmup_steps / t_cfg.max_steps:.0%} of "
+            f"train.max_steps={t_cfg.max_steps}; the recipe warms up for ~4% (715 of 19,073 steps)")
     summary: dict = {"run_dir": str(run_dir), "steps": start_step, "tokens": start_step * tokens_per_step}
     if start_step >= t_cfg.max_steps:
         log(f"{run_dir} has already done {start_step} steps; raise train.max_steps to train further")
@@ -278,6 +288,26 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
                 metrics.log("train", done, loss=loss_value, lr=lr, grad_norm=norm_value, tokens=done * tokens_per_step,
                             tok_per_s=tok_s, step_time=dt)
 
+        # the checkpoint first: evaluation and samples use no RNG, and if they fail the training is kept
+        if last or (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0):
+            state = {
+                "loader": loader.state_dict(),  # the same on every rank
+                "rng": _gather(_rng_state(device), info),
+                "world_size": info.world_size,
+                "parallel": t_cfg.parallel,
+            }
+            if t_cfg.parallel == "fsdp":  # sharded model + optimizer through DCP, and a consolidated model file
+                weights, shards = full_state_dict(model), sharded_state(model, optimizer)
+            else:
+                weights, shards = model, None
+                state["optimizer"] = optimizer.state_dict()
+            path = ckpt_mod.save_checkpoint(run_dir, done, weights, cfg, state, keep=t_cfg.keep_checkpoints,
+                                            sharded_state=shards, dist_info=info)
+            if info.is_main:
+                summary["checkpoint"] = str(path)
+                if last:
+                    log(f"saved {path}")
+
         evals: dict = {}  # what was evaluated at this step, also written to run_dir/evals/step_N.json
         if has_val and _due(e_cfg.every, done, last):
             val = evaluate_loss(model, windows, e_cfg.val_batch or B, device, autocast, info, sharded)
@@ -314,24 +344,6 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
                 metrics.log("sample", done, prompt=e_cfg.sample_prompt, samples=texts)
         del plain
 
-        if last or (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0):
-            state = {
-                "loader": loader.state_dict(),  # the same on every rank
-                "rng": _gather(_rng_state(device), info),
-                "world_size": info.world_size,
-                "parallel": t_cfg.parallel,
-            }
-            if t_cfg.parallel == "fsdp":  # sharded model + optimizer through DCP, and a consolidated model file
-                weights, shards = full_state_dict(model), sharded_state(model, optimizer)
-            else:
-                weights, shards = model, None
-                state["optimizer"] = optimizer.state_dict()
-            path = ckpt_mod.save_checkpoint(run_dir, done, weights, cfg, state, keep=t_cfg.keep_checkpoints,
-                                            sharded_state=shards, dist_info=info)
-            if info.is_main:
-                summary["checkpoint"] = str(path)
-                if last:
-                    log(f"saved {path}")
     if timed_steps:
         summary["tok_per_s"] = tokens_per_step * timed_steps / timed_seconds
     if metrics:
@@ -401,6 +413,10 @@ def _restore(cfg: Config, info: DistInfo, model: GPT, optimizer, loader: TokenLo
     if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:  # dropout may change; shape may not
         raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")
     state = ckpt_mod.load_train_state(path)
+    missing = [k for k in ("step", "loader", "rng") if k not in state]
+    if missing:
+        raise UserError(f"--resume: {path / ckpt_mod.STATE_FILE} lacks {', '.join(missing)}; the checkpoint is "
+                        "damaged or not gpt2lab's: delete that folder to resume from the one before")
     if not (path / ckpt_mod.DCP_DIR).is_dir() and "optimizer" not in state:
         raise UserError(f"--resume: {path} has neither {ckpt_mod.DCP_DIR}/ nor optimizer state; the checkpoint is incomplete")
     if (path / ckpt_mod.DCP_DIR).is_dir():

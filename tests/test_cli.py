@@ -133,3 +133,25 @@ def test_end_to_end(shakespeare_head, tmp_path):
     line = assert_one_line_error(gpt2lab("train", "preset=micro", f"data.dir={data}", f"train.run_dir={run}",
                                          "device=cpu", "micro_batch=4", "seq_len=32", "max_steps=3", cwd=tmp_path))
     assert "--resume" in line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["sample", "run", "-n", "0"], "argument --num-samples/-n: 0 must be >= 1"),
+    (["sample", "run", "--top-k", "-1"], "argument --top-k: -1 must be >= 0"),
+    (["sample", "run", "--top-p", "1.5"], "argument --top-p: 1.5 must be > 0 and <= 1"),
+    (["eval", "loss", "run", "--batch-size", "0"], "argument --batch-size: 0 must be >= 1"),
+    (["eval", "hellaswag", "run", "--limit", "-5"], "argument --limit: -5 must be >= 0"),
+    (["bench", "--steps", "two"], "argument --steps: 'two' is not an integer"),
+])
+def test_bad_numbers_are_usage_errors(args, says):
+    r = gpt2lab(*args)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cuda_device_without_a_gpu_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    line = assert_one_line_error(gpt2lab("sample", tmp_path, "--device", "cuda"))
+    assert "no CUDA GPU" in line and "use cpu" in line

@@ -73,6 +73,13 @@ def test_cli_preset_replaces_yaml_model(tmp_path):
     assert cfg.model.n_head == 1 and cfg.model.n_embd == MODEL_PRESETS["micro"]["n_embd"]
 
 
+def test_cli_preset_keeps_the_files_other_model_keys(tmp_path):
+    p = write_yaml(tmp_path, {"model": {"preset": "gpt2", "dropout": 0.1, "vocab_size": 1000, "padded_vocab_size": 1024}})
+    cfg = load_config(p, ["preset=micro"])
+    assert (cfg.model.dropout, cfg.model.vocab_size, cfg.model.padded_vocab_size) == (0.1, 1000, 1024)
+    assert cfg.model.n_layer == MODEL_PRESETS["micro"]["n_layer"]
+
+
 def test_unknown_preset(tmp_path):
     with pytest.raises(UserError, match="gpt3") as e:
         load_config(write_yaml(tmp_path, {"model": "gpt3"}))
@@ -178,6 +185,10 @@ BAD_VALUES = [
     ("eval.sample_count=0", "eval.sample_count"),
     ("eval.sample_tokens=0", "eval.sample_tokens"),
     ("eval.sample_temperature=-1", "eval.sample_temperature"),
+    ("eval.sample_top_k=-3", "eval.sample_top_k"),
+    ("eval.every=-2", "eval.every"),
+    ("eval.sample_every=-5", "eval.sample_every"),
+    ("train.threads=-1", "train.threads"),
 ]
 
 

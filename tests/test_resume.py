@@ -200,6 +200,31 @@ def test_corrupt_train_state_is_user_error(small_shards, run_copy):
     assert str(path) in str(e.value)
 
 
+def test_train_state_without_rng_is_user_error(small_shards, run_copy):
+    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.STATE_FILE
+    state = torch.load(path, weights_only=True)
+    del state["rng"]
+    torch.save(state, path)
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))} lacks rng"):
+        train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
+
+
+def test_unknown_key_in_checkpoint_config_names_the_file(run_copy):
+    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.CONFIG_FILE
+    path.write_text(path.read_text().replace("model:\n", "model:\n  foo: 1\n", 1))
+    with pytest.raises(UserError, match=rf"'model.foo'.* in {re.escape(str(path))}"):
+        ckpt.load_model(run_copy)
+
+
+def test_fresh_start_after_a_run_without_checkpoints_drops_its_history(small_shards, run_copy):
+    shutil.rmtree(run_copy / "checkpoints")  # as if it had stopped before its first checkpoint
+    (run_copy / "evals").mkdir(exist_ok=True)
+    (run_copy / "evals" / "step_00000009.json").write_text("{}")  # from that run, past where this one starts
+    train(short_cfg(small_shards, run_copy), log=quiet)
+    assert [r["step"] for r in read_metrics(run_copy, "train")] == [1, 2]  # once each, not twice
+    assert not (run_copy / "evals" / "step_00000009.json").exists()
+
+
 def test_missing_checkpoint_config_is_user_error(run_copy):
     last = ckpt.list_checkpoints(run_copy)[-1]
     (last / ckpt.CONFIG_FILE).unlink()

@@ -168,7 +168,8 @@ class Decoder:
     out for (any number works). ``dtype`` is the dtype of the packed weights and the KV cache
     (default: the model's); to run under ``autocast``, build it with autocast's dtype.
     ``compile`` runs the one-token decode step through ``torch.compile``, compiled on first use
-    and kept (once per batch size and cache length, which is rounded up to a multiple of 64).
+    and kept (once per batch size and cache length, which is rounded up to a multiple of 64;
+    past torch._dynamo's recompile limit, 8 by default, further shapes run eagerly).
 
     The Decoder reads the model's other weights (embeddings, LayerNorms, unpacked layers) where
     they are, and keeps its own copies of the packed ones. ``generate`` re-copies those the

@@ -93,6 +93,9 @@ class EvalConfig:
     hellaswag_every: int = -1  # HellaSwag accuracy every N steps (0 = only at the end; -1 = never); logged as kind 'hellaswag'
     hellaswag_items: int = 0  # HellaSwag items per evaluation: 0 = all 10,042; N = a fixed subset of N spread evenly over the file
     hellaswag_data: str = ""  # local hellaswag_val.jsonl; "" = the cached official file (downloaded when missing)
+    lambada_every: int = -1  # LAMBADA last-word accuracy and perplexity every N steps (0 = only at the end; -1 = never); logged as kind 'lambada'
+    lambada_items: int = 0  # LAMBADA passages per evaluation: 0 = all; N = a fixed subset of N spread evenly over the file
+    lambada_data: str = ""  # local LAMBADA file (jsonl with 'text', or one passage per line); "" = the cached lambada_openai (downloaded when missing)
     sample_every: int = 0  # print samples every N steps (0 = only at the end; -1 = never)
     sample_prompt: str = "Hello, I'm a language model,"
     sample_count: int = 4
@@ -307,6 +310,8 @@ def validate(cfg: Config) -> None:
     need(e.val_batch >= 0, "eval.val_batch", "must be >= 0")
     need(e.hellaswag_every >= -1, "eval.hellaswag_every", "must be >= -1 (-1 = never, 0 = only at the end)")
     need(e.hellaswag_items >= 0, "eval.hellaswag_items", "must be >= 0 (0 = all items)")
+    need(e.lambada_every >= -1, "eval.lambada_every", "must be >= -1 (-1 = never, 0 = only at the end)")
+    need(e.lambada_items >= 0, "eval.lambada_items", "must be >= 0 (0 = all passages)")
     need(e.sample_count > 0, "eval.sample_count", "must be > 0")
     need(e.sample_tokens > 0, "eval.sample_tokens", "must be > 0")
     need(e.sample_temperature >= 0, "eval.sample_temperature", "must be >= 0 (0 = greedy)")

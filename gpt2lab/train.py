@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -46,6 +47,7 @@ from .distributed import (
 from .errors import UserError
 from .fileio import write_atomic, write_json_atomic
 from .evals.hellaswag import evaluate_hellaswag, load_hellaswag, select_items
+from .evals.lambada import evaluate_lambada, load_lambada
 from .evals.loss import eval_windows, evaluate_loss
 from .generate import generate
 from .metrics import MetricsWriter, truncate_metrics
@@ -203,9 +205,18 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e_cfg.val_tokens) if has_val else []
     if e_cfg.every >= 0 and not has_val:
         log(f"warning: no '{cfg.data.val_split}' shards in {cfg.data.dir}; validation loss is skipped")
-    hs_items = None
-    if e_cfg.hellaswag_every >= 0:  # loaded (downloaded) before training, so a data problem stops the run at once
-        hs_items = select_items(load_hellaswag(e_cfg.hellaswag_data or None), e_cfg.hellaswag_items)
+    # downstream tasks: (name, data, evaluate, every, one-line summary); their data is loaded (downloaded)
+    # before training, so a data problem stops the run at once
+    tasks = []
+    if e_cfg.hellaswag_every >= 0:
+        tasks.append(("hellaswag", select_items(load_hellaswag(e_cfg.hellaswag_data or None), e_cfg.hellaswag_items),
+                      functools.partial(evaluate_hellaswag, gather=False), e_cfg.hellaswag_every,
+                      lambda m: f"hellaswag acc_norm {m['completion_acc_norm']:.4f} "
+                                f"(lm-eval {m['lm_eval_acc_norm']:.4f}, {m['items']:,} items)"))
+    if e_cfg.lambada_every >= 0:
+        tasks.append(("lambada", select_items(load_lambada(e_cfg.lambada_data or None), e_cfg.lambada_items),
+                      evaluate_lambada, e_cfg.lambada_every,
+                      lambda m: f"lambada acc {m['acc']:.4f} ppl {m['ppl']:.2f} ({m['items']:,} passages)"))
 
     start_step = 0
     if resume:
@@ -317,21 +328,20 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
             if metrics:
                 metrics.log("val", done, val_loss=val, val_tokens=len(windows) * T)
 
-        hs_due = hs_items is not None and _due(e_cfg.hellaswag_every, done, last)
+        due = [t for t in tasks if _due(t[3], done, last)]
         sample_due = _due(e_cfg.sample_every, done, last)
-        # FSDP2: one full copy, gathered on rank 0 (None elsewhere), serves both HellaSwag and the samples
-        plain = _unsharded(model, cfg, device) if sample_due or (hs_due and sharded) else model
-        if hs_due:
+        # FSDP2: one full copy, gathered on rank 0 (None elsewhere), serves the tasks and the samples
+        plain = _unsharded(model, cfg, device) if sample_due or (due and sharded) else model
+        for name, data, evaluate, _, describe in due:
             if sharded:  # FSDP2 forwards need every rank in lockstep: score the gathered copy on rank 0 instead
-                hs = evaluate_hellaswag(plain, hs_items, device, autocast)[0] if info.is_main else None
+                result = evaluate(plain, data, device, autocast)[0] if info.is_main else None
             else:
-                hs, _ = evaluate_hellaswag(model, hs_items, device, autocast, info, gather=False)
-            if hs is not None:
-                summary["hellaswag"] = evals["hellaswag"] = hs
-                log(f"step {done:>6} | hellaswag acc_norm {hs['completion_acc_norm']:.4f} "
-                    f"(lm-eval {hs['lm_eval_acc_norm']:.4f}, {hs['items']:,} items)")
+                result = evaluate(model, data, device, autocast, info)[0]
+            if result is not None:
+                summary[name] = evals[name] = result
+                log(f"step {done:>6} | {describe(result)}")
                 if metrics:
-                    metrics.log("hellaswag", done, **hs)
+                    metrics.log(name, done, **result)
         if evals and info.is_main:
             write_json_atomic(run_dir / "evals" / f"step_{done:08d}.json", {"step": done, **evals})
 
@@ -348,6 +358,8 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         summary["tok_per_s"] = tokens_per_step * timed_steps / timed_seconds
     if metrics:
         metrics.close()
+    if info.enabled:  # rank 0 may still be sampling or (FSDP2) scoring alone: the group must outlive that
+        dist.barrier()
     return summary
 
 

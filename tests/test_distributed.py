@@ -80,12 +80,14 @@ def cfg_for(data, run, *extra):
 def runs(small_shards, shared_data, tmp_path_factory):
     """The reference (1 process x 2 micro-batches, in this process) and torchrun DDP and FSDP2 runs of 2 x 1.
 
-    All three also score 13 HellaSwag items at their evaluations (13: uneven over 2 ranks).
+    All three also score 13 HellaSwag items and 11 LAMBADA passages at their evaluations (uneven over 2 ranks).
     """
     root = tmp_path_factory.mktemp("dist")
     hs = root / "hellaswag.jsonl"
     hs.write_text("".join((shared_data / "hellaswag" / "hellaswag_val.jsonl").read_text().splitlines(True)[:13]))
-    evals = ["eval.hellaswag_every=3", f"eval.hellaswag_data={hs}"]
+    lb = root / "lambada.txt"  # 11 passages: uneven over 2 ranks too
+    lb.write_text("".join((shared_data / "eval" / "lambada_test_plain_text.txt").read_text().splitlines(True)[:11]))
+    evals = ["eval.hellaswag_every=3", f"eval.hellaswag_data={hs}", "eval.lambada_every=3", f"eval.lambada_data={lb}"]
     paths = {name: root / name for name in ("single", "ddp", "fsdp")}
     args = ["train", *COMMON, *evals, f"data.dir={small_shards}"]
     procs = {p: torchrun([*args, f"train.run_dir={paths[p]}", f"train.parallel={p}"], root / f"{p}.log", root)
@@ -185,15 +187,22 @@ def test_checkpoint_of_one_process_resumes_on_two_with_accumulation(runs, tmp_pa
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_hellaswag_in_training_same_on_one_and_two_processes(runs, parallel):
-    """DDP scores its share on each rank; FSDP2 scores a gathered copy on rank 0. Both match one process."""
+@pytest.mark.parametrize("task, items, exact, close", [
+    ("hellaswag", 13, ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"), ()),
+    ("lambada", 11, ("acc",), ("ppl", "token_ppl")),
+])
+def test_tasks_in_training_same_on_one_and_two_processes(runs, parallel, task, items, exact, close):
+    """DDP scores its share on each rank; FSDP2 scores a gathered copy on rank 0. Both match one process
+    (accuracies exactly; perplexities within the weights' own difference)."""
     paths, _ = runs
-    ref, got = (read_metrics(paths[p], "hellaswag") for p in ("single", parallel))
+    ref, got = (read_metrics(paths[p], task) for p in ("single", parallel))
     assert [r["step"] for r in got] == [r["step"] for r in ref] == [3, STEPS]
     for a, b in zip(ref, got):
-        assert a["items"] == b["items"] == 13
-        for key in ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
+        assert a["items"] == b["items"] == items
+        for key in exact:
             assert a[key] == b[key], (key, a, b)
+        for key in close:
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
 
 
 def test_ddp_checkpoint_resumes_as_fsdp_on_one_process(runs, small_shards, tmp_path):

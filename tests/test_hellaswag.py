@@ -215,10 +215,11 @@ def test_training_logs_hellaswag_and_report(tmp_path, small_shards, hs_items):
     one_line_error(gpt2lab("report", tmp_path / "nope"))
 
 
-def test_training_with_missing_hellaswag_data_fails_before_training(tmp_path, small_shards):
+@pytest.mark.parametrize("task", ["hellaswag", "lambada"])
+def test_training_with_missing_task_data_fails_before_training(tmp_path, small_shards, task):
     cfg = load_config(None, ["model.preset=micro", f"data.dir={small_shards}", f"train.run_dir={tmp_path / 'run'}",
-                             "micro_batch=2", "seq_len=16", "max_steps=2", "eval.hellaswag_every=1",
-                             f"eval.hellaswag_data={tmp_path / 'missing.jsonl'}"])
+                             "micro_batch=2", "seq_len=16", "max_steps=2", f"eval.{task}_every=1",
+                             f"eval.{task}_data={tmp_path / 'missing.jsonl'}"])
     with pytest.raises(UserError, match="missing.jsonl"):
         train(cfg, log=lambda _m: None)
     assert not (tmp_path / "run" / "checkpoints").exists()

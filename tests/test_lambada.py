@@ -127,3 +127,33 @@ def test_bad_input_and_download(tmp_path, micro_ckpt, original_txt):
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in original_txt.read_text().splitlines()[:3]))
     fetch_openai(dest, urls=["http://127.0.0.1:9/lambada_test.jsonl", src.as_uri()])  # the first reachable one
     assert len(load_lambada(dest)) == 3
+
+
+def test_training_logs_lambada_and_report(tmp_path, small_shards, original_txt):
+    from gpt2lab.config import load_config
+    from gpt2lab.evals.hellaswag import select_items
+    from gpt2lab.evals.report import eval_history
+    from gpt2lab.metrics import read_metrics
+    from gpt2lab.train import autocast_for, resolve_dtype, train
+
+    run = tmp_path / "run"
+    cfg = load_config(None, ["model.preset=micro", f"data.dir={small_shards}", f"train.run_dir={run}", "micro_batch=4",
+                             "seq_len=32", "max_steps=3", "warmup_steps=1", "eval.every=-1", "sample_every=-1",
+                             "eval.lambada_every=2", f"eval.lambada_data={original_txt}", "eval.lambada_items=9"])
+    lines = []
+    train(cfg, log=lines.append)
+    logged = read_metrics(run, "lambada")
+    assert [r["step"] for r in logged] == [2, 3] and all(r["items"] == 9 for r in logged)
+    assert any("lambada acc" in line and "(9 passages)" in line for line in lines)
+    saved = json.loads((run / "evals" / "step_00000003.json").read_text())
+    assert saved["lambada"] == {k: v for k, v in logged[-1].items() if k not in ("kind", "step")}
+    # the numbers are those of the model saved at that step, scored as training scores it
+    model, _ = load_model(run)
+    texts = select_items(load_lambada(original_txt), 9)
+    again, _ = evaluate_lambada(model, texts, autocast=autocast_for("cpu", resolve_dtype("auto", "cpu")))
+    assert again == saved["lambada"]
+    rows = eval_history(run)
+    assert [r["step"] for r in rows] == [2, 3] and rows[-1]["lambada_ppl"] == saved["lambada"]["ppl"]
+    r = gpt2lab("report", run)
+    assert r.returncode == 0 and "lambada_acc" in r.stdout.splitlines()[0], r.stderr
+

@@ -14,11 +14,11 @@ from ..errors import UserError
 from ..metrics import METRICS_FILE, read_metrics
 
 COLUMNS = ("step", "tokens", "train_loss", "val_loss", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
-           "hellaswag_items")
+           "hellaswag_items", "lambada_acc", "lambada_ppl")
 
 
 def eval_history(run_dir: str | os.PathLike) -> list[dict]:
-    """One row per step with an evaluation: step, tokens, last train loss, val loss, HellaSwag metrics."""
+    """One row per step with an evaluation: step, tokens, last train loss, val loss, HellaSwag and LAMBADA metrics."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise UserError(f"{path} not found; RUN_DIR must be a training run folder (train.run_dir)")
@@ -28,13 +28,15 @@ def eval_history(run_dir: str | os.PathLike) -> list[dict]:
         kind, step = r.get("kind"), r.get("step", 0)
         if kind == "train":
             last_train = r
-        elif kind in ("val", "hellaswag"):
+        elif kind in ("val", "hellaswag", "lambada"):
             row = rows.setdefault(step, {"step": step})
             if last_train and last_train.get("step", -1) <= step:
                 row["train_loss"] = last_train.get("loss")
                 row["tokens"] = last_train.get("tokens")
             if kind == "val":
                 row["val_loss"] = r.get("val_loss")
+            elif kind == "lambada":
+                row.update(lambada_acc=r.get("acc"), lambada_ppl=r.get("ppl"))
             else:
                 row.update({f"hellaswag_{k}" if k == "items" else k: v for k, v in r.items() if k not in ("kind", "step")})
     return [rows[s] for s in sorted(rows)]
@@ -43,7 +45,7 @@ def eval_history(run_dir: str | os.PathLike) -> list[dict]:
 def format_history(rows: list[dict]) -> str:
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
     if not rows:
-        return "no evaluations logged yet (eval.every / eval.hellaswag_every)"
+        return "no evaluations logged yet (eval.every / eval.hellaswag_every / eval.lambada_every)"
 
     def cell(v) -> str:
         if v is None:

@@ -185,6 +185,8 @@ def load_train_state(ckpt: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path} is missing; the checkpoint is incomplete") from None
+    except OSError as e:  # permissions, I/O: the file may be fine
+        raise UserError(f"{path}: cannot read the training state ({e.strerror or e})") from None
     except Exception as e:  # damaged zip, or an object weights_only refuses (its message suggests unsafe loading)
         raise UserError(f"{path}: cannot read the training state ({type(e).__name__}); the file is damaged or not "
                         f"gpt2lab's: resume from another checkpoint (delete this folder) or start a new run") from None

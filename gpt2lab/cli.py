@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import sys
 
@@ -24,7 +25,7 @@ def _number(kind, low: float, low_ok: bool = True, high: float | None = None):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if value < low or (value == low and not low_ok) or (high is not None and value > high):
+        if not math.isfinite(value) or value < low or (value == low and not low_ok) or (high is not None and value > high):
             bound = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
             raise argparse.ArgumentTypeError(f"{text} must be {bound}")
         return value
@@ -142,8 +143,8 @@ def _add_eval(sub) -> None:
     g.add_argument("--seq-len", type=POSITIVE, default=None, help="default: the run's train.seq_len")
     g = p.add_argument_group("hellaswag and lambada")
     g.add_argument("--out", help="folder for the result files (default: evals/<name of MODEL>)")
-    g.add_argument("--limit", type=NON_NEGATIVE, default=0, help="score only N items (hellaswag: spread evenly; lambada: the "
-                   "first N); 0 = all")
+    g.add_argument("--limit", type=NON_NEGATIVE, default=0, help="score only N items, a fixed subset spread evenly over the "
+                   "file (as eval.hellaswag_items / eval.lambada_items in training); 0 = all")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="autocast dtype (default auto: bfloat16 where the hardware has it)")
     g.add_argument("--batch-tokens", type=POSITIVE, default=None,

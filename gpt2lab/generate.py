@@ -102,7 +102,13 @@ def _stamp(t: torch.Tensor) -> tuple:
     """Changes when ``t`` is written in place by ordinary ops (non-fused optimizer steps,
     ``load_state_dict``) or replaced. Fused optimizers and ``.data`` writes do not bump
     ``_version``: ``Decoder.refresh()`` covers those."""
-    return t.data_ptr(), t._version, t.dtype, t.device
+    # inference tensors (made under torch.inference_mode) keep no version counter
+    return t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device
+
+
+def _writable(t: torch.Tensor) -> bool:
+    """Whether ``t`` may be written in place here: an inference tensor only inside inference mode."""
+    return not t.is_inference() or torch.is_inference_mode_enabled()
 
 
 class PackedLinear:
@@ -137,7 +143,8 @@ class PackedLinear:
             if self.layout == "onednn":
                 self.mkldnn = _mkldnn_pack(w.contiguous(), self.batch)
             if self.mkldnn is None:  # transposed, or oneDNN unavailable; in place keeps compiled graphs valid
-                same = self.wt is not None and self.wt.shape == w.t().shape and self.wt.dtype == self.dtype
+                same = (self.wt is not None and self.wt.shape == w.t().shape and self.wt.dtype == self.dtype
+                        and _writable(self.wt))
                 self.wt = _transpose(w, self.dtype, self.wt if same else None)
         self._stamps = stamps
         return True
@@ -229,7 +236,7 @@ class Decoder:
     def allocate(self, batch: int, length: int) -> None:
         """Zeroed caches (zeros, not empty: masked slots are multiplied by 0 and must not be NaN)."""
         shape = (batch, self.n_head, length, self.n_embd // self.n_head)
-        if self.k and self.k[0].shape == shape:
+        if self.k and self.k[0].shape == shape and _writable(self.k[0]):
             for c in self.k + self.v:  # a previous call's values: masked, but could be inf or NaN
                 c.zero_()
             return

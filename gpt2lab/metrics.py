@@ -62,9 +62,13 @@ def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[di
     return records
 
 
-def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:
-    """Drop records past ``after_step`` (logged after the checkpoint a resumed run restarts from)."""
+def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> int:
+    """Drop records past ``after_step`` (logged after the checkpoint a run restarts from); return how many."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
-        return
-    write_jsonl_atomic(path, [r for r in read_metrics(run_dir) if r.get("step", 0) <= after_step])
+        return 0
+    records = read_metrics(run_dir)
+    kept = [r for r in records if r.get("step", 0) <= after_step]
+    if len(kept) < len(records):
+        write_jsonl_atomic(path, kept)
+    return len(records) - len(kept)

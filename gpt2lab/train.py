@@ -46,7 +46,8 @@ from .distributed import (
 )
 from .errors import UserError
 from .fileio import write_atomic, write_json_atomic
-from .evals.hellaswag import evaluate_hellaswag, load_hellaswag, select_items
+from .evals.common import select_items
+from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from .evals.lambada import evaluate_lambada, load_lambada
 from .evals.loss import eval_windows, evaluate_loss
 from .generate import generate
@@ -230,10 +231,14 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         write_atomic(run_dir / "config.yaml", cfg.to_yaml())
         # history past the restart point is from a run that stopped (or, fresh, from one that never
         # reached a checkpoint): drop it, or the step records would appear twice
-        truncate_metrics(run_dir, start_step)
+        dropped = truncate_metrics(run_dir, start_step)
         for old in (run_dir / "evals").glob("step_*.json"):
-            if int(old.stem.split("_")[1]) > start_step:
+            step_text = old.stem.partition("_")[2]
+            if step_text.isdigit() and int(step_text) > start_step:
                 old.unlink()
+                dropped += 1
+        if dropped:
+            log(f"dropped {dropped} metrics record(s) and eval file(s) past step {start_step} from an earlier run")
         metrics = MetricsWriter(run_dir, tensorboard=t_cfg.tensorboard)
 
     if t_cfg.compile:

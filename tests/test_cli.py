@@ -139,6 +139,7 @@ def test_end_to_end(shakespeare_head, tmp_path):
     (["sample", "run", "-n", "0"], "argument --num-samples/-n: 0 must be >= 1"),
     (["sample", "run", "--top-k", "-1"], "argument --top-k: -1 must be >= 0"),
     (["sample", "run", "--top-p", "1.5"], "argument --top-p: 1.5 must be > 0 and <= 1"),
+    (["sample", "run", "--temperature", "nan"], "argument --temperature: nan must be >= 0"),
     (["eval", "loss", "run", "--batch-size", "0"], "argument --batch-size: 0 must be >= 1"),
     (["eval", "hellaswag", "run", "--limit", "-5"], "argument --limit: -5 must be >= 0"),
     (["bench", "--steps", "two"], "argument --steps: 'two' is not an integer"),

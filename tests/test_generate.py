@@ -229,6 +229,18 @@ def test_reused_compiled_decoder_gives_the_same_tokens(model):
     assert dec.cache_len == 64
 
 
+def test_generation_inside_and_after_inference_mode(model):
+    ref = [greedy_uncached(model, p, 6) for p in PROMPTS]
+    with torch.inference_mode():  # a model made here holds inference tensors, which keep no version counter
+        m = GPT(CFG)
+        m.load_state_dict(model.state_dict())
+        assert generate(m, PROMPTS, 6, temperature=0.0, pack=True) == ref
+    dec = Decoder(model)
+    with torch.inference_mode():  # the cache is allocated here, as inference tensors...
+        assert generate(dec, PROMPTS, 6, temperature=0.0) == ref
+    assert generate(dec, PROMPTS, 6, temperature=0.0) == ref  # ...and replaced, not written, outside
+
+
 def test_decoder_options_belong_to_the_decoder(model):
     dec = Decoder(model)
     with pytest.raises(ValueError, match="Decoder"):

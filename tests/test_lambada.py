@@ -131,7 +131,7 @@ def test_bad_input_and_download(tmp_path, micro_ckpt, original_txt):
 
 def test_training_logs_lambada_and_report(tmp_path, small_shards, original_txt):
     from gpt2lab.config import load_config
-    from gpt2lab.evals.hellaswag import select_items
+    from gpt2lab.evals.common import select_items
     from gpt2lab.evals.report import eval_history
     from gpt2lab.metrics import read_metrics
     from gpt2lab.train import autocast_for, resolve_dtype, train

@@ -177,6 +177,10 @@ def test_zstd_text_cut_short_is_an_error_and_many_frames_are_read(tmp_path):
     cut.write_bytes(frames[:-7])  # a text file has no JSON to notice the cut: only the reader can
     with pytest.raises(UserError, match=r"cut\.txt\.zst: cannot read .*cut short.*damaged"):
         prepare([cut], tmp_path / "o2", doc_split="line", val_fraction=0, workers=1, log=quiet)
+    padded = tmp_path / "padded.txt.zst"
+    padded.write_bytes(frames + bytes(16))  # not zstd after the last frame
+    with pytest.raises(UserError, match=r"padded\.txt\.zst: cannot read \(zstd: .*damaged"):
+        prepare([padded], tmp_path / "o3", doc_split="line", val_fraction=0, workers=1, log=quiet)
 
 
 def wide_gpt2():

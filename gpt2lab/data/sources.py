@@ -131,7 +131,7 @@ class _ZstdFrames(io.RawIOBase):
 
     def __init__(self, path: Path, zstandard):
         self._file = open(path, "rb")
-        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._new, self._error = zstandard.ZstdDecompressor().decompressobj, zstandard.ZstdError
         self._frame = self._new()
         self._in_frame = False  # bytes of an unfinished frame were fed
         self._out = memoryview(b"")
@@ -150,7 +150,10 @@ class _ZstdFrames(io.RawIOBase):
             while chunk:
                 if self._frame.eof:
                     self._frame = self._new()
-                out.append(self._frame.decompress(chunk))
+                try:
+                    out.append(self._frame.decompress(chunk))
+                except self._error as e:  # not zstd data, or a damaged frame
+                    raise ValueError(f"zstd: {e}") from None
                 chunk = self._frame.unused_data if self._frame.eof else b""
                 self._in_frame = not self._frame.eof
             self._out = memoryview(b"".join(out))

@@ -145,3 +145,10 @@ def run_task(task: str, model_path, load, score, *, data_label: str, out=None, d
         return summary
     finally:
         shutdown(info)
+
+
+def select_items(items: list, n: int) -> list:
+    """A fixed subset of n items spread evenly over the file (all items when n <= 0 or n >= len)."""
+    if n <= 0 or n >= len(items):
+        return items
+    return [items[i * len(items) // n] for i in range(n)]

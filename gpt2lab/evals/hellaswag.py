@@ -35,7 +35,7 @@ import torch
 from ..distributed import DistInfo, all_reduce_sum
 from ..errors import UserError
 from ..tokenizer import get_tokenizer
-from .common import cache_dir, download, gather_records, read_jsonl, run_task
+from .common import cache_dir, download, gather_records, read_jsonl, run_task, select_items
 from .scoring import Request, score_fast, score_plain
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -77,13 +77,6 @@ def load_hellaswag(path: str | os.PathLike | None = None) -> list[dict]:
             raise UserError(f"{where}: 'label' must be 0..3, got {label!r} (the test split has no labels; use the val split)")
         it["label"] = label
     return items
-
-
-def select_items(items: list[dict], n: int) -> list[dict]:
-    """A fixed subset of n items spread evenly over the file (all items when n <= 0 or n >= len)."""
-    if n <= 0 or n >= len(items):
-        return items
-    return [items[i * len(items) // n] for i in range(n)]
 
 
 def lm_eval_preprocess(text: str) -> str:

@@ -29,7 +29,7 @@ import torch
 from ..distributed import DistInfo, all_reduce_sum
 from ..errors import UserError
 from ..tokenizer import get_tokenizer
-from .common import cache_dir, download, gather_records, read_jsonl, run_task
+from .common import cache_dir, download, gather_records, read_jsonl, run_task, select_items
 from .scoring import Request, score_fast, score_plain
 
 # lambada_openai: Hugging Face copy (checksum as pinned by users of it), then OpenAI's original location.
@@ -136,8 +136,7 @@ def run_lambada(
 ) -> dict:
     """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON."""
     def load() -> list[str]:
-        texts = load_lambada(data, variant)
-        return texts[:limit] if limit > 0 else texts
+        return select_items(load_lambada(data, variant), limit)  # the subset eval.lambada_items scores
 
     return run_task(
         f"lambada_{variant}", model_path, load,

@@ -200,6 +200,14 @@ def test_corrupt_train_state_is_user_error(small_shards, run_copy):
     assert str(path) in str(e.value)
 
 
+def test_unreadable_train_state_says_why_without_calling_it_damaged(small_shards, run_copy):
+    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.STATE_FILE
+    path.unlink()
+    path.mkdir()  # readable as nothing: an I/O error, not damage
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: cannot read the training state \(Is a directory\)$"):
+        train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
+
+
 def test_train_state_without_rng_is_user_error(small_shards, run_copy):
     path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.STATE_FILE
     state = torch.load(path, weights_only=True)

@@ -220,18 +220,16 @@ class Decoder:
         self.v: list[torch.Tensor] = []
         self.step = torch.compile(self.forward, dynamic=False) if compile else None
 
-    def sync(self) -> int:
-        """Re-copy the packed weights whose tensors changed visibly since; returns how many."""
+    def sync(self, force: bool = False) -> int:
+        """Re-copy the packed weights whose tensors changed visibly since (all with ``force``); returns how many."""
         if (self.wte.weight.device, self.wte.weight.dtype) != (self.device, self.model_dtype):
             raise ValueError(f"the model moved to {self.wte.weight.device}/{self.wte.weight.dtype} after its Decoder "
                              f"was built for {self.device}/{self.model_dtype}: build a new Decoder")
-        return sum(m.sync() for m in self.packed)
+        return sum(m.sync(force) for m in self.packed)
 
     def refresh(self) -> None:
         """Re-copy every packed weight from the model (after a fused optimizer step or a ``.data`` write)."""
-        self.sync()
-        for m in self.packed:
-            m.sync(force=True)
+        self.sync(force=True)
 
     def allocate(self, batch: int, length: int) -> None:
         """Zeroed caches (zeros, not empty: masked slots are multiplied by 0 and must not be NaN)."""

@@ -42,19 +42,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    from gpt2_pair import random_gpt2_pair
     from gpt2lab.generate import Decoder, generate
-    from gpt2lab.hf import gpt2lab_state_from_hf
-    from gpt2lab.model import GPT
 
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()
-    cfg, state = gpt2lab_state_from_hf(hf.state_dict(), hf.config)
-    ours = GPT(cfg)
-    ours.load_state_dict(state)
-    ours.eval()
-    hf.generation_config.pad_token_id = 50256
+    hf, ours = random_gpt2_pair()
+    cfg = ours.config
 
     weights = [lin.weight.detach() for blk in ours.transformer.h
                for lin in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)]

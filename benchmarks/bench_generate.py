@@ -87,19 +87,10 @@ def _load_average() -> float | None:
 
 
 def bench_speed(args) -> list[dict]:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    from gpt2_pair import random_gpt2_pair
     from gpt2lab.generate import Decoder, generate
-    from gpt2lab.hf import gpt2lab_state_from_hf
-    from gpt2lab.model import GPT
 
-    torch.manual_seed(0)
-    hf32 = GPT2LMHeadModel(GPT2Config()).eval()
-    cfg, state = gpt2lab_state_from_hf(hf32.state_dict(), hf32.config)
-    ours32 = GPT(cfg)
-    ours32.load_state_dict(state)
-    ours32.eval()
-    del state
+    hf32, ours32 = random_gpt2_pair()
     n = args.new_tokens
     pack = {"auto": None, "on": True, "off": False}[args.pack]
     results = []
@@ -107,7 +98,6 @@ def bench_speed(args) -> list[dict]:
         dtype = getattr(torch, dtype_name)
         hf = hf32.to(dtype)  # in place for nn.Module: fp32 first, then bf16
         ours = ours32.to(dtype)
-        hf.generation_config.pad_token_id = 50256
         for B in args.batch:
             g = torch.Generator().manual_seed(B)
             ids = torch.randint(0, 50257, (B, PROMPT_LEN), generator=g)

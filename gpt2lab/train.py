@@ -304,6 +304,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
                 metrics.log("train", done, loss=loss_value, lr=lr, grad_norm=norm_value, tokens=done * tokens_per_step,
                             tok_per_s=tok_s, step_time=dt)
 
+        full = None  # FSDP2: the full weights, gathered (on rank 0) at most once per step for all that need them
         # the checkpoint first: evaluation and samples use no RNG, and if they fail the training is kept
         if last or (t_cfg.ckpt_every and done % t_cfg.ckpt_every == 0):
             state = {
@@ -313,7 +314,8 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
                 "parallel": t_cfg.parallel,
             }
             if t_cfg.parallel == "fsdp":  # sharded model + optimizer through DCP, and a consolidated model file
-                weights, shards = full_state_dict(model), sharded_state(model, optimizer)
+                full = full_state_dict(model)
+                weights, shards = full, sharded_state(model, optimizer)
             else:
                 weights, shards = model, None
                 state["optimizer"] = optimizer.state_dict()
@@ -336,7 +338,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
         due = [t for t in tasks if _due(t[3], done, last)]
         sample_due = _due(e_cfg.sample_every, done, last)
         # FSDP2: one full copy, gathered on rank 0 (None elsewhere), serves the tasks and the samples
-        plain = _unsharded(model, cfg, device) if sample_due or (due and sharded) else model
+        plain = _unsharded(model, cfg, device, full) if sample_due or (due and sharded) else model
         for name, data, evaluate, _, describe in due:
             if sharded:  # FSDP2 forwards need every rank in lockstep: score the gathered copy on rank 0 instead
                 result = evaluate(plain, data, device, autocast)[0] if info.is_main else None
@@ -357,7 +359,7 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
             summary["samples"] = texts
             if metrics:
                 metrics.log("sample", done, prompt=e_cfg.sample_prompt, samples=texts)
-        del plain
+        del plain, full
 
     if timed_steps:
         summary["tok_per_s"] = tokens_per_step * timed_steps / timed_seconds
@@ -455,12 +457,14 @@ def _restore(cfg: Config, info: DistInfo, model: GPT, optimizer, loader: TokenLo
     return step
 
 
-def _unsharded(model: GPT, cfg: Config, device: str) -> GPT | None:
+def _unsharded(model: GPT, cfg: Config, device: str, full: dict | None = None) -> GPT | None:
     """The model as one plain module on rank 0: ``model`` itself, or for FSDP2 a full copy of the
-    shards (a collective; other ranks get None). Built on the meta device first, so no RNG is used."""
+    shards (a collective unless ``full``, the state already gathered this step, is given; other
+    ranks get None). Built on the meta device first, so no RNG is used."""
     if not is_sharded(model):
         return model
-    full = full_state_dict(model)
+    if full is None:
+        full = full_state_dict(model)
     if not full:
         return None
     with torch.device("meta"):

@@ -292,11 +292,7 @@ def load_hf(src: str | os.PathLike) -> GPT:
         cfg, state = gpt2lab_state_from_hf(read_hf_state(d), hf_config)
     except UserError as e:
         raise UserError(f"{src}: {e}") from None
-    with torch.device("meta"):
-        model = GPT(cfg)  # no random init of 124M+ parameters that are overwritten at once
-    model.load_state_dict(state, strict=True, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the shared tensor: tie again
-    return model.eval()
+    return GPT.from_state_dict(cfg, state).eval()
 
 
 # --- writing --------------------------------------------------------------------------------

@@ -115,6 +115,16 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
 
+    @classmethod
+    def from_state_dict(cls, cfg: GPTConfig, state: dict) -> "GPT":
+        """A GPT that holds ``state``'s tensors themselves: built on the meta device (no random
+        init of weights that are replaced at once), then assigned, with the LM head tied again."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor
+        return model
+
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2: N(0, 0.02) everywhere; residual projections scaled by 1/sqrt(2 * n_layer)
         # because each block adds two of them to the residual stream.

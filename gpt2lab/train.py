@@ -467,11 +467,7 @@ def _unsharded(model: GPT, cfg: Config, device: str, full: dict | None = None) -
         full = full_state_dict(model)
     if not full:
         return None
-    with torch.device("meta"):
-        plain = GPT(cfg.model)
-    plain.load_state_dict(full, assign=True)
-    plain.lm_head.weight = plain.transformer.wte.weight  # assign=True replaced the tied tensor
-    return plain.to(device)
+    return GPT.from_state_dict(cfg.model, full).to(device)
 
 
 def load_pretrained(source: str) -> GPT:

@@ -35,7 +35,7 @@ from gpt2lab.config import MODEL_PRESETS  # noqa: E402
 from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag, requests_for, select_items  # noqa: E402
 from gpt2lab.evals.scoring import score_fast, score_plain  # noqa: E402
 from gpt2lab.model import GPT, GPTConfig  # noqa: E402
-from gpt2lab.train import autocast_for, cpu_supports_bf16  # noqa: E402
+from gpt2lab.runtime import autocast_for, cpu_supports_bf16  # noqa: E402
 
 
 def default_data() -> str | None:

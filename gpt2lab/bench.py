@@ -28,11 +28,12 @@ from typing import Callable, Iterable
 import torch
 
 from .config import MODEL_PRESETS, OptimConfig
-from .distributed import DistInfo, resolve_device
+from .distributed import DistInfo
 from .errors import UserError
 from .model import GPT, GPTConfig
 from .optim import build_optimizer
-from .train import autocast_for, resolve_dtype, train_step
+from .runtime import autocast_for, resolve_device, resolve_dtype
+from .train import train_step
 
 COMPILE_MODES = ("off", "on", "both")
 # Below this cpu share (see bench_train) other processes took a noticeable part of the CPU.

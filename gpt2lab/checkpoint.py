@@ -39,6 +39,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "train_state.pt"
 DCP_DIR = "dcp"
+CHECKPOINTS_DIR = "checkpoints"  # in a run folder
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -101,7 +102,7 @@ def save_checkpoint(
     """
     main = dist_info is None or dist_info.is_main
     together = dist_info is not None and dist_info.enabled
-    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp-step_{step:08d}"
     if main:
@@ -138,11 +139,21 @@ def save_checkpoint(
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a checkpoint folder (of a run, or made by ``convert from-hf``)."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a run folder (one that holds, or is to hold, checkpoints)."""
+    return (Path(path) / CHECKPOINTS_DIR).is_dir()
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -269,8 +269,8 @@ def cmd_sample(args) -> None:
     import torch
 
     from .checkpoint import load_model
-    from .distributed import resolve_device
     from .generate import generate
+    from .runtime import resolve_device
     from .tokenizer import EOT_TOKEN, get_tokenizer
 
     device = resolve_device(args.device)
@@ -331,7 +331,7 @@ def _eval_loss(args) -> dict:
     from .checkpoint import load_model
     from .distributed import init_distributed, shutdown
     from .evals.loss import eval_windows, evaluate_loss
-    from .train import autocast_for, resolve_dtype
+    from .runtime import autocast_for, resolve_dtype
 
     info = init_distributed(args.device)
     try:
@@ -341,8 +341,7 @@ def _eval_loss(args) -> dict:
         if T > model.config.block_size:
             raise UserError(f"--seq-len {T} is longer than the model's block_size {model.config.block_size}")
         windows = eval_windows(data, args.split, T, args.tokens or cfg.eval.val_tokens)
-        device_type = "cuda" if info.device.startswith("cuda") else "cpu"
-        autocast = autocast_for(device_type, resolve_dtype(cfg.train.dtype, device_type))  # as the run evaluated
+        autocast = autocast_for(info.device, resolve_dtype(cfg.train.dtype, info.device))  # as the run evaluated
         loss = evaluate_loss(model, windows, args.batch_size, info.device, autocast, info)
     finally:
         shutdown(info)

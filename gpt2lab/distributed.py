@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import PeerFailure, UserError
+from .runtime import device_type, resolve_device
 
 # Each transformer block is its own FSDP unit and returns its KV tensors (views) beside the
 # hidden state; the model never modifies them in place, so FSDP2's warning about in-place ops
@@ -43,22 +44,6 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda where available, else cpu; refuses a CUDA device this machine lacks."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device!r}: no CUDA GPU here (or this PyTorch build has no CUDA); use cpu")
-        index = device.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise UserError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), so cuda:0 to "
-                            f"cuda:{torch.cuda.device_count() - 1}")
-    elif device != "cpu":
-        raise UserError(f"device {device!r}: choose auto, cpu, cuda or cuda:N")
-    return device
-
-
 def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
     """Join torchrun's process group; ``timeout_s`` bounds how long any collective waits for the others."""
     device = resolve_device(device)
@@ -67,11 +52,11 @@ def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
         return DistInfo(device=device)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
+    if device_type(device) == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        backend = "nccl" if device_type(device) == "cuda" else "gloo"
         # device_id binds the NCCL communicator to this GPU up front (eager init, no guessing later).
         kwargs = {"device_id": torch.device(device)} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
@@ -143,8 +128,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, parallel: str, param_dtyp
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        device_type = "cuda" if info.device.startswith("cuda") else "cpu"
-        mesh = init_device_mesh(device_type, (info.world_size,))
+        mesh = init_device_mesh(device_type(info.device), (info.world_size,))
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype != torch.float32 \
             else MixedPrecisionPolicy()
         for block in model.transformer.h:
@@ -153,7 +137,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, parallel: str, param_dtyp
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model, device_ids=[info.local_rank] if info.device.startswith("cuda") else None)
+    return DDP(model, device_ids=[info.local_rank] if device_type(info.device) == "cuda" else None)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

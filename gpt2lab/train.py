@@ -54,35 +54,13 @@ from .generate import generate
 from .metrics import MetricsWriter, truncate_metrics
 from .model import GPT
 from .optim import build_optimizer, lr_at
+from .runtime import autocast_for, device_type as device_type_of, resolve_dtype, set_backends, synchronize
+from .weights import load_pretrained
 from .tokenizer import EOT_TOKEN, get_tokenizer
 
 
 class TrainingDiverged(UserError):
     """Loss or gradient norm became NaN/inf."""
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_dtype(name: str, device_type: str) -> torch.dtype:
-    """The autocast dtype: bfloat16 where the hardware runs it natively, else float32."""
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if device_type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
-
-
-def autocast_for(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def grad_accum_steps(cfg: Config, world_size: int) -> int:
@@ -155,18 +133,8 @@ def _train(cfg: Config, info: DistInfo, resume: bool, log: Callable[[str], None]
     cfg = copy.deepcopy(cfg)  # init_from may change the model section; the caller's config stays as it was
     t_cfg, o_cfg, e_cfg = cfg.train, cfg.optim, cfg.eval
     device = info.device
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise UserError("config key 'train.device': CUDA is not available on this machine; use train.device=cpu")
-    if t_cfg.threads:
-        torch.set_num_threads(t_cfg.threads)
-    if t_cfg.deterministic:
-        # cuBLAS is deterministic only with a fixed workspace; set before its first use (CUDA docs)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left outside autocast
-        torch.backends.cudnn.allow_tf32 = True
+    device_type = device_type_of(device)
+    set_backends(device, t_cfg.threads, t_cfg.deterministic)
     dtype = resolve_dtype(t_cfg.dtype, device_type)
     autocast = autocast_for(device_type, dtype)
     B, T = t_cfg.micro_batch, t_cfg.seq_len
@@ -468,18 +436,6 @@ def _unsharded(model: GPT, cfg: Config, device: str, full: dict | None = None) -
     if not full:
         return None
     return GPT.from_state_dict(cfg.model, full).to(device)
-
-
-def load_pretrained(source: str) -> GPT:
-    """Weights to start from: a gpt2lab checkpoint/run folder, or a Hugging Face GPT-2 folder or hub name."""
-    path = Path(source)
-    if (path / ckpt_mod.CONFIG_FILE).is_file() or (path / "checkpoints").is_dir():
-        return ckpt_mod.load_model(path)[0]
-    if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise UserError(f"train.init_from: {source} does not exist")
-    from .hf import load_hf  # Hugging Face folder (config.json) or hub name
-
-    return load_hf(source)
 
 
 def sample_texts(model: GPT, cfg: Config, device: str, autocast=None) -> list[str]:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import torch
 
+from ..distributed import init_distributed, shutdown
 from ..errors import UserError
+from ..runtime import autocast_for, resolve_dtype
+from ..weights import load_pretrained
 from ..fileio import file_sha256, write_json_atomic, write_jsonl_atomic
 
 
@@ -78,25 +81,12 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
 
 
 def load_eval_model(source: str | os.PathLike, device: str = "cpu"):
-    """A GPT in eval mode from a gpt2lab checkpoint or run folder, or a Hugging Face GPT-2 folder."""
-    from ..train import load_pretrained
-
-    path = Path(source)
-    if path.is_dir() and not ((path / "config.json").is_file() or (path / "config.yaml").is_file()
-                              or (path / "checkpoints").is_dir()):
-        raise UserError(f"{source}: not a model: expected a gpt2lab checkpoint or run folder, "
-                        "or a Hugging Face GPT-2 folder (config.json)")
-    if not path.exists() and str(source).startswith((".", "/", "~")):
-        raise UserError(f"{source}: no such checkpoint, run or Hugging Face folder")
-    return load_pretrained(str(source)).to(device).eval()
+    """A GPT in eval mode from any model source (see :mod:`gpt2lab.weights`)."""
+    return load_pretrained(source, device)
 
 
 def eval_dtype(name: str, device: str) -> torch.dtype:
-    from ..train import resolve_dtype
-
-    if name not in ("auto", "bfloat16", "float32"):
-        raise UserError(f"dtype {name!r}: choose auto, bfloat16 or float32")
-    return resolve_dtype(name, "cuda" if device.startswith("cuda") else "cpu")
+    return resolve_dtype(name, device)
 
 
 def gather_records(records: list, info) -> list:
@@ -118,15 +108,12 @@ def run_task(task: str, model_path, load, score, *, data_label: str, out=None, d
     records). Under torchrun every rank scores its share; rank 0 writes ``OUT/<task>_examples.jsonl``
     and ``OUT/<task>_summary.json`` (default OUT: ``evals/<name of the model folder>``).
     """
-    from ..distributed import init_distributed, shutdown
-    from ..train import autocast_for
-
     info = init_distributed(device)
     try:
         data = load()  # data problems first: quicker to report than a model load
         model = load_eval_model(model_path, info.device)
         dt = eval_dtype(dtype, info.device)
-        autocast = autocast_for("cuda" if info.device.startswith("cuda") else "cpu", dt)
+        autocast = autocast_for(info.device, dt)
         t0 = time.perf_counter()
         metrics, records = score(model, data, info, autocast)
         seconds = time.perf_counter() - t0

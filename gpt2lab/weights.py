@@ -1,0 +1,63 @@
+"""Any model source to a model, by one rule: what a path or a name given as a model means.
+
+A source is, checked in this order:
+
+- a gpt2lab checkpoint folder (``config.yaml`` and ``model.safetensors``);
+- a gpt2lab run folder (``checkpoints/step_*/``): its newest checkpoint;
+- a Hugging Face GPT-2 folder (``config.json``, from ``save_pretrained``);
+- a Hugging Face hub name (``openai-community/gpt2``), when nothing of that name exists on disk
+  and it does not start like a path (``.``, ``/``, ``~``).
+
+Training's ``train.init_from``, ``gpt2lab eval`` and ``gpt2lab convert`` all go through
+:func:`classify` and :func:`load_pretrained`; ``sample`` and ``eval loss`` need a run's config too
+and take gpt2lab folders only (:func:`gpt2lab.checkpoint.load_model`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .errors import UserError
+from .model import GPT
+
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2", "owner/name"
+
+CHECKPOINT, RUN, HF_FOLDER, HUB = "checkpoint", "run", "hf", "hub"
+
+
+def classify(source: str | os.PathLike) -> str:
+    """What ``source`` is: CHECKPOINT, RUN, HF_FOLDER or HUB; a UserError naming it when none."""
+    s = os.fspath(source)
+    p = Path(s).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"{s}: a file, not a model: expected a gpt2lab checkpoint or run folder, "
+                            "or a Hugging Face GPT-2 folder (config.json)")
+        if checkpoint.is_checkpoint(p):
+            return CHECKPOINT
+        if checkpoint.is_run(p):
+            return RUN
+        if (p / "config.json").is_file():
+            return HF_FOLDER
+        raise UserError(f"{s}: not a model: expected a gpt2lab checkpoint or run folder, "
+                        "or a Hugging Face GPT-2 folder (config.json)")
+    if s.startswith((".", "/", "~")) or not HUB_NAME.match(s):
+        raise UserError(f"{s}: no such checkpoint, run or Hugging Face folder (no such directory)")
+    return HUB
+
+
+def load_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
+    """The model of any source (see the module docstring), in eval mode on ``device``."""
+    kind = classify(source)
+    if kind in (CHECKPOINT, RUN):
+        model = checkpoint.load_model(source)[0]
+    else:
+        from .hf import load_hf  # imports no transformers: reads safetensors and config.json itself
+
+        model = load_hf(source)
+    return model.to(device).eval()

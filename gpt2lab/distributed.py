@@ -22,10 +22,6 @@ import torch.distributed as dist
 from .errors import PeerFailure, UserError
 from .runtime import device_type, resolve_device
 
-# Each transformer block is its own FSDP unit and returns its KV tensors (views) beside the
-# hidden state; the model never modifies them in place, so FSDP2's warning about in-place ops
-# on returned views does not apply.
-warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
 @dataclass

@@ -39,13 +39,14 @@ reference the cached path is tested against.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import GPT
+from .model import GPT, KVCache
 
 PAD_ID = 0  # token id put in left padding; never seen by real tokens (masked)
 
@@ -111,19 +112,21 @@ def _writable(t: torch.Tensor) -> bool:
     return not t.is_inference() or torch.is_inference_mode_enabled()
 
 
-class PackedLinear:
+class PackedLinear(nn.Module):
     """A copy of a Linear layer's weight in a layout that is fast for few rows on CPU.
 
     ``layout="onednn"``: oneDNN's blocked layout (``torch.ops.mkldnn``, the one inductor's
     freezing pass uses) where available; ``"transposed"``: a plain (in, out) copy for
     ``addmm(bias, x, W)`` (the fastest fp32 layout for one row here, and one torch.compile can
-    trace). ``rows`` keeps the first rows only (the real vocabulary of the output layer). Not an
-    ``nn.Module``, so nothing like ``.half()`` can reach the source layer through it.
+    trace). ``rows`` keeps the first rows only (the real vocabulary of the output layer). A module
+    with no parameters or buffers (its copies are plain attributes, and the source layer is held
+    in a tuple, not as a submodule), so nothing like ``.half()`` reaches the source through it.
     """
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype, batch: int = 1, layout: str = "onednn",
                  rows: int | None = None):
-        self.linear, self.rows = linear, rows  # the source, read again at every sync
+        super().__init__()
+        self.source, self.rows = (linear,), rows  # read again at every sync; a tuple: not a submodule
         self.dtype, self.batch, self.layout = dtype, batch, layout
         self.mkldnn: torch.Tensor | None = None
         self.wt: torch.Tensor | None = None
@@ -133,7 +136,7 @@ class PackedLinear:
 
     def sync(self, force: bool = False) -> bool:
         """Re-copy the weight (and bias) if the source changed (or ``force``); True if it did."""
-        weight, bias = self.linear.weight, self.linear.bias
+        weight, bias = self.source[0].weight, self.source[0].bias
         stamps = (_stamp(weight),) + (() if bias is None else (_stamp(bias),))
         if stamps == self._stamps and not force:
             return False
@@ -149,7 +152,7 @@ class PackedLinear:
         self._stamps = stamps
         return True
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.size(-1)).to(self.dtype)
         if self.mkldnn is not None:
             y = torch.ops.mkldnn._linear_pointwise(x2, self.mkldnn, self.b, "none", [], "")
@@ -190,11 +193,9 @@ class Decoder:
     def __init__(self, model: GPT, pack: bool | None = None, dtype: torch.dtype | None = None, batch: int = 1,
                  compile: bool = False):
         cfg = model.config
-        tr = model.transformer
-        self.n_head, self.n_embd, self.vocab = cfg.n_head, cfg.n_embd, cfg.vocab_size
-        self.block_size = cfg.block_size
-        self.wte, self.wpe, self.ln_f = tr.wte, tr.wpe, tr.ln_f
-        self.device, self.model_dtype = tr.wte.weight.device, tr.wte.weight.dtype
+        self.config, self.vocab, self.block_size = cfg, cfg.vocab_size, cfg.block_size
+        self.wte = model.transformer.wte
+        self.device, self.model_dtype = self.wte.weight.device, self.wte.weight.dtype
         self.dtype = dtype or self.model_dtype
         quantized = [n for n, m in model.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
         if quantized and self.dtype != torch.float32:
@@ -204,20 +205,24 @@ class Decoder:
         # fp32 at one row: (in, out) GEMVs beat oneDNN's layout (benchmarks/bench_decode_bound.py);
         # compile cannot trace oneDNN's opaque tensors.
         layout = "transposed" if compile or (self.dtype == torch.float32 and batch == 1) else "onednn"
+        self.packed: list[PackedLinear] = []
 
-        def lin(m: nn.Module):
-            return PackedLinear(m, self.dtype, batch, layout) if pack and type(m) is nn.Linear else m
+        def swap(m: nn.Module) -> nn.Module | None:
+            if not (pack and type(m) is nn.Linear) or m is model.lm_head:
+                return None
+            self.packed.append(PackedLinear(m, self.dtype, batch, layout))
+            return self.packed[-1]
 
-        self.layers = [(b.ln_1, lin(b.attn.c_attn), lin(b.attn.c_proj), b.ln_2, lin(b.mlp.c_fc), lin(b.mlp.c_proj))
-                       for b in tr.h]
+        # the model's own forward (GPT.hidden) over a copy of its module tree that shares its
+        # weights, with the Linear layers swapped for packed copies and dropout off
+        self.net = _shadow(model, swap)
         lm_head, vocab = model.lm_head, self.vocab
-        packed_head = pack and type(lm_head) is nn.Linear
-        self.head = PackedLinear(lm_head, self.dtype, batch, layout, rows=vocab) if packed_head else (
-            lambda x: lm_head(x)[..., :vocab])
-        self.packed = [m for m in (*(m for layer in self.layers for m in layer), self.head)
-                       if isinstance(m, PackedLinear)]
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
+        if pack and type(lm_head) is nn.Linear:
+            self.head = PackedLinear(lm_head, self.dtype, batch, layout, rows=vocab)
+            self.packed.append(self.head)
+        else:
+            self.head = lambda x: lm_head(x)[..., :vocab]
+        self.cache: KVCache | None = None
         self.step = torch.compile(self.forward, dynamic=False) if compile else None
 
     def sync(self, force: bool = False) -> int:
@@ -232,18 +237,17 @@ class Decoder:
         self.sync(force=True)
 
     def allocate(self, batch: int, length: int) -> None:
-        """Zeroed caches (zeros, not empty: masked slots are multiplied by 0 and must not be NaN)."""
-        shape = (batch, self.n_head, length, self.n_embd // self.n_head)
-        if self.k and self.k[0].shape == shape and _writable(self.k[0]):
-            for c in self.k + self.v:  # a previous call's values: masked, but could be inf or NaN
-                c.zero_()
+        """A zeroed cache of ``length`` slots per row (the previous call's, zeroed, when it fits)."""
+        c = self.cache
+        if c is not None and c.k[0].shape[0] == batch and c.length == length and _writable(c.k[0]):
+            for t in c.k + c.v:  # a previous call's values: masked, but could be inf or NaN
+                t.zero_()
             return
-        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.cache = KVCache.zeros(self.config, batch, length, self.dtype, self.device)
 
     @property
     def cache_len(self) -> int:
-        return self.k[0].size(2) if self.k else 0
+        return self.cache.length if self.cache is not None else 0
 
     def forward(
         self,
@@ -252,29 +256,29 @@ class Decoder:
         slots: torch.Tensor,
         mask: torch.Tensor | None,
         kv_len: int | None,
-        causal: bool = False,
     ) -> torch.Tensor:
         """Run tokens ``idx`` (B, T) at positions ``pos`` (B, T), writing their keys and values at
         cache slots ``slots`` (T,); attend to cache slots [0, kv_len) (all when None) under
-        ``mask`` (B, 1, T, kv_len) bool, or causally when ``causal``. Returns the (B, vocab)
-        logits of the last position."""
-        B, T = idx.shape
-        C, H = self.n_embd, self.n_head
-        x = self.wte(idx) + self.wpe(pos)
-        for i, (ln_1, c_attn, a_proj, ln_2, c_fc, m_proj) in enumerate(self.layers):
-            q, k, v = c_attn(ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-            kc, vc = self.k[i], self.v[i]
-            kc.index_copy_(2, slots, k.to(kc.dtype))
-            vc.index_copy_(2, slots, v.to(vc.dtype))
-            if kv_len is not None:
-                kc, vc = kc[:, :, :kv_len], vc[:, :, :kv_len]
-            y = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask, is_causal=causal)
-            x = x + a_proj(y.transpose(1, 2).reshape(B, T, C))
-            x = x + m_proj(F.gelu(c_fc(ln_2(x)), approximate="tanh"))
-        return self.head(self.ln_f(x[:, -1])).float()
+        ``mask`` (B, 1, T, kv_len) bool, or causally when None. Returns the (B, vocab) logits of
+        the last position."""
+        h = self.net.hidden(idx, pos, mask, self.cache.at(slots, kv_len))
+        return self.head(h[:, -1]).float()
 
     __call__ = forward
+
+
+def _shadow(module: nn.Module, swap: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """A copy of ``module``'s tree, in eval mode, that shares its parameters and buffers; a
+    submodule for which ``swap`` returns a module is replaced by it in the copy only."""
+    new = swap(module)
+    if new is not None:
+        return new
+    c = copy.copy(module)  # a new __dict__, but the same _modules/_parameters/_buffers dicts: copy them
+    c._modules = {k: None if m is None else _shadow(m, swap) for k, m in module._modules.items()}
+    c._parameters = dict(module._parameters)
+    c._buffers = dict(module._buffers)
+    c.training = False
+    return c
 
 
 def _as_prompts(prompt) -> list[list[int]]:
@@ -422,4 +426,4 @@ def _prefill(dec: Decoder, batch: _Batch) -> torch.Tensor:
     L = batch.length
     slots = torch.arange(L, device=batch.idx.device)
     mask = batch.prefill_mask()
-    return dec(batch.idx, batch.pos, slots, mask, L, causal=mask is None)
+    return dec(batch.idx, batch.pos, slots, mask, L)

@@ -11,7 +11,7 @@ The model knows nothing of training: no optimizer, no distributed code, no data.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -29,44 +29,71 @@ class GPTConfig:
     dropout: float = 0.0  # dropout on embeddings, attention and residual branches (0 for pretraining)
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated and written in place.
 
-# KV cache of one layer: keys and values, each (B, n_head, T_cached, head_dim).
-KVCache = tuple[torch.Tensor, torch.Tensor]
+    ``k[i]`` and ``v[i]`` are (B, n_head, length, head_dim). A forward pass takes
+    ``cache.at(slots, kv_len)``: the new tokens' keys and values are written at cache slots
+    ``slots`` (T,), and attention reads slots [0, kv_len) (all when None). The cache is zeroed,
+    not empty: slots hidden by the mask are still multiplied by 0 and must not hold NaN.
+    """
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], slots: torch.Tensor | None = None,
+                 kv_len: int | None = None):
+        self.k, self.v, self.slots, self.kv_len = k, v, slots, kv_len
+
+    @classmethod
+    def zeros(cls, cfg: GPTConfig, batch: int, length: int, dtype: torch.dtype, device) -> "KVCache":
+        shape = (batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)])
+
+    @property
+    def length(self) -> int:
+        return self.k[0].size(2)
+
+    def at(self, slots: torch.Tensor, kv_len: int | None = None) -> "KVCache":
+        return KVCache(self.k, self.v, slots, kv_len)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's new keys and values; return all keys and values to attend to."""
+        kc, vc = self.k[layer], self.v[layer]
+        kc.index_copy_(2, self.slots, k.to(kc.dtype))
+        vc.index_copy_(2, self.slots, v.to(vc.dtype))
+        if self.kv_len is not None:
+            kc, vc = kc[:, :, : self.kv_len], vc[:, :, : self.kv_len]
+        return kc.to(k.dtype), vc.to(v.dtype)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head = cfg.n_head
+        self.layer = layer  # which of a KVCache's layers is this one's
         self.dropout = cfg.dropout
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v together
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual_scale = True  # type: ignore[attr-defined]  # see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            k = torch.cat([cache[0], k], dim=2)
-            v = torch.cat([cache[1], v], dim=2)
+            k, v = cache.update(self.layer, k, v)
+        # no mask: causal, which for one new query against a cache means every key (see GPT.hidden)
+        causal = mask is None and T > 1
+        if causal and k.size(2) != T:
+            raise ValueError("several new tokens after cached ones need an explicit attention mask")
         dropout_p = self.dropout if self.training else 0.0
-        if cache is None or cache[0].size(2) == 0:
-            # Flash / memory-efficient attention where the backend has it.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
-            # New queries sit at the end of the sequence: query i may see keys <= past + i.
-            past = k.size(2) - T
-            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        # flash / memory-efficient attention where the backend has it
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -82,18 +109,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-        a, cache = self.attn(self.ln_1(x), cache)
-        x = x + a
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache)
         x = x + self.mlp(self.ln_2(x))
-        return x, cache
+        return x
 
 
 class GPT(nn.Module):
@@ -107,7 +133,7 @@ class GPT(nn.Module):
                 wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
                 wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
                 drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
                 ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
             )
         )
@@ -155,46 +181,45 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * seq_len
 
-    def forward(
+    def hidden(
         self,
         idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        *,
-        caches: list[KVCache] | None = None,
-        reduction: str = "mean",
-    ):
-        """Return ``(logits, loss)``; with ``caches`` return ``(logits, new_caches)``.
+        pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The hidden states after the final LayerNorm, (B, T, n_embd): the one walk over the blocks.
+
+        - ``pos``: the position of each token, (T,) or (B, T); default 0..T-1. Packed scoring
+          gives several continuations the positions they would have right after one context;
+          left-padded decoding counts each row from its first real token.
+        - ``mask``: which keys each query sees, bool (B or 1, 1, T, keys), True = attend. Default:
+          causal; for one new token per row after a ``cache``, every cached key.
+        - ``cache``: a :class:`KVCache` placed with ``cache.at(slots, kv_len)``; the tokens' keys
+          and values are stored there and attention runs over the cache.
+        """
+        T = idx.size(1)
+        if pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, mask, cache)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, reduction: str = "mean", **kw):
+        """Return ``(logits, loss)``; ``kw`` (pos, mask, cache) go to :meth:`hidden`.
 
         logits are over the padded vocabulary, with padded columns set to -inf so they are never
         sampled and take no probability mass in the loss. Targets < 0 are ignored in the loss.
-        With ``caches`` (a list of per-layer caches, possibly empty tensors) the tokens in ``idx``
-        continue the cached sequence; this is the incremental decoding path.
         """
-        B, T = idx.shape
-        past = 0 if not caches else caches[0][0].size(2)
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.config.block_size}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        new_caches = []
-        for i, block in enumerate(self.transformer.h):
-            x, kv = block(x, caches[i] if caches else None)
-            new_caches.append(kv)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
+        logits = self.lm_head(self.hidden(idx, **kw))
         if self.config.padded_vocab_size > self.config.vocab_size:
             logits[..., self.config.vocab_size :] = float("-inf")
-        if caches is not None:
-            return logits, new_caches
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
                 logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1, reduction=reduction
             )
         return logits, loss
-
-    def empty_caches(self, batch_size: int, device=None, dtype=None) -> list[KVCache]:
-        c = self.config
-        shape = (batch_size, c.n_head, 0, c.n_embd // c.n_head)
-        dtype = dtype or self.transformer.wte.weight.dtype
-        return [(torch.empty(shape, device=device, dtype=dtype),) * 2 for _ in range(c.n_layer)]

@@ -224,7 +224,7 @@ def test_reused_compiled_decoder_gives_the_same_tokens(model):
     dec = Decoder(long, compile=True)
     for n in (70, 60, 10):  # cache lengths 128, 128 (reused), 64
         assert generate(dec, PROMPTS, n, temperature=0.0) == [greedy_uncached(long, p, n) for p in PROMPTS]
-        for c in dec.k + dec.v:  # whatever a call leaves in the cache must not reach the next one
+        for c in dec.cache.k + dec.cache.v:  # whatever a call leaves in the cache must not reach the next one
             c.fill_(float("nan"))
     assert dec.cache_len == 64
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2lab.config import MODEL_PRESETS
-from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.model import GPT, GPTConfig, KVCache
 
 GPT2_124M_PARAMS = 124_439_808  # GPT-2 small as OpenAI/Hugging Face count it (tied head once)
 
@@ -148,32 +148,40 @@ def test_init_statistics():
 
 @pytest.mark.parametrize("chunks", [[5, 1, 1, 1, 1, 1], [1] * 10, [4, 3, 3], [10]])
 def test_kv_cache_matches_full_forward(chunks):
+    """GPT.forward with a KVCache: chunks fed one after another give the logits of one full pass."""
     cfg = tiny_cfg(block_size=32)
     model = make(cfg)
-    idx = torch.randint(0, cfg.vocab_size, (2, sum(chunks)))
+    T = sum(chunks)
+    idx = torch.randint(0, cfg.vocab_size, (2, T))
     V = cfg.vocab_size
+    cache = KVCache.zeros(cfg, 2, T, torch.float32, "cpu")
+    slots = torch.arange(T)
     with torch.no_grad():
         full, _ = model(idx)
-        caches = model.empty_caches(2)
-        pieces, pos = [], 0
+        pieces, at = [], 0
         for n in chunks:
-            logits, caches = model(idx[:, pos : pos + n], caches=caches)
+            # a chunk after cached tokens sees all of them and the earlier tokens of its own chunk
+            mask = (slots[None, : at + n] <= slots[at : at + n, None])[None, None]
+            logits, _ = model(idx[:, at : at + n], pos=slots[at : at + n], mask=mask if n > 1 else None,
+                              cache=cache.at(slots[at : at + n], at + n))
             pieces.append(logits)
-            pos += n
-            assert caches[0][0].shape == (2, cfg.n_head, pos, cfg.n_embd // cfg.n_head)
+            at += n
     inc = torch.cat(pieces, dim=1)
     assert inc.shape == full.shape
     torch.testing.assert_close(inc[..., :V], full[..., :V], atol=1e-5, rtol=0)
     assert torch.isneginf(inc[..., V:]).all()
 
 
-def test_kv_cache_respects_block_size():
+def test_forward_refuses_too_long_and_unmasked_chunks():
     cfg = tiny_cfg(block_size=8)
     model = make(cfg)
     with torch.no_grad():
-        _, caches = model(torch.zeros(1, 8, dtype=torch.long), caches=model.empty_caches(1))
         with pytest.raises(ValueError, match="block_size"):
-            model(torch.zeros(1, 1, dtype=torch.long), caches=caches)
+            model(torch.zeros(1, 9, dtype=torch.long))
+        cache = KVCache.zeros(cfg, 1, 8, torch.float32, "cpu")
+        model(torch.zeros(1, 4, dtype=torch.long), cache=cache.at(torch.arange(4), 4))
+        with pytest.raises(ValueError, match="mask"):  # two new tokens after cached ones: which keys see which?
+            model(torch.zeros(1, 2, dtype=torch.long), pos=torch.arange(4, 6), cache=cache.at(torch.arange(4, 6), 6))
 
 
 def test_targets_minus_one_ignored():

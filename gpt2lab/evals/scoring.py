@@ -25,7 +25,6 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
 from ..tokenizer import EOT_TOKEN
@@ -117,32 +116,20 @@ def _plain_loop(model, requests: list[Request], device: str) -> list[list[Score]
     return out
 
 
-def _packed_hidden(model, idx: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-    """The model's blocks over packed rows; returns the hidden states after the final LayerNorm.
+def packed_mask(seg: torch.Tensor) -> torch.Tensor:
+    """The attention mask of packed rows, (B, 1, T, T) bool, from each token's segment (B, T).
 
     A row holds one context (segment 0) followed by several continuations (segments 1, 2, ...),
     each continuation with the positions it would have right after the context. A token sees
     earlier tokens of the context and of its own segment only, so each continuation is scored
     exactly as if it followed the context alone, and the context is computed once. Padding has
     segment -1 (never scored; it sees the context and earlier padding, so no mask row is empty,
-    which would give NaN). Same modules and weights as GPT.forward; only the attention
-    mask and positions differ, which the ordinary forward does not take as inputs.
+    which would give NaN).
     """
-    tr = model.transformer
-    B, T = idx.shape
-    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    T = seg.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
     mask = causal & ((seg[:, :, None] == seg[:, None, :]) | (seg == 0)[:, None, :])
-    mask = mask[:, None]  # (B, 1, T, T): the same for every head
-    x = tr.drop(tr.wte(idx) + tr.wpe(pos))
-    for block in tr.h:
-        attn = block.attn
-        C = x.size(-1)
-        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + attn.resid_dropout(attn.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-        x = x + block.mlp(block.ln_2(x))
-    return tr.ln_f(x)
+    return mask[:, None]  # the same for every head
 
 
 def _packed_len(ctx: list[int], conts: list[list[int]]) -> int:
@@ -201,7 +188,7 @@ def score_fast(
                     conts_of += [k] * len(c)
                     at += n
                     k += 1
-            h = _packed_hidden(model, idx.to(device), pos.to(device), seg.to(device))
+            h = model.hidden(idx.to(device), pos.to(device), packed_mask(seg.to(device)))
             lp, hit = _score_positions(model, h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)],
                                        torch.tensor(tgts, device=device), greedy)
             owner = torch.tensor(conts_of, device=device)

@@ -1,4 +1,15 @@
-"""Checkpoints: written atomically, loaded without unpickling code.
+"""Checkpoints and the layout of a run folder: written atomically, loaded without unpickling code.
+
+This module owns every file and folder name of a run::
+
+    RUN_DIR/config.yaml            the resolved config (RUN_CONFIG)
+    RUN_DIR/metrics.jsonl          one record per line (METRICS_FILE; metrics.py writes it)
+    RUN_DIR/tb/                    TensorBoard events (TB_DIR)
+    RUN_DIR/evals/step_N.json      what was evaluated at step N (EVALS_DIR)
+    RUN_DIR/checkpoints/step_N/    the checkpoints (CHECKPOINTS_DIR)
+
+and :class:`Checkpointer` is what the training loop asks "save now?" and what restores all
+training state (model, optimizer, data position, RNG) on resume.
 
 A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
 
@@ -18,6 +29,7 @@ and cleaned up by the next save.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -30,9 +42,21 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+import numpy as np
+
 from .config import Config, from_dict
+from .distributed import (
+    DistInfo,
+    broadcast_object,
+    full_state_dict,
+    gather_objects,
+    is_sharded,
+    load_full_state,
+    load_sharded_state,
+    sharded_state,
+)
 from .errors import UserError
-from .fileio import replace_dir
+from .fileio import replace_dir, write_atomic
 from .model import GPT
 
 MODEL_FILE = "model.safetensors"
@@ -40,6 +64,10 @@ CONFIG_FILE = "config.yaml"
 STATE_FILE = "train_state.pt"
 DCP_DIR = "dcp"
 CHECKPOINTS_DIR = "checkpoints"  # in a run folder
+RUN_CONFIG = CONFIG_FILE  # a run folder's resolved config has a checkpoint's config's name
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+EVALS_DIR = "evals"
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -201,3 +229,119 @@ def load_train_state(ckpt: Path) -> dict:
     except Exception as e:  # damaged zip, or an object weights_only refuses (its message suggests unsafe loading)
         raise UserError(f"{path}: cannot read the training state ({type(e).__name__}); the file is damaged or not "
                         f"gpt2lab's: resume from another checkpoint (delete this folder) or start a new run") from None
+
+
+def eval_record_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / EVALS_DIR / f"step_{step:08d}.json"
+
+
+def eval_record_step(path: Path) -> int | None:
+    """The step of an eval record file, or None for a file of another name."""
+    text = path.stem.partition("_")[2]
+    return int(text) if path.stem.startswith("step_") and text.isdigit() else None
+
+
+def _rng_state(device: str) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: str) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.startswith("cuda"):
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Checkpointer:
+    """Saves a run's training state when due and restores all of it on resume.
+
+    ``every``: save every N steps (0: only at the end); ``keep``: the newest N are kept (0: all).
+    Under FSDP2 (``parallel="fsdp"``) the model and optimizer go shard by shard into ``dcp/``
+    and rank 0 writes a consolidated model file too; otherwise rank 0 writes everything.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, info: DistInfo, every: int = 0, keep: int = 0,
+                 parallel: str = "ddp"):
+        self.run_dir, self.info = Path(run_dir), info
+        self.every, self.keep, self.parallel = every, keep, parallel
+        self.last_saved: Path | None = None
+
+    def checkpoints(self) -> list[Path]:
+        """The run's complete checkpoints, oldest first, as rank 0 sees them (the same list on every rank)."""
+        names = broadcast_object([p.name for p in list_checkpoints(self.run_dir)], self.info)
+        return [self.run_dir / CHECKPOINTS_DIR / n for n in names]
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or (self.every > 0 and step % self.every == 0)
+
+    def save(self, step: int, model: GPT, optimizer, loader, cfg: Config) -> dict | None:
+        """Write checkpoint ``step`` (all ranks call this). Returns the full state dict when it was
+        gathered for FSDP2 (on rank 0; {} elsewhere), so that evaluations of this step reuse it."""
+        state = {
+            "loader": loader.state_dict(),  # the same on every rank
+            "rng": gather_objects(_rng_state(self.info.device), self.info),
+            "world_size": self.info.world_size,
+            "parallel": self.parallel,
+        }
+        full = None
+        if self.parallel == "fsdp":  # sharded model + optimizer through DCP, and a consolidated model file
+            full = full_state_dict(model)
+            weights, shards = full, sharded_state(model, optimizer)
+        else:
+            weights, shards = model, None
+            state["optimizer"] = optimizer.state_dict()
+        self.last_saved = save_checkpoint(self.run_dir, step, weights, cfg, state, keep=self.keep,
+                                          sharded_state=shards, dist_info=self.info)
+        return full
+
+    def start(self, cfg: Config) -> None:
+        """Rank 0: the run folder with its resolved config (written anew at every start and resume)."""
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.run_dir / RUN_CONFIG, cfg.to_yaml())
+
+    def restore(self, cfg: Config, model: GPT, optimizer, loader, log) -> int:
+        """Load the newest checkpoint into model, optimizer, loader and RNG; return its step.
+
+        Rank 0 picks the checkpoint and every rank loads that one, so all agree on the step. The
+        number of processes may differ from the run that wrote it: the loader state does not
+        depend on it, DDP optimizer state is replicated, and a sharded (dcp/) checkpoint is resharded.
+        """
+        found = self.checkpoints()
+        if not found:
+            raise UserError(f"--resume: no checkpoint in {self.run_dir / CHECKPOINTS_DIR}; start without --resume")
+        path = found[-1]
+        if not path.is_dir():
+            raise UserError(f"--resume: rank {self.info.rank} cannot see {path}; train.run_dir must be on a "
+                            "filesystem all nodes share")
+        saved = load_checkpoint_config(path)
+        if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:  # dropout may change; shape may not
+            raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")
+        state = load_train_state(path)
+        missing = [k for k in ("step", "loader", "rng") if k not in state]
+        if missing:
+            raise UserError(f"--resume: {path / STATE_FILE} lacks {', '.join(missing)}; the checkpoint is "
+                            "damaged or not gpt2lab's: delete that folder to resume from the one before")
+        dcp_dir = path / DCP_DIR
+        if not dcp_dir.is_dir() and "optimizer" not in state:
+            raise UserError(f"--resume: {path} has neither {DCP_DIR}/ nor optimizer state; the checkpoint is incomplete")
+        if dcp_dir.is_dir():
+            load_sharded_state(model, optimizer, dcp_dir)
+        elif is_sharded(model):  # a DDP/single-process checkpoint: every rank reads it whole and keeps its shards
+            load_full_state(model, optimizer, read_model_file(path / MODEL_FILE), state["optimizer"])
+        else:
+            load_model_weights(model, path / MODEL_FILE)
+            optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        step, saved_ranks, rank = int(state["step"]), len(state["rng"]), self.info.rank
+        if rank < saved_ranks:
+            _set_rng_state(state["rng"][rank], self.info.device)
+        else:  # a rank the old run did not have: a fresh stream, derived from the seed, this rank and the step
+            torch.manual_seed(int(np.random.SeedSequence([cfg.train.seed, rank, step]).generate_state(1)[0]))
+        if saved_ranks != self.info.world_size:
+            log(f"checkpoint written by {saved_ranks} process(es), continuing on {self.info.world_size}")
+        log(f"resumed from {path} (step {step})")
+        self.last_saved = path
+        return step

@@ -97,6 +97,15 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` (small, trusted, from our own processes), in rank order."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj, info: DistInfo):
     """Rank 0's ``obj`` on every rank (small, trusted, from our own processes)."""
     if not info.enabled:

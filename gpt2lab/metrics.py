@@ -11,15 +11,15 @@ import math
 import os
 from pathlib import Path
 
+from .checkpoint import EVALS_DIR, METRICS_FILE, TB_DIR, eval_record_path, eval_record_step
 from .errors import UserError
-from .fileio import write_jsonl_atomic
-
-METRICS_FILE = "metrics.jsonl"
+from .fileio import write_json_atomic, write_jsonl_atomic
 
 
 class MetricsWriter:
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = False):
-        self.path = Path(run_dir) / METRICS_FILE
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)  # line-buffered: a killed run loses no whole line
         self._tb = None
@@ -28,7 +28,7 @@ class MetricsWriter:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise UserError("train.tensorboard=true needs tensorboard: pip install tensorboard") from None
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR))
 
     def log(self, kind: str, step: int, **values) -> None:
         record = {"kind": kind, "step": step, **{k: _jsonable(v) for k, v in values.items()}}
@@ -37,6 +37,10 @@ class MetricsWriter:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def record_evals(self, step: int, results: dict) -> None:
+        """What was evaluated at ``step``, also kept as its own file (read by ``gpt2lab report``)."""
+        write_json_atomic(eval_record_path(self.run_dir, step), {"step": step, **results})
 
     def close(self) -> None:
         self._file.close()
@@ -72,3 +76,16 @@ def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> int:
     if len(kept) < len(records):
         write_jsonl_atomic(path, kept)
     return len(records) - len(kept)
+
+
+def drop_history_after(run_dir: str | os.PathLike, step: int) -> int:
+    """Drop metrics records and eval files past ``step``: they come from a run that stopped after
+    its last checkpoint (or, on a fresh start, never reached one), and would appear twice. Returns
+    how many were dropped."""
+    dropped = truncate_metrics(run_dir, step)
+    for old in (Path(run_dir) / EVALS_DIR).glob("step_*.json"):
+        at = eval_record_step(old)
+        if at is not None and at > step:
+            old.unlink()
+            dropped += 1
+    return dropped

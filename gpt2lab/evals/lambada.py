@@ -99,8 +99,13 @@ def evaluate_lambada(
     dist_info: DistInfo | None = None,
     batch_tokens: int | None = None,
     plain: bool = False,
+    gather: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """Score ``texts``; return (metrics, per-passage records). Records are complete on every rank."""
+    """Score ``texts``; return (metrics, per-passage records).
+
+    Metrics are over all passages on every rank. Records are those of every rank, or with
+    ``gather=False`` only this rank's (no object collective: training needs the metrics only).
+    """
     info = dist_info or DistInfo(device=device)
     was_training = model.training
     tok = get_tokenizer()
@@ -120,7 +125,9 @@ def evaluate_lambada(
     n, hits, lp, ntok = totals.tolist()
     metrics = {"items": int(n), "acc": hits / max(n, 1), "ppl": math.exp(-lp / max(n, 1)),
                "token_ppl": math.exp(-lp / max(ntok, 1))}
-    return metrics, sorted(gather_records(records, info), key=lambda r: r["index"])
+    if gather:
+        records = sorted(gather_records(records, info), key=lambda r: r["index"])
+    return metrics, records
 
 
 def run_lambada(

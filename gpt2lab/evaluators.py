@@ -1,0 +1,157 @@
+"""What the training loop runs every N steps besides training: validation loss, downstream tasks
+(HellaSwag, LAMBADA) and samples. Each is a small object with ``every`` and ``run``; the loop
+asks each whether it is due and hands it the model, and logs what it returns.
+
+To add an evaluation during training, write a class like these (``kind`` names its records in
+metrics.jsonl) and add it in :func:`build_evaluators`.
+
+Under FSDP2 a forward of the sharded model needs every rank in lockstep: validation loss runs
+sharded on all ranks, while tasks and samples score one full copy gathered on rank 0
+(``needs_full``), gathered once per step for all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from .config import Config
+from .data.shards import find_shards
+from .distributed import DistInfo
+from .errors import UserError
+from .evals.common import select_items
+from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
+from .evals.lambada import evaluate_lambada, load_lambada
+from .evals.loss import eval_windows, evaluate_loss
+from .generate import generate
+from .tokenizer import EOT_TOKEN, get_tokenizer
+
+
+def due(every: int, step: int, last: bool) -> bool:
+    """N > 0: every N steps and at the end; 0: only at the end; -1: never."""
+    return every >= 0 and (last or (every > 0 and step % every == 0))
+
+
+class Evaluator:
+    kind = ""  # the metrics record kind
+    every = -1
+    needs_full = False  # runs on rank 0 alone, on the full (for FSDP2: gathered) model
+
+    def run(self, model, full) -> dict | None:
+        """This step's results (None on ranks that have none); ``full`` is the full model on rank 0."""
+        raise NotImplementedError
+
+    def lines(self, result: dict) -> list[str]:
+        return []
+
+    def summary(self, result: dict) -> dict:
+        """What goes into train()'s returned summary."""
+        return {self.kind: result}
+
+    def record(self, result: dict) -> dict:
+        """What goes into RUN_DIR/evals/step_N.json."""
+        return {self.kind: result}
+
+
+class ValLoss(Evaluator):
+    kind = "val"
+
+    def __init__(self, windows: list, batch: int, seq_len: int, every: int, device: str, autocast, info: DistInfo,
+                 sharded: bool):
+        self.windows, self.batch, self.tokens, self.every = windows, batch, len(windows) * seq_len, every
+        self.device, self.autocast, self.info, self.sharded = device, autocast, info, sharded
+
+    def run(self, model, full) -> dict:
+        val = evaluate_loss(model, self.windows, self.batch, self.device, self.autocast, self.info, self.sharded)
+        return {"val_loss": val, "val_tokens": self.tokens}
+
+    def lines(self, result):
+        return [f"val loss {result['val_loss']:.4f} ({result['val_tokens']:,} tokens)"]
+
+    def summary(self, result):
+        return {"val_loss": result["val_loss"]}
+
+    def record(self, result):
+        return dict(result)
+
+
+class Task(Evaluator):
+    """A downstream task scored on all ranks (items split over them), or on rank 0's full copy under FSDP2."""
+
+    def __init__(self, kind: str, data: list, evaluate: Callable, every: int, describe: Callable[[dict], str],
+                 device: str, autocast, info: DistInfo, sharded: bool):
+        self.kind, self.data, self.evaluate, self.every, self.describe = kind, data, evaluate, every, describe
+        self.device, self.autocast, self.info, self.needs_full = device, autocast, info, sharded
+
+    def run(self, model, full):
+        if self.needs_full:
+            return self.evaluate(full, self.data, self.device, self.autocast)[0] if self.info.is_main else None
+        return self.evaluate(model, self.data, self.device, self.autocast, self.info)[0]
+
+    def lines(self, result):
+        return [self.describe(result)]
+
+
+class Samples(Evaluator):
+    """eval.sample_count continuations of eval.sample_prompt, with a fixed seed, on rank 0."""
+
+    kind = "sample"
+    needs_full = True
+
+    def __init__(self, cfg: Config, device: str, autocast, info: DistInfo):
+        self.cfg, self.device, self.autocast, self.info = cfg, device, autocast, info
+        self.every = cfg.eval.sample_every
+
+    def run(self, model, full):
+        if not self.info.is_main:
+            return None
+        return {"prompt": self.cfg.eval.sample_prompt, "samples": sample_texts(full, self.cfg, self.autocast)}
+
+    def lines(self, result):
+        return [f"sample: {text!r}" for text in result["samples"]]
+
+    def summary(self, result):
+        return {"samples": result["samples"]}
+
+    def record(self, result):
+        return {}
+
+
+def sample_texts(model, cfg: Config, autocast=None) -> list[str]:
+    """The samples training prints: eval.sample_count continuations of eval.sample_prompt (fixed seed)."""
+    e = cfg.eval
+    tok = get_tokenizer()
+    prompt = tok.encode_ordinary(e.sample_prompt) or [EOT_TOKEN]
+    outs = generate(
+        model, prompt, e.sample_tokens, num_samples=e.sample_count, temperature=e.sample_temperature,
+        top_k=e.sample_top_k or None, seed=cfg.train.seed, autocast=autocast,
+    )
+    return [e.sample_prompt + tok.decode(o) for o in outs]
+
+
+def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded: bool, log) -> list[Evaluator]:
+    """The evaluations the config asks for. Their data is loaded (downloaded) now, before training,
+    so that a data problem stops the run at once."""
+    e, T = cfg.eval, cfg.train.seq_len
+    out: list[Evaluator] = []
+    if e.every >= 0:
+        try:
+            find_shards(cfg.data.dir, cfg.data.val_split)
+        except UserError:
+            log(f"warning: no '{cfg.data.val_split}' shards in {cfg.data.dir}; validation loss is skipped")
+        else:
+            windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e.val_tokens)
+            out.append(ValLoss(windows, e.val_batch or cfg.train.micro_batch, T, e.every, device, autocast, info, sharded))
+    common = dict(device=device, autocast=autocast, info=info, sharded=sharded)
+    if e.hellaswag_every >= 0:
+        out.append(Task("hellaswag", select_items(load_hellaswag(e.hellaswag_data or None), e.hellaswag_items),
+                        functools.partial(evaluate_hellaswag, gather=False), e.hellaswag_every,
+                        lambda m: f"hellaswag acc_norm {m['completion_acc_norm']:.4f} "
+                                  f"(lm-eval {m['lm_eval_acc_norm']:.4f}, {m['items']:,} items)", **common))
+    if e.lambada_every >= 0:
+        out.append(Task("lambada", select_items(load_lambada(e.lambada_data or None), e.lambada_items),
+                        functools.partial(evaluate_lambada, gather=False), e.lambada_every,
+                        lambda m: f"lambada acc {m['acc']:.4f} ppl {m['ppl']:.2f} ({m['items']:,} passages)", **common))
+    if e.sample_every >= 0:
+        out.append(Samples(cfg, device, autocast, info))
+    return out

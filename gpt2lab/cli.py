@@ -91,8 +91,10 @@ def _add_train(sub) -> None:
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate text from a checkpoint",
-                       description="Generate text from a checkpoint folder or a run folder (its newest checkpoint).")
-    p.add_argument("checkpoint", help="checkpoint folder (…/checkpoints/step_N) or run folder")
+                       description="Generate text from a checkpoint folder, a run folder (its newest checkpoint), "
+                                   "or a Hugging Face GPT-2 folder or hub name.")
+    p.add_argument("checkpoint", help="checkpoint folder (…/checkpoints/step_N), run folder, or Hugging Face GPT-2 "
+                                      "folder or hub name")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     p.add_argument("--num-samples", "-n", type=POSITIVE, default=1)
     p.add_argument("--max-new-tokens", type=POSITIVE, default=100)
@@ -244,6 +246,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from .checkpoint import RUN_CONFIG
     from .config import load_config
     from .train import train
 
@@ -254,7 +257,7 @@ def cmd_train(args) -> None:
         args.resume = True
     if isinstance(args.resume, str):  # --resume RUN_DIR: that run's config, then overrides
         if config_path is None:
-            config_path = os.path.join(args.resume, "config.yaml")
+            config_path = os.path.join(args.resume, RUN_CONFIG)
         overrides.append(f"train.run_dir={args.resume}")
     cfg = load_config(config_path, overrides)
     if args.print_config:
@@ -268,13 +271,13 @@ def cmd_train(args) -> None:
 def cmd_sample(args) -> None:
     import torch
 
-    from .checkpoint import load_model
     from .generate import generate
     from .runtime import resolve_device
     from .tokenizer import EOT_TOKEN, get_tokenizer
+    from .weights import load_pretrained
 
     device = resolve_device(args.device)
-    model, _ = load_model(args.checkpoint, device=device)
+    model = load_pretrained(args.checkpoint, device)
     if args.int8:
         if device != "cpu":
             raise UserError("--int8 runs on CPU only: add --device cpu")

@@ -38,7 +38,12 @@ CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) i
 LAYER_PARAMS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # the same function: GELU, tanh approximation
 _BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers in old checkpoints
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2", "owner/name"
+
+
+def is_hub_name(source: str) -> bool:
+    """Whether ``source``, which names nothing on disk, reads as a hub name rather than a path."""
+    return not source.startswith((".", "/", "~")) and bool(_HUB_NAME.match(source))
 
 
 # --- configs --------------------------------------------------------------------------------
@@ -279,7 +284,7 @@ def resolve_hf_source(src: str | os.PathLike) -> Path:
         if not p.is_dir():
             raise UserError(f"{p}: expected a directory saved by transformers' save_pretrained(), got a file")
         return p
-    if s.startswith((".", "/", "~")) or not _HUB_NAME.match(s):  # a path, not an "owner/name"
+    if not is_hub_name(s):
         raise UserError(f"{s}: no such directory")
     return _download(s)
 

@@ -16,16 +16,14 @@ and take gpt2lab folders only (:func:`gpt2lab.checkpoint.load_model`).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from . import checkpoint
 from .errors import UserError
+from .hf import is_hub_name, load_hf
 from .model import GPT
-
-HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2", "owner/name"
 
 CHECKPOINT, RUN, HF_FOLDER, HUB = "checkpoint", "run", "hf", "hub"
 
@@ -46,7 +44,7 @@ def classify(source: str | os.PathLike) -> str:
             return HF_FOLDER
         raise UserError(f"{s}: not a model: expected a gpt2lab checkpoint or run folder, "
                         "or a Hugging Face GPT-2 folder (config.json)")
-    if s.startswith((".", "/", "~")) or not HUB_NAME.match(s):
+    if not is_hub_name(s):
         raise UserError(f"{s}: no such checkpoint, run or Hugging Face folder (no such directory)")
     return HUB
 
@@ -56,8 +54,6 @@ def load_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu
     kind = classify(source)
     if kind in (CHECKPOINT, RUN):
         model = checkpoint.load_model(source)[0]
-    else:
-        from .hf import load_hf  # imports no transformers: reads safetensors and config.json itself
-
+    else:  # no transformers needed: hf.py reads safetensors and config.json itself
         model = load_hf(source)
     return model.to(device).eval()

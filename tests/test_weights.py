@@ -1,0 +1,49 @@
+"""weights.py: one rule for what a model source is, and one loader for all of them."""
+
+import pytest
+import torch
+
+from gpt2lab import weights
+from gpt2lab.checkpoint import save_checkpoint
+from gpt2lab.config import load_config
+from gpt2lab.errors import UserError
+from gpt2lab.hf import save_hf
+from gpt2lab.model import GPT
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """The same micro model as a run folder, a checkpoint folder and a Hugging Face folder."""
+    root = tmp_path_factory.mktemp("sources")
+    cfg = load_config(None, ["model.preset=micro"])
+    torch.manual_seed(0)
+    model = GPT(cfg.model).eval()
+    ckpt = save_checkpoint(root / "run", 3, model, cfg, {"loader": {}, "rng": []})
+    save_hf(model, root / "hf", tokenizer=False)
+    return model, {"run": root / "run", "checkpoint": ckpt, "hf": root / "hf"}
+
+
+def test_each_kind_is_classified_and_loads_the_same_weights(sources):
+    model, paths = sources
+    assert {k: weights.classify(p) for k, p in paths.items()} == {
+        "run": weights.RUN, "checkpoint": weights.CHECKPOINT, "hf": weights.HF_FOLDER}
+    idx = torch.randint(0, model.config.vocab_size, (1, 16))
+    want = model(idx)[0]
+    for kind, path in paths.items():
+        loaded = weights.load_pretrained(path)
+        assert not loaded.training, kind
+        torch.testing.assert_close(loaded(idx)[0], want, atol=1e-5, rtol=0, msg=kind)
+
+
+def test_hub_names_and_paths(tmp_path):
+    assert weights.classify("gpt2") == weights.HUB
+    assert weights.classify("openai-community/gpt2") == weights.HUB
+    for missing in (tmp_path / "nope", "./nope", "~/nope", "a/b/c"):
+        with pytest.raises(UserError, match="no such checkpoint, run or Hugging Face folder"):
+            weights.classify(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a model"):
+        weights.classify(tmp_path / "empty")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="a file, not a model"):
+        weights.classify(tmp_path / "file.txt")

@@ -1,5 +1,6 @@
 """The benchmark runs for real on a tiny model; figures are checked for sanity, never for speed."""
 
+import importlib.util
 import io
 import json
 import math
@@ -124,3 +125,20 @@ def test_describe_machine_and_busy_warning(monkeypatch):
     monkeypatch.setattr(bench, "load_average", lambda: 9.0)
     warn_if_busy("cpu", said.append)
     assert len(said) == 1 and "9.00" in said[0]
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("harness", REPO_ROOT / "benchmarks" / "harness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_harness_writes_results_with_command_and_machine(tmp_path):
+    harness = _harness()
+    out = harness.write_results(tmp_path / "sub" / "r.json", {"host": "h"}, {"results": [1]})
+    doc = json.loads(out.read_text())
+    assert doc["machine"] == {"host": "h"} and doc["results"] == [1] and "command" in doc
+    harness.write_results(out, {"host": "h"}, {"results": [1, 2]})  # rewritten in place
+    assert json.loads(out.read_text())["results"] == [1, 2]
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # no temporary file left

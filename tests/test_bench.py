@@ -142,3 +142,13 @@ def test_harness_writes_results_with_command_and_machine(tmp_path):
     harness.write_results(out, {"host": "h"}, {"results": [1, 2]})  # rewritten in place
     assert json.loads(out.read_text())["results"] == [1, 2]
     assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("script", ["bench_train", "bench_generate", "bench_hellaswag", "bench_prepare",
+                                    "bench_decode_bound"])
+def test_benchmark_scripts_import(script):
+    # --help imports the script and its harness without measuring anything.
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}.py", "--help"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" in proc.stdout

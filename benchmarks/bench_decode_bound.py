@@ -20,20 +20,10 @@ the ratios printed say what a target like 1.5x needs.
 from __future__ import annotations
 
 import argparse
-import time
 
+import harness
 import torch
 import torch.nn.functional as F
-
-
-def best(fn, repeats: int) -> float:
-    fn()
-    fastest = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        fastest = min(fastest, time.perf_counter() - t0)
-    return fastest
 
 
 def main() -> None:
@@ -45,6 +35,7 @@ def main() -> None:
     from gpt2_pair import random_gpt2_pair
     from gpt2lab.generate import Decoder, generate
 
+    harness.start("cpu")
     hf, ours = random_gpt2_pair()
     cfg = ours.config
 
@@ -58,23 +49,23 @@ def main() -> None:
 
     a = torch.empty(64 * 2**20)
     b = torch.empty_like(a)
-    copy_bw = 2 * a.numel() * 4 / best(lambda: b.copy_(a), 5)
+    copy_bw = 2 * a.numel() * 4 / harness.best_time(lambda: b.copy_(a), 5)
     layouts = {
         "F.linear, (out, in)": lambda: [F.linear(xs[w.shape[1]], w) for w in weights],
         "x @ Wt, (in, out) copy": lambda: [xs[w.shape[0]] @ w for w in transposed],
         "oneDNN packed": lambda: [torch.ops.mkldnn._linear_pointwise(xs[w.shape[1]], p, None, "none", [], "")
                                   for w, p in zip(weights, packed)],
     }
-    rates = {name: 1 / best(fn, 7) for name, fn in layouts.items()}
+    rates = {name: 1 / harness.best_time(fn, 7) for name, fn in layouts.items()}
 
     n = args.new_tokens
     ids = torch.randint(0, cfg.vocab_size, (1, 16))
-    t_ours = best(lambda: generate(ours, ids.tolist(), n, temperature=0.0), args.repeats)
+    t_ours = harness.best_time(lambda: generate(ours, ids.tolist(), n, temperature=0.0), args.repeats)
     dec, cdec = Decoder(ours), Decoder(ours, compile=True)  # reused: weights laid out (and compiled) once
-    t_dec = best(lambda: generate(dec, ids.tolist(), n, temperature=0.0), args.repeats)
-    t_cdec = best(lambda: generate(cdec, ids.tolist(), n, temperature=0.0), args.repeats)
-    t_hf = best(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                    max_new_tokens=n, min_new_tokens=n), args.repeats)
+    t_dec = harness.best_time(lambda: generate(dec, ids.tolist(), n, temperature=0.0), args.repeats)
+    t_cdec = harness.best_time(lambda: generate(cdec, ids.tolist(), n, temperature=0.0), args.repeats)
+    t_hf = harness.best_time(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                                 max_new_tokens=n, min_new_tokens=n), args.repeats)
     hf_rate = n / t_hf
     print(f"weights read per token: {nbytes / 1e6:.0f} MB (fp32, batch 1, {torch.get_num_threads()} threads)")
     print(f"copy bandwidth {copy_bw / 1e9:.1f} GB/s -> at most {copy_bw / nbytes:.1f} tokens/s "

@@ -31,15 +31,12 @@ then generation tokens/s of both for that model and for GPT-2 124M (batch 1 and 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import harness
 import torch
 
 PROMPT_LEN = 16
@@ -62,28 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def _best_of(fns: dict, repeats: int) -> dict:
     """One untimed call of each, then ``repeats`` alternating rounds; the best time of each."""
-    for fn in fns.values():
-        fn()
-    best = {k: math.inf for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            best[k] = min(best[k], _time(fn))
-    return best
-
-
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
+    return {name: min(times) for name, times in harness.time_cases(fns, repeats).items()}
 
 
 def bench_speed(args) -> list[dict]:
@@ -115,15 +93,12 @@ def bench_speed(args) -> list[dict]:
                 outs[key] = o
 
             # a Decoder built once: packed weights (and the compiled step) reused by every call
-            t0 = time.perf_counter()
-            dec = Decoder(ours, batch=B)
-            build = {"decoder build s": time.perf_counter() - t0}
+            build_s, dec = harness.timed(lambda: Decoder(ours, batch=B))
+            build = {"decoder build s": build_s}
             fns = {"transformers": run_hf, "gpt2lab": run_ours, "gpt2lab decoder": lambda: run_ours(dec, "decoder")}
             if args.compile:
                 cdec = Decoder(ours, batch=B, compile=True)
-                t0 = time.perf_counter()
-                run_ours(cdec, "compiled")  # compiles
-                build["compile s"] = time.perf_counter() - t0
+                build["compile s"], _ = harness.timed(lambda: run_ours(cdec, "compiled"))  # compiles
                 fns["gpt2lab compiled"] = lambda: run_ours(cdec, "compiled")
             try:
                 with torch.no_grad():
@@ -232,12 +207,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     import transformers
 
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "transformers": transformers.__version__, "load_average": _load_average()}
-    print(f"torch {machine['torch']}, transformers {machine['transformers']}, {machine['threads']} threads, "
-          f"load average {machine['load_average']}")
-    result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "machine": machine}
+    machine = harness.start("cpu", transformers=transformers.__version__)
+    result = {}
     if args.int8:
         result["int8"] = bench_int8(args)
     else:
@@ -250,8 +221,7 @@ def main(argv=None) -> int:
                   + ", ".join(f"{r['dtype']} B={r['batch']}: " + " / ".join(
                       f"{r[k]:.2f}x" for k in ("ratio", "decoder ratio", "compiled ratio") if k in r) for r in rows))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        print(f"wrote {harness.write_results(args.out, machine, result)}")
     return 0
 
 

@@ -18,28 +18,19 @@ Figures go to stdout and, as JSON, to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import socket
-import sys
-import time
-from pathlib import Path
+import functools
 
+import harness
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from gpt2lab.config import MODEL_PRESETS  # noqa: E402
-from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag, requests_for, select_items  # noqa: E402
-from gpt2lab.evals.scoring import score_fast, score_plain  # noqa: E402
-from gpt2lab.model import GPT, GPTConfig  # noqa: E402
-from gpt2lab.runtime import autocast_for, cpu_supports_bf16  # noqa: E402
+from gpt2lab.config import MODEL_PRESETS
+from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag, requests_for, select_items
+from gpt2lab.evals.scoring import score_fast, score_plain
+from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.runtime import autocast_for, cpu_supports_bf16
 
 
 def default_data() -> str | None:
-    shared = Path(os.environ.get("GPT2LAB_DATA", ROOT.parent / "shared" / "data")) / "hellaswag" / "hellaswag_val.jsonl"
+    shared = harness.data_dir() / "hellaswag" / "hellaswag_val.jsonl"
     return str(shared) if shared.is_file() else None  # None: the cached official file (downloaded when missing)
 
 
@@ -54,10 +45,11 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also time the fast bf16 scorer on all items")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs per case, round-robin; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"hellaswag-{socket.gethostname()}.json"))
+    ap.add_argument("--out", default=str(harness.default_out("hellaswag")))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    machine = harness.start("cpu")
     torch.manual_seed(0)
     model = GPT(GPTConfig(**MODEL_PRESETS[args.preset])).eval()
     all_items = load_hellaswag(args.data)
@@ -65,24 +57,22 @@ def main() -> None:
     styles = ("completion", "lm_eval") if args.style == "both" else (args.style,)
     reqs = [r for s in styles for r in requests_for(items, s)]
     bf16 = cpu_supports_bf16()
-    load = os.getloadavg()[0]  # others on a shared machine slow every case; the fastest-of-repeats helps
     print(f"model {args.preset} ({model.num_params() / 1e6:.0f}M, random init) | {len(items)} items x {len(styles)} "
-          f"style(s) | torch {torch.__version__} | {torch.get_num_threads()} threads | bf16 {'yes' if bf16 else 'no'} "
-          f"| load average {load:.2f}")
+          f"style(s) | bf16 {'yes' if bf16 else 'no'}")
     cases = [("plain", torch.float32), ("plain", torch.bfloat16), ("fast", torch.float32), ("fast", torch.bfloat16)]
     if not bf16:
         cases = [c for c in cases if c[1] == torch.float32]
-    scores, times = {}, {c: [] for c in cases}
-    for rep in range(args.repeat):  # round-robin, so a busy spell of a shared machine hits every case alike
-        for scorer, dtype in cases:
-            ac = autocast_for("cpu", dtype)
-            fn = score_plain if scorer == "plain" else (
-                lambda m, r, d, a: score_fast(m, r, d, a, args.batch_tokens, greedy=False))
-            if rep == 0:
-                fn(model, reqs[:2], "cpu", ac)  # warm-up: allocator, oneDNN kernels
-            t0 = time.perf_counter()
-            scores[(scorer, dtype)] = fn(model, reqs, "cpu", ac)
-            times[(scorer, dtype)].append(time.perf_counter() - t0)
+    scores, runs = {}, {}
+    for scorer, dtype in cases:
+        ac = autocast_for("cpu", dtype)
+        fn = score_plain if scorer == "plain" else functools.partial(score_fast, batch_tokens=args.batch_tokens,
+                                                                       greedy=False)
+        fn(model, reqs[:2], "cpu", ac)  # warm-up on two requests: allocator, oneDNN kernels
+
+        def run(case=(scorer, dtype), fn=fn, ac=ac):
+            scores[case] = fn(model, reqs, "cpu", ac)
+        runs[(scorer, dtype)] = run
+    times = harness.time_cases(runs, args.repeat, warmup=0)
     results = []
     for (scorer, dtype), ts in times.items():
         sec = min(ts)  # the least disturbed run
@@ -102,24 +92,19 @@ def main() -> None:
                for ra, rb in zip(a, b))
     check = {"max_abs_logprob_diff_fp32": diff, "same_prediction": same, "requests": len(a)}
     print(f"fast fp32 vs plain fp32: same prediction for {same}/{len(a)} requests, max |logprob diff| {diff:.2e}")
-    report = {"command": " ".join(sys.argv), "host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average_1min_at_start": load,
-              "preset": args.preset,
-              "style": args.style, "batch_tokens": args.batch_tokens, "cases": results, "check": check}
+    report = {"preset": args.preset, "style": args.style, "batch_tokens": args.batch_tokens, "cases": results,
+              "check": check}
     if args.full:
         dtype = torch.bfloat16 if bf16 else torch.float32
-        t0 = time.perf_counter()
-        metrics, _ = evaluate_hellaswag(model, all_items, "cpu", autocast_for("cpu", dtype), styles=styles,
-                                        batch_tokens=args.batch_tokens)
-        sec = time.perf_counter() - t0
-        report["full"] = {"items": len(all_items), "styles": list(styles), "seconds": sec, "items_per_s": len(all_items) / sec, "dtype": str(dtype).replace("torch.", ""),
+        sec, (metrics, _) = harness.timed(lambda: evaluate_hellaswag(
+            model, all_items, "cpu", autocast_for("cpu", dtype), styles=styles, batch_tokens=args.batch_tokens))
+        report["full"] = {"items": len(all_items), "styles": list(styles), "seconds": sec,
+                          "items_per_s": len(all_items) / sec, "dtype": str(dtype).replace("torch.", ""),
                           **{k: v for k, v in metrics.items() if k != "items"}}
         print(f"full set: {len(all_items):,} items x {len(styles)} style(s), fast {report['full']['dtype']}: "
               f"{sec:.1f} s ({len(all_items) / sec:.1f} items/s) | " +
               " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "items"))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {harness.write_results(args.out, machine, report)}")
 
 
 if __name__ == "__main__":

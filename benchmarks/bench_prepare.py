@@ -26,19 +26,17 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gpt2lab.data import TokenLoader  # noqa: E402
-from gpt2lab.data.prepare import prepare  # noqa: E402
-from gpt2lab.tokenizer import get_tokenizer  # noqa: E402
+import harness
+import tiktoken
+from gpt2lab.data import TokenLoader
+from gpt2lab.data.prepare import prepare
+from gpt2lab.tokenizer import get_tokenizer
 
 
 def _bare_worker(docs: list[str], barrier, results) -> None:
@@ -66,9 +64,8 @@ def bare_tiktoken(docs: list[str], workers: int) -> tuple[float, int]:
 
 def time_prepare(inputs, out: Path, workers: int) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    m = prepare(inputs, out, val_fraction=0.01, shard_tokens=10_000_000, workers=workers, log=lambda _m: None)
-    return time.perf_counter() - t0, m
+    return harness.timed(lambda: prepare(inputs, out, val_fraction=0.01, shard_tokens=10_000_000, workers=workers,
+                                         log=lambda _m: None))
 
 
 def loader_rate(data_dir: Path, shuffle: bool, seconds: float = 3.0) -> float:
@@ -81,27 +78,30 @@ def loader_rate(data_dir: Path, shuffle: bool, seconds: float = 3.0) -> float:
 
 
 def gpt2_step_rate() -> float:
+    """Tokens/s of a gpt2 forward+backward under bf16 autocast at 1 x 1024: best of 2 after a warm-up."""
     import torch
 
+    from gpt2lab.config import MODEL_PRESETS
     from gpt2lab.model import GPT, GPTConfig
+    from gpt2lab.runtime import autocast_for
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768))
+    model = GPT(GPTConfig(**MODEL_PRESETS["gpt2"]))
     x = torch.randint(0, 50257, (1, 1024))
-    best = float("inf")
-    for _ in range(3):  # the first is warm-up
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+
+    def step():
+        with autocast_for("cpu", torch.bfloat16):
             _, loss = model(x, x)
         loss.backward()
         model.zero_grad(set_to_none=True)
-        best = min(best, time.perf_counter() - t0)
-    return 1024 / best
+
+    return 1024 / harness.best_time(step, 2)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=os.environ.get("GPT2LAB_DATA", "../shared/data"))
+    ap.add_argument("--data", default=str(harness.data_dir()), help="shared data folder (default $GPT2LAB_DATA, "
+                    "else ../shared/data next to this checkout)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=3, help="give the corpus this many times (more text to time)")
     ap.add_argument("--rounds", type=int, default=2)
@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON results file")
     args = ap.parse_args()
 
+    machine = harness.start("cpu", tiktoken=tiktoken.__version__)
     src = Path(args.data) / "corpora" / "wikipedia-en.jsonl"
     if not src.is_file():
         sys.exit(f"error: {src} not found; set GPT2LAB_DATA or --data")
@@ -129,10 +130,7 @@ def main() -> None:
         assert n_tok == n_bare + n_docs, (n_tok, n_bare, n_docs)  # the same text: prepare adds one EOT per document
         bare, prep = min(bare_s), min(prep_s)
         res = {
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "python": platform.python_version()},
-            "command": " ".join(sys.argv), "workers": W, "input_mb": round(mb, 1), "documents": n_docs,
-            "tokens": n_tok,
+            "workers": W, "input_mb": round(mb, 1), "documents": n_docs, "tokens": n_tok,
             "bare": {"seconds": round(bare, 3), "mb_per_s": round(mb / bare, 2), "tokens_per_s": round(n_bare / bare)},
             "prepare": {"seconds": round(prep, 3), "mb_per_s": round(mb / prep, 2), "tokens_per_s": round(n_tok / prep)},
         }
@@ -158,7 +156,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        harness.write_results(args.out, machine, res)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 The bf16 and fp32 matmul peaks are measured at the start and again at the end (the better of the
 two counts); every case reports tokens/s, ms/step and MFU against them (see gpt2lab/bench.py and
-benchmarks/README.md). The JSON is
+benchmarks/README.md). The JSON (command, machine, peaks, one object per case) is
 rewritten after each case, so an interrupted run keeps what it finished.
 """
 
@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import sys
-from pathlib import Path
+
+import harness
+from gpt2lab.bench import COMPILE_MODES, add_compile_ratios, bench_train, format_table, measure_peaks, set_peaks
+from gpt2lab.runtime import DTYPES
 
 # name -> (preset, micro-batch, seq_len, timed steps, warm-up steps eager, warm-up steps compiled)
 CASES = {
     "gpt2": ("gpt2", 4, 1024, 3, 1, 2),
     "tiny": ("tiny", 16, 256, 10, 2, 2),
 }
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,14 +36,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--only", nargs="+", choices=list(CASES), default=list(CASES), metavar="CASE",
                    help=f"cases to run, of: {', '.join(CASES)} (default all)")
-    p.add_argument("--compile", choices=["off", "on", "both"], default="both",
+    p.add_argument("--compile", choices=list(COMPILE_MODES), default="both",
                    help="torch.compile off, on, or both side by side (default both)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps for every case (default: "
                    + ", ".join(f"{k} {v[3]}" for k, v in CASES.items()) + ")")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps before timing for every case (default: gpt2 1 eager / 2 compiled, tiny 2)")
-    p.add_argument("--dtype", default="bfloat16", choices=["auto", "bfloat16", "float32"],
+    p.add_argument("--dtype", default="bfloat16", choices=DTYPES,
                    help="autocast dtype (default bfloat16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--cold-compile", action="store_true",
@@ -56,43 +56,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.cold_compile:
-        os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"  # read when torch._inductor is imported
-
-    from gpt2lab.bench import add_compile_ratios, bench_train, format_table, load_average, measure_peaks, set_peaks
-
-    out = Path(args.out) if args.out else RESULTS_DIR / f"train-{platform.node() or 'unknown'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    load = load_average()
-    if load is not None:
-        log(f"1-minute load average at start: {load:.2f} (other work on the machine lowers the figures)")
+        # Read when torch._inductor is first imported, which happens at the first compile, not before.
+        os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
+    log = harness.log
+    out = args.out or harness.default_out("train")
+    machine = harness.start(args.device)
     log("measuring bf16 and fp32 matmul peaks ...")
     peaks = measure_peaks(args.device)
     log(f"peaks: bf16 {peaks['peak_bf16_flops'] / 1e12:.3f} TFLOP/s, "
         f"fp32 {peaks['peak_fp32_flops'] / 1e12:.3f} TFLOP/s")
-    doc = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cold_compile": args.cold_compile,
-        "peaks": peaks,
-        "results": [],
-    }
+    doc = {"started": _now(), "cold_compile": args.cold_compile, "peaks": peaks, "results": []}
     for name in [c for c in CASES if c in args.only]:
         preset, batch, seq_len, steps, warm_eager, warm_compiled = CASES[name]
-        for compiled in modes:
+        for compiled in COMPILE_MODES[args.compile]:
             warmup = args.warmup if args.warmup is not None else (warm_compiled if compiled else warm_eager)
             r = bench_train(preset, batch, seq_len, args.dtype, compiled, args.steps or steps, warmup, args.device,
                             peaks=peaks, retry_busy=args.retry_busy, log=log)
             doc["results"].append(r)
             add_compile_ratios(doc["results"])
-            out.write_text(json.dumps(doc, indent=2) + "\n")
+            harness.write_results(out, machine, doc)  # after each case: an interrupted run keeps what it finished
     # The peak is a best-of: measure it again at the end and keep the better of the two, so that a
     # busy moment at the start does not inflate every MFU. Both measurements are kept in the JSON.
     log("measuring the matmul peaks again ...")
@@ -105,8 +94,8 @@ def main(argv=None) -> int:
     doc["peaks"] = peaks
     for r in doc["results"]:
         set_peaks(r, peaks)
-    doc["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    doc["finished"] = _now()
+    harness.write_results(out, machine, doc)
     print(format_table(doc["results"], peaks), flush=True)
     log(f"saved {out}")
     return 0

@@ -11,6 +11,10 @@ the best dense square-matmul rate measured in the same process on the same devic
 in fp32 (TF32 allowed on CUDA, as training allows it). It is therefore "MFU against what this
 machine's matmul reaches", not against a datasheet number.
 
+The timer, the machine description and the busy-machine warning at the top are also what the
+scripts in ``benchmarks/`` use (through ``benchmarks/harness.py``): the package cannot import
+that folder, so the one copy lives here.
+
 Timings are what they are: nothing here asserts or rounds towards an expected speed.
 """
 
@@ -23,7 +27,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
@@ -32,102 +36,64 @@ from .distributed import DistInfo
 from .errors import UserError
 from .model import GPT, GPTConfig
 from .optim import build_optimizer
-from .runtime import autocast_for, resolve_device, resolve_dtype
+from .runtime import autocast_for, device_type, resolve_device, resolve_dtype, set_backends, synchronize
 from .train import train_step
 
-COMPILE_MODES = ("off", "on", "both")
-# Below this cpu share (see bench_train) other processes took a noticeable part of the CPU.
-BUSY_CPU_SHARE = 0.85
-# Square matmul sizes tried for the peak; the best rate over all of them counts. On 2 Sapphire
-# Rapids cores (AMX) a 4096^3 bf16 matmul takes ~60 ms and a 3072^3 fp32 one ~140 ms; on an
-# H100 an 8192^3 bf16 matmul takes ~2 ms.
-PEAK_SIZES = {
-    ("cpu", torch.bfloat16): (2048, 4096),
-    ("cpu", torch.float32): (2048, 3072),
-    ("cuda", torch.bfloat16): (4096, 8192),
-    ("cuda", torch.float32): (4096, 8192),
-}
+# --- timing and the machine ------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:
+    """``(seconds, fn())``. Queued GPU work is finished before the clock starts and before it stops,
+    so the time is that of ``fn``'s own work."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def time_cases(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1,
+               device: str = "cpu") -> dict[Any, list[float]]:
+    """Each case's seconds over ``repeats`` timed calls, after ``warmup`` untimed calls of each.
+
+    The rounds alternate the cases, so a busy spell of a shared machine hits every case alike.
+    Take the min (the least disturbed call) or the median of each list.
+    """
+    for _ in range(warmup):  # kernel selection, allocator, page faults, clocks
+        for fn in fns.values():
+            timed(fn, device)
+    times: dict[Any, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device)[0])
+    return times
+
+
+def best_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: str = "cpu") -> float:
+    """Fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones."""
+    return min(time_cases({"": fn}, repeats, warmup, device)[""])
+
+
+# Above this 1-minute load average other processes are likely to take CPU from a CPU benchmark.
+BUSY_LOAD = 0.5
+# CPU flags that decide matmul speed (bf16 and fp32 paths), in the order they are reported.
 _CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
 
 
-def _device_type(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
+def load_average() -> float | None:
+    """1-minute load average of the machine (None where the OS has none): other work skews CPU timings."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
-def _sync(device: str) -> None:
-    if _device_type(device) == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _check_device(device: str) -> str:
-    device = resolve_device(device)
-    if _device_type(device) == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device: CUDA is not available on this machine; use --device cpu")
-        # As in training: TF32 for any fp32 matmul left outside autocast.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    elif device != "cpu":
-        raise UserError(f"--device: {device!r} is not a device; choose auto, cpu, cuda or cuda:N")
-    return device
-
-
-def _time_matmul(device: str, dtype: torch.dtype, n: int, repeats: int) -> float:
-    """Best FLOP/s of ``repeats`` timed n x n x n matmuls after one untimed warm-up."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    torch.matmul(a, b, out=out)  # warm-up: kernel selection, page faults, clocks
-    _sync(device)
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        torch.matmul(a, b, out=out)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
-
-
-def _matmul_peak(device: str, dtype: torch.dtype, sizes: Iterable[int], repeats: int) -> tuple[float, int]:
-    best, best_n = 0.0, 0
-    for n in sizes:
-        flops = _time_matmul(device, dtype, n, repeats)
-        if flops > best:
-            best, best_n = flops, n
-    return best, best_n
-
-
-def measure_matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.bfloat16, n: int | None = None,
-                        repeats: int = 5) -> float:
-    """Dense matmul FLOP/s on ``device`` in ``dtype``: the best of ``repeats`` timed runs after a warm-up.
-
-    With ``n`` one n x n x n matmul is timed; without, the sizes of PEAK_SIZES are tried and the
-    best rate over all of them is returned.
-    """
-    device = _check_device(device)
-    sizes = (n,) if n else PEAK_SIZES.get((_device_type(device), dtype), (2048,))
-    return _matmul_peak(device, dtype, sizes, repeats)[0]
-
-
-def measure_peaks(device: str = "auto", repeats: int = 5) -> dict:
-    """bf16 and fp32 matmul peaks on one device, measured one after the other in this process."""
-    device = _check_device(device)
-    kind = _device_type(device)
-    bf16, bf16_n = _matmul_peak(device, torch.bfloat16, PEAK_SIZES[kind, torch.bfloat16], repeats)
-    fp32, fp32_n = _matmul_peak(device, torch.float32, PEAK_SIZES[kind, torch.float32], repeats)
-    return {
-        "device": device,
-        "peak_bf16_flops": bf16,
-        "peak_bf16_n": bf16_n,
-        "peak_fp32_flops": fp32,
-        "peak_fp32_n": fp32_n,
-        "fp32_tf32": _device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32),
-        "matmul_repeats": repeats,
-    }
-
-
-# --- describing the machine ------------------------------------------------------------------
+def warn_if_busy(device: str, log: Callable[[str], None]) -> None:
+    """Say so when other work on the machine will lower CPU figures (a GPU benchmark barely notices)."""
+    load = load_average()
+    if device_type(device) == "cpu" and load is not None and load > BUSY_LOAD:
+        log(f"warning: 1-minute load average is {load:.2f}: if other processes are using the CPU, "
+            "the figures will be lower than this machine can do")
 
 
 def _cpu_info() -> tuple[str, list[str]]:
@@ -141,29 +107,74 @@ def _cpu_info() -> tuple[str, list[str]]:
                     name = value.strip()
                 elif key == "flags" and not flags:
                     flags = set(value.split())
-    except OSError:
+    except OSError:  # not Linux
         pass
     return name or platform.processor() or platform.machine(), [f for f in _CPU_FEATURES if f in flags]
 
 
-def load_average() -> float | None:
-    """1-minute load average of the machine (None where the OS has none): other work skews CPU timings."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
+def describe_machine(device: str = "cpu") -> dict:
+    """Where figures were measured: the device (a GPU's name, or the CPU's model and flags), threads,
+    cores, torch, host, and the load average now (so call it when the measurement starts)."""
+    if device_type(device) == "cuda":
+        about: dict = {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
+    else:
+        name, features = _cpu_info()
+        about = {"device_name": name, "cpu_features": features}
+    return {"device": device, **about, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "host": platform.node(), "load_avg_1m_at_start": load_average()}
 
 
-def device_description(device: str) -> dict:
-    if _device_type(device) == "cuda":
-        return {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
-    name, features = _cpu_info()
-    return {"device_name": name, "cpu_features": features, "threads": torch.get_num_threads()}
+def machine_line(m: dict) -> str:
+    """One line of :func:`describe_machine`'s answer, to print above figures."""
+    features = f" [{', '.join(m['cpu_features'])}]" if m.get("cpu_features") else ""
+    load = m.get("load_avg_1m_at_start")
+    load_text = f" | load avg {load:.2f} at start" if load is not None else ""
+    return (f"device: {m['device']} ({m['device_name']}){features}, {m['threads']} threads | torch {m['torch']} "
+            f"| host {m['host']}{load_text}")
 
 
-def _process_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def _device(device: str) -> str:
+    device = resolve_device(device)
+    set_backends(device)  # as in training: TF32 for any fp32 matmul left outside autocast
+    return device
+
+
+# --- matmul peak -----------------------------------------------------------------------------
+
+# Square matmul sizes tried for the peak; the best rate over all of them counts. On 2 Sapphire
+# Rapids cores (AMX) a 4096^3 bf16 matmul takes ~60 ms and a 3072^3 fp32 one ~140 ms; on an
+# H100 an 8192^3 bf16 matmul takes ~2 ms.
+PEAK_SIZES = {
+    ("cpu", torch.bfloat16): (2048, 4096),
+    ("cpu", torch.float32): (2048, 3072),
+    ("cuda", torch.bfloat16): (4096, 8192),
+    ("cuda", torch.float32): (4096, 8192),
+}
+
+
+def _matmul_flops(device: str, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """FLOP/s of the fastest of ``repeats`` n x n x n matmuls after one untimed one."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    return 2.0 * n**3 / best_time(lambda: torch.matmul(a, b, out=out), repeats, device=device)
+
+
+def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...] | None = None) -> dict:
+    """bf16 and fp32 matmul peaks on one device, measured one after the other in this process.
+
+    Each is the best rate over the sizes of PEAK_SIZES (or ``sizes``, for both dtypes).
+    """
+    device = _device(device)
+    peaks: dict = {"device": device}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        tried = sizes or PEAK_SIZES[device_type(device), dtype]
+        flops, n = max((_matmul_flops(device, dtype, n, repeats), n) for n in tried)
+        peaks[f"peak_{name}_flops"], peaks[f"peak_{name}_n"] = flops, n
+    peaks["fp32_tf32"] = device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+    peaks["matmul_repeats"] = repeats
+    return peaks
 
 
 # --- peak memory -----------------------------------------------------------------------------
@@ -193,7 +204,17 @@ def _cpu_peak(reset_ok: bool) -> tuple[int, str]:
     return rss, "process max RSS since start (getrusage)"
 
 
-# --- the benchmark ---------------------------------------------------------------------------
+# --- the training benchmark ------------------------------------------------------------------
+
+# compile mode -> the torch.compile settings run, in order
+COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
+# Below this cpu share (see bench_train) other processes took a noticeable part of the CPU.
+BUSY_CPU_SHARE = 0.85
+
+
+def _process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _model_config(preset: str, seq_len: int) -> GPTConfig:
@@ -222,7 +243,7 @@ def bench_train(
 ) -> dict:
     """Time ``steps`` training steps of the ``preset`` model after ``warmup`` untimed ones.
 
-    ``peaks`` is the result of :func:`measure_peaks` for this device (measured here if None).
+    ``peaks`` (from :func:`measure_peaks` for this device) adds the MFU figures; without, there are none.
     On a CPU, when other processes took CPU during the timed steps (``cpu_share`` below
     ``min_cpu_share``), the timed steps are run again, up to ``retry_busy`` more times; the figures
     are those of the last attempt and every attempt is listed under ``attempts``.
@@ -232,21 +253,17 @@ def bench_train(
         raise UserError("--batch and --seq-len must be > 0")
     if steps < 1 or warmup < 0:
         raise UserError("--steps must be >= 1 and --warmup >= 0")
-    if dtype not in ("auto", "bfloat16", "float32"):
-        raise UserError(f"--dtype: {dtype!r}; choose auto, bfloat16 or float32")
     log = log or (lambda _msg: None)
-    device = _check_device(device)
-    device_type = _device_type(device)
+    device = _device(device)
+    kind = device_type(device)
     cfg = _model_config(preset, seq_len)
-    if peaks is None:
-        peaks = measure_peaks(device)
-    amp_dtype = resolve_dtype(dtype, device_type)
-    autocast = autocast_for(device_type, amp_dtype)
+    amp_dtype = resolve_dtype(dtype, kind)
+    autocast = autocast_for(kind, amp_dtype)
     if compile and warmup == 0:
         log("warning: --warmup 0 with compile: compilation is inside the timed steps")
 
     # Memory high-water mark from here on: model, optimizer state, activations, compiled code.
-    if device_type == "cuda":
+    if kind == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         reset_ok = False
@@ -255,7 +272,7 @@ def bench_train(
 
     torch.manual_seed(seed)
     model = GPT(cfg).to(device)
-    optimizer = build_optimizer(model, OptimConfig(), device_type)
+    optimizer = build_optimizer(model, OptimConfig(), kind)
     train_model: torch.nn.Module = model
     if compile:
         torch._dynamo.reset()  # compile from scratch, not on top of an earlier benchmark's graphs
@@ -270,15 +287,17 @@ def bench_train(
     batches = [(data[i, :, :-1].contiguous(), data[i, :, 1:].contiguous()) for i in range(n_batches)]
 
     def one_step(i: int) -> tuple[float, float]:
-        t0 = time.perf_counter()
-        loss, norm = train_step(train_model, model, optimizer, iter([batches[i % n_batches]]), 1, autocast, clip, info)
-        loss_value = loss.item()  # the training loop reads these back every step too
-        norm.item()
-        _sync(device)
-        return time.perf_counter() - t0, loss_value
+        """(seconds, loss) of step ``i``."""
+        def step() -> float:
+            loss, norm = train_step(train_model, model, optimizer, iter([batches[i % n_batches]]), 1, autocast,
+                                    clip, info)
+            norm.item()  # the training loop reads both back every step too
+            return loss.item()
+        return timed(step, device)
 
-    load = load_average()
-    tag = f"{preset} B={batch} T={seq_len} {str(amp_dtype).replace('torch.', '')} compile={'on' if compile else 'off'}"
+    machine = describe_machine(device)
+    dtype_name = str(amp_dtype).replace("torch.", "")
+    tag = f"{preset} B={batch} T={seq_len} {dtype_name} compile={'on' if compile else 'off'}"
     warmup_times = []
     for i in range(warmup):
         dt, _ = one_step(i)
@@ -297,14 +316,14 @@ def bench_train(
         # it sits near 1 (PyTorch's threads spin while they wait); well below that, other processes
         # took CPU from the benchmark and the timings are low.
         cpu_share = None
-        if device_type == "cpu":
+        if kind == "cpu":
             cpu_share = (_process_cpu_seconds() - cpu0) / (total * torch.get_num_threads())
         attempts.append({"ms_per_step": 1000 * total / steps, "cpu_share": cpu_share})
         if cpu_share is None or cpu_share >= min_cpu_share or attempt == retry_busy:
             break
         log(f"{tag}: cpu share {cpu_share:.2f} < {min_cpu_share}: other processes took CPU; timing again")
 
-    if device_type == "cuda":
+    if kind == "cuda":
         peak_mem, mem_kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
     else:
         peak_mem, mem_kind = _cpu_peak(reset_ok)
@@ -312,19 +331,14 @@ def bench_train(
     tokens_per_step = batch * seq_len
     tok_s = tokens_per_step * steps / total
     flops_per_token = model.flops_per_token(seq_len)
-    achieved = flops_per_token * tok_s
     result: dict = {
         "preset": preset,
         "batch": batch,
         "seq_len": seq_len,
         "tokens_per_step": tokens_per_step,
-        "dtype": str(amp_dtype).replace("torch.", ""),
+        "dtype": dtype_name,
         "compile": bool(compile),
-        "device": device,
-        **device_description(device),
-        "torch": torch.__version__,
-        "host": platform.node(),
-        "load_avg_1m_at_start": load,
+        **machine,
         "params": model.num_params(),
         "flops_per_token": flops_per_token,
         "steps": steps,
@@ -336,18 +350,19 @@ def bench_train(
         "ms_per_step_max": 1000 * max(step_times),
         "ms_per_step_median": 1000 * statistics.median(step_times),
         "tokens_per_s": tok_s,
-        "achieved_tflops": achieved / 1e12,
+        "achieved_tflops": flops_per_token * tok_s / 1e12,
         "cpu_share": cpu_share,
         "attempts": attempts,
         "peak_mem_bytes": peak_mem,
         "peak_mem_kind": mem_kind,
         "final_loss": loss_value,
     }
-    set_peaks(result, peaks)
+    if peaks is not None:
+        set_peaks(result, peaks)
     del train_model, model, optimizer, data, batches
     if compile:
         torch._dynamo.reset()
-    if device_type == "cuda":
+    if kind == "cuda":
         torch.cuda.empty_cache()
     return result
 
@@ -389,24 +404,9 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e6:.1f}M"
-
-
 def format_table(results: list[dict], peaks: dict) -> str:
     """A plain-text table of results, with the machine and the measured peaks above it."""
-    lines = []
-    if results:
-        r0 = results[0]
-        extra = ""
-        if r0.get("cpu_features"):
-            extra += f" [{', '.join(r0['cpu_features'])}]"
-        if "threads" in r0:
-            extra += f", {r0['threads']} threads"
-        load = r0.get("load_avg_1m_at_start")
-        load_text = f" | load avg {load:.2f} at start" if load is not None else ""
-        lines.append(f"device: {r0['device']} ({r0['device_name']}){extra} | torch {r0['torch']} | host {r0['host']}"
-                     f"{load_text}")
+    lines = [machine_line(results[0])] if results else []
     tf32 = " (TF32 allowed)" if peaks.get("fp32_tf32") else ""
     lines.append(
         f"matmul peak (best of {peaks['matmul_repeats']}, measured in this run): "
@@ -423,7 +423,7 @@ def format_table(results: list[dict], peaks: dict) -> str:
         ratio = r.get("compiled_vs_eager")
         ratio_text = "-" if ratio is None else f"{ratio:.2f}x" + (" (busy)" if r.get("compiled_vs_eager_busy") else "")
         row = [
-            r["preset"], _fmt_params(r["params"]), f"{r['batch']} x {r['seq_len']}", r["dtype"],
+            r["preset"], f"{r['params'] / 1e6:.1f}M", f"{r['batch']} x {r['seq_len']}", r["dtype"],
             "on" if r["compile"] else "off", f"{r['tokens_per_s']:,.0f}",
             f"{r['ms_per_step']:,.1f} ({r['ms_per_step_min']:,.1f})",
             f"{r['achieved_tflops']:.3f}", f"{100 * r['mfu']:.1f}%", f"{100 * r['mfu_fp32']:.1f}%",
@@ -456,7 +456,8 @@ def format_table(results: list[dict], peaks: dict) -> str:
     return "\n".join(lines)
 
 
-def _stderr(msg: str) -> None:
+def stderr_log(msg: str) -> None:
+    """Progress and warnings: stderr, so that stdout holds only the figures."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -473,7 +474,7 @@ def run_bench(
     *,
     peaks: dict | None = None,
     out=None,
-    log: Callable[[str], None] | None = _stderr,
+    log: Callable[[str], None] | None = stderr_log,
 ) -> list[dict]:
     """Measure the matmul peaks once, then bench_train with compile off and/or on; print and return the results.
 
@@ -484,22 +485,15 @@ def run_bench(
     if compile_mode not in COMPILE_MODES:
         raise UserError(f"--compile: {compile_mode!r}; choose off, on or both")
     out = out or sys.stdout
-    device = _check_device(device)
+    device = _device(device)
     _model_config(preset, seq_len)  # fail on a bad preset before spending time on the peaks
     log = log or (lambda _msg: None)
-    load = load_average()
-    if _device_type(device) == "cpu" and load is not None and load > 0.5:
-        log(f"warning: 1-minute load average is {load:.2f}: if other processes are using the CPU, "
-            "the figures will be lower than this machine can do")
+    warn_if_busy(device, log)
     if peaks is None:
         log(f"measuring bf16 and fp32 matmul peaks on {device} ...")
         peaks = measure_peaks(device)
-    modes = {"off": [False], "on": [True], "both": [False, True]}[compile_mode]
-    results = []
-    for compiled in modes:
-        results.append(
-            bench_train(preset, batch, seq_len, dtype, compiled, steps, warmup, device, peaks=peaks, log=log)
-        )
+    results = [bench_train(preset, batch, seq_len, dtype, compiled, steps, warmup, device, peaks=peaks, log=log)
+               for compiled in COMPILE_MODES[compile_mode]]
     add_compile_ratios(results)
     if as_json:
         for r in results:

@@ -1,5 +1,6 @@
 """The benchmark runs for real on a tiny model; figures are checked for sanity, never for speed."""
 
+import importlib.util
 import io
 import json
 import math
@@ -10,16 +11,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2lab.bench import bench_train, format_table, measure_matmul_peak, run_bench
+from gpt2lab import bench
+from gpt2lab.bench import (
+    bench_train,
+    describe_machine,
+    format_table,
+    machine_line,
+    measure_peaks,
+    run_bench,
+    time_cases,
+    timed,
+    warn_if_busy,
+)
 from gpt2lab.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_measure_matmul_peak_small():
-    for dtype in (torch.bfloat16, torch.float32):
-        flops = measure_matmul_peak("cpu", dtype, n=256, repeats=2)
-        assert math.isfinite(flops) and flops > 0
+def test_measure_peaks_small():
+    peaks = measure_peaks("cpu", repeats=2, sizes=(128, 256))
+    for dtype in ("bf16", "fp32"):
+        assert math.isfinite(peaks[f"peak_{dtype}_flops"]) and peaks[f"peak_{dtype}_flops"] > 0
+        assert peaks[f"peak_{dtype}_n"] in (128, 256)
 
 
 def test_run_bench_micro_in_process():
@@ -89,3 +102,53 @@ def test_busy_cpu_retries_the_timed_steps():
     assert len(r["attempts"]) == 2 and r["cpu_share"] == r["attempts"][-1]["cpu_share"]
     assert r["ms_per_step"] == r["attempts"][-1]["ms_per_step"]
     assert "2 tries" in format_table([r], PEAKS)
+
+
+def test_timed_and_time_cases():
+    seconds, out = timed(lambda: 42)
+    assert out == 42 and seconds >= 0
+    calls = []
+    times = time_cases({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1)
+    assert calls == ["a", "b"] * 3  # one warm-up round, then the timed rounds alternate the cases
+    assert set(times) == {"a", "b"} and all(len(t) == 2 and min(t) >= 0 for t in times.values())
+
+
+def test_describe_machine_and_busy_warning(monkeypatch):
+    m = describe_machine("cpu")
+    assert m["device"] == "cpu" and m["cores"] >= 1 and m["threads"] >= 1 and m["torch"] == torch.__version__
+    assert "host" in m and "load_avg_1m_at_start" in m
+    assert m["device_name"] in machine_line(m)
+    said = []
+    monkeypatch.setattr(bench, "load_average", lambda: 0.0)
+    warn_if_busy("cpu", said.append)
+    assert said == []
+    monkeypatch.setattr(bench, "load_average", lambda: 9.0)
+    warn_if_busy("cpu", said.append)
+    assert len(said) == 1 and "9.00" in said[0]
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("harness", REPO_ROOT / "benchmarks" / "harness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_harness_writes_results_with_command_and_machine(tmp_path):
+    harness = _harness()
+    out = harness.write_results(tmp_path / "sub" / "r.json", {"host": "h"}, {"results": [1]})
+    doc = json.loads(out.read_text())
+    assert doc["machine"] == {"host": "h"} and doc["results"] == [1] and "command" in doc
+    harness.write_results(out, {"host": "h"}, {"results": [1, 2]})  # rewritten in place
+    assert json.loads(out.read_text())["results"] == [1, 2]
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("script", ["bench_train", "bench_generate", "bench_hellaswag", "bench_prepare",
+                                    "bench_decode_bound"])
+def test_benchmark_scripts_import(script):
+    # --help imports the script and its harness without measuring anything.
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}.py", "--help"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" in proc.stdout

@@ -1,0 +1,81 @@
+"""What the benchmark scripts share: timing, the machine description, the busy-machine warning,
+and writing a results file.
+
+The timer, the machine description and the warning are also what ``gpt2lab bench`` needs, and
+the package cannot import this folder, so they live in :mod:`gpt2lab.bench` and are re-exported
+here; a script imports everything from this one module:
+
+- ``timed(fn, device)`` -> (seconds, fn()); ``time_cases({name: fn}, repeats, warmup, device)`` ->
+  each case's timed seconds, rounds alternating the cases; ``best_time(fn, repeats, warmup, device)``.
+  GPU work is waited for inside every timing.
+- ``start(device, **versions)``: describe the machine (CPU model and flags or GPU, threads, cores,
+  torch, host, load average), log it and warn when other work runs on it; returns the description.
+- ``write_results(path, machine, doc)``: the JSON file, written atomically, with the command line
+  and the machine description in front of ``doc``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))  # benchmark this checkout's gpt2lab, not whichever one is installed
+
+from gpt2lab.bench import (  # noqa: E402,F401  (re-exported for the scripts)
+    best_time,
+    describe_machine,
+    machine_line,
+    stderr_log as log,
+    time_cases,
+    timed,
+    warn_if_busy,
+)
+from gpt2lab.runtime import resolve_device  # noqa: E402
+
+
+def start(device: str = "cpu", **versions: str) -> dict:
+    """The machine description (plus ``versions`` of other libraries timed, e.g. transformers),
+    logged with a warning when the machine is busy. Call it before measuring: it holds the load then."""
+    device = resolve_device(device)
+    machine = {**describe_machine(device), **versions}
+    log(machine_line(machine) + "".join(f" | {k} {v}" for k, v in versions.items()))
+    warn_if_busy(device, log)
+    return machine
+
+
+def data_dir() -> Path:
+    """The shared data folder: $GPT2LAB_DATA, else ../shared/data next to this checkout."""
+    return Path(os.environ.get("GPT2LAB_DATA", ROOT.parent / "shared" / "data"))
+
+
+def default_out(kind: str) -> Path:
+    """benchmarks/results/<kind>-<host>.json: one file per benchmark and machine."""
+    return RESULTS_DIR / f"{kind}-{platform.node() or 'unknown'}.json"
+
+
+def command_line() -> str:
+    return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
+def write_results(path: str | Path, machine: dict, doc: dict) -> Path:
+    """Write ``{"command", "machine", **doc}`` as JSON to ``path``.
+
+    The text goes to a temporary file in the same folder that is then renamed over ``path``, so an
+    interrupted run (scripts rewrite the file after each case) leaves the last complete file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"command": command_line(), "machine": machine, **doc}, indent=2) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

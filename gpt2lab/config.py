@@ -1,4 +1,4 @@
-"""Configuration: dataclasses, named model presets, YAML files and ``key=value`` overrides.
+"""Configuration: typed sections, named model presets, YAML files and ``key=value`` overrides.
 
 A config has five sections. In YAML::
 
@@ -9,10 +9,14 @@ A config has five sections. In YAML::
     eval:  {every: 250}
 
 On the command line, ``section.key=value`` (``optim.lr=3e-4``) or just ``key=value`` when the
-key names one field in one section (``lr=3e-4``). Values are parsed as YAML scalars. Unknown
-keys and bad values raise :class:`~gpt2lab.errors.UserError` with the key and the fix.
-Every field is documented in docs/config.md (generated from the comments here by
-``gpt2lab config --doc``).
+key names one field in one section (``lr=3e-4``). Values are parsed as YAML scalars.
+
+Each section is a pydantic dataclass: a field's type, limits and description sit on the field,
+and pydantic converts and checks the values. This module merges the file and the command line,
+and turns pydantic's first error into a one-line :class:`~gpt2lab.errors.UserError` naming the
+key, where it was set, and the fix. docs/config.md is generated from the field descriptions by
+``gpt2lab config --doc``. The model section is checked here and handed to the model as a plain
+:class:`~gpt2lab.model.GPTConfig`: model.py knows nothing of config files.
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError,
+                      field_validator, model_validator)
+from pydantic.dataclasses import dataclass as section
+from pydantic_core import PydanticCustomError
 
 from .errors import UserError
 from .model import GPTConfig
@@ -40,72 +51,184 @@ MODEL_PRESETS: dict[str, dict] = {
 }
 
 
-@dataclass
+# Scalar types: pydantic's strict types behind a small conversion of what YAML hands over. Lax
+# pydantic would take `true` as 1 for an int or a float, yet refuse "5e5" for an int.
+def _to_int(v):
+    """YAML reads 5e5 as a float, or (no dot) as a string: an integral number is an int."""
+    if isinstance(v, str):
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                v = float(v)
+            except ValueError:
+                return v
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _to_float(v):
+    """YAML 1.1 reads 6e-4 (no dot) as a string; an int is a float too. Booleans are not numbers."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def _to_str(v):
+    """A YAML number is its text (``sample_prompt: 123``); an empty YAML value is the empty string."""
+    if v is None:
+        return ""
+    return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+Int = Annotated[StrictInt, BeforeValidator(_to_int)]
+Float = Annotated[StrictFloat, BeforeValidator(_to_float)]
+Str = Annotated[StrictStr, BeforeValidator(_to_str)]
+# bool stays pydantic's lax bool: true/false, yes/no, on/off, 1/0 in any case.
+
+# validate_default: the checks between fields (n_embd % n_head) also run when one of them is a default.
+_SECTION = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+
+
+def _relation_error(key: str, msg: str) -> PydanticCustomError:
+    """An error about two keys, raised where pydantic's location would name only the section."""
+    return PydanticCustomError("config", "{msg}", {"key": key, "msg": msg})
+
+
+# One field a line, as a table: type, default, limits, the values its description singles out
+# (examples; the tests load each), and the description that docs/config.md shows.
+@section(config=_SECTION)
+class ModelSection:
+    """The model section as config files have it; the model gets it as a GPTConfig (same fields)."""
+
+    block_size: Int = Field(GPTConfig.block_size, gt=0, description="longest sequence (number of position embeddings)")
+    vocab_size: Int = Field(GPTConfig.vocab_size, gt=0, description="real tokens; ids >= vocab_size are padding")
+    padded_vocab_size: Int = Field(GPTConfig.padded_vocab_size, description="rows of the embedding (a multiple of 64 is faster); >= vocab_size")
+    n_layer: Int = Field(GPTConfig.n_layer, gt=0, description="transformer blocks")
+    n_head: Int = Field(GPTConfig.n_head, gt=0, description="attention heads per block")
+    n_embd: Int = Field(GPTConfig.n_embd, gt=0, description="width of the residual stream")
+    dropout: Float = Field(GPTConfig.dropout, ge=0, lt=1, description="dropout on embeddings, attention and residual branches (0 for pretraining)")
+    bias: bool = Field(GPTConfig.bias, description="biases in Linear layers and LayerNorms, as GPT-2 has")
+
+    # info.data holds the fields above this one that passed; a relation with a bad field is skipped.
+    @field_validator("padded_vocab_size")
+    @classmethod
+    def _covers_vocab(cls, v, info):
+        vocab = info.data.get("vocab_size")
+        if vocab is not None and v < vocab:
+            raise ValueError(f"{v} is smaller than model.vocab_size={vocab}; make it >= vocab_size")
+        return v
+
+    @field_validator("n_embd")
+    @classmethod
+    def _splits_into_heads(cls, v, info):
+        heads = info.data.get("n_head")
+        if heads and v % heads:
+            raise ValueError(f"{v} is not divisible by model.n_head={heads}")
+        return v
+
+
+@section(config=_SECTION)
 class DataConfig:
-    dir: str = "data/tinyshakespeare"  # folder of token shards made by `gpt2lab prepare`
-    train_split: str = "train"  # shards whose name holds this word are training data
-    val_split: str = "val"  # ... and these validation data
-    shuffle: bool = False  # permute the shard order and the sequences within each shard, anew each epoch (from train.seed)
-    verify: bool = True  # check shards against the folder's manifest.json (sizes and sha256) before training
+    dir: Str = Field("data/tinyshakespeare", description="folder of token shards made by `gpt2lab prepare`")
+    train_split: Str = Field("train", description="shards whose name holds this word are training data")
+    val_split: Str = Field("val", description="... and these validation data")
+    shuffle: bool = Field(False, description="permute the shard order and the sequences within each shard, anew each epoch (from train.seed)")
+    verify: bool = Field(True, description="check shards against the folder's manifest.json (sizes and sha256) before training")
 
 
-@dataclass
+@section(config=_SECTION)
 class TrainConfig:
-    run_dir: str = "runs/default"  # checkpoints, metrics.jsonl and config.yaml go here
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
-    dtype: str = "auto"  # autocast dtype: auto (bfloat16 where the hardware has it, else float32), bfloat16, float32
-    compile: bool = False  # torch.compile the training forward/backward
-    init_from: str = ""  # start from these weights: a gpt2lab checkpoint or run folder, or a Hugging Face GPT-2 folder or hub name; the model shape then comes from there (model.dropout stays yours)
-    seed: int = 1337
-    micro_batch: int = 16  # sequences per forward/backward on each process
-    seq_len: int = 0  # tokens per sequence (0 = model.block_size)
-    total_batch_tokens: int = 0  # tokens per optimizer step; 0 = one micro-batch on every process
-    max_steps: int = 1000  # optimizer steps in the whole run
-    log_every: int = 1  # progress line and metrics every N steps
-    ckpt_every: int = 0  # checkpoint every N steps (0 = only at the end)
-    keep_checkpoints: int = 2  # keep the newest N checkpoints (0 = keep all)
-    deterministic: bool = False  # deterministic algorithms (bitwise-reproducible resume on CPU)
-    threads: int = 0  # torch CPU threads (0 = PyTorch's default)
-    tensorboard: bool = False  # also write TensorBoard events to run_dir/tb (needs tensorboard)
-    parallel: str = "ddp"  # with several processes (torchrun): ddp (a full copy per process) or fsdp (FSDP2: weights, gradients and optimizer state sharded; for the larger sizes)
-    dist_timeout: int = 600  # seconds a process waits for the others in a collective before the job stops with an error (a dead or hung rank)
+    run_dir: Str = Field("runs/default", description="checkpoints, metrics.jsonl and config.yaml go here")
+    device: Str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:N", examples=["cpu", "cuda", "cuda:0", "cuda:1"])
+    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="autocast dtype: auto (bfloat16 where the hardware has it, else float32), bfloat16, float32")
+    compile: bool = Field(False, description="torch.compile the training forward/backward")
+    init_from: Str = Field("", description="start from these weights: a gpt2lab checkpoint or run folder, or a Hugging Face GPT-2 folder or hub name; the model shape then comes from there (model.dropout stays yours)")
+    seed: Int = Field(1337, description="random seed of the weights, the data order and dropout")
+    micro_batch: Int = Field(16, gt=0, description="sequences per forward/backward on each process")
+    seq_len: Int = Field(0, ge=0, description="tokens per sequence (0 = model.block_size)", examples=[0])
+    total_batch_tokens: Int = Field(0, ge=0, description="tokens per optimizer step; 0 = one micro-batch on every process", examples=[0])
+    max_steps: Int = Field(1000, gt=0, description="optimizer steps in the whole run")
+    log_every: Int = Field(1, gt=0, description="progress line and metrics every N steps")
+    ckpt_every: Int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)", examples=[0])
+    keep_checkpoints: Int = Field(2, ge=0, description="keep the newest N checkpoints (0 = keep all)", examples=[0])
+    deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible resume on CPU)")
+    threads: Int = Field(0, ge=0, description="torch CPU threads (0 = PyTorch's default)", examples=[0])
+    tensorboard: bool = Field(False, description="also write TensorBoard events to run_dir/tb (needs tensorboard)")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes (torchrun): ddp (a full copy per process) or fsdp (FSDP2: weights, gradients and optimizer state sharded; for the larger sizes)")
+    dist_timeout: Int = Field(600, gt=0, description="seconds a process waits for the others in a collective before the job stops with an error (a dead or hung rank)")
+
+    @field_validator("device")
+    @classmethod
+    def _is_device(cls, v):
+        if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v):
+            return v
+        raise ValueError(f"{v!r} is not a device; choose auto, cpu, cuda or cuda:N")
 
 
-@dataclass
+@section(config=_SECTION)
 class OptimConfig:
-    lr: float = 6e-4  # peak learning rate, reached after warmup
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
-    warmup_steps: int = 715  # linear warmup from lr/warmup_steps
-    schedule: str = "cosine"  # cosine, linear or constant (after warmup)
-    weight_decay: float = 0.1  # applied to 2-D weights only (not biases, LayerNorms)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # clip the global gradient norm (0 = off)
-    fused: str = "auto"  # auto (fused AdamW where available), true, false
+    lr: Float = Field(6e-4, gt=0, description="peak learning rate, reached after warmup")
+    min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio at max_steps")
+    warmup_steps: Int = Field(715, ge=0, description="linear warmup from lr/warmup_steps")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="cosine, linear or constant (after warmup)")
+    weight_decay: Float = Field(0.1, ge=0, description="applied to 2-D weights only (not biases, LayerNorms)")
+    beta1: Float = Field(0.9, ge=0, lt=1, description="AdamW's first-moment decay")
+    beta2: Float = Field(0.95, ge=0, lt=1, description="AdamW's second-moment decay")
+    eps: Float = Field(1e-8, gt=0, description="AdamW's epsilon")
+    grad_clip: Float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)", examples=[0.0])
+    fused: Literal["auto"] | bool = Field("auto", description="auto (fused AdamW where available), true, false")
 
 
-@dataclass
+@section(config=_SECTION)
 class EvalConfig:
-    every: int = 250  # validation loss every N steps (0 = only at the end; -1 = never)
-    val_tokens: int = 10_485_760  # tokens of the validation split to score (capped by its size)
-    val_batch: int = 0  # sequences per validation forward (0 = train.micro_batch)
-    hellaswag_every: int = -1  # HellaSwag accuracy every N steps (0 = only at the end; -1 = never); logged as kind 'hellaswag'
-    hellaswag_items: int = 0  # HellaSwag items per evaluation: 0 = all 10,042; N = a fixed subset of N spread evenly over the file
-    hellaswag_data: str = ""  # local hellaswag_val.jsonl; "" = the cached official file (downloaded when missing)
-    lambada_every: int = -1  # LAMBADA last-word accuracy and perplexity every N steps (0 = only at the end; -1 = never); logged as kind 'lambada'
-    lambada_items: int = 0  # LAMBADA passages per evaluation: 0 = all; N = a fixed subset of N spread evenly over the file
-    lambada_data: str = ""  # local LAMBADA file (jsonl with 'text', or one passage per line); "" = the cached lambada_openai (downloaded when missing)
-    sample_every: int = 0  # print samples every N steps (0 = only at the end; -1 = never)
-    sample_prompt: str = "Hello, I'm a language model,"
-    sample_count: int = 4
-    sample_tokens: int = 32
-    sample_temperature: float = 1.0
-    sample_top_k: int = 50
+    every: Int = Field(250, ge=-1, description="validation loss every N steps (0 = only at the end; -1 = never)", examples=[0, -1])
+    val_tokens: Int = Field(10_485_760, gt=0, description="tokens of the validation split to score (capped by its size)")
+    val_batch: Int = Field(0, ge=0, description="sequences per validation forward (0 = train.micro_batch)", examples=[0])
+    hellaswag_every: Int = Field(-1, ge=-1, description="HellaSwag accuracy every N steps (0 = only at the end; -1 = never); logged as kind 'hellaswag'", examples=[0, -1])
+    hellaswag_items: Int = Field(0, ge=0, description="HellaSwag items per evaluation: 0 = all 10,042; N = a fixed subset of N spread evenly over the file", examples=[0])
+    hellaswag_data: Str = Field("", description='local hellaswag_val.jsonl; "" = the cached official file (downloaded when missing)')
+    lambada_every: Int = Field(-1, ge=-1, description="LAMBADA last-word accuracy and perplexity every N steps (0 = only at the end; -1 = never); logged as kind 'lambada'", examples=[0, -1])
+    lambada_items: Int = Field(0, ge=0, description="LAMBADA passages per evaluation: 0 = all; N = a fixed subset of N spread evenly over the file", examples=[0])
+    lambada_data: Str = Field("", description="""local LAMBADA file (jsonl with 'text', or one passage per line); "" = the cached lambada_openai (downloaded when missing)""")
+    sample_every: Int = Field(0, ge=-1, description="print samples every N steps (0 = only at the end; -1 = never)", examples=[0, -1])
+    sample_prompt: Str = Field("Hello, I'm a language model,", description="text the samples continue")
+    sample_count: Int = Field(4, gt=0, description="samples each time")
+    sample_tokens: Int = Field(32, gt=0, description="new tokens per sample")
+    sample_temperature: Float = Field(1.0, ge=0, description="sampling temperature (0 = greedy)", examples=[0.0])
+    sample_top_k: Int = Field(50, ge=0, description="sample from the k most likely tokens (0 = no top-k)", examples=[0])
+
+
+class _Schema(BaseModel):
+    """A whole config as pydantic checks it: the sections, then the rules between sections."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _seq_len_fits(self):
+        t, m = self.train, self.model
+        if t.seq_len == 0:
+            t.seq_len = m.block_size  # 0 = the model's whole context
+        elif t.seq_len > m.block_size:
+            raise _relation_error("train.seq_len", f"{t.seq_len} is longer than model.block_size={m.block_size}")
+        return self
+
+
+# Section name -> its schema (a dataclass: dataclasses.fields() lists its keys).
+SECTIONS: dict[str, type] = {name: f.annotation for name, f in _Schema.model_fields.items()}
 
 
 @dataclass
 class Config:
+    """A checked config as the rest of gpt2lab uses it; ``model`` is the model's own GPTConfig."""
+
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -119,51 +242,59 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-SECTIONS: dict[str, type] = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig, "eval": EvalConfig}
+def _keys(section_name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(SECTIONS[section_name])]
 
 
-def _field_types(cls: type) -> dict[str, type]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls)}
+def _choices(tp) -> list[str]:
+    """The values of a Literal or bool type (or a union of them) as a user writes them; [] for others."""
+    if tp is bool:
+        return ["true", "false"]
+    if typing.get_origin(tp) is Literal:
+        return [str(a) for a in typing.get_args(tp)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [c for arg in typing.get_args(tp) for c in _choices(arg)]
+    return []
 
 
-def _coerce(key: str, value, typ: type):
-    """Convert a YAML value to the field's type, or raise a UserError naming the key."""
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-    elif typ is int:
-        if isinstance(value, bool):
-            pass
-        elif isinstance(value, int):
-            return value
-        elif isinstance(value, float) and value.is_integer():
-            return int(value)  # 5e5 in YAML is a float
-        elif isinstance(value, str):
-            try:
-                return int(float(value)) if float(value).is_integer() else _bad(key, value, typ)
-            except ValueError:
-                pass
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads 6e-4 (no dot) as a string
-            except ValueError:
-                pass
-    elif typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    return _bad(key, value, typ)
+def _expected(tp) -> str:
+    choices = _choices(tp)
+    return ", ".join(choices[:-1]) + " or " + choices[-1] if choices else tp.__name__
 
 
-def _bad(key, value, typ):
-    raise UserError(f"config key '{key}': expected {typ.__name__}, got {value!r}")
+# pydantic error type -> (its context key, the bound as a user reads it)
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+
+
+def _user_error(err: dict, sources: dict[str, str]) -> UserError:
+    """One pydantic error as one line: the key, where it was set, what is wrong and what to do."""
+    ctx = err.get("ctx") or {}
+    if err["type"] == "config":  # a rule between sections names its key itself
+        return UserError(f"config key '{ctx['key']}'{sources.get(ctx['key'], '')}: {ctx['msg']}")
+    section_name, name = (str(p) for p in err["loc"][:2])  # past [:2]: the member of a union (optim.fused)
+    key = f"{section_name}.{name}"
+    info = SECTIONS[section_name].__pydantic_fields__.get(name)
+    if info is None:  # only validate() gets here (_merge refuses unknown keys): a GPTConfig field ModelSection lacks
+        return UserError(f"config key '{key}': not in gpt2lab.config.{SECTIONS[section_name].__name__}")
+    if err["type"] in _BOUNDS:
+        bound, op = _BOUNDS[err["type"]]
+        msg = f"must be {op} {ctx[bound]}, got {err['input']!r} ({key}: {info.description})"
+    elif err["type"] == "value_error":  # our field validators: the message says it all
+        msg = str(ctx["error"])
+    elif err["type"] == "finite_number":
+        msg = f"expected a finite {info.annotation.__name__}, got {err['input']!r}"
+    else:
+        msg = f"expected {_expected(info.annotation)}, got {err['input']!r}"
+        if info.annotation is str and isinstance(err["input"], bool):
+            msg += " (YAML reads yes/no/on/off/true/false as true or false: quote the value)"
+    return UserError(f"config key '{key}'{sources.get(key, '')}: {msg}")
+
+
+def _check(raw: dict, sources: dict[str, str]) -> _Schema:
+    try:
+        return _Schema.model_validate(raw)
+    except ValidationError as e:
+        raise _user_error(e.errors()[0], sources) from None
 
 
 def _unknown(key: str, choices: typing.Iterable[str], where: str) -> UserError:
@@ -189,24 +320,26 @@ def _resolve_model(raw, where: str) -> dict:
     return {**MODEL_PRESETS[preset], **raw}
 
 
-def _merge(base: dict, raw: dict, where: str) -> None:
-    """Merge one YAML document (or the overrides) into ``base`` (section -> {key: value})."""
+def _merge(base: dict, sources: dict[str, str], raw: dict, where: str) -> None:
+    """Merge one YAML document (or the overrides) into ``base`` (section -> {key: value}), and note
+    in ``sources`` where each key was set, for the error messages. Values are checked later, once."""
     if not isinstance(raw, dict):
         raise UserError(f"config{where} must be a mapping of sections ({', '.join(SECTIONS)})")
-    for section, values in raw.items():
-        if section not in SECTIONS:
-            raise _unknown(str(section), SECTIONS, where)
-        if section == "model":
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise _unknown(str(name), SECTIONS, where)
+        if name == "model":
             values = _resolve_model(values, where)
         elif values is None:
             continue
         elif not isinstance(values, dict):
-            raise UserError(f"config section '{section}'{where} must be a mapping, got {values!r}")
-        types = _field_types(SECTIONS[section])
+            raise UserError(f"config section '{name}'{where} must be a mapping, got {values!r}")
+        keys = _keys(name)
         for key, value in values.items():
-            if key not in types:
-                raise _unknown(f"{section}.{key}", [f"{section}.{k}" for k in types], where)
-            base.setdefault(section, {})[key] = _coerce(f"{section}.{key}", value, types[key])
+            if key not in keys:
+                raise _unknown(f"{name}.{key}", [f"{name}.{k}" for k in keys], where)
+            base.setdefault(name, {})[key] = value
+            sources[f"{name}.{key}"] = where
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -217,23 +350,28 @@ def parse_override(text: str) -> tuple[str, str, object]:
     key = key.strip().lstrip("-").replace("-", "_")
     value = yaml.safe_load(value_text) if value_text.strip() else ""
     if "." in key:
-        section, _, name = key.partition(".")
-        if section not in SECTIONS:
-            raise _unknown(key, [f"{s}.{k}" for s in SECTIONS for k in _field_types(SECTIONS[s])], "")
-        return section, name, value
-    owners = [s for s in SECTIONS if key in _field_types(SECTIONS[s])]
-    if key == "preset":
-        owners = ["model"]
-    if len(owners) == 1:
-        return owners[0], key, value
-    if len(owners) > 1:
-        raise UserError(f"config key '{key}' is ambiguous: write one of {', '.join(f'{s}.{key}' for s in owners)}")
-    raise _unknown(key, [k for s in SECTIONS for k in _field_types(SECTIONS[s])], "")
+        name, _, key = key.partition(".")
+        if name not in SECTIONS:
+            raise _unknown(f"{name}.{key}", [f"{s}.{k}" for s in SECTIONS for k in _keys(s)], "")
+    elif key == "preset":
+        name = "model"
+    else:
+        owners = [s for s in SECTIONS if key in _keys(s)]
+        if len(owners) > 1:
+            raise UserError(f"config key '{key}' is ambiguous: write one of {', '.join(f'{s}.{key}' for s in owners)}")
+        if not owners:
+            raise _unknown(key, [k for s in SECTIONS for k in _keys(s)], "")
+        name = owners[0]
+    # A string key takes the text as typed: sample_prompt=yes is "yes", not True; run_dir=1e3 is "1e3".
+    if isinstance(value, (bool, int, float)) and typing.get_type_hints(SECTIONS[name]).get(key) is str:
+        value = value_text.strip()
+    return name, key, value
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Build a validated Config from defaults, then a YAML file, then ``key=value`` overrides."""
+    """Build a checked Config from defaults, then a YAML file, then ``key=value`` overrides."""
     merged: dict[str, dict] = {}
+    sources: dict[str, str] = {}
     if path is not None:
         path = os.fspath(path)
         try:
@@ -243,101 +381,62 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
             raise UserError(f"config file {path} not found") from None
         except yaml.YAMLError as e:
             raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        _merge(merged, raw or {}, f" in {path}")
+        _merge(merged, sources, raw or {}, f" in {path}")
     cli: dict[str, dict] = {}
     for text in overrides:
-        section, key, value = parse_override(text)
-        cli.setdefault(section, {})[key] = value
+        name, key, value = parse_override(text)
+        cli.setdefault(name, {})[key] = value
     # A preset on the command line replaces the file's architecture (the keys presets set); the
     # file's other model keys (dropout, vocab sizes, bias) and command-line overrides still apply.
     if "preset" in cli.get("model", {}):
-        file_model = merged.get("model", {})
-        for key in {"preset"}.union(*(p.keys() for p in MODEL_PRESETS.values())):
-            file_model.pop(key, None)
-    _merge(merged, cli, " on the command line")
-    return from_dict(merged)
+        for key in set().union(*MODEL_PRESETS.values()):
+            merged.get("model", {}).pop(key, None)
+            sources.pop(f"model.{key}", None)
+    _merge(merged, sources, cli, " on the command line")
+    return _build(merged, sources)
 
 
 def from_dict(raw: dict, where: str = "") -> Config:
-    """Build and validate a Config from a {section: {key: value}} mapping (e.g. a saved config);
+    """Build and check a Config from a {section: {key: value}} mapping (e.g. a saved config);
     ``where`` (e.g. " in runs/a/config.yaml") goes into the error messages."""
     merged: dict[str, dict] = {}
-    _merge(merged, raw, where)
-    cfg = Config(**{s: SECTIONS[s](**merged.get(s, {})) for s in SECTIONS})
-    if cfg.train.seq_len == 0:
-        cfg.train.seq_len = cfg.model.block_size
-    validate(cfg)
-    return cfg
+    sources: dict[str, str] = {}
+    _merge(merged, sources, raw, where)
+    return _build(merged, sources)
+
+
+def _build(merged: dict, sources: dict[str, str]) -> Config:
+    s = _check(merged, sources)
+    return Config(model=GPTConfig(**dataclasses.asdict(s.model)), data=s.data, train=s.train, optim=s.optim, eval=s.eval)
 
 
 def validate(cfg: Config) -> None:
-    """Check values and their relations; raise UserError naming the key and what to do."""
-    m, t, o, e = cfg.model, cfg.train, cfg.optim, cfg.eval
+    """Check a Config again (e.g. after ``cfg.model = dataclasses.replace(...)``): every field and
+    relation that from_dict checks; raise UserError naming the key and what to do."""
+    _check(dataclasses.asdict(cfg), {})
 
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise UserError(f"config key '{key}': {msg}")
 
-    for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-        need(getattr(m, key) > 0, f"model.{key}", "must be > 0")
-    need(m.n_embd % m.n_head == 0, "model.n_embd", f"{m.n_embd} is not divisible by model.n_head={m.n_head}")
-    need(m.padded_vocab_size >= m.vocab_size, "model.padded_vocab_size", f"must be >= model.vocab_size ({m.vocab_size})")
-    need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-    need(t.micro_batch > 0, "train.micro_batch", "must be > 0")
-    need(t.seq_len > 0, "train.seq_len", "must be > 0")
-    need(t.seq_len <= m.block_size, "train.seq_len", f"{t.seq_len} is longer than model.block_size={m.block_size}")
-    need(t.total_batch_tokens >= 0, "train.total_batch_tokens", "must be >= 0")
-    need(t.max_steps > 0, "train.max_steps", "must be > 0")
-    need(t.log_every > 0, "train.log_every", "must be > 0")
-    need(t.ckpt_every >= 0, "train.ckpt_every", "must be >= 0")
-    need(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0")
-    need(t.dtype in ("auto", "bfloat16", "float32"), "train.dtype", "choose auto, bfloat16 or float32")
-    need(t.parallel in ("ddp", "fsdp"), "train.parallel", "choose ddp or fsdp")
-    need(t.dist_timeout > 0, "train.dist_timeout", "must be > 0 seconds")
-    need(t.threads >= 0, "train.threads", "must be >= 0 (0 = PyTorch's default)")
-    need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device", "choose auto, cpu, cuda or cuda:N")
-    need(o.lr > 0, "optim.lr", "must be > 0")
-    need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
-    need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    need(o.schedule in ("cosine", "linear", "constant"), "optim.schedule", "choose cosine, linear or constant")
-    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    need(0 <= o.beta1 < 1, "optim.beta1", "must be in [0, 1)")
-    need(0 <= o.beta2 < 1, "optim.beta2", "must be in [0, 1)")
-    need(o.eps > 0, "optim.eps", "must be > 0")
-    need(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 turns clipping off)")
-    need(o.fused in ("auto", "true", "false", "True", "False"), "optim.fused", "choose auto, true or false")
-    need(e.val_tokens > 0, "eval.val_tokens", "must be > 0")
-    need(e.val_batch >= 0, "eval.val_batch", "must be >= 0")
-    need(e.hellaswag_every >= -1, "eval.hellaswag_every", "must be >= -1 (-1 = never, 0 = only at the end)")
-    need(e.hellaswag_items >= 0, "eval.hellaswag_items", "must be >= 0 (0 = all items)")
-    need(e.lambada_every >= -1, "eval.lambada_every", "must be >= -1 (-1 = never, 0 = only at the end)")
-    need(e.lambada_items >= 0, "eval.lambada_items", "must be >= 0 (0 = all passages)")
-    need(e.sample_count > 0, "eval.sample_count", "must be > 0")
-    need(e.sample_tokens > 0, "eval.sample_tokens", "must be > 0")
-    need(e.sample_temperature >= 0, "eval.sample_temperature", "must be >= 0 (0 = greedy)")
-    need(e.sample_top_k >= 0, "eval.sample_top_k", "must be >= 0 (0 = no top-k)")
-    for key in ("every", "sample_every"):
-        need(getattr(e, key) >= -1, f"eval.{key}", "must be >= -1 (-1 = never, 0 = only at the end)")
+def _values(info) -> str:
+    """The values column of the docs: the choices, or the type and its bounds."""
+    choices = _choices(info.annotation)
+    if choices:
+        return ", ".join(f"`{c}`" for c in choices)
+    bounds = [f"{op} {getattr(m, name)}" for m in info.metadata for name, op in _BOUNDS.values() if hasattr(m, name)]
+    return " ".join([info.annotation.__name__, ", ".join(bounds)]).strip()
 
 
 def config_doc() -> str:
-    """Markdown reference of every config key, taken from the comments in this file."""
-    import inspect
-    import re
-
-    model_src = inspect.getsource(GPTConfig)
+    """Markdown reference of every config key, from the field descriptions in this file."""
     lines = ["# Configuration reference", "", "Generated by `gpt2lab config --doc` from gpt2lab/config.py.", ""]
-    for section, cls in SECTIONS.items():
-        text = model_src if cls is GPTConfig else inspect.getsource(cls)
-        lines += [f"## `{section}`", "", "| key | default | meaning |", "|---|---|---|"]
-        if section == "model":
-            lines.append(f"| `preset` | - | one of {', '.join(f'`{p}`' for p in MODEL_PRESETS)}; other model keys override it |")
-        for f in fields(cls):
-            m = re.search(rf"^\s+{f.name}: [^=]+= (.+?)(?:\s+#\s*(.*))?$", text, re.M)
-            default = f.default if f.default is not dataclasses.MISSING else ""
-            lines.append(f"| `{section}.{f.name}` | `{default!r}` | {(m.group(2) or '') if m else ''} |")
+    for name, cls in SECTIONS.items():
+        lines += [f"## `{name}`", "", "| key | default | values | meaning |", "|---|---|---|---|"]
+        if name == "model":
+            lines.append(f"| `preset` | - | {', '.join(f'`{p}`' for p in MODEL_PRESETS)} | a named size (see below); "
+                         "other model keys override it |")
+        for key, info in cls.__pydantic_fields__.items():
+            lines.append(f"| `{name}.{key}` | `{info.default!r}` | {_values(info)} | {info.description} |")
         lines.append("")
     lines += ["## Model presets", "", "| preset | n_layer | n_head | n_embd | block_size |", "|---|---|---|---|---|"]
-    for name, p in MODEL_PRESETS.items():
-        lines.append(f"| `{name}` | {p['n_layer']} | {p['n_head']} | {p['n_embd']} | {p.get('block_size', 1024)} |")
+    for preset, p in MODEL_PRESETS.items():
+        lines.append(f"| `{preset}` | {p['n_layer']} | {p['n_head']} | {p['n_embd']} | {p.get('block_size', 1024)} |")
     return "\n".join(lines) + "\n"

@@ -1,13 +1,15 @@
+import copy
 import dataclasses
-import inspect
-import re
+import types
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
 from gpt2lab import config as config_mod
-from gpt2lab.config import MODEL_PRESETS, SECTIONS, Config, config_doc, from_dict, load_config, parse_override
+from gpt2lab.config import (MODEL_PRESETS, SECTIONS, Config, ModelSection, config_doc, from_dict, load_config,
+                            parse_override, validate)
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPTConfig
 
@@ -280,16 +282,204 @@ def test_gpt2_124m_config():
     assert abs(cfg.train.max_steps * cfg.train.total_batch_tokens - 10e9) / 10e9 < 0.01
 
 
-def test_config_doc_mentions_every_field():
+# Every key of every section, with pydantic's metadata (type, default, description, examples).
+FIELDS = [(section, name, info) for section, cls in SECTIONS.items() for name, info in cls.__pydantic_fields__.items()]
+BOOL_SPELLINGS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "True": True, "False": False}
+
+
+def type_args(tp) -> tuple:
+    """The members of a union (``Literal["auto"] | bool``), or the type itself."""
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
+
+def as_typed(value) -> str:
+    """``value`` as a user types it, on the command line or in YAML."""
+    return {True: "true", False: "false"}[value] if isinstance(value, bool) else str(value)
+
+
+def documented_values(info) -> list[tuple[str, object]]:
+    """(text as typed, value it loads as): the default, every choice of a Literal or bool type, every example."""
+    values = [(as_typed(info.default), info.default)]
+    for tp in type_args(info.annotation):
+        if tp is bool:
+            values += BOOL_SPELLINGS.items()
+        elif typing.get_origin(tp) is typing.Literal:
+            values += [(str(v), v) for v in typing.get_args(tp)]
+    return values + [(as_typed(v), v) for v in info.examples or []]
+
+
+DOCUMENTED = [(s, n, text, v) for s, n, info in FIELDS for text, v in documented_values(info)]
+
+
+def test_fields_are_found():
+    assert len(FIELDS) > 50 and ("optim", "fused") in {(s, n) for s, n, _ in FIELDS}
+    assert len(DOCUMENTED) > 2 * len(FIELDS)
+
+
+@pytest.mark.parametrize("section, key, text, value", DOCUMENTED, ids=[f"{s}.{k}={t}" for s, k, t, _ in DOCUMENTED])
+def test_every_documented_value_loads(tmp_path, section, key, text, value):
+    expected = GPTConfig().block_size if (section, key, value) == ("train", "seq_len", 0) else value  # 0 = block_size
+    on_cli = load_config(None, [f"{section}.{key}={text}"])
+    in_yaml = load_config(write_yaml(tmp_path, f"{section}:\n  {key}: {text}\n"))  # as a user writes it, unquoted
+    for cfg in (on_cli, in_yaml):
+        got = getattr(getattr(cfg, section), key)
+        assert got == expected and type(got) is type(expected), (got, expected)
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("false", False), ("auto", "auto"), ("yes", True), ("Off", False),
+                                         ("1", True), ("'true'", True), ("'false'", False)])
+def test_optim_fused_is_auto_or_a_boolean(tmp_path, text, value):
+    # It was a str: fused=true and `fused: true` both failed with "expected str, got True".
+    for cfg in (load_config(None, [f"optim.fused={text}"]), load_config(write_yaml(tmp_path, f"optim:\n  fused: {text}\n"))):
+        assert cfg.optim.fused == value and type(cfg.optim.fused) is type(value)
+    assert yaml.safe_load(cfg.to_yaml())["optim"]["fused"] == value  # written back as a YAML boolean (or auto)
+
+
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("train.max_steps=abc", "train.max_steps", "expected int, got 'abc'"),
+        ("train.max_steps=1.5", "train.max_steps", "expected int, got 1.5"),
+        ("train.max_steps=true", "train.max_steps", "expected int, got True"),
+        ("optim.lr=fast", "optim.lr", "expected float, got 'fast'"),
+        ("optim.lr=true", "optim.lr", "expected float, got True"),
+        ("train.compile=maybe", "train.compile", "expected true or false, got 'maybe'"),
+        ("optim.fused=sometimes", "optim.fused", "expected auto, true or false, got 'sometimes'"),
+        ("optim.fused=2", "optim.fused", "expected auto, true or false, got 2"),
+        ("train.dtype=float16", "train.dtype", "expected auto, bfloat16 or float32, got 'float16'"),
+        ("train.parallel=tp", "train.parallel", "expected ddp or fsdp, got 'tp'"),
+        ("optim.schedule=exp", "optim.schedule", "expected cosine, linear or constant, got 'exp'"),
+        ("data.dir={a: 1}", "data.dir", "expected str, got {'a': 1}"),
+        ("model.n_layer=[1]", "model.n_layer", "expected int, got [1]"),
+    ],
+)
+def test_wrong_type_names_key_and_expected_type(override, key, expected):
+    with pytest.raises(UserError) as e:
+        load_config(None, [override])
+    assert str(e.value) == f"config key '{key}' on the command line: {expected}"
+
+
+def test_wrong_type_in_yaml_names_key_type_and_file(tmp_path):
+    p = write_yaml(tmp_path, "train:\n  seed: x\n")
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert str(e.value) == f"config key 'train.seed' in {p}: expected int, got 'x'"
+    p = write_yaml(tmp_path, "data:\n  train_split: yes\n")  # YAML 1.1 reads yes as true
+    with pytest.raises(UserError, match=rf"'data.train_split' in {p}: expected str, got True .*quote the value"):
+        load_config(p)
+    assert load_config(write_yaml(tmp_path, "data:\n  train_split: 'yes'\n")).data.train_split == "yes"
+
+
+def test_str_keys_take_the_text_typed_on_the_command_line():
+    cfg = load_config(None, ["data.train_split=yes", "val_split=off", "sample_prompt=on", "run_dir=1e3", "init_from=0x10"])
+    assert (cfg.data.train_split, cfg.data.val_split, cfg.eval.sample_prompt) == ("yes", "off", "on")
+    assert (cfg.train.run_dir, cfg.train.init_from) == ("1e3", "0x10")  # not "1000.0" and "16"
+    assert parse_override("sample_prompt=true") == ("eval", "sample_prompt", "true")
+
+
+@pytest.mark.parametrize("override", ["optim.lr=nan", "optim.lr=.inf", "optim.lr=-.inf", "optim.eps=inf", "model.dropout=nan",
+                                      "train.max_steps=nan", "train.max_steps=inf", "eval.sample_temperature=.nan"])
+def test_nan_and_inf_are_refused(override, tmp_path):
+    key, _, text = override.partition("=")
+    section, name = key.split(".")
+    for load in (lambda: load_config(None, [override]), lambda: load_config(write_yaml(tmp_path, f"{section}:\n  {name}: {text}\n"))):
+        with pytest.raises(UserError, match=rf"config key '{key}'.*: expected (a finite )?(float|int)"):
+            load()
+
+
+@pytest.mark.parametrize("text", ["5e5", "5.0e+5", "500000.0", "'5e5'", "500_000"])
+def test_ints_take_integral_numbers(text, tmp_path):
+    assert load_config(write_yaml(tmp_path, f"train:\n  total_batch_tokens: {text}\n")).train.total_batch_tokens == 500_000
+    assert load_config(None, [f"total_batch_tokens={text}"]).train.total_batch_tokens == 500_000
+
+
+def test_floats_take_yaml_1_1_exponents(tmp_path):
+    # YAML 1.1 reads 6e-4 (no dot) as the string "6e-4"
+    assert load_config(write_yaml(tmp_path, "optim:\n  lr: 6e-4\n  eps: 1e-8\n")).optim.lr == 6e-4
+    assert load_config(None, ["optim.eps=1e-8", "optim.grad_clip=1"]).optim.grad_clip == 1.0
+
+
+def test_bound_errors_name_the_bound_and_what_the_key_means():
+    with pytest.raises(UserError) as e:
+        load_config(None, ["eval.every=-2"])
+    assert str(e.value) == ("config key 'eval.every' on the command line: must be >= -1, got -2 "
+                            "(eval.every: validation loss every N steps (0 = only at the end; -1 = never))")
+
+
+def test_relations_between_keys():
+    with pytest.raises(UserError, match=r"^config key 'model.n_embd': 768 is not divisible by model.n_head=5$"):
+        load_config(None, ["model.n_head=5"])  # n_embd is a default: checked all the same
+    with pytest.raises(UserError, match=r"'model.padded_vocab_size' on the command line: 1000 is smaller than model.vocab_size=1024"):
+        load_config(None, ["vocab_size=1024", "padded_vocab_size=1000"])
+    with pytest.raises(UserError, match=r"'train.seq_len' on the command line: 256 is longer than model.block_size=128"):
+        load_config(None, ["preset=micro", "seq_len=256"])
+    assert load_config(None, ["preset=micro", "seq_len=128", "n_head=4", "vocab_size=1000", "padded_vocab_size=1000"])
+
+
+def test_validate_after_the_model_is_replaced():
+    cfg = load_config(None, ["preset=micro"])
+    assert copy.deepcopy(cfg) == cfg and copy.deepcopy(cfg) is not cfg
+    validate(cfg)
+    cfg.model = dataclasses.replace(cfg.model, n_head=3)  # 64 % 3
+    with pytest.raises(UserError, match="'model.n_embd'"):
+        validate(cfg)
+    cfg.model = GPTConfig(**{**MODEL_PRESETS["micro"], "block_size": 64})  # seq_len stays 128
+    with pytest.raises(UserError, match="'train.seq_len'.*longer than model.block_size=64"):
+        validate(cfg)
+    cfg.train.seq_len = 64
+    validate(cfg)
+    assert type(cfg.model) is GPTConfig
+
+
+def test_model_section_mirrors_gptconfig():
+    # config.py checks the model keys; model.py's GPTConfig stays a plain dataclass that knows nothing of it.
+    assert [f.name for f in dataclasses.fields(ModelSection)] == [f.name for f in dataclasses.fields(GPTConfig)]
+    assert dataclasses.asdict(ModelSection()) == dataclasses.asdict(GPTConfig())
+    assert not hasattr(GPTConfig, "__pydantic_fields__")
+    assert type(load_config().model) is GPTConfig
+
+
+# config.yaml as runs saved it before the sections were typed (fused a string; old versions wrote
+# the 'true' they were given quoted). It must load, into the config the same keys give today.
+SAVED_BEFORE = """\
+model: {block_size: 128, vocab_size: 50257, padded_vocab_size: 50304, n_layer: 2, n_head: 2, n_embd: 64, dropout: 0.1, bias: true}
+data: {dir: data/tinyshakespeare, train_split: train, val_split: val, shuffle: false, verify: true}
+train: {run_dir: runs/old, device: auto, dtype: auto, compile: true, init_from: '', seed: 1337, micro_batch: 16, seq_len: 128,
+  total_batch_tokens: 500000, max_steps: 1000, log_every: 1, ckpt_every: 0, keep_checkpoints: 2, deterministic: false,
+  threads: 0, tensorboard: false, parallel: ddp, dist_timeout: 600}
+optim: {lr: 0.001, min_lr_ratio: 0.1, warmup_steps: 715, schedule: cosine, weight_decay: 0.1, beta1: 0.9, beta2: 0.95,
+  eps: 1.0e-08, grad_clip: 1.0, fused: 'true'}
+eval: {every: 250, val_tokens: 10485760, val_batch: 0, hellaswag_every: -1, hellaswag_items: 0, hellaswag_data: '',
+  lambada_every: -1, lambada_items: 0, lambada_data: '', sample_every: 0, sample_prompt: '123', sample_count: 4,
+  sample_tokens: 32, sample_temperature: 1.0, sample_top_k: 50}
+"""
+
+
+def test_config_saved_before_typed_sections_loads():
+    saved = from_dict(yaml.safe_load(SAVED_BEFORE), " in runs/old/config.yaml")
+    today = load_config(None, ["preset=micro", "lr=1e-3", "total_batch_tokens=5e5", "compile=yes", "sample_prompt=123",
+                               "run_dir=runs/old", "dropout=0.1", "fused=true"])
+    assert saved == today and saved.optim.fused is True
+    assert from_dict(yaml.safe_load(saved.to_yaml())) == saved
+
+
+def test_every_key_is_documented_in_one_line():
+    for section, name, info in FIELDS:
+        assert info.description and "\n" not in info.description and "|" not in info.description, f"{section}.{name}"
+        for tp in type_args(info.annotation):  # a choice the docs do not mention is a choice nobody finds
+            for choice in typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ():
+                assert choice in info.description, f"{section}.{name}: {choice}"
+
+
+def test_config_doc_lists_every_key_with_its_description():
     doc = config_doc()
-    for section, cls in SECTIONS.items():
-        src = inspect.getsource(cls)
-        rows = {line.split("|")[1].strip(): line for line in doc.splitlines() if line.startswith(f"| `{section}.")}
-        for f in dataclasses.fields(cls):
-            key = f"`{section}.{f.name}`"
-            assert key in rows, key
-            m = re.search(rf"^\s+{f.name}:.*?#\s*(.+)$", src, re.M)
-            if m:  # the source comment is the documented meaning
-                assert m.group(1).strip() in rows[key], key
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines() if line.startswith("| `")}
+    for section, name, info in FIELDS:
+        assert info.description in rows[f"`{section}.{name}`"]
+    assert "| `auto`, `true`, `false` |" in rows["`optim.fused`"] and "| int > 0 |" in rows["`train.max_steps`"]
     for preset in MODEL_PRESETS:
         assert f"`{preset}`" in doc
+
+
+def test_docs_config_md_is_generated():
+    assert (REPO / "docs" / "config.md").read_text() == config_doc(), "run: gpt2lab config --doc > docs/config.md"

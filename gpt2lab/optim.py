@@ -21,9 +21,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
-    fused = cfg.fused.lower()
-    # Fused AdamW runs the update as one kernel (CUDA, and CPU since PyTorch 2.4).
-    use_fused = fused == "true" or (fused == "auto" and device_type in ("cuda", "cpu"))
+    # Fused AdamW runs the update as one kernel (CUDA, and CPU since PyTorch 2.4); optim.fused is
+    # "auto", True or False (the config types it).
+    use_fused = cfg.fused is True or (cfg.fused == "auto" and device_type in ("cuda", "cpu"))
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,

@@ -1,8 +1,8 @@
 """Text generation: greedy, temperature, top-k and top-p sampling, batched, with a KV cache.
 
-``generate`` runs its own inference forward pass over the model's weights (the same
-computation as ``GPT.forward``, minus dropout), because batching prompts of different lengths
-needs two things ``GPT.forward`` does not take: a key-padding mask and a position per row.
+``generate`` runs the model's own forward pass (``GPT.hidden``), with dropout off, giving it
+what batching prompts of different lengths needs: a position per row, a key-padding mask and a
+preallocated ``KVCache``.
 
 - **Batches of prompts of different lengths** are left-padded to the longest. Each row gets
   positions counted from its own first real token, and an attention mask that hides its pad

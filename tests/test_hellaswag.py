@@ -7,7 +7,8 @@ import torch
 from gpt2lab.checkpoint import load_model, save_checkpoint
 from gpt2lab.config import from_dict, load_config
 from gpt2lab.errors import UserError
-from gpt2lab.evals.common import download, load_eval_model
+from gpt2lab.evals.common import download
+from gpt2lab.weights import load_pretrained
 from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag, requests_for, select_items, texts
 from gpt2lab.evals.report import eval_history
 from gpt2lab.evals.scoring import Request, fit
@@ -79,7 +80,7 @@ def test_converted_hf_model_gives_transformers_numbers(tmp_path, hs_items):
     hf.save_pretrained(tmp_path / "hf")
     tok = get_tokenizer()
     items = [it for it in hs_items if len(tok.encode_ordinary(it["ctx"])) + 40 < 160][:12]
-    metrics, recs = evaluate_hellaswag(load_eval_model(tmp_path / "hf"), items, styles=("completion",))
+    metrics, recs = evaluate_hellaswag(load_pretrained(tmp_path / "hf"), items, styles=("completion",))
     correct = 0
     for it, rec in zip(items, recs):
         ctx = tok.encode_ordinary(it["ctx"])

@@ -7,7 +7,7 @@ import torch
 from gpt2lab.checkpoint import load_model, save_checkpoint
 from gpt2lab.config import from_dict
 from gpt2lab.errors import UserError
-from gpt2lab.evals.common import load_eval_model
+from gpt2lab.weights import load_pretrained
 from gpt2lab.evals.lambada import evaluate_lambada, fetch_openai, load_lambada, split_passage
 from gpt2lab.evals.scoring import Request, score_fast, score_plain
 from gpt2lab.model import GPT
@@ -73,7 +73,7 @@ def test_converted_hf_model_gives_transformers_numbers(tmp_path, original_txt):
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=256)).eval()
     hf.save_pretrained(tmp_path / "hf")
     texts = load_lambada(original_txt, "original")[100:112]
-    metrics, recs = evaluate_lambada(load_eval_model(tmp_path / "hf"), texts)
+    metrics, recs = evaluate_lambada(load_pretrained(tmp_path / "hf"), texts)
     tok = get_tokenizer()
     lps = []
     for t, rec in zip(texts, recs):

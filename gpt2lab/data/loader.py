@@ -93,10 +93,6 @@ class TokenLoader:
     def steps_per_epoch(self) -> int:
         return self.sequences_per_epoch // (self.B * self.world_size)
 
-    def reset(self) -> None:
-        """Back to the first sequence of epoch 0."""
-        self._epoch, self._next = 0, 0
-
     # -- the order of an epoch ------------------------------------------------------------
     def _order(self) -> None:
         """Shard order, cumulative sequence counts and (when shuffling) per-shard permutations of this epoch."""

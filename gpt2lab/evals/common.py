@@ -1,4 +1,4 @@
-"""Helpers shared by the evaluations: model loading, dataset cache and download, result files."""
+"""Helpers shared by the evaluations: dataset cache and download, the command runner, result files."""
 
 from __future__ import annotations
 
@@ -80,15 +80,6 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
 
 
 
-def load_eval_model(source: str | os.PathLike, device: str = "cpu"):
-    """A GPT in eval mode from any model source (see :mod:`gpt2lab.weights`)."""
-    return load_pretrained(source, device)
-
-
-def eval_dtype(name: str, device: str) -> torch.dtype:
-    return resolve_dtype(name, device)
-
-
 def gather_records(records: list, info) -> list:
     """Every rank's records, concatenated in rank order (rank 0 uses them; small, from our own processes)."""
     if not info.enabled:
@@ -111,8 +102,8 @@ def run_task(task: str, model_path, load, score, *, data_label: str, out=None, d
     info = init_distributed(device)
     try:
         data = load()  # data problems first: quicker to report than a model load
-        model = load_eval_model(model_path, info.device)
-        dt = eval_dtype(dtype, info.device)
+        model = load_pretrained(model_path, info.device)
+        dt = resolve_dtype(dtype, info.device)
         autocast = autocast_for(info.device, dt)
         t0 = time.perf_counter()
         metrics, records = score(model, data, info, autocast)

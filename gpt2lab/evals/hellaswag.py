@@ -39,7 +39,6 @@ from .common import cache_dir, download, gather_records, read_jsonl, run_task, s
 from .scoring import Request, score_fast, score_plain
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-N_VAL = 10_042
 STYLES = ("completion", "lm_eval")
 METRICS = ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm")
 DEFINITIONS = {

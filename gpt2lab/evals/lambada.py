@@ -39,7 +39,6 @@ OPENAI_URLS = [
 ]
 OPENAI_SHA256 = {OPENAI_URLS[0]: "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226"}
 VARIANTS = ("openai", "original")
-N_TEST = 5153
 
 
 def default_path() -> Path:

@@ -77,16 +77,16 @@ def cfg_for(data, run, *extra):
 
 
 @pytest.fixture(scope="module")
-def runs(small_shards, shared_data, tmp_path_factory):
+def runs(small_shards, small_data, tmp_path_factory):
     """The reference (1 process x 2 micro-batches, in this process) and torchrun DDP and FSDP2 runs of 2 x 1.
 
     All three also score 13 HellaSwag items and 11 LAMBADA passages at their evaluations (uneven over 2 ranks).
     """
     root = tmp_path_factory.mktemp("dist")
     hs = root / "hellaswag.jsonl"
-    hs.write_text("".join((shared_data / "hellaswag" / "hellaswag_val.jsonl").read_text().splitlines(True)[:13]))
+    hs.write_text("".join((small_data / "hellaswag_val_120.jsonl").read_text().splitlines(True)[:13]))
     lb = root / "lambada.txt"  # 11 passages: uneven over 2 ranks too
-    lb.write_text("".join((shared_data / "eval" / "lambada_test_plain_text.txt").read_text().splitlines(True)[:11]))
+    lb.write_text("".join((small_data / "lambada_test_plain_text_head.txt").read_text().splitlines(True)[:11]))
     evals = ["eval.hellaswag_every=3", f"eval.hellaswag_data={hs}", "eval.lambada_every=3", f"eval.lambada_data={lb}"]
     paths = {name: root / name for name in ("single", "ddp", "fsdp")}
     args = ["train", *COMMON, *evals, f"data.dir={small_shards}"]

@@ -40,16 +40,16 @@ shutdown(info)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, shared_data, small_shards):
+def setup(tmp_path_factory, small_data, small_shards):
     tmp = tmp_path_factory.mktemp("dist")
     torch.manual_seed(0)
     cfg = from_dict({"model": {"preset": "micro"}})
     save_checkpoint(tmp / "run", 1, GPT(cfg.model), cfg, {})
     hs = tmp / "hs.jsonl"
-    items = select_items(load_hellaswag(shared_data / "hellaswag" / "hellaswag_val.jsonl"), 15)
+    items = select_items(load_hellaswag(small_data / "hellaswag_val_120.jsonl"), 15)
     hs.write_text("".join(json.dumps(it) + "\n" for it in items))
     lam = tmp / "lambada.txt"
-    lam.write_text("\n".join((shared_data / "eval" / "lambada_test_plain_text.txt").read_text().splitlines()[:15]) + "\n")
+    lam.write_text("\n".join((small_data / "lambada_test_plain_text_head.txt").read_text().splitlines()[:15]) + "\n")
     return tmp, hs, lam, small_shards
 
 

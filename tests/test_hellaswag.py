@@ -19,8 +19,8 @@ from cli_helpers import gpt2lab, one_line_error
 
 
 @pytest.fixture(scope="module")
-def hs_file(shared_data):
-    return shared_data / "hellaswag" / "hellaswag_val.jsonl"
+def hs_file(small_data):
+    return small_data / "hellaswag_val_120.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +96,14 @@ def test_converted_hf_model_gives_transformers_numbers(tmp_path, hs_items):
     assert metrics["completion_acc_norm"] == correct / len(items)
 
 
-def test_lm_eval_text_preparation(shared_data):
+def test_lm_eval_text_preparation(small_data):
     item = {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
             "endings": ["is using wrap.", "starts pulling up roofing."], "label": 1}
     ctx, ends = texts(item, "lm_eval")
     assert ctx == "Roof shingle removal: A man is sitting on a roof. He"
     assert ends == [" is using wrap.", " starts pulling up roofing."]
     assert texts(item, "completion") == ("A man is sitting on a roof. he", [" is using wrap.", " starts pulling up roofing."])
-    official = load_hellaswag(shared_data / "hellaswag" / "hellaswag_val_official_sample.jsonl")
+    official = load_hellaswag(small_data / "hellaswag_val_official_head.jsonl")
     wikihow = next(it for it in official if "[title]" in it["ctx"])
     ctx, ends = texts(wikihow, "lm_eval")
     assert "[" not in ctx and "  " not in ctx and ctx.startswith(wikihow["activity_label"] + ": ")

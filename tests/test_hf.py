@@ -1,5 +1,6 @@
 """Import from / export to Hugging Face transformers (randomly initialised models: no hub access)."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from gpt2lab.generate import generate  # noqa: E402
 from gpt2lab.hf import export_hf, gpt2lab_state_from_hf, hf_state_from_gpt2lab, import_hf, load_hf, save_hf  # noqa: E402
 from gpt2lab.model import GPT, GPTConfig  # noqa: E402
 from gpt2lab.tokenizer import get_tokenizer  # noqa: E402
+from cli_helpers import gpt2_tokenizer_sha256  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)  # GPT-2's vocabulary, so the tokenizer applies
 
@@ -129,17 +131,21 @@ def test_exported_dir_loads_in_transformers_with_tokenizer(tmp_path, monkeypatch
     assert tok.eos_token_id == 50256
 
 
-def test_tokenizer_files_equal_openai_files(shared_data, tmp_path):
+def test_tokenizer_files_equal_openai_files(tmp_path):
+    """vocab.json and merges.txt hold what OpenAI's encoder.json and vocab.bpe hold (checked by the originals' sha256)."""
     from gpt2lab.hf import write_tokenizer_files
 
     write_tokenizer_files(tmp_path)
-    ref_dir = shared_data / "tokenizer" / "gpt2"
-    assert json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8")) == json.loads(
-        (ref_dir / "encoder.json").read_text(encoding="utf-8"))
+    ref = gpt2_tokenizer_sha256()
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    # encoder.json is this mapping in id order, written by json.dumps with its defaults
+    encoder_json = json.dumps(dict(sorted(vocab.items(), key=lambda kv: kv[1]))).encode()
+    assert hashlib.sha256(encoder_json).hexdigest() == ref["encoder.json"]
     ours = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()
-    ref = (ref_dir / "vocab.bpe").read_text(encoding="utf-8").splitlines()
-    assert ours[0].startswith("#version") and ref[0].startswith("#version")
-    assert [line for line in ours[1:] if line] == [line for line in ref[1:] if line]
+    assert ours[0].startswith("#version")
+    # vocab.bpe's merges, in order, as lines after the version line
+    merges = "\n".join(["#version: 0.2", *[line for line in ours[1:] if line]]) + "\n"
+    assert hashlib.sha256(merges.encode()).hexdigest() == ref["vocab.bpe"]
     assert len(ours) == 50001
 
 

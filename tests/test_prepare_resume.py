@@ -1,6 +1,5 @@
 """An interrupted prepare (exception, SIGKILL, full disk) continues and ends byte-identical to an uninterrupted one."""
 
-import itertools
 import json
 import resource
 import signal
@@ -13,6 +12,7 @@ import pytest
 from gpt2lab.data.prepare import WORK_DIR, prepare
 from gpt2lab.data.shards import read_shard
 from gpt2lab.errors import UserError
+from cli_helpers import write_wiki_jsonl
 
 
 def quiet(_msg):
@@ -20,12 +20,9 @@ def quiet(_msg):
 
 
 @pytest.fixture(scope="module")
-def wiki(shared_data, tmp_path_factory):
-    """About 1.7M tokens of Wikipedia articles as .jsonl."""
-    dst = tmp_path_factory.mktemp("wiki") / "wiki.jsonl"
-    with open(shared_data / "corpora" / "wikipedia-en.jsonl", "rb") as f:
-        dst.write_bytes(b"".join(itertools.islice(f, 5000)))
-    return dst
+def wiki(tmp_path_factory):
+    """About 1.8M tokens of Wikipedia-shaped articles as .jsonl."""
+    return write_wiki_jsonl(tmp_path_factory.mktemp("wiki") / "wiki.jsonl", 5000)
 
 
 OPTS = dict(val_fraction=0.1, shard_tokens=100_000)  # what the subprocess tests run (_prepare_cmd)

@@ -1,5 +1,5 @@
 """Helpers the tests share (fixtures are in conftest.py): the ``gpt2lab`` command in a subprocess,
-as a user runs it; the small data in tests/data."""
+as a user runs it; a silent log; the micro training config; the small data in tests/data."""
 
 import functools
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / "data"  # see data/PROVENANCE.md
 
 
-def gpt2lab(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def gpt2lab(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
@@ -24,6 +24,22 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     return lines[0]
+
+
+def quiet(_msg):
+    pass
+
+
+def micro_cfg(data_dir, run_dir, *extra):
+    """A micro model on the prepared shards: fp32, a few small steps, cheap eval and sampling."""
+    from gpt2lab.config import load_config
+
+    return load_config(None, [
+        f"data.dir={data_dir}", f"train.run_dir={run_dir}", "model.preset=micro", "train.device=cpu",
+        "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32", "train.max_steps=4",
+        "optim.warmup_steps=2", "eval.every=2", "eval.val_tokens=1024", "eval.sample_count=1",
+        "eval.sample_tokens=4", *extra,
+    ])
 
 
 @functools.lru_cache(maxsize=None)

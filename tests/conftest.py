@@ -34,3 +34,19 @@ def small_shards(shakespeare_head, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "data"
     prepare([shakespeare_head], out, val_fraction=0.1, workers=1, log=lambda _msg: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def micro_ckpt(tmp_path_factory):
+    """A randomly initialised micro model (seed 0) saved as a gpt2lab run folder."""
+    import torch
+
+    from gpt2lab.checkpoint import save_checkpoint
+    from gpt2lab.config import from_dict
+    from gpt2lab.model import GPT
+
+    torch.manual_seed(0)
+    cfg = from_dict({"model": {"preset": "micro"}})
+    run = tmp_path_factory.mktemp("micro_run")
+    save_checkpoint(run, 1, GPT(cfg.model), cfg, {})
+    return run

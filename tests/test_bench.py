@@ -3,8 +3,6 @@
 import io
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import torch
 
 from gpt2lab.bench import bench_train, format_table, measure_matmul_peak, run_bench
 from gpt2lab.errors import UserError
+from cli_helpers import gpt2lab
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,9 +74,8 @@ def test_bad_arguments_are_user_errors():
 
 
 def test_cli_bench_micro():
-    cmd = [sys.executable, "-m", "gpt2lab", "bench", "--preset", "micro", "-B", "2", "-T", "32",
-           "--steps", "1", "--warmup", "1", "--compile", "off", "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    proc = gpt2lab("bench", "--preset", "micro", "-B", "2", "-T", "32", "--steps", "1", "--warmup", "1",
+                   "--compile", "off", "--device", "cpu", cwd=REPO_ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "tok/s" in proc.stdout and "micro" in proc.stdout
 

@@ -4,15 +4,14 @@ import math
 import pytest
 import torch
 
-from gpt2lab.checkpoint import load_model, save_checkpoint
-from gpt2lab.config import from_dict, load_config
+from gpt2lab.checkpoint import load_model
+from gpt2lab.config import load_config
 from gpt2lab.errors import UserError
 from gpt2lab.evals.common import download, load_eval_model
 from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag, requests_for, select_items, texts
 from gpt2lab.evals.report import eval_history
 from gpt2lab.evals.scoring import Request, fit
 from gpt2lab.metrics import read_metrics
-from gpt2lab.model import GPT
 from gpt2lab.tokenizer import get_tokenizer
 from gpt2lab.train import train
 from cli_helpers import gpt2lab, one_line_error
@@ -26,17 +25,6 @@ def hs_file(small_data):
 @pytest.fixture(scope="module")
 def hs_items(hs_file):
     return select_items(load_hellaswag(hs_file), 40)
-
-
-@pytest.fixture(scope="module")
-def micro_ckpt(tmp_path_factory):
-    """A randomly initialised micro model saved as a gpt2lab run folder."""
-    torch.manual_seed(0)
-    cfg = from_dict({"model": {"preset": "micro"}})
-    model = GPT(cfg.model)
-    run = tmp_path_factory.mktemp("micro_run")
-    save_checkpoint(run, 1, model, cfg, {})
-    return run
 
 
 def write_jsonl(path, items):

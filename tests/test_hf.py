@@ -2,10 +2,7 @@
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,7 +17,7 @@ from gpt2lab.generate import generate  # noqa: E402
 from gpt2lab.hf import export_hf, gpt2lab_state_from_hf, hf_state_from_gpt2lab, import_hf, load_hf, save_hf  # noqa: E402
 from gpt2lab.model import GPT, GPTConfig  # noqa: E402
 from gpt2lab.tokenizer import get_tokenizer  # noqa: E402
-from cli_helpers import gpt2_tokenizer_sha256  # noqa: E402
+from cli_helpers import gpt2_tokenizer_sha256, gpt2lab  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)  # GPT-2's vocabulary, so the tokenizer applies
 
@@ -250,28 +247,23 @@ def test_out_must_be_new_unless_overwrite(tiny_hf, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folders left
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
-
-
 def test_cli_convert_both_ways_and_sample(tiny_hf, tmp_path):
     _, d = tiny_hf
-    r = _cli("convert", "from-hf", d, tmp_path / "ckpt")
+    r = gpt2lab("convert", "from-hf", d, tmp_path / "ckpt")
     assert r.returncode == 0, r.stderr
-    r = _cli("sample", tmp_path / "ckpt", "--prompt", "Hello", "--max-new-tokens", 5, "--seed", 0)
+    r = gpt2lab("sample", tmp_path / "ckpt", "--prompt", "Hello", "--max-new-tokens", 5, "--seed", 0)
     assert r.returncode == 0 and r.stdout.startswith("Hello"), r.stderr
-    r = _cli("convert", "to-hf", tmp_path / "ckpt", tmp_path / "hf")
+    r = gpt2lab("convert", "to-hf", tmp_path / "ckpt", tmp_path / "hf")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "vocab.json").is_file()
-    r = _cli("convert", "to-hf", tmp_path / "ckpt", tmp_path / "hf")  # exists: one-line error
+    r = gpt2lab("convert", "to-hf", tmp_path / "ckpt", tmp_path / "hf")  # exists: one-line error
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_cli_hub_name_unreachable_is_one_line_error(tmp_path):
-    r = _cli("convert", "from-hf", "openai-community/gpt2", tmp_path / "out", env={"HF_HUB_OFFLINE": "1"})
+    r = gpt2lab("convert", "from-hf", "openai-community/gpt2", tmp_path / "out", env={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and "openai-community/gpt2" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("convert", "from-hf", tmp_path / "missing", tmp_path / "out")
+    r = gpt2lab("convert", "from-hf", tmp_path / "missing", tmp_path / "out")
     assert r.returncode == 2 and "no such directory" in r.stderr
 

@@ -4,13 +4,11 @@ import math
 import pytest
 import torch
 
-from gpt2lab.checkpoint import load_model, save_checkpoint
-from gpt2lab.config import from_dict
+from gpt2lab.checkpoint import load_model
 from gpt2lab.errors import UserError
 from gpt2lab.evals.common import load_eval_model
 from gpt2lab.evals.lambada import evaluate_lambada, fetch_openai, load_lambada, split_passage
 from gpt2lab.evals.scoring import Request, score_fast, score_plain
-from gpt2lab.model import GPT
 from gpt2lab.tokenizer import get_tokenizer
 from cli_helpers import gpt2lab, one_line_error
 
@@ -18,15 +16,6 @@ from cli_helpers import gpt2lab, one_line_error
 @pytest.fixture(scope="module")
 def original_txt(small_data):
     return small_data / "lambada_test_plain_text_head.txt"
-
-
-@pytest.fixture(scope="module")
-def micro_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = from_dict({"model": {"preset": "micro"}})
-    run = tmp_path_factory.mktemp("micro_run")
-    save_checkpoint(run, 1, GPT(cfg.model), cfg, {})
-    return run
 
 
 def test_original_test_set_reads_as_one_passage_a_line(small_data, original_txt):

@@ -12,11 +12,7 @@ import pytest
 from gpt2lab.data.prepare import WORK_DIR, prepare
 from gpt2lab.data.shards import read_shard
 from gpt2lab.errors import UserError
-from cli_helpers import write_wiki_jsonl
-
-
-def quiet(_msg):
-    pass
+from cli_helpers import quiet, write_wiki_jsonl
 
 
 @pytest.fixture(scope="module")

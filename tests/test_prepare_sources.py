@@ -13,15 +13,11 @@ from gpt2lab.data.shards import VERSION_U32, find_shards, read_shard
 from gpt2lab.data.sources import HubSource
 from gpt2lab.errors import UserError
 from gpt2lab.tokenizer import EOT_TOKEN, VOCAB_SHA256, get_tokenizer
-from cli_helpers import wiki_rows, write_wiki_jsonl
+from cli_helpers import quiet, wiki_rows, write_wiki_jsonl
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 zstandard = pytest.importorskip("zstandard")
-
-def quiet(_msg):
-    pass
-
 
 FINEWEB_COLUMNS = ["text", "id", "dump", "url", "language", "language_score", "token_count", "score", "int_score"]
 

@@ -21,6 +21,7 @@ def test_measure_matmul_peak_small():
         assert math.isfinite(flops) and flops > 0
 
 
+@pytest.mark.slow
 def test_run_bench_micro_in_process():
     buf = io.StringIO()
     results = run_bench(preset="micro", batch=2, seq_len=32, dtype="auto", compile_mode="off", steps=1, warmup=1,
@@ -73,6 +74,7 @@ def test_bad_arguments_are_user_errors():
         bench_train("micro", 2, 32, steps=0, device="cpu")
 
 
+@pytest.mark.slow
 def test_cli_bench_micro():
     proc = gpt2lab("bench", "--preset", "micro", "-B", "2", "-T", "32", "--steps", "1", "--warmup", "1",
                    "--compile", "off", "--device", "cpu", cwd=REPO_ROOT, timeout=120)

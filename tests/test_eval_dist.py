@@ -16,6 +16,8 @@ from gpt2lab.evals.lambada import evaluate_lambada, load_lambada
 from gpt2lab.evals.loss import eval_windows, evaluate_loss
 from gpt2lab.model import GPT
 
+pytestmark = pytest.mark.slow  # torchrun with 2 gloo processes
+
 SEQ, WINDOWS = 32, 63  # an odd number of windows: the ranks get 32 and 31
 
 WORKER = """

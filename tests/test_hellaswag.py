@@ -36,6 +36,7 @@ def argmax(xs):
     return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
+@pytest.mark.slow
 def test_fast_matches_plain_fp32(micro_ckpt, hs_items):
     """Same prediction for every item and log-likelihoods within 1e-4, for both text styles, over several batches;
     one item has a context longer than the model's 128 positions, so it is cut from the left."""
@@ -59,6 +60,7 @@ def test_fit_cuts_context_from_the_left():
     assert fit(Request([], [[5]]), 64)[0] == [50256]  # empty context: end-of-text, as lm-eval does
 
 
+@pytest.mark.slow
 def test_converted_hf_model_gives_transformers_numbers(tmp_path, hs_items):
     """A transformers GPT2LMHeadModel, loaded by gpt2lab from its folder, scores as transformers itself does."""
     transformers = pytest.importorskip("transformers")
@@ -99,6 +101,7 @@ def test_lm_eval_text_preparation(small_data):
     assert all(e.startswith(" ") and "[" not in e for e in ends)
 
 
+@pytest.mark.slow
 def test_cli_writes_results_consistent_with_summary(tmp_path, micro_ckpt, hs_items):
     data = write_jsonl(tmp_path / "hs.jsonl", hs_items[:12])
     r = gpt2lab("eval", "hellaswag", micro_ckpt, "--data", data, "--out", tmp_path / "out", "--dtype", "float32")
@@ -131,6 +134,7 @@ def test_cli_writes_results_consistent_with_summary(tmp_path, micro_ckpt, hs_ite
     assert hf_summary["completion_acc_norm"] == summary["completion_acc_norm"] and "lm_eval_acc" not in hf_summary
 
 
+@pytest.mark.slow
 def test_random_init_scores_near_chance(micro_ckpt, hs_file):
     model, _ = load_model(micro_ckpt)
     metrics, _ = evaluate_hellaswag(model, select_items(load_hellaswag(hs_file), 120), styles=("completion",),
@@ -138,6 +142,7 @@ def test_random_init_scores_near_chance(micro_ckpt, hs_file):
     assert 0.15 < metrics["completion_acc_norm"] < 0.35, metrics  # 0.25 +- 2.5 standard deviations
 
 
+@pytest.mark.slow
 def test_bad_data_and_model_are_one_line_errors(tmp_path, micro_ckpt, hs_items):
     with pytest.raises(UserError, match="no such HellaSwag file"):
         load_hellaswag(tmp_path / "missing.jsonl")
@@ -173,6 +178,7 @@ def test_download_is_atomic_and_checked(tmp_path, hs_items):
     assert [it["ind"] for it in load_hellaswag(dest)] == [it["ind"] for it in hs_items[:3]]
 
 
+@pytest.mark.slow
 def test_training_logs_hellaswag_and_report(tmp_path, small_shards, hs_items):
     data = write_jsonl(tmp_path / "hs.jsonl", hs_items[:8])
     run = tmp_path / "run"

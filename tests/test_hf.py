@@ -63,6 +63,7 @@ def test_import_tiny_matches_logits_and_loads(tiny_hf, tmp_path):
     assert (our_logits(model, x) - hf_logits(hf, x)).abs().max().item() <= 1e-5
 
 
+@pytest.mark.slow
 def test_import_real_124m_config_matches_logits(tmp_path):
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config()).eval()  # GPT-2 124M, random weights
@@ -146,6 +147,7 @@ def test_tokenizer_files_equal_openai_files(tmp_path):
     assert len(ours) == 50001
 
 
+@pytest.mark.slow
 def test_greedy_generation_matches_transformers(tiny_hf):
     hf, d = tiny_hf
     model = load_hf(d)
@@ -247,6 +249,7 @@ def test_out_must_be_new_unless_overwrite(tiny_hf, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folders left
 
 
+@pytest.mark.slow
 def test_cli_convert_both_ways_and_sample(tiny_hf, tmp_path):
     _, d = tiny_hf
     r = gpt2lab("convert", "from-hf", d, tmp_path / "ckpt")
@@ -260,6 +263,7 @@ def test_cli_convert_both_ways_and_sample(tiny_hf, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_hub_name_unreachable_is_one_line_error(tmp_path):
     r = gpt2lab("convert", "from-hf", "openai-community/gpt2", tmp_path / "out", env={"HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2, r.stderr

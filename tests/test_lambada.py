@@ -26,6 +26,7 @@ def test_original_test_set_reads_as_one_passage_a_line(small_data, original_txt)
     assert word == " signs" and ctx + word == texts[0].strip() and not ctx.endswith(" ")
 
 
+@pytest.mark.slow
 def test_fast_matches_plain_and_metrics_follow(micro_ckpt, original_txt):
     model, _ = load_model(micro_ckpt)
     texts = load_lambada(original_txt, "original")[:40]
@@ -77,6 +78,7 @@ def test_converted_hf_model_gives_transformers_numbers(tmp_path, original_txt):
     assert math.isclose(metrics["ppl"], math.exp(-sum(lps) / len(lps)), rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_original_and_openai_from_local_file(tmp_path, micro_ckpt, original_txt):
     subset = tmp_path / "lambada.txt"
     subset.write_text("\n".join(original_txt.read_text().splitlines()[:20]) + "\n")
@@ -98,6 +100,7 @@ def test_cli_original_and_openai_from_local_file(tmp_path, micro_ckpt, original_
     assert openai["task"] == "lambada_openai" and openai["acc"] == summary["acc"] and openai["ppl"] == summary["ppl"]
 
 
+@pytest.mark.slow
 def test_bad_input_and_download(tmp_path, micro_ckpt, original_txt):
     err = one_line_error(gpt2lab("eval", "lambada", micro_ckpt, "--variant", "original"))
     assert "--data" in err
@@ -118,6 +121,7 @@ def test_bad_input_and_download(tmp_path, micro_ckpt, original_txt):
     assert len(load_lambada(dest)) == 3
 
 
+@pytest.mark.slow
 def test_training_logs_lambada_and_report(tmp_path, small_shards, original_txt):
     from gpt2lab.config import load_config
     from gpt2lab.evals.common import select_items

@@ -91,6 +91,7 @@ def _prepare_cmd(wiki, out, val=("--val-fraction", "0.1"), shard_tokens=100_000)
             "--shard-tokens", str(shard_tokens), "--workers", "1"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_is_identical(wiki, reference, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(_prepare_cmd(wiki, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -112,6 +113,7 @@ def test_sigkill_then_rerun_is_identical(wiki, reference, tmp_path):
     assert files_of(out) == files_of(reference)
 
 
+@pytest.mark.slow
 def test_full_disk_gives_one_line_and_no_partial_shard(wiki, tmp_path):
     out = tmp_path / "out"
     cmd = _prepare_cmd(wiki, out, val=("--val-tokens", "50000"), shard_tokens=300_000)

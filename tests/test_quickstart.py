@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gpt2lab.quickstart import asset
@@ -17,6 +18,7 @@ def test_shipped_quickstart_config_is_the_repo_one():
     assert asset("quickstart.yaml").read_text() == (REPO / "configs" / "quickstart.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_quickstart_runs_end_to_end_with_compile(tmp_path):
     """prepare -> train (compiled, as the shipped config says) -> val loss -> checkpoint -> samples."""
     shipped = yaml.safe_load(asset("quickstart.yaml").read_text())

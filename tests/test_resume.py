@@ -46,6 +46,7 @@ def final_tensors(run_dir: Path) -> dict:
     return load_file(str(last / ckpt.MODEL_FILE))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     # run A (uninterrupted) and run B (to be killed) side by side, one thread each

@@ -98,6 +98,7 @@ def openai_gpt2_files(directory: Path) -> Path:
     return directory
 
 
+@pytest.mark.slow
 def test_build_vocab_reproduces_shipped_file(tmp_path):
     src = openai_gpt2_files(tmp_path / "openai")
     out = tmp_path / "gpt2.tiktoken"
@@ -110,6 +111,7 @@ def test_build_vocab_reproduces_shipped_file(tmp_path):
     assert out.read_bytes() == Path(vocab_path()).read_bytes()
 
 
+@pytest.mark.slow
 def test_damaged_vocab_is_user_error(tmp_path):
     # A copy of the package with one byte of the vocabulary changed, imported in a fresh process.
     pkg = tmp_path / "site" / "gpt2lab"

@@ -32,6 +32,7 @@ def small_model(seed=0, cfg=SMALL) -> GPT:
 # --- the optimizer step ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
     model = small_model()
     model.train()
@@ -174,6 +175,7 @@ def test_weight_decay_only_on_2d_params():
 # --- the whole loop --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_writes_run(small_shards, tmp_path):
     run = tmp_path / "run"
     cfg = micro_cfg(small_shards, run, "train.ckpt_every=2", "train.keep_checkpoints=1")
@@ -260,6 +262,7 @@ def test_missing_data_dir_is_user_error(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_init_from_checkpoint_takes_weights_and_shape(small_shards, tmp_path):
     """train.init_from starts a new run from another run's weights; its model shape wins, dropout stays ours."""
     src = tmp_path / "src"

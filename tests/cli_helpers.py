@@ -1,12 +1,18 @@
-"""Running the ``gpt2lab`` command in a subprocess, as a user would, for the CLI tests."""
+"""Helpers the tests share (fixtures are in conftest.py): the ``gpt2lab`` command in a subprocess,
+as a user runs it; a silent log; the micro training config; the small data in tests/data."""
 
+import functools
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"  # see data/PROVENANCE.md
 
 
-def gpt2lab(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def gpt2lab(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
@@ -18,3 +24,54 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     return lines[0]
+
+
+def quiet(_msg):
+    pass
+
+
+def micro_cfg(data_dir, run_dir, *extra):
+    """A micro model on the prepared shards: fp32, a few small steps, cheap eval and sampling."""
+    from gpt2lab.config import load_config
+
+    return load_config(None, [
+        f"data.dir={data_dir}", f"train.run_dir={run_dir}", "model.preset=micro", "train.device=cpu",
+        "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32", "train.max_steps=4",
+        "optim.warmup_steps=2", "eval.every=2", "eval.val_tokens=1024", "eval.sample_count=1",
+        "eval.sample_tokens=4", *extra,
+    ])
+
+
+@functools.lru_cache(maxsize=None)
+def _wiki_articles() -> tuple:
+    with open(DATA / "wikipedia-en_head.jsonl", encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f)
+
+
+def wiki_rows(n: int) -> list[dict]:
+    """n Wikipedia articles ({id, title, text}): the real ones in tests/data first, then distinct variants of them
+    (article i % K with its paragraphs rotated by i // K and a first line naming the variant)."""
+    base = _wiki_articles()
+    rows = []
+    for i in range(n):
+        art, r = base[i % len(base)], i // len(base)
+        if r == 0:
+            rows.append(dict(art))
+            continue
+        paras = art["text"].split("\n")
+        k = r % len(paras)
+        rows.append({"id": str(int(art["id"]) + r * 10**9), "title": f"{art['title']} ({r})",
+                     "text": f"{art['title']}, variant {r}.\n" + "\n".join(paras[k:] + paras[:k])})
+    return rows
+
+
+def write_wiki_jsonl(path: Path, n: int) -> Path:
+    """``wiki_rows(n)`` as a .jsonl file, one article a line."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in wiki_rows(n)), encoding="utf-8")
+    return path
+
+
+def gpt2_tokenizer_sha256() -> dict[str, str]:
+    """sha256 of OpenAI's encoder.json, vocab.bpe and of gpt2.tiktoken (= r50k_base.tiktoken), by file name."""
+    pairs = (line.split() for line in (DATA / "gpt2_tokenizer.sha256").read_text().splitlines())
+    return {name: digest for digest, name in pairs}

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import DATA
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Tests never reach the Hugging Face hub: fail fast instead of retrying a network that is not there.
@@ -10,34 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-# --- shared test data (data pipeline tests) -------------------------------------------
-def shared_data_dir() -> Path:
-    """GPT2LAB_DATA, or ../shared/data next to the repository root."""
-    return Path(os.environ.get("GPT2LAB_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
+# --- test data: small files in tests/data (data/PROVENANCE.md), nothing outside the repository --
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = shared_data_dir()
-    if not path.is_dir():
-        pytest.skip(f"shared test data not found at {path} (set GPT2LAB_DATA)")
-    return path
-# --- end shared test data -------------------------------------------------------------
+def small_data() -> Path:
+    assert DATA.is_dir(), f"{DATA} missing (regenerate it with tests/data/make_data.py)"
+    return DATA
 
 
 # --- model / train / resume / cli test fixtures ---------------------------------------
-SHAKESPEARE_HEAD_CHARS = 100_000  # about 30k tokens: enough for micro runs, quick to prepare
-
-
 @pytest.fixture(scope="session")
-def shakespeare_head(shared_data, tmp_path_factory) -> Path:
-    """The first ~100 KB of tinyshakespeare as a .txt file."""
-    src = shared_data / "corpora" / "tinyshakespeare" / "input.txt"
-    if not src.is_file():
-        pytest.skip(f"{src} missing")
-    dst = tmp_path_factory.mktemp("shakespeare") / "shakespeare_head.txt"
-    dst.write_text(src.read_text(encoding="utf-8")[:SHAKESPEARE_HEAD_CHARS], encoding="utf-8")
-    return dst
+def shakespeare_head(small_data) -> Path:
+    """The first 100 KB of tinyshakespeare as a .txt file (about 30k tokens: enough for micro runs)."""
+    return small_data / "tinyshakespeare_head.txt"
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +34,19 @@ def small_shards(shakespeare_head, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "data"
     prepare([shakespeare_head], out, val_fraction=0.1, workers=1, log=lambda _msg: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def micro_ckpt(tmp_path_factory):
+    """A randomly initialised micro model (seed 0) saved as a gpt2lab run folder."""
+    import torch
+
+    from gpt2lab.checkpoint import save_checkpoint
+    from gpt2lab.config import from_dict
+    from gpt2lab.model import GPT
+
+    torch.manual_seed(0)
+    cfg = from_dict({"model": {"preset": "micro"}})
+    run = tmp_path_factory.mktemp("micro_run")
+    save_checkpoint(run, 1, GPT(cfg.model), cfg, {})
+    return run

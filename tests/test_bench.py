@@ -4,8 +4,6 @@ import importlib.util
 import io
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from gpt2lab.bench import (
     warn_if_busy,
 )
 from gpt2lab.errors import UserError
+from cli_helpers import gpt2lab
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +34,7 @@ def test_measure_peaks_small():
         assert peaks[f"peak_{dtype}_n"] in (128, 256)
 
 
+@pytest.mark.slow
 def test_run_bench_micro_in_process():
     buf = io.StringIO()
     results = run_bench(preset="micro", batch=2, seq_len=32, dtype="auto", compile_mode="off", steps=1, warmup=1,
@@ -87,10 +87,10 @@ def test_bad_arguments_are_user_errors():
         bench_train("micro", 2, 32, steps=0, device="cpu")
 
 
+@pytest.mark.slow
 def test_cli_bench_micro():
-    cmd = [sys.executable, "-m", "gpt2lab", "bench", "--preset", "micro", "-B", "2", "-T", "32",
-           "--steps", "1", "--warmup", "1", "--compile", "off", "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    proc = gpt2lab("bench", "--preset", "micro", "-B", "2", "-T", "32", "--steps", "1", "--warmup", "1",
+                   "--compile", "off", "--device", "cpu", cwd=REPO_ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "tok/s" in proc.stdout and "micro" in proc.stdout
 

@@ -12,6 +12,8 @@ from gpt2lab.evals.loss import eval_windows, evaluate_loss
 from gpt2lab.metrics import read_metrics
 from cli_helpers import gpt2lab, one_line_error as assert_one_line_error
 
+pytestmark = pytest.mark.slow  # every test runs the gpt2lab command
+
 SUBCOMMANDS = ["quickstart", "prepare", "train", "sample", "eval", "bench", "config", "report"]
 
 

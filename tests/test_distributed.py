@@ -77,16 +77,16 @@ def cfg_for(data, run, *extra):
 
 
 @pytest.fixture(scope="module")
-def runs(small_shards, shared_data, tmp_path_factory):
+def runs(small_shards, small_data, tmp_path_factory):
     """The reference (1 process x 2 micro-batches, in this process) and torchrun DDP and FSDP2 runs of 2 x 1.
 
     All three also score 13 HellaSwag items and 11 LAMBADA passages at their evaluations (uneven over 2 ranks).
     """
     root = tmp_path_factory.mktemp("dist")
     hs = root / "hellaswag.jsonl"
-    hs.write_text("".join((shared_data / "hellaswag" / "hellaswag_val.jsonl").read_text().splitlines(True)[:13]))
+    hs.write_text("".join((small_data / "hellaswag_val_120.jsonl").read_text().splitlines(True)[:13]))
     lb = root / "lambada.txt"  # 11 passages: uneven over 2 ranks too
-    lb.write_text("".join((shared_data / "eval" / "lambada_test_plain_text.txt").read_text().splitlines(True)[:11]))
+    lb.write_text("".join((small_data / "lambada_test_plain_text_head.txt").read_text().splitlines(True)[:11]))
     evals = ["eval.hellaswag_every=3", f"eval.hellaswag_data={hs}", "eval.lambada_every=3", f"eval.lambada_data={lb}"]
     paths = {name: root / name for name in ("single", "ddp", "fsdp")}
     args = ["train", *COMMON, *evals, f"data.dir={small_shards}"]
@@ -97,6 +97,7 @@ def runs(small_shards, shared_data, tmp_path_factory):
     return paths, logs
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_with_accumulation(runs):
     paths, logs = runs
     assert re.search(r"2 process\(es\) on cpu \| ddp \| fp32 \| batch 256 tokens = 4 x 32 x 1 accum x 2", logs["ddp"])
@@ -113,6 +114,7 @@ def test_ddp_two_processes_equal_one_with_accumulation(runs):
     assert logs["ddp"].count("sample: ") == 1 and logs["ddp"].count("saved ") == 1
 
 
+@pytest.mark.slow
 def test_fsdp_two_processes_equal_one_with_accumulation(runs):
     paths, logs = runs
     assert "| fsdp | fp32 |" in logs["fsdp"]
@@ -134,6 +136,7 @@ def test_fsdp_two_processes_equal_one_with_accumulation(runs):
     assert cli_main(["sample", str(paths["fsdp"]), "--max-new-tokens", "3", "--seed", "0", "--device", "cpu"]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_val_loss_same_on_one_and_two_processes(runs, small_shards, parallel):
     paths, _ = runs
@@ -148,6 +151,7 @@ def test_val_loss_same_on_one_and_two_processes(runs, small_shards, parallel):
     assert here == pytest.approx(val_2[-1]["val_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel, atol", [("ddp", DDP_ATOL), ("fsdp", FSDP_ATOL)])
 def test_checkpoint_of_two_processes_resumes_on_one(runs, small_shards, tmp_path, parallel, atol):
     paths, _ = runs
@@ -164,6 +168,7 @@ def test_checkpoint_of_two_processes_resumes_on_one(runs, small_shards, tmp_path
     assert diff <= atol
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_checkpoint_of_one_process_resumes_on_two_with_accumulation(runs, tmp_path, parallel):
     """1 x (2 micro-batches of 4) -> 2 x (2 micro-batches of 2): the same 256 tokens per step, and the
@@ -186,6 +191,7 @@ def test_checkpoint_of_one_process_resumes_on_two_with_accumulation(runs, tmp_pa
     assert [r["step"] for r in read_metrics(run, "train")] == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 @pytest.mark.parametrize("task, items, exact, close", [
     ("hellaswag", 13, ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"), ()),
@@ -205,6 +211,7 @@ def test_tasks_in_training_same_on_one_and_two_processes(runs, parallel, task, i
             assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
 
 
+@pytest.mark.slow
 def test_ddp_checkpoint_resumes_as_fsdp_on_one_process(runs, small_shards, tmp_path):
     """One process has nothing to shard: an fsdp run there loads a DDP checkpoint and writes a sharded one."""
     paths, _ = runs
@@ -275,6 +282,7 @@ LONG = ["model.preset=micro", "train.device=cpu", "train.threads=1", "train.micr
         "train.max_steps=1000000", "optim.warmup_steps=2", "eval.every=-1", "eval.sample_every=-1"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
 def test_killed_rank_ends_the_job(runs, small_shards, tmp_path):
     """SIGKILL one worker of a 2-process FSDP2 job (bf16 mixed precision on CPU): torchrun stops the other and fails.
@@ -310,6 +318,7 @@ def test_killed_rank_ends_the_job(runs, small_shards, tmp_path):
     assert re.search(r"Signal 9|SIGKILL|exitcode\s*:\s*-9", text), text[-3000:]  # torchrun names the dead rank
 
 
+@pytest.mark.slow
 def test_hung_rank_times_out_with_clear_error(small_shards, tmp_path):
     """Without torchrun's watchdog (e.g. a peer on another node hangs), train.dist_timeout bounds the wait."""
     run = tmp_path / "run"

@@ -16,6 +16,8 @@ from gpt2lab.evals.lambada import evaluate_lambada, load_lambada
 from gpt2lab.evals.loss import eval_windows, evaluate_loss
 from gpt2lab.model import GPT
 
+pytestmark = pytest.mark.slow  # torchrun with 2 gloo processes
+
 SEQ, WINDOWS = 32, 63  # an odd number of windows: the ranks get 32 and 31
 
 WORKER = """
@@ -40,16 +42,16 @@ shutdown(info)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, shared_data, small_shards):
+def setup(tmp_path_factory, small_data, small_shards):
     tmp = tmp_path_factory.mktemp("dist")
     torch.manual_seed(0)
     cfg = from_dict({"model": {"preset": "micro"}})
     save_checkpoint(tmp / "run", 1, GPT(cfg.model), cfg, {})
     hs = tmp / "hs.jsonl"
-    items = select_items(load_hellaswag(shared_data / "hellaswag" / "hellaswag_val.jsonl"), 15)
+    items = select_items(load_hellaswag(small_data / "hellaswag_val_120.jsonl"), 15)
     hs.write_text("".join(json.dumps(it) + "\n" for it in items))
     lam = tmp / "lambada.txt"
-    lam.write_text("\n".join((shared_data / "eval" / "lambada_test_plain_text.txt").read_text().splitlines()[:15]) + "\n")
+    lam.write_text("\n".join((small_data / "lambada_test_plain_text_head.txt").read_text().splitlines()[:15]) + "\n")
     return tmp, hs, lam, small_shards
 
 

@@ -150,6 +150,7 @@ def test_cached_and_uncached_decoding_agree(model, pack):
     assert cached == uncached == [greedy_uncached(model, p, n) for p in PROMPTS]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile's own code
 def test_compiled_decode_step_gives_the_same_tokens(model):
     n = 10
@@ -177,7 +178,7 @@ def _one_step(m, optimizer):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_reused_decoder_follows_weight_changes(model, compile):
     import copy
 
@@ -215,6 +216,7 @@ def test_decoder_refuses_a_moved_model_and_int8_in_bf16(model):
         generate(quantize_int8(model), PROMPT, 3, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_reused_compiled_decoder_gives_the_same_tokens(model):
     import dataclasses

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from gpt2lab.checkpoint import load_model, save_checkpoint
-from gpt2lab.config import from_dict, load_config
+from gpt2lab.checkpoint import load_model
+from gpt2lab.config import load_config
 from gpt2lab.errors import UserError
 from gpt2lab.evals.common import download
 from gpt2lab.weights import load_pretrained
@@ -13,31 +13,19 @@ from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag, requests
 from gpt2lab.evals.report import eval_history
 from gpt2lab.evals.scoring import Request, fit
 from gpt2lab.metrics import read_metrics
-from gpt2lab.model import GPT
 from gpt2lab.tokenizer import get_tokenizer
 from gpt2lab.train import train
 from cli_helpers import gpt2lab, one_line_error
 
 
 @pytest.fixture(scope="module")
-def hs_file(shared_data):
-    return shared_data / "hellaswag" / "hellaswag_val.jsonl"
+def hs_file(small_data):
+    return small_data / "hellaswag_val_120.jsonl"
 
 
 @pytest.fixture(scope="module")
 def hs_items(hs_file):
     return select_items(load_hellaswag(hs_file), 40)
-
-
-@pytest.fixture(scope="module")
-def micro_ckpt(tmp_path_factory):
-    """A randomly initialised micro model saved as a gpt2lab run folder."""
-    torch.manual_seed(0)
-    cfg = from_dict({"model": {"preset": "micro"}})
-    model = GPT(cfg.model)
-    run = tmp_path_factory.mktemp("micro_run")
-    save_checkpoint(run, 1, model, cfg, {})
-    return run
 
 
 def write_jsonl(path, items):
@@ -49,6 +37,7 @@ def argmax(xs):
     return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
+@pytest.mark.slow
 def test_fast_matches_plain_fp32(micro_ckpt, hs_items):
     """Same prediction for every item and log-likelihoods within 1e-4, for both text styles, over several batches;
     one item has a context longer than the model's 128 positions, so it is cut from the left."""
@@ -72,6 +61,7 @@ def test_fit_cuts_context_from_the_left():
     assert fit(Request([], [[5]]), 64)[0] == [50256]  # empty context: end-of-text, as lm-eval does
 
 
+@pytest.mark.slow
 def test_converted_hf_model_gives_transformers_numbers(tmp_path, hs_items):
     """A transformers GPT2LMHeadModel, loaded by gpt2lab from its folder, scores as transformers itself does."""
     transformers = pytest.importorskip("transformers")
@@ -97,14 +87,14 @@ def test_converted_hf_model_gives_transformers_numbers(tmp_path, hs_items):
     assert metrics["completion_acc_norm"] == correct / len(items)
 
 
-def test_lm_eval_text_preparation(shared_data):
+def test_lm_eval_text_preparation(small_data):
     item = {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
             "endings": ["is using wrap.", "starts pulling up roofing."], "label": 1}
     ctx, ends = texts(item, "lm_eval")
     assert ctx == "Roof shingle removal: A man is sitting on a roof. He"
     assert ends == [" is using wrap.", " starts pulling up roofing."]
     assert texts(item, "completion") == ("A man is sitting on a roof. he", [" is using wrap.", " starts pulling up roofing."])
-    official = load_hellaswag(shared_data / "hellaswag" / "hellaswag_val_official_sample.jsonl")
+    official = load_hellaswag(small_data / "hellaswag_val_official_head.jsonl")
     wikihow = next(it for it in official if "[title]" in it["ctx"])
     ctx, ends = texts(wikihow, "lm_eval")
     assert "[" not in ctx and "  " not in ctx and ctx.startswith(wikihow["activity_label"] + ": ")
@@ -112,6 +102,7 @@ def test_lm_eval_text_preparation(shared_data):
     assert all(e.startswith(" ") and "[" not in e for e in ends)
 
 
+@pytest.mark.slow
 def test_cli_writes_results_consistent_with_summary(tmp_path, micro_ckpt, hs_items):
     data = write_jsonl(tmp_path / "hs.jsonl", hs_items[:12])
     r = gpt2lab("eval", "hellaswag", micro_ckpt, "--data", data, "--out", tmp_path / "out", "--dtype", "float32")
@@ -144,6 +135,7 @@ def test_cli_writes_results_consistent_with_summary(tmp_path, micro_ckpt, hs_ite
     assert hf_summary["completion_acc_norm"] == summary["completion_acc_norm"] and "lm_eval_acc" not in hf_summary
 
 
+@pytest.mark.slow
 def test_random_init_scores_near_chance(micro_ckpt, hs_file):
     model, _ = load_model(micro_ckpt)
     metrics, _ = evaluate_hellaswag(model, select_items(load_hellaswag(hs_file), 120), styles=("completion",),
@@ -151,6 +143,7 @@ def test_random_init_scores_near_chance(micro_ckpt, hs_file):
     assert 0.15 < metrics["completion_acc_norm"] < 0.35, metrics  # 0.25 +- 2.5 standard deviations
 
 
+@pytest.mark.slow
 def test_bad_data_and_model_are_one_line_errors(tmp_path, micro_ckpt, hs_items):
     with pytest.raises(UserError, match="no such HellaSwag file"):
         load_hellaswag(tmp_path / "missing.jsonl")
@@ -186,6 +179,7 @@ def test_download_is_atomic_and_checked(tmp_path, hs_items):
     assert [it["ind"] for it in load_hellaswag(dest)] == [it["ind"] for it in hs_items[:3]]
 
 
+@pytest.mark.slow
 def test_training_logs_hellaswag_and_report(tmp_path, small_shards, hs_items):
     data = write_jsonl(tmp_path / "hs.jsonl", hs_items[:8])
     run = tmp_path / "run"

@@ -1,6 +1,5 @@
 import gzip
 import hashlib
-import itertools
 import json
 
 import numpy as np
@@ -10,10 +9,7 @@ from gpt2lab.data.prepare import prepare
 from gpt2lab.data.shards import find_shards, read_shard, write_shard
 from gpt2lab.errors import UserError
 from gpt2lab.tokenizer import EOT_TOKEN, VOCAB_SHA256, get_tokenizer
-
-
-def quiet(_msg):
-    pass
+from cli_helpers import quiet, write_wiki_jsonl
 
 
 def stream(out_dir, split):
@@ -26,24 +22,18 @@ def full_stream(out_dir, manifest):
 
 
 @pytest.fixture(scope="module")
-def shakespeare(shared_data):
-    return shared_data / "corpora" / "tinyshakespeare" / "input.txt"
+def shakespeare(shakespeare_head):
+    return shakespeare_head
 
 
 @pytest.fixture(scope="module")
-def wiki_head(shared_data, tmp_path_factory):
-    src = shared_data / "corpora" / "wikipedia-en.jsonl"
-    if not src.is_file():
-        pytest.skip(f"{src} missing")
-    dst = tmp_path_factory.mktemp("wiki") / "wiki_head.jsonl"
-    with open(src, "rb") as f:
-        dst.write_bytes(b"".join(itertools.islice(f, 300)))
-    return dst
+def wiki_head(tmp_path_factory):
+    return write_wiki_jsonl(tmp_path_factory.mktemp("wiki") / "wiki_head.jsonl", 300)
 
 
 def test_tinyshakespeare(shakespeare, tmp_path):
     out = tmp_path / "out"
-    m = prepare([shakespeare], out, val_fraction=0.1, shard_tokens=100_000, workers=1, log=quiet)
+    m = prepare([shakespeare], out, val_fraction=0.1, shard_tokens=6_000, workers=1, log=quiet)
     text = shakespeare.read_text(encoding="utf-8")
     n = len(get_tokenizer().encode_ordinary(text)) + 1  # one document, one EOT before it
     assert m["tokens"]["total"] == n
@@ -58,7 +48,7 @@ def test_tinyshakespeare(shakespeare, tmp_path):
     # shard layout: every shard but the last of a split is full
     names = [s["name"] for s in m["shards"]]
     assert names[0] == "val_000000.bin" and "train_000003.bin" in names
-    assert all(s["tokens"] <= 100_000 for s in m["shards"])
+    assert all(s["tokens"] <= 6_000 for s in m["shards"])
     assert sorted(p.name for p in out.iterdir()) == sorted(names + ["manifest.json"])
     # manifest on disk equals the returned one, and its hashes match the files
     assert json.loads((out / "manifest.json").read_text()) == m

@@ -1,6 +1,5 @@
 """An interrupted prepare (exception, SIGKILL, full disk) continues and ends byte-identical to an uninterrupted one."""
 
-import itertools
 import json
 import resource
 import signal
@@ -13,19 +12,13 @@ import pytest
 from gpt2lab.data.prepare import WORK_DIR, prepare
 from gpt2lab.data.shards import read_shard
 from gpt2lab.errors import UserError
-
-
-def quiet(_msg):
-    pass
+from cli_helpers import quiet, write_wiki_jsonl
 
 
 @pytest.fixture(scope="module")
-def wiki(shared_data, tmp_path_factory):
-    """About 1.7M tokens of Wikipedia articles as .jsonl."""
-    dst = tmp_path_factory.mktemp("wiki") / "wiki.jsonl"
-    with open(shared_data / "corpora" / "wikipedia-en.jsonl", "rb") as f:
-        dst.write_bytes(b"".join(itertools.islice(f, 5000)))
-    return dst
+def wiki(tmp_path_factory):
+    """About 1.8M tokens of Wikipedia-shaped articles as .jsonl."""
+    return write_wiki_jsonl(tmp_path_factory.mktemp("wiki") / "wiki.jsonl", 5000)
 
 
 OPTS = dict(val_fraction=0.1, shard_tokens=100_000)  # what the subprocess tests run (_prepare_cmd)
@@ -98,6 +91,7 @@ def _prepare_cmd(wiki, out, val=("--val-fraction", "0.1"), shard_tokens=100_000)
             "--shard-tokens", str(shard_tokens), "--workers", "1"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_is_identical(wiki, reference, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(_prepare_cmd(wiki, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -119,6 +113,7 @@ def test_sigkill_then_rerun_is_identical(wiki, reference, tmp_path):
     assert files_of(out) == files_of(reference)
 
 
+@pytest.mark.slow
 def test_full_disk_gives_one_line_and_no_partial_shard(wiki, tmp_path):
     out = tmp_path / "out"
     cmd = _prepare_cmd(wiki, out, val=("--val-tokens", "50000"), shard_tokens=300_000)

@@ -1,7 +1,6 @@
 """prepare on FineWeb-Edu-shaped data: local parquet/jsonl(.gz/.zst), the hub path, val splits, limits, uint32."""
 
 import gzip
-import itertools
 import json
 
 import numpy as np
@@ -14,6 +13,7 @@ from gpt2lab.data.shards import VERSION_U32, find_shards, read_shard
 from gpt2lab.data.sources import HubSource
 from gpt2lab.errors import UserError
 from gpt2lab.tokenizer import EOT_TOKEN, VOCAB_SHA256, get_tokenizer
+from cli_helpers import quiet, wiki_rows, write_wiki_jsonl
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -22,31 +22,25 @@ zstandard = pytest.importorskip("zstandard")
 FINEWEB_COLUMNS = ["text", "id", "dump", "url", "language", "language_score", "token_count", "score", "int_score"]
 
 
-def quiet(_msg):
-    pass
-
-
-def fineweb_rows(shared_data, n):
+def fineweb_rows(n):
     """n Wikipedia articles as rows in FineWeb-Edu's schema."""
     enc = get_tokenizer()
     rows = []
-    with open(shared_data / "corpora" / "wikipedia-en.jsonl", encoding="utf-8") as f:
-        for line in itertools.islice(f, n):
-            art = json.loads(line)
-            rows.append({
-                "text": art["text"], "id": f"<urn:uuid:{int(art['id']):032x}>", "dump": "CC-MAIN-2024-10",
-                "url": "https://en.wikipedia.org/wiki/" + art["title"].replace(" ", "_"), "language": "en",
-                "language_score": 0.95, "token_count": len(enc.encode_ordinary(art["text"])),
-                "score": 3.2, "int_score": 3,
-            })
+    for art in wiki_rows(n):
+        rows.append({
+            "text": art["text"], "id": f"<urn:uuid:{int(art['id']):032x}>", "dump": "CC-MAIN-2024-10",
+            "url": "https://en.wikipedia.org/wiki/" + art["title"].replace(" ", "_"), "language": "en",
+            "language_score": 0.95, "token_count": len(enc.encode_ordinary(art["text"])),
+            "score": 3.2, "int_score": 3,
+        })
     return rows
 
 
 @pytest.fixture(scope="module")
-def fineweb(shared_data, tmp_path_factory):
+def fineweb(tmp_path_factory):
     """The same 400 articles as parquet (2 files), .jsonl.gz and .jsonl.zst."""
     d = tmp_path_factory.mktemp("fineweb")
-    rows = fineweb_rows(shared_data, 400)
+    rows = fineweb_rows(400)
     for i, part in enumerate((rows[:250], rows[250:])):
         table = pa.table({c: [r[c] for r in part] for c in FINEWEB_COLUMNS})
         pq.write_table(table, d / f"000_0000{i}.parquet", row_group_size=64)
@@ -115,11 +109,9 @@ def test_missing_column(fineweb, tmp_path):
                 out_dir=tmp_path / "c", workers=1, log=quiet)
 
 
-def test_val_fraction_per_block(shared_data, tmp_path):
+def test_val_fraction_per_block(tmp_path):
     """Over 1M tokens, every VAL_BLOCK tokens and the last partial block give their first fraction to val."""
-    src = tmp_path / "wiki.jsonl"
-    with open(shared_data / "corpora" / "wikipedia-en.jsonl", "rb") as f:
-        src.write_bytes(b"".join(itertools.islice(f, 7000)))
+    src = write_wiki_jsonl(tmp_path / "wiki.jsonl", 7000)
     texts = [json.loads(line)["text"] for line in src.read_text(encoding="utf-8").splitlines()]
     m = prepare([src], tmp_path / "o", val_fraction=0.05, shard_tokens=400_000, workers=2, log=quiet)
     stream = expected_stream(texts)

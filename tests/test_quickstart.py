@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gpt2lab.quickstart import asset
+from cli_helpers import gpt2lab
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,16 +18,14 @@ def test_shipped_quickstart_config_is_the_repo_one():
     assert asset("quickstart.yaml").read_text() == (REPO / "configs" / "quickstart.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_quickstart_runs_end_to_end_with_compile(tmp_path):
     """prepare -> train (compiled, as the shipped config says) -> val loss -> checkpoint -> samples."""
     shipped = yaml.safe_load(asset("quickstart.yaml").read_text())
     assert shipped["train"]["compile"] is True  # the path exercised below is the default one
     run = tmp_path / "qs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "gpt2lab", "quickstart", "--out", str(run),
-         "train.max_steps=3", "eval.every=0", "eval.val_tokens=2048", "eval.sample_tokens=8"],
-        capture_output=True, text=True, timeout=600,
-    )
+    proc = gpt2lab("quickstart", "--out", run, "train.max_steps=3", "eval.every=0", "eval.val_tokens=2048",
+                   "eval.sample_tokens=8", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "quickstart done: 3 steps" in out
@@ -38,11 +36,8 @@ def test_quickstart_runs_end_to_end_with_compile(tmp_path):
     assert (run / "data" / "manifest.json").is_file()
 
     # Running it again continues the same run instead of failing on the existing checkpoint.
-    proc = subprocess.run(
-        [sys.executable, "-m", "gpt2lab", "quickstart", "--out", str(run), "train.max_steps=4", "train.compile=false",
-         "eval.every=0", "eval.val_tokens=2048", "eval.sample_tokens=8"],
-        capture_output=True, text=True, timeout=600,
-    )
+    proc = gpt2lab("quickstart", "--out", run, "train.max_steps=4", "train.compile=false", "eval.every=0",
+                   "eval.val_tokens=2048", "eval.sample_tokens=8", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "quickstart done: 4 steps" in proc.stdout
 

@@ -12,19 +12,15 @@ import torch
 from safetensors.torch import load_file
 
 from gpt2lab import checkpoint as ckpt
-from gpt2lab.config import load_config
 from gpt2lab.errors import UserError
 from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.train import train
+from cli_helpers import micro_cfg, quiet
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_STEPS = 12
 KILL_AFTER = "step_00000004"
-
-
-def quiet(_msg):
-    pass
 
 
 def cli_args(data_dir, run_dir):
@@ -50,6 +46,7 @@ def final_tensors(run_dir: Path) -> dict:
     return load_file(str(last / ckpt.MODEL_FILE))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     # run A (uninterrupted) and run B (to be killed) side by side, one thread each
@@ -95,11 +92,8 @@ def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path):
 
 
 def short_cfg(data_dir, run_dir, *extra):
-    return load_config(None, [
-        f"data.dir={data_dir}", f"train.run_dir={run_dir}", "model.preset=micro", "train.device=cpu",
-        "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32", "train.max_steps=2",
-        "train.ckpt_every=2", "optim.warmup_steps=1", "eval.every=-1", "eval.sample_every=-1", *extra,
-    ])
+    return micro_cfg(data_dir, run_dir, "train.max_steps=2", "train.ckpt_every=2", "optim.warmup_steps=1",
+                     "eval.every=-1", "eval.sample_every=-1", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,14 @@ import pytest
 
 from gpt2lab import tokenizer as tk
 from gpt2lab.tokenizer import EOT_STRING, EOT_TOKEN, VOCAB_SHA256, VOCAB_SIZE, decode, encode, get_tokenizer, vocab_path
+from cli_helpers import gpt2_tokenizer_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def reference(shared_data):
-    path = shared_data / "reference" / "gpt2_124M_reference.json"
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
+def reference(small_data):
+    path = small_data / "gpt2_124M_reference.json"
     return json.loads(path.read_text(encoding="utf-8"))["tokenizer_test_cases"]
 
 
@@ -60,8 +59,8 @@ def test_encoding_facts(reference):
     assert get_tokenizer() is enc  # cached
 
 
-def test_decode_round_trip(shared_data):
-    text = (shared_data / "corpora" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:20_000]
+def test_decode_round_trip(shakespeare_head):
+    text = shakespeare_head.read_text(encoding="utf-8")[:20_000]
     samples = [text, "héllo wörld — ✓ 日本語 🙂", "  leading and trailing spaces  ", "tabs\tand\nnewlines\r\n", ""]
     for s in samples:
         ids = encode(s)
@@ -76,16 +75,32 @@ def test_unknown_tokenizer_name():
         get_tokenizer("cl100k_base")
 
 
-def test_shipped_vocab_hash_and_shared_copy(shared_data):
+def test_shipped_vocab_hash_and_shared_copy():
     shipped = Path(vocab_path()).read_bytes()
     assert hashlib.sha256(shipped).hexdigest() == VOCAB_SHA256
-    shared_copy = shared_data / "tokenizer" / "gpt2" / "gpt2.tiktoken"
-    if shared_copy.is_file():
-        assert shared_copy.read_bytes() == shipped
+    # the shared copy of OpenAI's file (r50k_base.tiktoken), by its hash: byte for byte the same
+    assert VOCAB_SHA256 == gpt2_tokenizer_sha256()["gpt2.tiktoken"]
 
 
-def test_build_vocab_reproduces_shipped_file(shared_data, tmp_path):
-    src = shared_data / "tokenizer" / "gpt2"
+def openai_gpt2_files(directory: Path) -> Path:
+    """OpenAI's encoder.json and vocab.bpe, rebuilt in ``directory`` from the shipped vocabulary (their
+    sha256 checked against the originals', so they are those files byte for byte)."""
+    from gpt2lab.hf import write_tokenizer_files
+
+    directory.mkdir()
+    write_tokenizer_files(directory)
+    vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+    (directory / "encoder.json").write_text(json.dumps(dict(sorted(vocab.items(), key=lambda kv: kv[1]))))
+    (directory / "merges.txt").rename(directory / "vocab.bpe")
+    for name in ("encoder.json", "vocab.bpe"):
+        digest = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        assert digest == gpt2_tokenizer_sha256()[name], f"rebuilt {name} is not OpenAI's"
+    return directory
+
+
+@pytest.mark.slow
+def test_build_vocab_reproduces_shipped_file(tmp_path):
+    src = openai_gpt2_files(tmp_path / "openai")
     out = tmp_path / "gpt2.tiktoken"
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
     r = subprocess.run(
@@ -96,6 +111,7 @@ def test_build_vocab_reproduces_shipped_file(shared_data, tmp_path):
     assert out.read_bytes() == Path(vocab_path()).read_bytes()
 
 
+@pytest.mark.slow
 def test_damaged_vocab_is_user_error(tmp_path):
     # A copy of the package with one byte of the vocabulary changed, imported in a fresh process.
     pkg = tmp_path / "site" / "gpt2lab"

@@ -18,13 +18,10 @@ from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.optim import build_optimizer, lr_at, param_groups
 from gpt2lab.train import TrainingDiverged, grad_accum_steps, train, train_step
+from cli_helpers import micro_cfg, quiet
 
 NO_AUTOCAST = contextlib.nullcontext()
 SMALL = GPTConfig(block_size=32, vocab_size=512, padded_vocab_size=512, n_layer=2, n_head=2, n_embd=64)
-
-
-def quiet(_msg):
-    pass
 
 
 def small_model(seed=0, cfg=SMALL) -> GPT:
@@ -32,19 +29,10 @@ def small_model(seed=0, cfg=SMALL) -> GPT:
     return GPT(cfg)
 
 
-def micro_cfg(data_dir, run_dir, *extra):
-    """A micro model on the prepared shards: fp32, a few small steps, cheap eval and sampling."""
-    return load_config(None, [
-        f"data.dir={data_dir}", f"train.run_dir={run_dir}", "model.preset=micro", "train.device=cpu",
-        "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32", "train.max_steps=4",
-        "optim.warmup_steps=2", "eval.every=2", "eval.val_tokens=1024", "eval.sample_count=1",
-        "eval.sample_tokens=4", *extra,
-    ])
-
-
 # --- the optimizer step ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
     model = small_model()
     model.train()
@@ -187,6 +175,7 @@ def test_weight_decay_only_on_2d_params():
 # --- the whole loop --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_writes_run(small_shards, tmp_path):
     run = tmp_path / "run"
     cfg = micro_cfg(small_shards, run, "train.ckpt_every=2", "train.keep_checkpoints=1")
@@ -273,6 +262,7 @@ def test_missing_data_dir_is_user_error(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_init_from_checkpoint_takes_weights_and_shape(small_shards, tmp_path):
     """train.init_from starts a new run from another run's weights; its model shape wins, dropout stays ours."""
     src = tmp_path / "src"

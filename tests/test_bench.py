@@ -4,6 +4,8 @@ import importlib.util
 import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,7 @@ def test_harness_writes_results_with_command_and_machine(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # no temporary file left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["bench_train", "bench_generate", "bench_hellaswag", "bench_prepare",
                                     "bench_decode_bound"])
 def test_benchmark_scripts_import(script):

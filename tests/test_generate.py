@@ -293,3 +293,19 @@ def test_int8_quantized_model_generates_close_logits(model):
     out = generate(q, PROMPTS, 8, temperature=0.0)
     assert [len(s) for s in out] == [8] * len(PROMPTS)
     assert generate(q, PROMPTS, 8, temperature=0.0, use_cache=False) == out
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_decoder_of_a_training_model_decodes_without_dropout_and_leaves_it_training(compile):
+    """The Decoder runs GPT.hidden over a copy of the module tree: dropout off there, the model untouched."""
+    torch.manual_seed(1)
+    m = GPT(GPTConfig(**{**CFG.__dict__, "dropout": 0.5}))
+    with torch.no_grad():
+        m.transformer.wte.weight.mul_(10)
+    expected = greedy_uncached(m.eval(), PROMPT, 6)
+    m.train()
+    dec = Decoder(m, compile=compile)
+    assert generate(dec, PROMPT, 6, temperature=0.0)[0] == expected
+    assert m.training and all(mod.training for mod in m.modules())
+    shared = {id(p) for p in dec.net.parameters()}  # embeddings, LayerNorms: the model's own tensors
+    assert shared and shared <= {id(p) for p in m.parameters()}

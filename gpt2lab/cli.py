@@ -371,7 +371,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from .hf import export_hf, import_hf
+    from .weights import export_hf, import_hf
 
     if args.direction == "from-hf":
         out = import_hf(args.src, args.out, overwrite=args.overwrite)

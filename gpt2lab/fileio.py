@@ -10,7 +10,11 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
@@ -56,3 +60,35 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in sorted(path.iterdir()):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to write over a non-empty folder (or a file) unless ``overwrite``."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"{out} already exists and is not empty: choose a new folder, or pass --overwrite")
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it is renamed to ``out`` (replacing it if ``overwrite``)."""
+    out = Path(out)
+    check_out_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        replace_dir(tmp, out, aside=out.with_name(f".old-{out.name}-{os.getpid()}"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

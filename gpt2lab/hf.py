@@ -23,14 +23,13 @@ import json
 import os
 import re
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 
 from .errors import UserError
-from .fileio import replace_dir
+from .fileio import atomic_dir
 from .model import GPT, GPTConfig
 
 HF_CONFIG = "config.json"
@@ -301,37 +300,6 @@ def load_hf(src: str | os.PathLike) -> GPT:
 
 
 # --- writing --------------------------------------------------------------------------------
-def _fsync_tree(path: Path) -> None:
-    for f in sorted(path.iterdir()):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty: choose a new folder, or pass --overwrite")
-
-
-@contextmanager
-def _atomic_dir(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it is renamed to ``out`` (replacing it if ``overwrite``)."""
-    out = Path(out)
-    _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        replace_dir(tmp, out, aside=out.with_name(f".old-{out.name}-{os.getpid()}"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False, tokenizer: bool | None = None) -> Path:
     """Write ``model`` as a transformers GPT-2 directory, atomically.
 
@@ -343,7 +311,7 @@ def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False, tokeniz
     state, config = hf_state_from_gpt2lab(model)
     if tokenizer is None:
         tokenizer = model.config.vocab_size == 50257
-    with _atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if config["eos_token_id"] is not None:
@@ -352,32 +320,6 @@ def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False, tokeniz
         if tokenizer:
             write_tokenizer_files(tmp, model.config.block_size)
     return Path(out)
-
-
-def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Convert a transformers GPT-2 (directory or hub name) into a gpt2lab checkpoint folder.
-
-    The folder holds model.safetensors and config.yaml (no train_state.pt); ``gpt2lab sample``
-    and ``checkpoint.load_model`` load it.
-    """
-    from .checkpoint import CONFIG_FILE, MODEL_FILE, save_model_file
-    from .config import Config
-
-    _check_out(Path(out), overwrite)  # before a possibly long download
-    model = load_hf(src)
-    with _atomic_dir(out, overwrite) as tmp:
-        save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "source": f"transformers:{src}"})
-        (tmp / CONFIG_FILE).write_text(Config(model=model.config).to_yaml())
-    return Path(out)
-
-
-def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Convert a gpt2lab checkpoint (or run folder: its newest checkpoint) into a transformers directory."""
-    from .checkpoint import load_model
-
-    _check_out(Path(out), overwrite)
-    model, _ = load_model(ckpt)
-    return save_hf(model, out, overwrite=overwrite)
 
 
 # --- tokenizer files ------------------------------------------------------------------------

@@ -8,9 +8,9 @@ A source is, checked in this order:
 - a Hugging Face hub name (``openai-community/gpt2``), when nothing of that name exists on disk
   and it does not start like a path (``.``, ``/``, ``~``).
 
-Training's ``train.init_from``, ``gpt2lab eval`` and ``gpt2lab convert`` all go through
-:func:`classify` and :func:`load_pretrained`; ``sample`` and ``eval loss`` need a run's config too
-and take gpt2lab folders only (:func:`gpt2lab.checkpoint.load_model`).
+Training's ``train.init_from``, ``gpt2lab eval hellaswag|lambada``, ``sample`` and ``convert``
+all go through :func:`classify` and :func:`load_pretrained`; ``eval loss`` needs a run's config
+too and takes gpt2lab folders only (:func:`gpt2lab.checkpoint.load_model`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import torch
 
 from . import checkpoint
 from .errors import UserError
-from .hf import is_hub_name, load_hf
+from .config import Config
+from .fileio import atomic_dir, check_out_dir
+from .hf import is_hub_name, load_hf, save_hf
 from .model import GPT
 
 CHECKPOINT, RUN, HF_FOLDER, HUB = "checkpoint", "run", "hf", "hub"
@@ -57,3 +59,26 @@ def load_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu
     else:  # no transformers needed: hf.py reads safetensors and config.json itself
         model = load_hf(source)
     return model.to(device).eval()
+
+
+def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert a transformers GPT-2 (folder or hub name) into a gpt2lab checkpoint folder.
+
+    The folder holds model.safetensors and config.yaml (no training state); ``sample``, ``eval``
+    and ``train.init_from`` take it.
+    """
+    check_out_dir(Path(out), overwrite)  # before a possibly long download
+    if classify(src) in (CHECKPOINT, RUN):
+        raise UserError(f"{src} is already a gpt2lab checkpoint or run folder; use it as it is")
+    model = load_pretrained(src)
+    with atomic_dir(out, overwrite) as tmp:
+        checkpoint.save_model_file(model, tmp / checkpoint.MODEL_FILE,
+                                   {"format": "gpt2lab", "source": f"transformers:{src}"})
+        (tmp / checkpoint.CONFIG_FILE).write_text(Config(model=model.config).to_yaml())
+    return Path(out)
+
+
+def export_hf(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write any model source (a gpt2lab run or checkpoint, typically) as a transformers folder."""
+    check_out_dir(Path(out), overwrite)
+    return save_hf(load_pretrained(source), out, overwrite=overwrite)

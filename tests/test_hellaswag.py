@@ -124,7 +124,7 @@ def test_cli_writes_results_consistent_with_summary(tmp_path, micro_ckpt, hs_ite
     assert summary["lm_eval_acc_norm"] == sum(
         argmax([lp / b for lp, b in zip(x["logprob"], x["bytes"])]) == r_["label"] for x, r_ in zip(l_, recs)) / n
     # the same model as a Hugging Face folder gives the same numbers
-    from gpt2lab.hf import export_hf
+    from gpt2lab.weights import export_hf
 
     export_hf(micro_ckpt, tmp_path / "hf")
     r = gpt2lab("eval", "hellaswag", tmp_path / "hf", "--data", data, "--out", tmp_path / "out_hf", "--dtype", "float32",

@@ -14,7 +14,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E40
 from gpt2lab.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_model  # noqa: E402
 from gpt2lab.errors import UserError  # noqa: E402
 from gpt2lab.generate import generate  # noqa: E402
-from gpt2lab.hf import export_hf, gpt2lab_state_from_hf, hf_state_from_gpt2lab, import_hf, load_hf, save_hf  # noqa: E402
+from gpt2lab.hf import gpt2lab_state_from_hf, hf_state_from_gpt2lab, load_hf, save_hf  # noqa: E402
+from gpt2lab.weights import export_hf, import_hf  # noqa: E402
 from gpt2lab.model import GPT, GPTConfig  # noqa: E402
 from gpt2lab.tokenizer import get_tokenizer  # noqa: E402
 from cli_helpers import gpt2_tokenizer_sha256, gpt2lab  # noqa: E402

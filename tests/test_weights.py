@@ -47,3 +47,14 @@ def test_hub_names_and_paths(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(UserError, match="a file, not a model"):
         weights.classify(tmp_path / "file.txt")
+
+
+def test_convert_round_trip_and_refusals(sources, tmp_path):
+    model, paths = sources
+    back = weights.import_hf(weights.export_hf(paths["run"], tmp_path / "hf"), tmp_path / "ckpt")
+    assert weights.classify(back) == weights.CHECKPOINT
+    for k, v in weights.load_pretrained(back).state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    with pytest.raises(UserError, match="already a gpt2lab checkpoint"):
+        weights.import_hf(paths["checkpoint"], tmp_path / "again")
+    assert not (tmp_path / "again").exists()

@@ -269,60 +269,13 @@ def bench_train(
         reset_ok = False
     else:
         reset_ok = _reset_cpu_peak()
-
-    torch.manual_seed(seed)
-    model = GPT(cfg).to(device)
-    optimizer = build_optimizer(model, OptimConfig(), kind)
-    train_model: torch.nn.Module = model
-    if compile:
-        torch._dynamo.reset()  # compile from scratch, not on top of an earlier benchmark's graphs
-        train_model = torch.compile(model)
-    info = DistInfo(device=device)
-    clip = OptimConfig().grad_clip
-
-    # Random tokens, fixed seed, made and moved to the device before any timing.
-    g = torch.Generator().manual_seed(seed)
-    n_batches = min(warmup + steps, 8)
-    data = torch.randint(0, cfg.vocab_size, (n_batches, batch, seq_len + 1), generator=g).to(device)
-    batches = [(data[i, :, :-1].contiguous(), data[i, :, 1:].contiguous()) for i in range(n_batches)]
-
-    def one_step(i: int) -> tuple[float, float]:
-        """(seconds, loss) of step ``i``."""
-        def step() -> float:
-            loss, norm = train_step(train_model, model, optimizer, iter([batches[i % n_batches]]), 1, autocast,
-                                    clip, info)
-            norm.item()  # the training loop reads both back every step too
-            return loss.item()
-        return timed(step, device)
-
-    machine = describe_machine(device)
+    model, one_step = _step_fn(cfg, batch, seq_len, device, autocast, compile, seed, n_batches=min(warmup + steps, 8))
     dtype_name = str(amp_dtype).replace("torch.", "")
     tag = f"{preset} B={batch} T={seq_len} {dtype_name} compile={'on' if compile else 'off'}"
-    warmup_times = []
-    for i in range(warmup):
-        dt, _ = one_step(i)
-        warmup_times.append(dt)
-        log(f"{tag}: warm-up step {i + 1}/{warmup} {dt:.2f} s")
-    attempts = []
-    for attempt in range(1 + max(0, retry_busy)):
-        step_times, loss_value = [], float("nan")
-        cpu0 = _process_cpu_seconds()
-        for i in range(steps):
-            dt, loss_value = one_step(warmup + attempt * steps + i)
-            step_times.append(dt)
-            log(f"{tag}: step {i + 1}/{steps} {dt * 1000:.0f} ms")
-        total = sum(step_times)
-        # CPU time this process got / (wall time x torch threads) over the timed steps. On a quiet CPU
-        # it sits near 1 (PyTorch's threads spin while they wait); well below that, other processes
-        # took CPU from the benchmark and the timings are low.
-        cpu_share = None
-        if kind == "cpu":
-            cpu_share = (_process_cpu_seconds() - cpu0) / (total * torch.get_num_threads())
-        attempts.append({"ms_per_step": 1000 * total / steps, "cpu_share": cpu_share})
-        if cpu_share is None or cpu_share >= min_cpu_share or attempt == retry_busy:
-            break
-        log(f"{tag}: cpu share {cpu_share:.2f} < {min_cpu_share}: other processes took CPU; timing again")
-
+    warmup_times, step_times, loss_value, cpu_share, attempts = _time_steps(
+        one_step, kind, steps, warmup, retry_busy, min_cpu_share, lambda msg: log(f"{tag}: {msg}"))
+    total = sum(step_times)
+    machine = describe_machine(device)
     if kind == "cuda":
         peak_mem, mem_kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
     else:
@@ -359,12 +312,71 @@ def bench_train(
     }
     if peaks is not None:
         set_peaks(result, peaks)
-    del train_model, model, optimizer, data, batches
+    del model, one_step
     if compile:
         torch._dynamo.reset()
     if kind == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def _step_fn(cfg: GPTConfig, batch: int, seq_len: int, device: str, autocast, compile: bool, seed: int,
+             n_batches: int) -> tuple[GPT, Callable[[int], tuple[float, float]]]:
+    """The model and a function that runs and times training step ``i``: (seconds, loss)."""
+    kind = device_type(device)
+    torch.manual_seed(seed)
+    model = GPT(cfg).to(device)
+    optimizer = build_optimizer(model, OptimConfig(), kind)
+    train_model: torch.nn.Module = model
+    if compile:
+        torch._dynamo.reset()  # compile from scratch, not on top of an earlier benchmark's graphs
+        train_model = torch.compile(model)
+    info = DistInfo(device=device)
+    clip = OptimConfig().grad_clip
+    # Random tokens, fixed seed, made and moved to the device before any timing.
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, cfg.vocab_size, (n_batches, batch, seq_len + 1), generator=g).to(device)
+    batches = [(data[i, :, :-1].contiguous(), data[i, :, 1:].contiguous()) for i in range(n_batches)]
+
+    def one_step(i: int) -> tuple[float, float]:
+        def step() -> float:
+            loss, norm = train_step(train_model, model, optimizer, iter([batches[i % n_batches]]), 1, autocast,
+                                    clip, info)
+            norm.item()  # the training loop reads both back every step too
+            return loss.item()
+        return timed(step, device)
+
+    return model, one_step
+
+
+def _time_steps(one_step, kind: str, steps: int, warmup: int, retry_busy: int, min_cpu_share: float, log):
+    """Warm-up steps, then ``steps`` timed ones, again (up to ``retry_busy`` times) while other
+    processes took CPU; returns (warm-up times, step times, last loss, cpu share, attempts)."""
+    warmup_times = []
+    for i in range(warmup):
+        dt, _ = one_step(i)
+        warmup_times.append(dt)
+        log(f"warm-up step {i + 1}/{warmup} {dt:.2f} s")
+    attempts = []
+    for attempt in range(1 + max(0, retry_busy)):
+        step_times, loss_value = [], float("nan")
+        cpu0 = _process_cpu_seconds()
+        for i in range(steps):
+            dt, loss_value = one_step(warmup + attempt * steps + i)
+            step_times.append(dt)
+            log(f"step {i + 1}/{steps} {dt * 1000:.0f} ms")
+        total = sum(step_times)
+        # CPU time this process got / (wall time x torch threads) over the timed steps. On a quiet CPU
+        # it sits near 1 (PyTorch's threads spin while they wait); well below that, other processes
+        # took CPU from the benchmark and the timings are low.
+        cpu_share = None
+        if kind == "cpu":
+            cpu_share = (_process_cpu_seconds() - cpu0) / (total * torch.get_num_threads())
+        attempts.append({"ms_per_step": 1000 * total / steps, "cpu_share": cpu_share})
+        if cpu_share is None or cpu_share >= min_cpu_share or attempt == retry_busy:
+            break
+        log(f"cpu share {cpu_share:.2f} < {min_cpu_share}: other processes took CPU; timing again")
+    return warmup_times, step_times, loss_value, cpu_share, attempts
 
 
 def set_peaks(result: dict, peaks: dict) -> dict:

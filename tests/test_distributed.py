@@ -194,7 +194,8 @@ def test_checkpoint_of_one_process_resumes_on_two_with_accumulation(runs, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 @pytest.mark.parametrize("task, items, exact, close", [
-    ("hellaswag", 13, ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"), ()),
+    ("hellaswag", 13, ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm", "lm_eval_acc_bytes"),
+     ()),
     ("lambada", 11, ("acc",), ("ppl", "token_ppl")),
 ])
 def test_tasks_in_training_same_on_one_and_two_processes(runs, parallel, task, items, exact, close):

@@ -49,7 +49,7 @@ def test_fast_matches_plain_fp32(micro_ckpt, hs_items):
     plain, plain_recs = evaluate_hellaswag(model, items, plain=True)
     assert fast == plain and fast["items"] == len(items)
     for f, p in zip(fast_recs, plain_recs):
-        for style, preds in (("completion", ("pred_sum", "pred_mean")), ("lm_eval", ("pred", "pred_norm"))):
+        for style, preds in (("completion", ("pred_sum", "pred_mean")), ("lm_eval", ("pred", "pred_norm", "pred_bytes"))):
             assert max(abs(a - b) for a, b in zip(f[style]["logprob"], p[style]["logprob"])) < 1e-4
             assert all(f[style][k] == p[style][k] for k in preds), (f, p)
         assert f["completion"]["tokens"] == p["completion"]["tokens"]
@@ -112,7 +112,8 @@ def test_cli_writes_results_consistent_with_summary(tmp_path, micro_ckpt, hs_ite
     recs = [json.loads(line) for line in (tmp_path / "out" / "hellaswag_examples.jsonl").read_text().splitlines()]
     assert printed["completion_acc"] == summary["completion_acc"] and summary["items"] == len(recs) == 12
     assert [r_["label"] for r_ in recs] == [it["label"] for it in hs_items[:12]]
-    assert set(summary["definitions"]) == {"completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"}
+    assert set(summary["definitions"]) == {"completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
+                                           "lm_eval_acc_bytes"}
     # the summary's accuracies follow from the per-example scores
     n = len(recs)
     c = [r_["completion"] for r_ in recs]
@@ -122,6 +123,8 @@ def test_cli_writes_results_consistent_with_summary(tmp_path, micro_ckpt, hs_ite
         argmax([lp / t for lp, t in zip(x["logprob"], x["tokens"])]) == r_["label"] for x, r_ in zip(c, recs)) / n
     assert summary["lm_eval_acc"] == sum(argmax(x["logprob"]) == r_["label"] for x, r_ in zip(l_, recs)) / n
     assert summary["lm_eval_acc_norm"] == sum(
+        argmax([lp / c for lp, c in zip(x["logprob"], x["chars"])]) == r_["label"] for x, r_ in zip(l_, recs)) / n
+    assert summary["lm_eval_acc_bytes"] == sum(
         argmax([lp / b for lp, b in zip(x["logprob"], x["bytes"])]) == r_["label"] for x, r_ in zip(l_, recs)) / n
     # the same model as a Hugging Face folder gives the same numbers
     from gpt2lab.weights import export_hf

@@ -16,8 +16,10 @@ Two common definitions are reported, each with its own text preparation:
   has no ``ctx_a``/``ctx_b``), endings ``" " + preprocess(ending)``, where ``preprocess`` strips,
   turns ``" [title]"`` into ``". "``, drops other ``[...]`` markers and double spaces.
   ``lm_eval_acc`` is the highest summed log-likelihood; ``lm_eval_acc_norm`` the highest
-  log-likelihood per UTF-8 byte of the ending (lm-eval counts characters; the two differ only
-  for the few non-ASCII endings).
+  log-likelihood divided by the ending's length in characters and ``lm_eval_acc_bytes`` in
+  UTF-8 bytes, both of the preprocessed ending without the leading space, as the harness
+  computes its ``acc_norm`` and ``acc_bytes`` (``len(choice)`` of its ``doc_to_choice``; the
+  space is the target delimiter, outside the choice). Tested against the harness itself.
 
 Context and ending are tokenized separately, as both reference implementations do. The
 scores come from :mod:`gpt2lab.evals.scoring` (fast path by default; ``plain=True`` for the
@@ -40,12 +42,15 @@ from .scoring import Request, score_fast, score_plain
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 STYLES = ("completion", "lm_eval")
-METRICS = ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm")
+METRICS = ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm", "lm_eval_acc_bytes")
 DEFINITIONS = {
     "completion_acc": "build-nanogpt text (ctx + ' ' + ending); argmax of the summed log-likelihood of the ending",
     "completion_acc_norm": "build-nanogpt text; argmin of the mean loss per ending token (build-nanogpt's acc_norm)",
     "lm_eval_acc": "lm-eval-harness text (activity label, preprocessing); argmax of the summed log-likelihood",
-    "lm_eval_acc_norm": "lm-eval-harness text; argmax of the log-likelihood divided by the ending's length in UTF-8 bytes",
+    "lm_eval_acc_norm": "lm-eval-harness text; argmax of the log-likelihood divided by the preprocessed ending's length "
+                        "in characters, without the leading space (the harness's acc_norm)",
+    "lm_eval_acc_bytes": "lm-eval-harness text; argmax of the log-likelihood divided by the preprocessed ending's length "
+                         "in UTF-8 bytes, without the leading space (the harness's acc_bytes)",
 }
 
 
@@ -148,12 +153,15 @@ def evaluate_hellaswag(
                 rec["completion"] = {"logprob": lps, "tokens": ntok, "pred_sum": _argmax(lps),
                                      "pred_mean": _argmax([lp / n for lp, n in zip(lps, ntok)])}
             else:
-                nbytes = [len(c.encode("utf-8")) for c in texts(it, "lm_eval")[1]]
-                rec["lm_eval"] = {"logprob": lps, "bytes": nbytes, "pred": _argmax(lps),
-                                  "pred_norm": _argmax([lp / b for lp, b in zip(lps, nbytes)])}
+                choices = [c[1:] for c in texts(it, "lm_eval")[1]]  # the harness's choices: no delimiter space
+                nchars, nbytes = [len(c) for c in choices], [len(c.encode("utf-8")) for c in choices]
+                rec["lm_eval"] = {"logprob": lps, "chars": nchars, "bytes": nbytes, "pred": _argmax(lps),
+                                  "pred_norm": _argmax([lp / n for lp, n in zip(lps, nchars)]),
+                                  "pred_bytes": _argmax([lp / b for lp, b in zip(lps, nbytes)])}
     model.train(was_training)
     keys = {"completion_acc": ("completion", "pred_sum"), "completion_acc_norm": ("completion", "pred_mean"),
-            "lm_eval_acc": ("lm_eval", "pred"), "lm_eval_acc_norm": ("lm_eval", "pred_norm")}
+            "lm_eval_acc": ("lm_eval", "pred"), "lm_eval_acc_norm": ("lm_eval", "pred_norm"),
+            "lm_eval_acc_bytes": ("lm_eval", "pred_bytes")}
     used = [m for m in METRICS if keys[m][0] in styles]
     counts = torch.zeros(1 + len(used), dtype=torch.float64, device=device)
     counts[0] = len(records)

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..metrics import METRICS_FILE, read_metrics
 
 COLUMNS = ("step", "tokens", "train_loss", "val_loss", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
-           "hellaswag_items", "lambada_acc", "lambada_ppl")
+           "lm_eval_acc_bytes", "hellaswag_items", "lambada_acc", "lambada_ppl")
 
 
 def eval_history(run_dir: str | os.PathLike) -> list[dict]:

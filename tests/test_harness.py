@@ -1,0 +1,102 @@
+"""gpt2lab's HellaSwag and LAMBADA numbers against EleutherAI's lm-evaluation-harness itself.
+
+The harness runs offline, with its own task definitions (a task YAML that ``include``s the
+installed harness's ``hellaswag.yaml`` / ``lambada_openai.yaml`` and points the dataset at a
+local jsonl), on a small random model exported with ``convert to-hf`` and scored in float32 by
+its ``hf`` backend. Predictions must agree item by item, log-likelihoods within 1e-4.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import lm_eval  # the dev extra installs it
+import pytest
+import torch
+
+from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag  # noqa: E402
+from gpt2lab.evals.lambada import evaluate_lambada  # noqa: E402
+from gpt2lab.model import GPT, GPTConfig  # noqa: E402
+from gpt2lab.weights import export_hf  # noqa: E402
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent / "data"
+TASKS = Path(lm_eval.__file__).parent / "tasks"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small random GPT with GPT-2's vocabulary, as a gpt2lab model and as a transformers folder."""
+    root = tmp_path_factory.mktemp("harness")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, n_layer=2, n_head=2, n_embd=64)).eval()
+    with torch.no_grad():  # livelier than init, so the normalisations disagree on some items
+        model.transformer.wte.weight.mul_(5)
+    from gpt2lab.checkpoint import save_checkpoint
+    from gpt2lab.config import Config
+
+    ckpt = save_checkpoint(root / "run", 1, model, Config(model=model.config), {"loader": {}, "rng": []})
+    export_hf(ckpt, root / "hf")
+    return model, root
+
+
+def run_harness(root: Path, task: str, include: str, data: Path, split: str, extra: str = "") -> list[dict]:
+    """The harness's per-document samples for ``task`` (its own YAML, our local data), offline."""
+    tasks = root / "tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / f"{task}.yaml").write_text(
+        f"include: {TASKS / include}\ntask: {task}\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    {split}: {data}\n{extra}")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    out = simple_evaluate(model="hf", model_args={"pretrained": str(root / "hf"), "dtype": "float32"},
+                          tasks=[task], task_manager=TaskManager(include_path=str(tasks)), device="cpu",
+                          batch_size=8, log_samples=True)
+    return sorted(out["samples"][task], key=lambda s: s["doc_id"])
+
+
+def test_hellaswag_matches_the_harness_item_by_item(exported, tmp_path):
+    model, root = exported
+    # the official schema splits the context in two (ctx_b lower-case, capitalised by both); our
+    # copy has ctx only, so split it at its last sentence end
+    items = []
+    for it in load_hellaswag(DATA / "hellaswag_val_120.jsonl"):
+        a, dot, b = it["ctx"].rpartition(". ")
+        items.append(dict(it, ctx_a=a + "." if dot else it["ctx"], ctx_b=b if dot else ""))
+    data = tmp_path / "hellaswag.jsonl"
+    data.write_text("".join(json.dumps(it) + "\n" for it in items))
+    samples = run_harness(root, "gpt2lab_hellaswag", "hellaswag/hellaswag.yaml", data, "validation",
+                          "training_split: null\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+                          "  - metric: acc_bytes\n")
+    metrics, recs = evaluate_hellaswag(model, items, styles=("lm_eval",))
+    assert len(samples) == len(recs) == len(items)
+    old_norm_differs = 0
+    for s, r in zip(samples, recs):
+        harness_lls = [float(resp[0]) for resp in s["filtered_resps"]]
+        assert max(abs(a - b) for a, b in zip(harness_lls, r["lm_eval"]["logprob"])) < 1e-4, s["doc_id"]
+        ours = r["lm_eval"]
+        assert (s["acc"], s["acc_norm"], s["acc_bytes"]) == (
+            float(ours["pred"] == r["label"]), float(ours["pred_norm"] == r["label"]),
+            float(ours["pred_bytes"] == r["label"])), s["doc_id"]
+        # the definition before the fix: per UTF-8 byte of " " + ending
+        old = max(range(4), key=lambda i: (ours["logprob"][i] / (ours["bytes"][i] + 1), -i))
+        old_norm_differs += old != ours["pred_norm"]
+    assert old_norm_differs > 0  # this data tells the two normalisations apart: the test can fail
+    n = len(samples)
+    for ours, theirs in (("lm_eval_acc", "acc"), ("lm_eval_acc_norm", "acc_norm"), ("lm_eval_acc_bytes", "acc_bytes")):
+        assert metrics[ours] == pytest.approx(sum(s[theirs] for s in samples) / n, abs=1e-12)
+
+
+def test_lambada_matches_the_harness_item_by_item(exported, tmp_path):
+    model, root = exported
+    texts = [json.loads(line)["text"] for line in (DATA / "lambada_original_test_head.jsonl").read_text().splitlines()]
+    samples = run_harness(root, "gpt2lab_lambada", "lambada/lambada_openai.yaml",
+                          DATA / "lambada_original_test_head.jsonl", "test", "dataset_name: null\n")
+    metrics, recs = evaluate_lambada(model, texts)
+    assert len(samples) == len(recs) == len(texts)
+    for s, r in zip(samples, recs):
+        ll, greedy = s["filtered_resps"][0]
+        assert abs(float(ll) - r["logprob"]) < 1e-4, s["doc_id"]
+        assert bool(greedy) == r["greedy"] == bool(s["acc"]), s["doc_id"]

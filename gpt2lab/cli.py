@@ -132,7 +132,8 @@ def _add_eval(sub) -> None:
         "perplexity). All of them also run under torchrun, sharded over the processes. hellaswag and lambada "
         "write OUT/<task>_examples.jsonl and OUT/<task>_summary.json and print the summary.",
     )
-    p.add_argument("task", choices=["loss", "hellaswag", "lambada"], help="what to evaluate")
+    p.add_argument("task", choices=["loss", "hellaswag", "lambada", "harness"],
+                   help="what to evaluate (harness: any lm-evaluation-harness task, with gpt2lab as the model)")
     p.add_argument("checkpoint", metavar="MODEL", help="checkpoint folder, run folder, or (hellaswag, lambada) a "
                    "Hugging Face GPT-2 folder")
     p.add_argument("--data", help="loss: shard folder (default: the run's data.dir); hellaswag: hellaswag_val.jsonl "
@@ -157,6 +158,12 @@ def _add_eval(sub) -> None:
     g.add_argument("--variant", default="openai", choices=["openai", "original"],
                    help="lambada: openai (detokenized, lambada_openai; downloaded when reachable) or original "
                    "(lowercased, tokenized; needs --data)")
+    g = p.add_argument_group("harness (needs lm-eval: pip install 'gpt2lab[harness]')")
+    g.add_argument("--tasks", default="hellaswag", help="comma-separated harness tasks, e.g. "
+                   "hellaswag,lambada_openai,piqa,arc_easy,winogrande (default hellaswag)")
+    g.add_argument("--include-path", help="a folder of your own task YAMLs, e.g. one that points a harness task "
+                   "at a local file (see gpt2lab/evals/harness.py)")
+    g.add_argument("--num-fewshot", type=NON_NEGATIVE, default=None, help="few-shot examples (default: the task's)")
 
 
 def _add_report(sub) -> None:
@@ -323,6 +330,15 @@ def cmd_eval(args) -> None:
 
         summary = run_lambada(args.checkpoint, variant=args.variant, data=args.data, out=args.out, limit=args.limit,
                               device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens, plain=args.plain)
+    elif args.task == "harness":
+        try:
+            from .evals.harness import run_harness
+        except ImportError as e:
+            raise UserError(f"eval harness needs lm-evaluation-harness ({e}): pip install 'gpt2lab[harness]'") from None
+        summary = run_harness(args.checkpoint, [t.strip() for t in args.tasks.split(",") if t.strip()], out=args.out,
+                              device=args.device, dtype=args.dtype, limit=args.limit or None,
+                              num_fewshot=args.num_fewshot, include_path=args.include_path,
+                              batch_tokens=args.batch_tokens)
     else:
         summary = _eval_loss(args)
     if os.environ.get("RANK", "0") == "0":

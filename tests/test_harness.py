@@ -8,12 +8,15 @@ its ``hf`` backend. Predictions must agree item by item, log-likelihoods within 
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lm_eval  # the dev extra installs it
 import pytest
 import torch
 
+from gpt2lab.evals.harness import GPT2LabLM  # noqa: E402
 from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag  # noqa: E402
 from gpt2lab.evals.lambada import evaluate_lambada  # noqa: E402
 from gpt2lab.model import GPT, GPTConfig  # noqa: E402
@@ -100,3 +103,83 @@ def test_lambada_matches_the_harness_item_by_item(exported, tmp_path):
         ll, greedy = s["filtered_resps"][0]
         assert abs(float(ll) - r["logprob"]) < 1e-4, s["doc_id"]
         assert bool(greedy) == r["greedy"] == bool(s["acc"]), s["doc_id"]
+
+
+def test_gpt2lab_backend_gives_the_hf_backends_results(exported, tmp_path):
+    """gpt2lab as the harness's model (GPT2LabLM, packed scorer, Decoder) against the harness's own hf
+    backend on the same weights: loglikelihood (multiple choice and LAMBADA), loglikelihood_rolling
+    and generate_until, document by document."""
+    model, root = exported
+    data = DATA / "lambada_original_test_head.jsonl"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    local = f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+    (tasks / "lambada.yaml").write_text(f"include: {TASKS / 'lambada/lambada_openai.yaml'}\ntask: t_lambada\n{local}")
+    (tasks / "rolling.yaml").write_text(
+        f"task: t_rolling\n{local}output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{{{text}}}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
+    (tasks / "gen.yaml").write_text(
+        f"task: t_gen\n{local}output_type: generate_until\n"
+        "doc_to_text: \"{{text.split(' ')[:-1]|join(' ')}}\"\ndoc_to_target: \"{{text.split(' ')[-1]}}\"\n"
+        "generation_kwargs:\n  until: ['.', ',']\n  max_gen_toks: 6\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    names = ["t_lambada", "t_rolling", "t_gen"]
+    common = dict(tasks=names, task_manager=TaskManager(include_path=str(tasks)), log_samples=True, limit=12)
+    hf = simple_evaluate(model="hf", model_args={"pretrained": str(root / "hf"), "dtype": "float32"}, device="cpu",
+                         batch_size=4, **common)
+    ours = simple_evaluate(model=GPT2LabLM(model), **common)
+    for task in names:
+        a = sorted(hf["samples"][task], key=lambda s: s["doc_id"])
+        b = sorted(ours["samples"][task], key=lambda s: s["doc_id"])
+        assert len(a) == len(b) == 12
+        for x, y in zip(a, b):
+            if task == "t_gen":
+                assert x["filtered_resps"] == y["filtered_resps"], (x["doc_id"], x["resps"], y["resps"])
+            elif task == "t_rolling":
+                assert float(y["filtered_resps"][0]) == pytest.approx(float(x["filtered_resps"][0]), rel=1e-5, abs=1e-4)
+            else:
+                (lx, gx), (ly, gy) = x["filtered_resps"][0], y["filtered_resps"][0]
+                assert abs(float(lx) - float(ly)) < 1e-4 and bool(gx) == bool(gy), x["doc_id"]
+        if task == "t_gen":  # something was generated (the comparison is not between empty strings)
+            assert sum(bool(str(y["filtered_resps"][0]).strip()) for y in b) >= 6
+        for metric, value in hf["results"][task].items():
+            if isinstance(value, float) and "stderr" not in metric:
+                assert ours["results"][task][metric] == pytest.approx(value, rel=1e-5), (task, metric)
+
+
+def test_cli_eval_harness_writes_results_and_explains_missing_data(exported, tmp_path):
+    from cli_helpers import gpt2lab, one_line_error
+
+    model, root = exported
+    items = load_hellaswag(DATA / "hellaswag_val_120.jsonl")[:8]
+    data = tmp_path / "hs.jsonl"
+    data.write_text("".join(json.dumps(dict(it, ctx_a=it["ctx"], ctx_b="")) + "\n" for it in items))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "hs.yaml").write_text(
+        f"include: {TASKS / 'hellaswag/hellaswag.yaml'}\ntask: hs_local\ndataset_path: json\ndataset_name: null\n"
+        f"training_split: null\ndataset_kwargs:\n  data_files:\n    validation: {data}\n")
+    r = gpt2lab("eval", "harness", root / "run", "--tasks", "hs_local", "--include-path", tasks, "--dtype", "float32",
+                "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    written = json.loads((tmp_path / "out" / "harness_results.json").read_text())
+    metrics, _ = evaluate_hellaswag(model, [dict(it, ctx_a=it["ctx"], ctx_b="") for it in items], styles=("lm_eval",))
+    assert written["results"]["hs_local"]["acc_norm,none"] == summary["results"]["hs_local"]["acc_norm,none"]
+    assert summary["results"]["hs_local"]["acc_norm,none"] == pytest.approx(metrics["lm_eval_acc_norm"])
+    err = one_line_error(gpt2lab("eval", "harness", root / "run", "--tasks", "nope", "--include-path", tasks))
+    assert "unknown harness task(s) nope" in err
+    # under torchrun (2 gloo processes) the harness splits the requests and rank 0 gets the same figures
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                         "gpt2lab", "eval", "harness", root / "run", "--tasks", "hs_local", "--include-path", tasks,
+                         "--dtype", "float32", "--out", tmp_path / "out2"], capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    two = json.loads(r2.stdout.strip().splitlines()[-1])
+    assert two["world_size"] == 2 and two["results"]["hs_local"] == pytest.approx(summary["results"]["hs_local"])
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "gpt2lab", "eval", "harness", root / "run", "--tasks", "hellaswag",
+                        "--limit", "2"], capture_output=True, text=True, env={**os.environ, **offline}, timeout=300)
+    assert r.returncode == 2 and "could not load the data of hellaswag" in r.stderr and "--include-path" in r.stderr

@@ -42,7 +42,8 @@ def local_task(folder: Path, items: int, data: Path) -> str:
     (folder / "hs.jsonl").write_text("\n".join(rows) + "\n")
     (folder / "hs.yaml").write_text(
         f"include: {TASKS_DIR / 'hellaswag/hellaswag.yaml'}\ntask: hs_bench\ndataset_path: json\ndataset_name: null\n"
-        f"training_split: null\ndataset_kwargs:\n  data_files:\n    validation: {folder / 'hs.jsonl'}\n")
+        f"training_split: null\ndataset_kwargs:\n  data_files:\n    validation: {folder / 'hs.jsonl'}\n"
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n  - metric: acc_bytes\n")
     return "hs_bench"
 
 
@@ -74,21 +75,29 @@ def main() -> None:
     }
     best: dict[str, float] = {}
     scores: dict[str, dict] = {}
+    samples: dict[str, list] = {}
     for _ in range(args.repeat):
         for name, kw in cases.items():
-            sec, out = harness.timed(lambda: simple_evaluate(tasks=[task], task_manager=manager, **kw()), "cpu")
+            sec, out = harness.timed(lambda: simple_evaluate(tasks=[task], task_manager=manager, log_samples=True,
+                                                             **kw()), "cpu")
             best[name] = min(best.get(name, float("inf")), sec)
-            scores[name] = {k: v for k, v in out["results"][task].items() if k in ("acc,none", "acc_norm,none")}
+            scores[name] = {k: v for k, v in out["results"][task].items() if k.startswith("acc") and "stderr" not in k}
+            samples[name] = sorted(out["samples"][task], key=lambda d: d["doc_id"])
     base = best[f"hf fp32 (batch {args.hf_batch})"]
     print(f"{args.preset} ({model.num_params() / 1e6:.0f}M, random init) | harness hellaswag, {args.items} items | "
           f"best of {args.repeat}")
     for name, sec in best.items():
         print(f"{name:>24}  {sec:7.2f} s  {args.items / sec:7.2f} items/s  {base / sec:5.2f}x hf fp32  {scores[name]}")
     same = scores["gpt2lab fp32"] == scores[f"hf fp32 (batch {args.hf_batch})"]
-    print(f"fp32 acc and acc_norm equal: {same}")
+    a, b = samples[f"hf fp32 (batch {args.hf_batch})"], samples["gpt2lab fp32"]
+    differ = {m: sum(x[m] != y[m] for x, y in zip(a, b)) for m in ("acc", "acc_norm", "acc_bytes")}
+    ll_diff = max(abs(float(p[0]) - float(q[0])) for x, y in zip(a, b)
+                  for p, q in zip(x["filtered_resps"], y["filtered_resps"]))
+    print(f"fp32, hf backend vs gpt2lab backend: scores equal {same}; items that differ {differ}; "
+          f"largest |log-likelihood difference| {ll_diff:.2e}")
     harness.write_results(args.out or harness.default_out("eval-harness"), machine, {
         "preset": args.preset, "items": args.items, "seconds": best, "items_per_s": {k: args.items / v for k, v in best.items()},
-        "scores": scores, "fp32_equal": same})
+        "scores": scores, "fp32_equal": same, "fp32_items_differ": differ, "fp32_max_ll_diff": ll_diff})
 
 
 if __name__ == "__main__":

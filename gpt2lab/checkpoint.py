@@ -56,8 +56,9 @@ from .distributed import (
     sharded_state,
 )
 from .errors import UserError
-from .fileio import replace_dir, write_atomic
+from .fileio import fsync_path, replace_dir, write_atomic
 from .model import GPT
+from .runtime import device_type
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -70,14 +71,6 @@ TB_DIR = "tb"
 EVALS_DIR = "evals"
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 
@@ -152,9 +145,9 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
         torch.save({**train_state, "step": step}, tmp / STATE_FILE)
         for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
-            _fsync(tmp / name)
+            fsync_path(tmp / name)
         replace_dir(tmp, final, aside=ckpt_root / f".old-step_{step:08d}")  # re-saving a step replaces it whole
-        _fsync(ckpt_root)
+        fsync_path(ckpt_root)
         if keep > 0:
             for old in list_checkpoints(run_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -243,14 +236,14 @@ def eval_record_step(path: Path) -> int | None:
 
 def _rng_state(device: str) -> dict:
     state = {"torch": torch.get_rng_state()}
-    if device.startswith("cuda"):
+    if device_type(device) == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
 def _set_rng_state(state: dict, device: str) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.startswith("cuda"):
+    if "cuda" in state and device_type(device) == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
 
 

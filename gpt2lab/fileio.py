@@ -62,13 +62,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or folder already written (a folder: so that the renames in it last)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(path: Path) -> None:
     for f in sorted(path.iterdir()):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(f)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

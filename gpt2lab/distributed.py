@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import PeerFailure, UserError
+from .errors import PeerFailure
 from .runtime import device_type, resolve_device
 
 

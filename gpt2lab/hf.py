@@ -22,7 +22,6 @@ import functools
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Mapping
 

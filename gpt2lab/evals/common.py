@@ -11,7 +11,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import torch
 
 from ..distributed import init_distributed, shutdown
 from ..errors import UserError

@@ -27,7 +27,7 @@ from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
 from gpt2lab.config import MODEL_PRESETS
-from gpt2lab.evals.harness import TASKS_DIR, GPT2LabLM
+from gpt2lab.evals.harness import GPT2LabLM, write_local_task
 from gpt2lab.hf import save_hf
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.runtime import autocast_for
@@ -40,10 +40,8 @@ def local_task(folder: Path, items: int, data: Path) -> str:
         a, dot, b = it["ctx"].rpartition(". ")
         rows.append(json.dumps(dict(it, ctx_a=a + "." if dot else it["ctx"], ctx_b=b if dot else "")))
     (folder / "hs.jsonl").write_text("\n".join(rows) + "\n")
-    (folder / "hs.yaml").write_text(
-        f"include: {TASKS_DIR / 'hellaswag/hellaswag.yaml'}\ntask: hs_bench\ndataset_path: json\ndataset_name: null\n"
-        f"training_split: null\ndataset_kwargs:\n  data_files:\n    validation: {folder / 'hs.jsonl'}\n"
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n  - metric: acc_bytes\n")
+    write_local_task(folder, "hs_bench", "hellaswag/hellaswag.yaml", "validation", folder / "hs.jsonl",
+                     training_split=None, metric_list=[{"metric": m} for m in ("acc", "acc_norm", "acc_bytes")])
     return "hs_bench"
 
 

@@ -45,7 +45,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .model import GPT, KVCache
 
@@ -309,7 +308,8 @@ def _as_prompts(prompt) -> list[list[int]]:
     return prompts
 
 
-def _autocast_dtype(ctx, device_type: str) -> torch.dtype | None:
+def autocast_dtype(ctx, device_type: str) -> torch.dtype | None:
+    """The dtype ``ctx`` autocasts to on ``device_type``, or None (no autocast, or one for another device)."""
     if isinstance(ctx, torch.autocast) and getattr(ctx, "_enabled", True) and ctx.device == device_type:
         return ctx.fast_dtype
     return None
@@ -370,7 +370,7 @@ def generate(
     """
     prompts = _as_prompts(prompt)
     device = model.device if isinstance(model, Decoder) else model.transformer.wte.weight.device
-    ac_dtype = _autocast_dtype(autocast, device.type)
+    ac_dtype = autocast_dtype(autocast, device.type)
     if isinstance(model, Decoder):
         if pack is not None or compile:
             raise ValueError("pack and compile are set when the Decoder is built: Decoder(model, pack=..., compile=...)")

@@ -12,19 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lm_eval  # the dev extra installs it
 import pytest
 import torch
 
-from gpt2lab.evals.harness import GPT2LabLM  # noqa: E402
-from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag  # noqa: E402
-from gpt2lab.evals.lambada import evaluate_lambada  # noqa: E402
-from gpt2lab.model import GPT, GPTConfig  # noqa: E402
-from gpt2lab.weights import export_hf  # noqa: E402
+from gpt2lab.evals.harness import GPT2LabLM, write_local_task
+from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag
+from gpt2lab.evals.lambada import evaluate_lambada
+from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.weights import export_hf
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data"
-TASKS = Path(lm_eval.__file__).parent / "tasks"
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +41,10 @@ def exported(tmp_path_factory):
     return model, root
 
 
-def run_harness(root: Path, task: str, include: str, data: Path, split: str, extra: str = "") -> list[dict]:
+def run_harness(root: Path, task: str, include: str, data: Path, split: str, **overrides) -> list[dict]:
     """The harness's per-document samples for ``task`` (its own YAML, our local data), offline."""
     tasks = root / "tasks"
-    tasks.mkdir(exist_ok=True)
-    (tasks / f"{task}.yaml").write_text(
-        f"include: {TASKS / include}\ntask: {task}\ndataset_path: json\ndataset_name: null\n"
-        f"dataset_kwargs:\n  data_files:\n    {split}: {data}\n{extra}")
+    write_local_task(tasks, task, include, split, data, **overrides)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -71,8 +66,7 @@ def test_hellaswag_matches_the_harness_item_by_item(exported, tmp_path):
     data = tmp_path / "hellaswag.jsonl"
     data.write_text("".join(json.dumps(it) + "\n" for it in items))
     samples = run_harness(root, "gpt2lab_hellaswag", "hellaswag/hellaswag.yaml", data, "validation",
-                          "training_split: null\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n"
-                          "  - metric: acc_bytes\n")
+                          training_split=None, metric_list=[{"metric": m} for m in ("acc", "acc_norm", "acc_bytes")])
     metrics, recs = evaluate_hellaswag(model, items, styles=("lm_eval",))
     assert len(samples) == len(recs) == len(items)
     old_norm_differs = 0
@@ -96,7 +90,7 @@ def test_lambada_matches_the_harness_item_by_item(exported, tmp_path):
     model, root = exported
     texts = [json.loads(line)["text"] for line in (DATA / "lambada_original_test_head.jsonl").read_text().splitlines()]
     samples = run_harness(root, "gpt2lab_lambada", "lambada/lambada_openai.yaml",
-                          DATA / "lambada_original_test_head.jsonl", "test", "dataset_name: null\n")
+                          DATA / "lambada_original_test_head.jsonl", "test")
     metrics, recs = evaluate_lambada(model, texts)
     assert len(samples) == len(recs) == len(texts)
     for s, r in zip(samples, recs):
@@ -114,7 +108,7 @@ def test_gpt2lab_backend_gives_the_hf_backends_results(exported, tmp_path):
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     local = f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-    (tasks / "lambada.yaml").write_text(f"include: {TASKS / 'lambada/lambada_openai.yaml'}\ntask: t_lambada\n{local}")
+    write_local_task(tasks, "t_lambada", "lambada/lambada_openai.yaml", "test", data)
     (tasks / "rolling.yaml").write_text(
         f"task: t_rolling\n{local}output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{{{text}}}}'\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
@@ -158,10 +152,7 @@ def test_cli_eval_harness_writes_results_and_explains_missing_data(exported, tmp
     data = tmp_path / "hs.jsonl"
     data.write_text("".join(json.dumps(dict(it, ctx_a=it["ctx"], ctx_b="")) + "\n" for it in items))
     tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "hs.yaml").write_text(
-        f"include: {TASKS / 'hellaswag/hellaswag.yaml'}\ntask: hs_local\ndataset_path: json\ndataset_name: null\n"
-        f"training_split: null\ndataset_kwargs:\n  data_files:\n    validation: {data}\n")
+    write_local_task(tasks, "hs_local", "hellaswag/hellaswag.yaml", "validation", data, training_split=None)
     r = gpt2lab("eval", "harness", root / "run", "--tasks", "hs_local", "--include-path", tasks, "--dtype", "float32",
                 "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr

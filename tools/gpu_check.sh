@@ -51,16 +51,14 @@ print(f"{device} agreement ok: decoder (eager, compiled) == uncached; packed sco
 PY
 # lm-evaluation-harness with gpt2lab as its model, where lm-eval is installed (a local HellaSwag task)
 if "$PY" -c "import lm_eval" 2>/dev/null; then
-  mkdir -p "$W/tasks"
   "$PY" - "$HS" "$W" <<'PY'
 import json, sys
 from pathlib import Path
-from gpt2lab.evals.harness import TASKS_DIR
+from gpt2lab.evals.harness import write_local_task
 src, w = sys.argv[1], Path(sys.argv[2])
 rows = [dict(json.loads(line), ctx_b="") for line in open(src)][:40]
 (w / "hs.jsonl").write_text("".join(json.dumps(dict(r, ctx_a=r["ctx"])) + "\n" for r in rows))
-(w / "tasks" / "hs.yaml").write_text(f"include: {TASKS_DIR / 'hellaswag/hellaswag.yaml'}\ntask: hs_local\ndataset_path: json\n"
-    f"dataset_name: null\ntraining_split: null\ndataset_kwargs:\n  data_files:\n    validation: {w / 'hs.jsonl'}\n")
+write_local_task(w / "tasks", "hs_local", "hellaswag/hellaswag.yaml", "validation", w / "hs.jsonl", training_split=None)
 PY
   g eval harness "$W/run" --tasks hs_local --include-path "$W/tasks" --device "$DEVICE" --out "$W/evals"
 else

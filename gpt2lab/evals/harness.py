@@ -10,7 +10,8 @@ is computed once. Rolling log-likelihoods (perplexity tasks) use the harness's o
 ``generate_until`` decodes with a reused :class:`~gpt2lab.generate.Decoder`.
 
 A task whose data the hub cannot give (offline, or no access) can read a local file through a
-task YAML that includes the harness's definition, in a folder passed as ``--include-path``::
+task YAML that includes the harness's definition, in a folder passed as ``--include-path``
+(:func:`write_local_task` writes one)::
 
     # mytasks/hellaswag_local.yaml
     include: /path/to/site-packages/lm_eval/tasks/hellaswag/hellaswag.yaml
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 from lm_eval import simple_evaluate
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
@@ -43,13 +45,26 @@ from lm_eval.tasks import TaskManager
 from ..distributed import DistInfo, init_distributed, shutdown
 from ..errors import UserError
 from ..fileio import write_atomic
-from ..generate import Decoder, generate
-from ..runtime import autocast_for, resolve_dtype
+from ..generate import Decoder, autocast_dtype, generate
+from ..runtime import autocast_for, device_type, resolve_dtype
 from ..tokenizer import EOT_TOKEN, get_tokenizer
 from ..weights import load_pretrained
 from .scoring import Request, score_fast
 
 TASKS_DIR = Path(lm_utils.__file__).parent / "tasks"  # the harness's own task definitions
+
+
+def write_local_task(folder: str | os.PathLike, task: str, base: str, split: str, data: str | os.PathLike,
+                     **overrides) -> Path:
+    """Write ``folder/<task>.yaml``: the harness's own task ``base`` (e.g. "hellaswag/hellaswag.yaml",
+    relative to its tasks folder) renamed ``task``, reading its ``split`` from the local jsonl ``data``;
+    ``overrides`` are further keys (``training_split=None``, ``metric_list=[...]``). Pass ``folder``
+    as ``--include-path``."""
+    doc = {"include": str(TASKS_DIR / base), "task": task, "dataset_path": "json", "dataset_name": None,
+           "dataset_kwargs": {"data_files": {split: str(data)}}, **overrides}
+    path = Path(folder) / f"{task}.yaml"
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 class GPT2LabLM(TemplateLM):
@@ -119,9 +134,8 @@ class GPT2LabLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, with do_sample) continuations, cut at the first ``until`` string."""
-        if self._decoder is None:
-            dtype = getattr(self.autocast, "fast_dtype", None) if isinstance(self.autocast, torch.autocast) else None
-            self._decoder = Decoder(self.model, dtype=dtype)
+        if self._decoder is None:  # packed for autocast's dtype, as generate() requires
+            self._decoder = Decoder(self.model, dtype=autocast_dtype(self.autocast, device_type(self._device)))
         out = []
         for context, gen_kwargs in (r.args for r in requests):
             kw = dict(gen_kwargs)

@@ -17,6 +17,8 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
 - ``config.yaml``: the resolved config the run used;
 - ``train_state.pt``: optimizer state, step, data-loader position and RNG states, read back
   with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers;
+- ``checksums.json``: the sha256 of every other file of the folder, written last; checked on every
+  load, so a damaged file is refused (and skipped on ``--resume``) instead of used silently;
 - ``dcp/`` (FSDP runs, ``train.parallel=fsdp``): model and optimizer state written shard by shard
   by every process with ``torch.distributed.checkpoint``, which reshards on load, so a run can
   resume on another number of processes. ``model.safetensors`` is then a consolidated copy for
@@ -24,12 +26,17 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
 
 The folder is written under a temporary name and renamed into place, so a checkpoint that
 exists is complete: a run killed mid-write leaves only a ``.tmp-*`` folder that is ignored
-and cleaned up by the next save.
+and cleaned up by the next save. A save that fails (a full disk) removes its temporary folder
+and leaves the previous checkpoint as it was. A checkpoint found damaged on ``--resume`` is moved
+aside to ``checkpoints/damaged-step_N`` and the newest intact one is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import json
+import math
 import os
 import re
 import shutil
@@ -56,7 +63,7 @@ from .distributed import (
     sharded_state,
 )
 from .errors import UserError
-from .fileio import fsync_path, replace_dir, write_atomic
+from .fileio import file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
 from .model import GPT
 from .runtime import device_type
 
@@ -64,6 +71,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "train_state.pt"
 DCP_DIR = "dcp"
+CHECKSUMS_FILE = "checksums.json"
 CHECKPOINTS_DIR = "checkpoints"  # in a run folder
 RUN_CONFIG = CONFIG_FILE  # a run folder's resolved config has a checkpoint's config's name
 METRICS_FILE = "metrics.jsonl"
@@ -71,7 +79,11 @@ TB_DIR = "tb"
 EVALS_DIR = "evals"
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+DAMAGED_PREFIX = "damaged-"  # a checkpoint --resume found damaged is renamed to damaged-step_N
 
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint's files differ from its checksums, or one is missing."""
 
 
 def save_model_file(model: GPT | dict, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -87,6 +99,10 @@ def read_model_file(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
         tensors = load_file(str(path), device=device)
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: cannot read model weights ({e}); the file is damaged or not a gpt2lab checkpoint") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{path}: the weights hold NaN or Inf values ({name}); this checkpoint is unusable: "
+                            "use an earlier one")
     if "transformer.wte.weight" in tensors:
         tensors.setdefault(TIED, tensors["transformer.wte.weight"])
     return tensors
@@ -126,36 +142,103 @@ def save_checkpoint(
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp-step_{step:08d}"
-    if main:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    if together:
-        dist.barrier()  # the temporary folder exists before anyone writes into it
-    if sharded_state is not None:
-        import torch.distributed.checkpoint as dcp
+    failed = None  # what went wrong on rank 0, told to every rank so that all stop together
+    try:
+        if main:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        if together:
+            dist.barrier()  # the temporary folder exists before anyone writes into it
+        if sharded_state is not None:
+            import torch.distributed.checkpoint as dcp
 
-        with warnings.catch_warnings():  # one process: DCP warns that it saves without a process group, as meant
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            # a collective when several processes run; the files are fsynced
-            dcp.save(sharded_state, checkpoint_id=str(tmp / DCP_DIR), no_dist=not dist.is_initialized())
-    if main:
-        save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
-        (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
-        torch.save({**train_state, "step": step}, tmp / STATE_FILE)
-        for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
-            fsync_path(tmp / name)
-        replace_dir(tmp, final, aside=ckpt_root / f".old-step_{step:08d}")  # re-saving a step replaces it whole
-        fsync_path(ckpt_root)
-        if keep > 0:
-            for old in list_checkpoints(run_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        for stale in ckpt_root.glob(".tmp-*"):  # left by a run killed while saving
-            shutil.rmtree(stale, ignore_errors=True)
-    if together:
-        dist.barrier()  # nobody goes on (or resumes) before the checkpoint is complete
+            with warnings.catch_warnings():  # one process: DCP warns that it saves without a process group, as meant
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                # a collective when several processes run; the files are fsynced
+                dcp.save(sharded_state, checkpoint_id=str(tmp / DCP_DIR), no_dist=not dist.is_initialized())
+        if main:
+            try:
+                save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
+                (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
+                torch.save({**train_state, "step": step}, tmp / STATE_FILE)
+                for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
+                    fsync_path(tmp / name)
+                write_checksums(tmp)  # last: a folder with checksums has all its files
+            except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a full disk as RuntimeError
+                failed = _save_failure(tmp, e, model, train_state)
+            else:
+                replace_dir(tmp, final, aside=ckpt_root / f".old-step_{step:08d}")  # re-saving a step replaces it whole
+                fsync_path(ckpt_root)
+                if keep > 0:  # the newest is the one just written, verified: an intact one always stays
+                    for old in list_checkpoints(run_dir)[:-keep]:
+                        shutil.rmtree(old, ignore_errors=True)
+                for stale in ckpt_root.glob(".tmp-*"):  # left by a run killed while saving
+                    shutil.rmtree(stale, ignore_errors=True)
+    except BaseException:  # interrupted (a second signal) or failed elsewhere: never leave a partial folder
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if together:  # nobody goes on (or resumes) before the checkpoint is complete
+        failed = broadcast_object(failed, dist_info)
+    if failed:
+        raise UserError(failed)
     return final if main else None
+
+
+def _save_failure(tmp: Path, err: Exception, model, train_state: dict) -> str:
+    """Remove the partial folder and say what failed, with the space a checkpoint needs."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    state = model if isinstance(model, dict) else model.state_dict()
+    need = sum(t.numel() * t.element_size() for k, t in state.items() if k != TIED)
+    need += sum(t.numel() * t.element_size() for t in _tensors(train_state))
+    free = shutil.disk_usage(tmp.parent).free
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    why = "the disk is full" if free < need or getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else first
+    return (f"cannot write checkpoint {tmp.parent / tmp.name.removeprefix('.tmp-')} ({why}): a checkpoint of this run "
+            f"needs about {need / 2**20:,.0f} MiB and {free / 2**20:,.0f} MiB are free; the previous checkpoint is "
+            "intact: free space (or lower train.keep_checkpoints) and run again with --resume")
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def write_checksums(folder: Path) -> None:
+    """Write ``folder/checksums.json``: the sha256 of every other file in it (sub-folders too)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
+    sums = {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
+    write_json_atomic(folder / CHECKSUMS_FILE, {"sha256": sums})
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> bool:
+    """Check the files of a checkpoint against its ``checksums.json``; raise DamagedCheckpoint naming
+    the first that differs. Returns False for a folder without checksums (written before they existed)."""
+    folder = Path(folder)
+    path = folder / CHECKSUMS_FILE
+    if not path.exists():
+        return False
+    try:
+        sums = json.loads(path.read_bytes())["sha256"]
+        if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sums.items()):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise DamagedCheckpoint(f"{path} is damaged (not the list of sha256 sums gpt2lab writes)") from None
+    for name, digest in sums.items():
+        f = folder / name
+        if ".." in Path(name).parts or not f.is_file():
+            raise DamagedCheckpoint(f"{f} is missing (listed in {CHECKSUMS_FILE})")
+        if file_sha256(f) != digest:
+            raise DamagedCheckpoint(f"{f} differs from its sha256 in {CHECKSUMS_FILE}: the file is damaged")
+    return True
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -186,16 +269,20 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise UserError(f"{p}: no such checkpoint or run directory")
     found = list_checkpoints(p)
     if not found:
-        raise UserError(f"{p}: no checkpoint found (expected {MODEL_FILE} or checkpoints/step_*/ inside)")
+        damaged = sorted(q.name for q in (p / CHECKPOINTS_DIR).glob(DAMAGED_PREFIX + "step_*"))
+        also = f"; --resume set aside the damaged {', '.join(damaged)}" if damaged else ""
+        raise UserError(f"{p}: no checkpoint found (expected {MODEL_FILE} or checkpoints/step_*/ inside){also}")
     return found[-1]
 
 
 def load_checkpoint_config(ckpt: Path) -> Config:
     path = Path(ckpt) / CONFIG_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} is missing; the checkpoint is incomplete") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; the checkpoint is damaged") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
     return from_dict(raw or {}, f" in {path}")
@@ -204,6 +291,7 @@ def load_checkpoint_config(ckpt: Path) -> Config:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, Config]:
     """Load a trained model from a checkpoint or run folder, for sampling or evaluation."""
     ckpt = resolve_checkpoint(path)
+    verify_checkpoint(ckpt)
     cfg = load_checkpoint_config(ckpt)
     model = GPT(cfg.model).to(device)
     load_model_weights(model, ckpt / MODEL_FILE)
@@ -222,6 +310,74 @@ def load_train_state(ckpt: Path) -> dict:
     except Exception as e:  # damaged zip, or an object weights_only refuses (its message suggests unsafe loading)
         raise UserError(f"{path}: cannot read the training state ({type(e).__name__}); the file is damaged or not "
                         f"gpt2lab's: resume from another checkpoint (delete this folder) or start a new run") from None
+
+
+def check_train_state(state, ckpt: Path, optimizer, info: DistInfo) -> None:
+    """Refuse, in one line, a training state whose fields have the wrong type or range (a damaged or
+    foreign file that still unpickles), before any of it is used."""
+    path = Path(ckpt) / STATE_FILE
+
+    def bad(what: str) -> UserError:
+        return UserError(f"--resume: {path}: {what}; the checkpoint is damaged or not gpt2lab's: delete "
+                         f"{Path(ckpt)} to resume from the one before")
+
+    if not isinstance(state, dict):
+        raise bad(f"holds a {type(state).__name__}, not a dict")
+    missing = [k for k in ("step", "loader", "rng") if k not in state]
+    if missing:
+        raise bad(f"lacks {', '.join(missing)}")
+    step = state["step"]
+    if type(step) is not int or step < 0:
+        raise bad(f"step {step!r} is not a count of steps")
+    m = _STEP_DIR.match(Path(ckpt).name)
+    if m and int(m.group(1)) != step:
+        raise bad(f"step {step} differs from the folder's step {int(m.group(1))}")
+    if not isinstance(state["loader"], dict):
+        raise bad("the data loader state is not a dict")
+    rng = state["rng"]
+    n_state = torch.get_rng_state().numel()
+    if not isinstance(rng, list) or not rng or not all(
+            isinstance(r, dict) and _is_rng(r.get("torch"), n_state) for r in rng):
+        raise bad("the RNG states are not the list of per-process states gpt2lab writes")
+    for k, ok in (("world_size", lambda v: type(v) is int and v >= 1), ("parallel", lambda v: v in ("ddp", "fsdp"))):
+        if k in state and not ok(state[k]):
+            raise bad(f"{k} {state[k]!r} is not valid")
+
+
+def _is_rng(t, numel: int | None = None) -> bool:
+    return isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 and (numel is None or t.numel() == numel)
+
+
+def check_optimizer_state(saved, optimizer, path: Path) -> None:
+    """The saved AdamW state must have this optimizer's parameter groups, sizes and shapes."""
+    def bad(what: str) -> UserError:
+        return UserError(f"--resume: {path}: the optimizer state {what}; the checkpoint is damaged or was written "
+                         "for another model or optimizer config")
+
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict):
+        raise bad("is not an optimizer state dict")
+    ours = optimizer.param_groups
+    if len(groups) != len(ours):
+        raise bad(f"has {len(groups)} parameter group(s), this run's optimizer {len(ours)}")
+    for i, (g, o) in enumerate(zip(groups, ours)):
+        if not isinstance(g, dict) or not isinstance(g.get("params"), list) or len(g["params"]) != len(o["params"]):
+            raise bad(f"group {i} does not have this run's {len(o['params'])} parameters")
+        for key in ("lr", "weight_decay", "eps"):
+            v = g.get(key, 0.0)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise bad(f"group {i} has {key} {v!r}")
+        for pid, param in zip(g["params"], o["params"]):
+            entry = saved["state"].get(pid, {})
+            if not isinstance(entry, dict):
+                raise bad(f"entry {pid!r} is not a dict")
+            for name, t in entry.items():
+                if not isinstance(t, torch.Tensor):
+                    raise bad(f"{name} of parameter {pid!r} is not a tensor")
+                if t.dim() and tuple(t.shape) != tuple(param.shape):
+                    raise bad(f"{name} of parameter {pid!r} has shape {tuple(t.shape)}, the model's is {tuple(param.shape)}")
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise bad(f"{name} of parameter {pid!r} holds NaN or Inf")
 
 
 def eval_record_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -243,7 +399,7 @@ def _rng_state(device: str) -> dict:
 
 def _set_rng_state(state: dict, device: str) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and device_type(device) == "cuda":
+    if _is_rng(state.get("cuda")) and device_type(device) == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
@@ -260,6 +416,12 @@ class Checkpointer:
         self.run_dir, self.info = Path(run_dir), info
         self.every, self.keep, self.parallel = every, keep, parallel
         self.last_saved: Path | None = None
+
+    @property
+    def saved_step(self) -> int | None:
+        """The step of the checkpoint this run last wrote or resumed from."""
+        m = _STEP_DIR.match(self.last_saved.name) if self.last_saved else None
+        return int(m.group(1)) if m else None
 
     def checkpoints(self) -> list[Path]:
         """The run's complete checkpoints, oldest first, as rank 0 sees them (the same list on every rank)."""
@@ -295,6 +457,38 @@ class Checkpointer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.run_dir / RUN_CONFIG, cfg.to_yaml())
 
+    def _pick_intact(self, log) -> Path:
+        """The newest checkpoint whose files match their checksums, chosen by rank 0 for all ranks.
+
+        A damaged one is renamed to ``damaged-step_N`` (kept for a look, out of the way of
+        resuming and of retention), with a warning naming what failed."""
+        chosen, failures = None, []
+        if self.info.is_main:
+            for path in reversed(list_checkpoints(self.run_dir)):
+                try:
+                    verify_checkpoint(path)
+                except DamagedCheckpoint as e:
+                    aside = path.with_name(DAMAGED_PREFIX + path.name)
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(path, aside)
+                    failures.append(f"{e} (moved {path.name} to {aside.name})")
+                    continue
+                chosen = path.name
+                break
+        chosen, failures = broadcast_object((chosen, failures), self.info)
+        root = self.run_dir / CHECKPOINTS_DIR
+        if chosen is None:
+            if failures:
+                raise UserError(f"--resume: no intact checkpoint in {root}: {'; '.join(failures)}")
+            raise UserError(f"--resume: no checkpoint in {root}; start without --resume")
+        for f in failures:
+            log(f"warning: skipped a damaged checkpoint: {f}")
+        path = self.run_dir / CHECKPOINTS_DIR / chosen
+        if not path.is_dir():
+            raise UserError(f"--resume: rank {self.info.rank} cannot see {path}; train.run_dir must be on a "
+                            "filesystem all nodes share")
+        return path
+
     def restore(self, cfg: Config, model: GPT, optimizer, loader, log) -> int:
         """Load the newest checkpoint into model, optimizer, loader and RNG; return its step.
 
@@ -302,24 +496,17 @@ class Checkpointer:
         number of processes may differ from the run that wrote it: the loader state does not
         depend on it, DDP optimizer state is replicated, and a sharded (dcp/) checkpoint is resharded.
         """
-        found = self.checkpoints()
-        if not found:
-            raise UserError(f"--resume: no checkpoint in {self.run_dir / CHECKPOINTS_DIR}; start without --resume")
-        path = found[-1]
-        if not path.is_dir():
-            raise UserError(f"--resume: rank {self.info.rank} cannot see {path}; train.run_dir must be on a "
-                            "filesystem all nodes share")
+        path = self._pick_intact(log)
         saved = load_checkpoint_config(path)
         if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:  # dropout may change; shape may not
             raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")
         state = load_train_state(path)
-        missing = [k for k in ("step", "loader", "rng") if k not in state]
-        if missing:
-            raise UserError(f"--resume: {path / STATE_FILE} lacks {', '.join(missing)}; the checkpoint is "
-                            "damaged or not gpt2lab's: delete that folder to resume from the one before")
+        check_train_state(state, path, optimizer, self.info)
         dcp_dir = path / DCP_DIR
         if not dcp_dir.is_dir() and "optimizer" not in state:
             raise UserError(f"--resume: {path} has neither {DCP_DIR}/ nor optimizer state; the checkpoint is incomplete")
+        if "optimizer" in state:
+            check_optimizer_state(state["optimizer"], optimizer, path / STATE_FILE)
         if dcp_dir.is_dir():
             load_sharded_state(model, optimizer, dcp_dir)
         elif is_sharded(model):  # a DDP/single-process checkpoint: every rank reads it whole and keeps its shards

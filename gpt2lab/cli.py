@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 
 from .errors import PeerFailure, UserError
@@ -271,6 +272,8 @@ def cmd_train(args) -> None:
         print(cfg.to_yaml(), end="")
         return
     summary = train(cfg, resume=bool(args.resume))
+    if summary.get("stopped"):  # SIGTERM/SIGINT: checkpoint written; exit as a signalled process would
+        return 128 + signal.Signals[summary["stopped"]].value
     if "val_loss" in summary and os.environ.get("RANK", "0") == "0":
         print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, run in {summary['run_dir']}")
 
@@ -370,7 +373,11 @@ def _eval_loss(args) -> dict:
 def cmd_report(args) -> None:
     from .evals.report import eval_history, format_history, plot_history
 
-    rows = eval_history(args.run_dir)
+    bad: list[int] = []
+    rows = eval_history(args.run_dir, bad)
+    if bad:
+        print(f"warning: skipped {len(bad)} damaged line(s) of {os.path.join(args.run_dir, 'metrics.jsonl')} "
+              f"(line {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -421,7 +428,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -430,9 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         # The process group is broken; normal interpreter exit could block or abort tearing it down.
         os._exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None)  # train's Aborted: a second SIGTERM/SIGINT while stopping
+        print(str(e) if signum else "interrupted", file=sys.stderr)
+        return 128 + (signum or signal.SIGINT)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # full disk, quota or file-size limit: the user's to fix
             print(f"error: no space left while writing {e.filename or 'a file'} ({e.strerror}): free space and run the "
@@ -440,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                   "train --resume continue from their last complete shard or checkpoint)", file=sys.stderr)
             return 2
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ class DataConfig:
     train_split: Str = Field("train", description="shards whose name holds this word are training data")
     val_split: Str = Field("val", description="... and these validation data")
     shuffle: bool = Field(False, description="permute the shard order and the sequences within each shard, anew each epoch (from train.seed)")
-    verify: bool = Field(True, description="check shards against the folder's manifest.json (sizes and sha256) before training")
+    verify: bool = Field(True, description="check the training and validation shards against the folder's manifest.json (sizes and sha256) before using them")
 
 
 @section(config=_SECTION)
@@ -348,7 +348,11 @@ def parse_override(text: str) -> tuple[str, str, object]:
         raise UserError(f"bad override {text!r}: write key=value, e.g. optim.lr=3e-4")
     key, _, value_text = text.partition("=")
     key = key.strip().lstrip("-").replace("-", "_")
-    value = yaml.safe_load(value_text) if value_text.strip() else ""
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as e:  # also a YAML tag (!!python/...): safe_load refuses it, the user gets one line
+        raise UserError(f"bad override {text!r}: the value is not a plain YAML value "
+                        f"({str(e).splitlines()[0]}); quote it or write a number, a string or true/false") from None
     if "." in key:
         name, _, key = key.partition(".")
         if name not in SECTIONS:
@@ -375,10 +379,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
     if path is not None:
         path = os.fspath(path)
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 raw = yaml.safe_load(f)
         except FileNotFoundError:
             raise UserError(f"config file {path} not found") from None
+        except IsADirectoryError:
+            raise UserError(f"config file {path} is a directory; give a .yaml file") from None
+        except UnicodeDecodeError:
+            raise UserError(f"config file {path} is not UTF-8 text; give a .yaml file") from None
         except yaml.YAMLError as e:
             raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         _merge(merged, sources, raw or {}, f" in {path}")

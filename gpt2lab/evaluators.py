@@ -140,7 +140,7 @@ def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded
         except UserError:
             log(f"warning: no '{cfg.data.val_split}' shards in {cfg.data.dir}; validation loss is skipped")
         else:
-            windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e.val_tokens)
+            windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e.val_tokens, verify=cfg.data.verify)
             out.append(ValLoss(windows, e.val_batch or cfg.train.micro_batch, T, e.every, device, autocast, info, sharded))
     common = dict(device=device, autocast=autocast, info=info, sharded=sharded)
     if e.hellaswag_every >= 0:

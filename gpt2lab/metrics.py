@@ -54,16 +54,33 @@ def _jsonable(v):
     return v
 
 
-def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
+def read_metrics(run_dir: str | os.PathLike, kind: str | None = None, bad_lines: list[int] | None = None) -> list[dict]:
+    """The records of a run's metrics.jsonl (of one ``kind``), oldest first.
+
+    A line that is not a record (a torn last line from a killed run, or damage) is skipped; its
+    number goes into ``bad_lines`` when given, so a reader can say so."""
     path = Path(run_dir) / METRICS_FILE
     records = []
-    with open(path) as f:
-        for line in f:
-            if line.endswith("\n"):  # a torn last line from a killed run is skipped
-                r = json.loads(line)
-                if kind is None or r.get("kind") == kind:
-                    records.append(r)
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            r = _record(line)
+            if r is None:
+                if bad_lines is not None and line.strip():
+                    bad_lines.append(number)
+            elif kind is None or r.get("kind") == kind:
+                records.append(r)
     return records
+
+
+def _record(line: bytes) -> dict | None:
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        r = json.loads(line)
+    except ValueError:  # not UTF-8 or not JSON
+        return None
+    ok = isinstance(r, dict) and isinstance(r.get("kind"), str) and type(r.get("step")) is int
+    return r if ok else None
 
 
 def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> int:

@@ -16,6 +16,8 @@ import contextlib
 import copy
 import dataclasses
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -177,21 +179,26 @@ class Trainer:
         if start >= t.max_steps:
             self._already_done(summary)
         timed_steps, timed_seconds, recent_dt = 0, 0.0, None
-        for step in range(start, t.max_steps):
-            t0 = time.perf_counter()
-            lr = lr_at(step, self.cfg.optim, t.max_steps)
-            loss, norm = self.step(step, lr)
-            synchronize(self.device)
-            dt = time.perf_counter() - t0
-            done = step + 1
-            last = done == t.max_steps
-            if step > start:  # the first step includes compilation and warm-up
-                timed_steps, timed_seconds = timed_steps + 1, timed_seconds + dt
-                recent_dt = dt if recent_dt is None else 0.9 * recent_dt + 0.1 * dt  # for the ETA
-            summary.update(steps=done, tokens=done * self.tokens_per_step, train_loss=loss)
-            if done % t.log_every == 0 or last or step == start:
-                self._log_step(done, loss, lr, norm, dt, (t.max_steps - done) * (recent_dt or dt))
-            self._after_step(done, last, summary)
+        with StopSignals(self.log) as stop:
+            for step in range(start, t.max_steps):
+                t0 = time.perf_counter()
+                lr = lr_at(step, self.cfg.optim, t.max_steps)
+                loss, norm = self.step(step, lr)
+                synchronize(self.device)
+                dt = time.perf_counter() - t0
+                done = step + 1
+                last = done == t.max_steps
+                stopping = stop.requested(self.info) and not last  # a signal during the step lets it finish
+                if step > start:  # the first step includes compilation and warm-up
+                    timed_steps, timed_seconds = timed_steps + 1, timed_seconds + dt
+                    recent_dt = dt if recent_dt is None else 0.9 * recent_dt + 0.1 * dt  # for the ETA
+                summary.update(steps=done, tokens=done * self.tokens_per_step, train_loss=loss)
+                if done % t.log_every == 0 or last or step == start or stopping:
+                    self._log_step(done, loss, lr, norm, dt, (t.max_steps - done) * (recent_dt or dt))
+                if stopping:
+                    self._stop(done, stop.name, summary)
+                    break
+                self._after_step(done, last, summary)
         if timed_steps:
             summary["tok_per_s"] = self.tokens_per_step * timed_steps / timed_seconds
         if self.metrics:
@@ -232,6 +239,15 @@ class Trainer:
         if self.metrics:
             self.metrics.log("train", done, loss=loss, lr=lr, grad_norm=norm, tokens=done * self.tokens_per_step,
                              tok_per_s=tok_s, step_time=dt)
+
+    def _stop(self, done: int, signame: str, summary: dict) -> None:
+        """After SIGTERM/SIGINT: checkpoint this step (all ranks) unless it was just saved, and say so."""
+        t0 = time.perf_counter()
+        if self.ckpt.saved_step != done:
+            self.ckpt.save(done, self.model, self.optimizer, self.loader, self.cfg)
+        summary.update(stopped=signame, checkpoint=str(self.ckpt.last_saved))
+        self.log(f"stopped by {signame} after step {done}: checkpoint {self.ckpt.last_saved} written in "
+                 f"{time.perf_counter() - t0:.1f} s; continue with --resume")
 
     def _after_step(self, done: int, last: bool, summary: dict) -> None:
         """The checkpoint first (evaluations use no RNG, and if they fail the training is kept), then
@@ -276,6 +292,64 @@ class Trainer:
         for ev in self.evaluators:
             if isinstance(ev, ValLoss):
                 summary.update(ev.summary(ev.run(self.model, None)))
+
+
+class StopSignals:
+    """SIGTERM (what Slurm, Kubernetes and spot instances send before killing) and SIGINT (Ctrl-C)
+    while training: the first lets the current step finish, then the loop writes a checkpoint and
+    stops; a second aborts at once (checkpoints are written atomically: the previous one stays).
+
+    ``requested(info)`` is a collective under torchrun, so every rank stops after the same step
+    even when only some got the signal. Handlers are installed only from the main thread.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.log, self.signum, self._old = log, 0, {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum:  # the second: stop now
+            self.__exit__()
+            raise Aborted(signum)
+        self.signum = signum
+        self.log(f"{self.name} received: finishing this step, then writing a checkpoint "
+                 f"(send {self.name} again to stop at once)")
+
+    def requested(self, info: DistInfo) -> bool:
+        if not info.enabled:
+            return bool(self.signum)
+        flag = torch.tensor([self.signum], device=info.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not self.signum:
+            self.signum = int(flag.item())  # another rank's signal
+        return bool(flag.item())
+
+
+class Aborted(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT while stopping: the run ends at once."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return (f"aborted by a second {signal.Signals(self.signum).name}; the checkpoint being written (if any) "
+                "is discarded, the previous one is intact")
 
 
 def train_step(train_model, model, optimizer, batches, accum: int, autocast, clip: float, info: DistInfo):

@@ -80,7 +80,7 @@ def test_interrupted_prepare_with_other_options_is_refused(wiki, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(Interrupt):
         prepare([wiki], out, workers=1, log=stop_after(2), **OPTS)
-    with pytest.raises(UserError, match=r"interrupted prepare with different options; .* --overwrite"):
+    with pytest.raises(UserError, match=r"interrupted prepare whose options differ from this command.s .* --overwrite"):
         prepare([wiki], out, workers=1, log=quiet, val_fraction=0.2, shard_tokens=100_000)
     m = prepare([wiki], out, workers=1, log=quiet, overwrite=True, val_fraction=0.2, shard_tokens=100_000)
     assert m["options"]["val_fraction"] == 0.2

@@ -176,44 +176,57 @@ def _drop_tail(p: Path):
 
 @pytest.mark.parametrize("damage", [_truncate_half, _truncate_header, _garbage, _empty, _drop_tail])
 def test_corrupt_model_file_is_user_error(small_shards, run_copy, damage):
-    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.MODEL_FILE
+    folder = ckpt.list_checkpoints(run_copy)[-1]
+    path = folder / ckpt.MODEL_FILE
     damage(path)
-    with pytest.raises(UserError) as e:
-        train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
-    assert str(path) in str(e.value)
-    with pytest.raises(UserError) as e:
+    with pytest.raises(UserError) as e:  # sample, eval: refused, naming the file
         ckpt.load_model(run_copy)
     assert str(path) in str(e.value)
+    with pytest.raises(UserError) as e:  # resume: no intact checkpoint is left
+        train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
+    assert str(path) in str(e.value) and "no intact checkpoint" in str(e.value)
+    assert not folder.exists() and (folder.parent / f"damaged-{folder.name}").is_dir()  # set aside, kept
+
+
+def _sign_again(folder: Path):
+    """Checksums made anew after a change: what a crafted file (or one from a tool that rewrote it) looks like."""
+    ckpt.write_checksums(folder)
 
 
 def test_corrupt_train_state_is_user_error(small_shards, run_copy):
-    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.STATE_FILE
-    _truncate_half(path)
+    folder = ckpt.list_checkpoints(run_copy)[-1]
+    _truncate_half(folder / ckpt.STATE_FILE)
+    _sign_again(folder)  # the checksums match: the reader itself must refuse it
     with pytest.raises(UserError) as e:
         train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
-    assert str(path) in str(e.value)
+    assert str(folder / ckpt.STATE_FILE) in str(e.value)
 
 
 def test_unreadable_train_state_says_why_without_calling_it_damaged(small_shards, run_copy):
-    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.STATE_FILE
+    folder = ckpt.list_checkpoints(run_copy)[-1]
+    path = folder / ckpt.STATE_FILE
     path.unlink()
     path.mkdir()  # readable as nothing: an I/O error, not damage
+    _sign_again(folder)
     with pytest.raises(UserError, match=rf"{re.escape(str(path))}: cannot read the training state \(Is a directory\)$"):
         train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
 
 
 def test_train_state_without_rng_is_user_error(small_shards, run_copy):
-    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.STATE_FILE
+    folder = ckpt.list_checkpoints(run_copy)[-1]
+    path = folder / ckpt.STATE_FILE
     state = torch.load(path, weights_only=True)
     del state["rng"]
     torch.save(state, path)
-    with pytest.raises(UserError, match=rf"{re.escape(str(path))} lacks rng"):
+    _sign_again(folder)
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))}: lacks rng"):
         train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
 
 
 def test_unknown_key_in_checkpoint_config_names_the_file(run_copy):
     path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.CONFIG_FILE
     path.write_text(path.read_text().replace("model:\n", "model:\n  foo: 1\n", 1))
+    _sign_again(path.parent)
     with pytest.raises(UserError, match=rf"'model.foo'.* in {re.escape(str(path))}"):
         ckpt.load_model(run_copy)
 

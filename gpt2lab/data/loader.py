@@ -64,7 +64,7 @@ class TokenLoader:
         self.rank, self.world_size = int(rank), int(world_size)
         self.shuffle, self.seed = bool(shuffle), int(seed)
         self.shards = find_shards(self.data_dir, split)
-        self.manifest = _check_manifest(self.data_dir, self.shards, verify)
+        self.manifest = check_shards(self.data_dir, self.shards, verify)
         self._tokens = [read_shard(p) for p in self.shards]
         self._counts = [max(0, (len(t) - 1) // self.T) for t in self._tokens]  # sequences per shard
         self.sequences_per_epoch = sum(self._counts)
@@ -183,10 +183,12 @@ class TokenLoader:
         )
 
 
-def _check_manifest(data_dir: Path, shards: list[Path], hashes: bool) -> dict | None:
-    """Check ``shards`` against data_dir's manifest, if it has one (build-nanogpt folders do not)."""
+def check_shards(data_dir, shards: list[Path], hashes: bool = True) -> dict | None:
+    """Check ``shards`` against data_dir's manifest (token counts; sha256 too with ``hashes``), if it
+    has one (build-nanogpt folders do not); return the manifest."""
     from .prepare import load_manifest, verify
 
+    data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
     if manifest is not None:
         verify(data_dir, [p.name for p in shards], hashes=hashes)

@@ -304,8 +304,8 @@ def _load_state(out_dir: Path, identity: dict) -> dict | None:
     if old != identity:
         keys = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
         raise UserError(
-            f"{out_dir} holds an interrupted prepare with different {', '.join(keys)}; run the same "
-            "command again to continue it, or pass --overwrite to start over"
+            f"{out_dir} holds an interrupted prepare whose {', '.join(keys)} differ from this command's (an input "
+            "file changed since, or other options were given): pass --overwrite to start over with this command"
         )
     return state
 
@@ -384,6 +384,7 @@ def prepare(
             "replace them or choose another output directory"
         )
     work_dir = out_dir / WORK_DIR
+    new_dir = not out_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)
 
     writers = {s: _ShardWriter(out_dir, work_dir, s, shard_tokens, dtype, log) for s in ("val", "train")}
@@ -436,8 +437,9 @@ def prepare(
         chunks = _limit_docs(chunks, max_docs - docs_read)
     t0, last_log, last_ckpt = time.perf_counter(), time.perf_counter(), router.position
     done = max_tokens is not None and router.position >= max_tokens
-    if not done:
-        for tokens, chunk_counts, position, n_docs in _tokenized(chunks, enc, dtype, workers):
+    try:
+        tokenized = iter(()) if done else _tokenized(chunks, enc, dtype, workers)
+        for tokens, chunk_counts, position, n_docs in tokenized:
             counts = [a + b for a, b in zip(counts, chunk_counts)]
             docs_read += n_docs
             if max_tokens is not None and router.position + len(tokens) >= max_tokens:
@@ -451,6 +453,12 @@ def prepare(
                 rate = (router.position - (state or {}).get("router_position", 0)) / (time.perf_counter() - t0)
                 log(f"{router.position:,} tokens, {docs_read:,} documents, {rate:,.0f} tokens/s")
                 last_log = time.perf_counter()
+    except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
+        if state is None and not any(w.shards for w in writers.values()):
+            _clear(out_dir)
+            if new_dir and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        raise
 
     total = router.position
     if total == 0:
@@ -527,12 +535,30 @@ def load_manifest(data_dir) -> dict | None:
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-            raise ValueError("no shard list")
-    except ValueError as e:
-        raise UserError(f"{path}: not a valid manifest ({e}); re-run gpt2lab prepare") from None
+        manifest = json.loads(path.read_bytes())
+        _check_manifest_fields(manifest)
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"{path}: not a valid manifest ({str(e)[:200]}); re-run gpt2lab prepare") from None
     return manifest
+
+
+def _check_manifest_fields(manifest) -> None:
+    """The fields readers use, with their types: a hand-edited or damaged manifest fails here, in one line."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ValueError("no shard list")
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict):
+            raise ValueError(f"shard entry {i} is not an object")
+        name, tokens, sha = shard.get("name"), shard.get("tokens"), shard.get("sha256")
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError(f"shard entry {i} has no file name")
+        if type(tokens) is not int or tokens < 0:
+            raise ValueError(f"shard {name} has no token count")
+        if not isinstance(sha, str):
+            raise ValueError(f"shard {name} has no sha256")
+    vocab = manifest.get("vocab_size", 0)
+    if type(vocab) is not int or vocab < 0:
+        raise ValueError(f"vocab_size {vocab!r} is not a count")
 
 
 def verify(out_dir, names=None, hashes: bool = True) -> dict:

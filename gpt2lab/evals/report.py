@@ -17,14 +17,16 @@ COLUMNS = ("step", "tokens", "train_loss", "val_loss", "completion_acc", "comple
            "lm_eval_acc_bytes", "hellaswag_items", "lambada_acc", "lambada_ppl")
 
 
-def eval_history(run_dir: str | os.PathLike) -> list[dict]:
-    """One row per step with an evaluation: step, tokens, last train loss, val loss, HellaSwag and LAMBADA metrics."""
+def eval_history(run_dir: str | os.PathLike, bad_lines: list[int] | None = None) -> list[dict]:
+    """One row per step with an evaluation: step, tokens, last train loss, val loss, HellaSwag and LAMBADA metrics.
+
+    Damaged lines of metrics.jsonl are skipped (their numbers go into ``bad_lines``)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise UserError(f"{path} not found; RUN_DIR must be a training run folder (train.run_dir)")
     rows: dict[int, dict] = {}
     last_train: dict = {}
-    for r in read_metrics(run_dir):
+    for r in read_metrics(run_dir, bad_lines=bad_lines):
         kind, step = r.get("kind"), r.get("step", 0)
         if kind == "train":
             last_train = r

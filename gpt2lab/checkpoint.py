@@ -328,7 +328,7 @@ def check_train_state(state, ckpt: Path, optimizer, info: DistInfo) -> None:
         raise bad(f"lacks {', '.join(missing)}")
     step = state["step"]
     if type(step) is not int or step < 0:
-        raise bad(f"step {step!r} is not a count of steps")
+        raise bad(f"step {_brief(step)} is not a count of steps")
     m = _STEP_DIR.match(Path(ckpt).name)
     if m and int(m.group(1)) != step:
         raise bad(f"step {step} differs from the folder's step {int(m.group(1))}")
@@ -341,7 +341,13 @@ def check_train_state(state, ckpt: Path, optimizer, info: DistInfo) -> None:
         raise bad("the RNG states are not the list of per-process states gpt2lab writes")
     for k, ok in (("world_size", lambda v: type(v) is int and v >= 1), ("parallel", lambda v: v in ("ddp", "fsdp"))):
         if k in state and not ok(state[k]):
-            raise bad(f"{k} {state[k]!r} is not valid")
+            raise bad(f"{k} {_brief(state[k])} is not valid")
+
+
+def _brief(v) -> str:
+    """A value for a one-line message: its repr when short and plain, else its type."""
+    text = repr(v)
+    return text if len(text) <= 40 and "\n" not in text and not isinstance(v, torch.Tensor) else f"<{type(v).__name__}>"
 
 
 def _is_rng(t, numel: int | None = None) -> bool:
@@ -366,18 +372,19 @@ def check_optimizer_state(saved, optimizer, path: Path) -> None:
         for key in ("lr", "weight_decay", "eps"):
             v = g.get(key, 0.0)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise bad(f"group {i} has {key} {v!r}")
+                raise bad(f"group {i} has {key} {_brief(v)}")
         for pid, param in zip(g["params"], o["params"]):
             entry = saved["state"].get(pid, {})
             if not isinstance(entry, dict):
-                raise bad(f"entry {pid!r} is not a dict")
+                raise bad(f"entry {_brief(pid)} is not a dict")
             for name, t in entry.items():
                 if not isinstance(t, torch.Tensor):
-                    raise bad(f"{name} of parameter {pid!r} is not a tensor")
+                    raise bad(f"{_brief(name)} of parameter {_brief(pid)} is not a tensor")
                 if t.dim() and tuple(t.shape) != tuple(param.shape):
-                    raise bad(f"{name} of parameter {pid!r} has shape {tuple(t.shape)}, the model's is {tuple(param.shape)}")
+                    raise bad(f"{_brief(name)} of parameter {_brief(pid)} has shape {tuple(t.shape)}, the model's is "
+                              f"{tuple(param.shape)}")
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise bad(f"{name} of parameter {pid!r} holds NaN or Inf")
+                    raise bad(f"{_brief(name)} of parameter {_brief(pid)} holds NaN or Inf")
 
 
 def eval_record_path(run_dir: str | os.PathLike, step: int) -> Path:

@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = COMMANDS[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one line, whatever a message quotes
         return 2
     except PeerFailure as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

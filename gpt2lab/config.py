@@ -315,7 +315,7 @@ def _resolve_model(raw, where: str) -> dict:
     preset = raw.pop("preset", None)
     if preset is None:
         return raw
-    if preset not in MODEL_PRESETS:
+    if not isinstance(preset, str) or preset not in MODEL_PRESETS:
         raise UserError(f"unknown model preset {preset!r}{where}; choose one of: {', '.join(MODEL_PRESETS)}")
     return {**MODEL_PRESETS[preset], **raw}
 

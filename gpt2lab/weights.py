@@ -64,7 +64,7 @@ def load_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu
 def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Convert a transformers GPT-2 (folder or hub name) into a gpt2lab checkpoint folder.
 
-    The folder holds model.safetensors and config.yaml (no training state); ``sample``, ``eval``
+    The folder holds model.safetensors, config.yaml and checksums.json (no training state); ``sample``, ``eval``
     and ``train.init_from`` take it.
     """
     check_out_dir(Path(out), overwrite)  # before a possibly long download
@@ -75,6 +75,7 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
         checkpoint.save_model_file(model, tmp / checkpoint.MODEL_FILE,
                                    {"format": "gpt2lab", "source": f"transformers:{src}"})
         (tmp / checkpoint.CONFIG_FILE).write_text(Config(model=model.config).to_yaml())
+        checkpoint.write_checksums(tmp)
     return Path(out)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from gpt2lab import checkpoint as ckpt
@@ -371,3 +372,31 @@ def test_parallel_key_is_checked():
         load_config(None, ["train.parallel=zero3"])
     with pytest.raises(UserError, match="train.dist_timeout"):
         load_config(None, ["train.dist_timeout=0"])
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_checkpoints_on_every_rank(small_shards, tmp_path):
+    """torchrun passes SIGTERM on to its workers: both finish the same step, write one checkpoint
+    together, and a single process resumes from it."""
+    run, log = tmp_path / "run", tmp_path / "log"
+    proc = torchrun(["train", *LONG, "train.log_every=1", f"data.dir={small_shards}", f"train.run_dir={run}"], log,
+                    tmp_path)
+    try:
+        _wait_for_train_steps(run, log, proc, 3)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=90)  # torchrun's own exit code and traceback on a signal are torchrun's
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    stops = re.findall(r"stopped by SIGTERM after step (\d+): checkpoint \S+ written", text)
+    assert len(stops) == 1, text[-3000:]  # rank 0 speaks for both
+    step = int(stops[0])
+    assert [p.name for p in ckpt.list_checkpoints(run)] == [f"step_{step:08d}"]
+    assert ckpt.verify_checkpoint(run / "checkpoints" / f"step_{step:08d}")
+    state = torch.load(run / "checkpoints" / f"step_{step:08d}" / ckpt.STATE_FILE, weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2  # both ranks' RNG: both took part
+    summary = train(load_config(None, [*LONG, f"train.max_steps={step + 1}", f"data.dir={small_shards}",
+                                       f"train.run_dir={run}"]), resume=True, log=lambda _m: None)
+    assert summary["steps"] == step + 1

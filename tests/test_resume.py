@@ -88,6 +88,77 @@ def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path):
     assert not list((run_b / "checkpoints").glob(".tmp-*"))
 
 
+SIGNAL_STEPS = 12
+
+
+def _metrics_steps(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    return len(read_metrics(run, "train")) if path.is_file() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_the_step_and_resume_is_bitwise_identical(small_shards, tmp_path, sig):
+    """SIGTERM (Slurm, Kubernetes, spot instances) or SIGINT: the step finishes, a checkpoint of it is
+    written, the process exits 128 + signal with one clear line, and resuming loses nothing."""
+    args = [a for a in cli_args(small_shards, "") if not a.startswith(("train.max_steps", "train.ckpt_every",
+                                                                         "train.run_dir"))]
+    args += [f"train.max_steps={SIGNAL_STEPS}", "train.ckpt_every=0", "train.log_every=1"]
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    proc_a = gpt2lab([*args, f"train.run_dir={run_a}"], tmp_path / "a.log", tmp_path)
+    proc_b = gpt2lab([*args, f"train.run_dir={run_b}"], tmp_path / "b1.log", tmp_path)
+    deadline = time.monotonic() + 240
+    while _metrics_steps(run_b) < 3:
+        assert proc_b.poll() is None and time.monotonic() < deadline, (tmp_path / "b1.log").read_text()
+        time.sleep(0.01)
+    os.kill(proc_b.pid, sig)
+    assert proc_b.wait(timeout=120) == 128 + sig, (tmp_path / "b1.log").read_text()
+    log_b1 = (tmp_path / "b1.log").read_text()
+    m = re.search(rf"stopped by {sig.name} after step (\d+): checkpoint \S+step_(\d+) written in [\d.]+ s; "
+                  r"continue with --resume", log_b1)
+    assert m and m.group(1) == str(int(m.group(2))), log_b1
+    stopped_at = int(m.group(1))
+    assert 3 <= stopped_at < SIGNAL_STEPS, log_b1
+    assert "Traceback" not in log_b1 and f"{sig.name} received" in log_b1
+    assert [p.name for p in ckpt.list_checkpoints(run_b)] == [f"step_{stopped_at:08d}"]  # no ckpt_every: the signal's
+
+    proc_b2 = gpt2lab([*args, f"train.run_dir={run_b}", "--resume"], tmp_path / "b2.log", tmp_path)
+    assert proc_a.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()
+    assert proc_b2.wait(timeout=300) == 0, (tmp_path / "b2.log").read_text()
+    assert f"(step {stopped_at})" in (tmp_path / "b2.log").read_text()
+    a, b = (load_file(str(ckpt.list_checkpoints(r)[-1] / ckpt.MODEL_FILE)) for r in (run_a, run_b))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ after signal + resume"
+    assert [r["loss"] for r in read_metrics(run_b, "train")] == [r["loss"] for r in read_metrics(run_a, "train")]
+
+
+@pytest.mark.slow
+def test_second_signal_aborts_and_keeps_the_previous_checkpoint(small_shards, tmp_path):
+    args = [a for a in cli_args(small_shards, tmp_path / "run") if not a.startswith("train.max_steps")]
+    args += ["train.max_steps=100000", "train.log_every=1", "train.micro_batch=16"]  # steps long enough to hit
+    proc = gpt2lab(args, tmp_path / "log", tmp_path)
+    deadline = time.monotonic() + 240
+    while len(ckpt.list_checkpoints(tmp_path / "run")) < 2:  # checkpoints every 2 steps
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    while "SIGTERM received" not in (tmp_path / "log").read_text():  # two quick signals would arrive as one
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGTERM)  # during the step or the checkpoint the first one asked for
+    rc = proc.wait(timeout=120)
+    text = (tmp_path / "log").read_text()
+    assert "Traceback" not in text, text
+    assert rc == 128 + signal.SIGTERM and "aborted by a second SIGTERM" in text, (rc, text)
+    assert "stopped by SIGTERM" not in text
+    found = ckpt.list_checkpoints(tmp_path / "run")
+    assert len(found) >= 2 and all(ckpt.verify_checkpoint(p) for p in found)
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+    r = subprocess.run([sys.executable, "-m", "gpt2lab", *[a for a in args if not a.startswith("train.max_steps")],
+                        f"train.max_steps={int(found[-1].name[5:]) + 2}", "--resume"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 # --- in-process resume errors -------------------------------------------------------------
 
 

@@ -1,0 +1,278 @@
+"""Nothing lost, nothing silently wrong: damaged checkpoints, shards and files, crafted training
+states, full disks and bad input all end in one clear line (or are skipped with a warning), and
+nothing half-written is left. Preemption (SIGTERM/SIGINT) is in test_resume.py and
+test_distributed.py."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt2lab import checkpoint as ckpt
+from gpt2lab.cli import main
+from gpt2lab.errors import UserError
+from gpt2lab.train import train
+from cli_helpers import micro_cfg, quiet
+
+
+def short_cfg(data_dir, run_dir, *extra):
+    return micro_cfg(data_dir, run_dir, "train.max_steps=4", "train.ckpt_every=2", "optim.warmup_steps=1",
+                     "eval.every=-1", "eval.sample_every=-1", *extra)
+
+
+@pytest.fixture(scope="module")
+def done_run(small_shards, tmp_path_factory):
+    """A finished 4-step run with checkpoints at steps 2 and 4; tests copy it before changing it."""
+    run = tmp_path_factory.mktemp("damage") / "run"
+    train(short_cfg(small_shards, run), log=quiet)
+    return run
+
+
+@pytest.fixture
+def run(done_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(done_run, dst)
+    return dst
+
+
+def flip_byte(path: Path, at: float = 0.5):
+    """Flip one bit in the middle of a file: the size and the format stay, the content changes."""
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The gpt2lab command, in this process: (exit code, stdout, stderr). A traceback fails the test."""
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line(rc: int, err: str) -> str:
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (rc, err)
+    return lines[0]
+
+
+# --- checksums ------------------------------------------------------------------------------
+
+
+def test_every_checkpoint_file_has_a_checksum(run):
+    for folder in ckpt.list_checkpoints(run):
+        sums = json.loads((folder / ckpt.CHECKSUMS_FILE).read_text())["sha256"]
+        assert sorted(sums) == sorted([ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.STATE_FILE])
+        assert ckpt.verify_checkpoint(folder) is True
+
+
+@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, ckpt.CHECKSUMS_FILE])
+def test_a_flipped_byte_in_any_file_is_found(run, name):
+    folder = ckpt.list_checkpoints(run)[-1]
+    flip_byte(folder / name)
+    with pytest.raises(ckpt.DamagedCheckpoint) as e:
+        ckpt.verify_checkpoint(folder)
+    assert str(folder) in str(e.value)
+
+
+def test_sample_and_eval_refuse_flipped_weights(run, small_shards, capsys):
+    path = ckpt.list_checkpoints(run)[-1] / ckpt.MODEL_FILE
+    flip_byte(path)  # safetensors still parses it: only the checksum tells
+    assert load_file(str(path))  # readable: without checksums the altered weights would be used
+    for args in (["sample", run, "--max-new-tokens", "2", "--device", "cpu"],
+                 ["eval", "loss", run, "--data", small_shards, "--device", "cpu"]):
+        line = one_line(*cli(capsys, *args)[::2])
+        assert f"{path} differs from its sha256" in line
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(run, small_shards):
+    newest = ckpt.list_checkpoints(run)[-1]
+    assert newest.name == "step_00000004"
+    flip_byte(newest / ckpt.STATE_FILE)  # altered optimizer state: silently used before
+    lines = []
+    summary = train(short_cfg(small_shards, run, "train.max_steps=6", "train.keep_checkpoints=1"), resume=True,
+                    log=lines.append)
+    warning = [line for line in lines if line.startswith("warning: skipped a damaged checkpoint")]
+    assert len(warning) == 1 and str(newest / ckpt.STATE_FILE) in warning[0], lines
+    assert any("resumed from" in line and "step_00000002 (step 2)" in line for line in lines), lines
+    assert summary["steps"] == 6
+    # the damaged folder is kept aside for a look; retention kept only the newest, which is intact
+    assert (run / "checkpoints" / "damaged-step_00000004").is_dir()
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000006"]
+    assert ckpt.verify_checkpoint(ckpt.list_checkpoints(run)[-1])
+
+
+def test_a_checkpoint_without_checksums_still_loads(run):
+    """Checkpoints written before checksums existed (and hand-made folders) are read as before."""
+    folder = ckpt.list_checkpoints(run)[-1]
+    (folder / ckpt.CHECKSUMS_FILE).unlink()
+    assert ckpt.verify_checkpoint(folder) is False
+    model, _ = ckpt.load_model(folder)
+    assert model.num_params() > 0
+
+
+# --- crafted training states and weights (their checksums made anew, as a tool would) ----------------
+
+
+def rewrite_state(folder: Path, change):
+    state = torch.load(folder / ckpt.STATE_FILE, weights_only=True)
+    change(state)
+    torch.save(state, folder / ckpt.STATE_FILE)
+    ckpt.write_checksums(folder)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update(step=-7), "step -7 is not a count of steps"),
+    (lambda s: s.update(step=3), "step 3 differs from the folder's step 4"),
+    (lambda s: s.update(step="4"), "step '4' is not a count of steps"),
+    (lambda s: s.update(rng=[{"torch": torch.zeros(3)}]), "RNG states"),
+    (lambda s: s.update(world_size=0), "world_size 0 is not valid"),
+    (lambda s: s["optimizer"]["param_groups"].pop(), "has 1 parameter group(s), this run's optimizer 2"),
+    (lambda s: s["optimizer"]["param_groups"][0].update(lr=float("nan")), "group 0 has lr nan"),
+    (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(2, 2)), "exp_avg of parameter 0 has shape (2, 2)"),
+    (lambda s: s["optimizer"]["state"][1]["exp_avg_sq"].fill_(float("inf")), "exp_avg_sq of parameter 1 holds NaN or Inf"),
+])
+def test_crafted_training_state_is_refused_in_one_line(run, small_shards, change, message):
+    folder = ckpt.list_checkpoints(run)[-1]
+    rewrite_state(folder, change)
+    with pytest.raises(UserError) as e:
+        train(short_cfg(small_shards, run, "train.max_steps=6"), resume=True, log=quiet)
+    assert message in str(e.value) and str(folder / ckpt.STATE_FILE) in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not list((run / "checkpoints").glob("step_-*"))  # nothing trained on it
+
+
+def test_non_finite_weights_are_an_error_at_load(run, small_shards, capsys):
+    folder = ckpt.list_checkpoints(run)[-1]
+    tensors = load_file(str(folder / ckpt.MODEL_FILE))
+    tensors["transformer.h.0.attn.c_attn.weight"][0, 0] = float("nan")
+    save_file(tensors, str(folder / ckpt.MODEL_FILE), metadata={"format": "gpt2lab"})
+    ckpt.write_checksums(folder)
+    with pytest.raises(UserError, match=rf"{folder}.*NaN or Inf values \(transformer.h.0.attn.c_attn.weight\)"):
+        ckpt.load_model(run)
+    with pytest.raises(UserError, match=rf"{folder}.*NaN or Inf"):
+        train(short_cfg(small_shards, run, "train.max_steps=6"), resume=True, log=quiet)
+    for args in (["sample", run, "--max-new-tokens", "2", "--device", "cpu"],
+                 ["eval", "loss", run, "--data", small_shards, "--device", "cpu"]):
+        assert "NaN or Inf" in one_line(*cli(capsys, *args)[::2])
+
+
+# --- validation shards ----------------------------------------------------------------------
+
+
+def test_a_flipped_validation_shard_is_an_error(small_shards, run, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(small_shards, data)
+    val = next(data.glob("val_*.bin"))
+    flip_byte(val, 0.9)  # a token id changes; the header and size do not
+    with pytest.raises(UserError, match=rf"{val}: sha256 differs"):
+        train(micro_cfg(data, tmp_path / "new", "eval.every=2"), log=quiet)
+    line = one_line(*cli(capsys, "eval", "loss", run, "--data", data, "--device", "cpu")[::2])
+    assert f"{val}: sha256 differs" in line
+    # data.verify=false is the way round it, for those who want it
+    summary = train(micro_cfg(data, tmp_path / "new2", "eval.every=2", "data.verify=false", "train.max_steps=2"),
+                    log=quiet)
+    assert summary["steps"] == 2
+
+
+# --- full disk ------------------------------------------------------------------------------
+
+
+def _can_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 56 MiB tmpfs: room for one micro checkpoint (~40 MiB), not for two."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=56m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.skipif(not _can_mount(), reason="mounting a size-limited tmpfs needs root and mount(8)")
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(small_shards, small_fs):
+    run = small_fs / "run"
+    cfg = short_cfg(small_shards, run, "train.keep_checkpoints=0")
+    with pytest.raises(UserError) as e:
+        train(cfg, log=quiet)
+    msg = str(e.value)
+    print(msg)
+    assert "cannot write checkpoint" in msg and "step_00000004" in msg and "the disk is full" in msg, msg
+    assert "needs about" in msg and "MiB" in msg and "\n" not in msg
+    names = [p.name for p in (run / "checkpoints").iterdir()]
+    assert names == ["step_00000002"], names  # no partial .tmp-step_00000004 left to keep the disk full
+    assert ckpt.verify_checkpoint(run / "checkpoints" / "step_00000002")
+    # with space again, --resume continues from the intact checkpoint
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_fs)], check=True)
+    summary = train(cfg, resume=True, log=quiet)
+    assert summary["steps"] == 4 and ckpt.verify_checkpoint(ckpt.list_checkpoints(run)[-1])
+
+
+# --- bad input files: one line, no traceback -------------------------------------------------
+
+
+def test_non_utf8_config_files(tmp_path, run, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"train:\n  max_steps: 3\n  run_dir: \xff\xfe\n")
+    assert f"config file {bad} is not UTF-8" in one_line(*cli(capsys, "train", "--config", bad)[::2])
+    folder = ckpt.list_checkpoints(run)[-1]
+    (folder / ckpt.CONFIG_FILE).write_bytes(b"model:\n  n_layer: \xff\n")
+    ckpt.write_checksums(folder)
+    line = one_line(*cli(capsys, "sample", folder, "--device", "cpu")[::2])
+    assert f"{folder / ckpt.CONFIG_FILE} is not UTF-8" in line
+
+
+def test_yaml_tag_in_an_override_is_refused(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    rc, _, err = cli(capsys, "train", f"train.seed=!!python/object/apply:os.system ['touch {marker}']")
+    assert "bad override" in one_line(rc, err) and not marker.exists()
+
+
+@pytest.mark.parametrize("shards, message", [
+    ([1, 2], "shard entry 0 is not an object"),
+    ([{"name": "train_000000.bin", "sha256": "0"}], "shard train_000000.bin has no token count"),
+    ([{"name": "../x.bin", "tokens": 1, "sha256": "0"}], "shard entry 0 has no file name"),
+    ("all", "no shard list"),
+])
+def test_malformed_manifest(small_shards, tmp_path, capsys, shards, message):
+    data = tmp_path / "data"
+    shutil.copytree(small_shards, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["shards"] = shards
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=message):
+        train(micro_cfg(data, tmp_path / "r"), log=quiet)
+
+
+def test_report_on_damaged_metrics(run, capsys):
+    path = run / "metrics.jsonl"
+    good = path.read_bytes()
+    path.write_bytes(good + os.urandom(300) + b"\n" + b"[1, 2]\n" + b'"text"\n' + good.splitlines(True)[0])
+    rc, out, err = cli(capsys, "report", run)
+    assert rc == 0 and "Traceback" not in err
+    assert err.startswith("warning: skipped") and "damaged line" in err
+    assert "val_loss" in out or "no evaluations" in out
+
+
+def test_failed_prepare_leaves_nothing_and_the_fixed_rerun_works(tmp_path, capsys):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    rows = [json.dumps({"text": f"line {i} of some text"}) for i in range(40)]
+    src.write_text("\n".join(rows + ["{not json"]) + "\n")
+    line = one_line(*cli(capsys, "prepare", src, "--out", out, "--workers", "1")[::2])
+    assert f"{src}:41: invalid JSON" in line
+    assert not out.exists()  # nothing written: no state that a rerun would trip over
+    src.write_text("\n".join(rows) + "\n")
+    rc, _, err = cli(capsys, "prepare", src, "--out", out, "--workers", "1", "--val-fraction", "0.2")
+    assert rc == 0, err
+    assert (out / "manifest.json").is_file() and not (out / ".prepare").exists()

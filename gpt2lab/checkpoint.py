@@ -15,6 +15,8 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
 
 - ``model.safetensors``: the weights (the tied LM head is stored once, as the token embedding);
 - ``config.yaml``: the resolved config the run used;
+- ``tokenizer/``: a copy of the run's tokenizer folder (``data.tokenizer``; none for GPT-2's, which
+  ships with gpt2lab), so that the checkpoint samples and evaluates with it wherever it is moved;
 - ``train_state.pt``: optimizer state, step, data-loader position and RNG states, read back
   with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers;
 - ``dcp/`` (FSDP runs, ``train.parallel=fsdp``): model and optimizer state written shard by shard
@@ -59,6 +61,7 @@ from .errors import UserError
 from .fileio import fsync_path, replace_dir, write_atomic
 from .model import GPT
 from .runtime import device_type
+from .tokenizer import COPY_DIR, Tokenizer, copy_folder, load_tokenizer
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -144,8 +147,12 @@ def save_checkpoint(
         save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
         (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
         torch.save({**train_state, "step": step}, tmp / STATE_FILE)
+        copy_folder(load_tokenizer(cfg.data.tokenizer), tmp / COPY_DIR)
         for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
             fsync_path(tmp / name)
+        if (tmp / COPY_DIR).is_dir():
+            for f in (tmp / COPY_DIR).iterdir():
+                fsync_path(f)
         replace_dir(tmp, final, aside=ckpt_root / f".old-step_{step:08d}")  # re-saving a step replaces it whole
         fsync_path(ckpt_root)
         if keep > 0:
@@ -209,6 +216,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     load_model_weights(model, ckpt / MODEL_FILE)
     model.eval()
     return model, cfg
+
+
+def checkpoint_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """A checkpoint's (or a run's newest checkpoint's) tokenizer: its own copy (``tokenizer/``), else its config's
+    data.tokenizer (GPT-2's for checkpoints made before tokenizers could be chosen)."""
+    ckpt = resolve_checkpoint(path)
+    if (ckpt / COPY_DIR).is_dir():
+        return load_tokenizer(ckpt / COPY_DIR)
+    return load_tokenizer(load_checkpoint_config(ckpt).data.tokenizer)
 
 
 def load_train_state(ckpt: Path) -> dict:

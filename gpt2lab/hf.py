@@ -30,7 +30,7 @@ import torch
 from .errors import UserError
 from .fileio import atomic_dir
 from .model import GPT, GPTConfig
-from .tokenizer import EOT_STRING, EOT_TOKEN, Tokenizer, bytes_to_unicode, copy_folder, load_tokenizer, pad_vocab
+from .tokenizer import COPY_DIR, EOT_STRING, EOT_TOKEN, Tokenizer, bytes_to_unicode, copy_folder, load_tokenizer, pad_vocab
 
 HF_CONFIG = "config.json"
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) in transformers
@@ -298,9 +298,6 @@ def load_hf(src: str | os.PathLike) -> GPT:
 
 
 # --- writing --------------------------------------------------------------------------------
-TOKENIZER_DIR = "tokenizer"  # a gpt2lab tokenizer folder's copy inside an exported folder: its tokenizer, for gpt2lab
-
-
 def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False,
             tokenizer: Tokenizer | str | bool | None = None) -> Path:
     """Write ``model`` as a transformers GPT-2 directory, atomically.
@@ -316,6 +313,8 @@ def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False,
     if tokenizer is None:
         tokenizer = model.config.vocab_size == 50257
     tok = load_tokenizer("gpt2" if tokenizer is True else tokenizer) if tokenizer is not False else None
+    if tok is not None and tok.folder is None and tok.n_vocab > model.config.vocab_size:
+        tok = None  # GPT-2's does not fit a smaller vocabulary: no tokenizer files, as for any unknown vocabulary
     if tok is not None and tok.n_vocab > model.config.vocab_size:
         raise UserError(f"tokenizer {tok.describe()} has more tokens than the model's vocab_size "
                         f"{model.config.vocab_size}: it is not this model's tokenizer")
@@ -328,7 +327,7 @@ def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False,
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tok is not None:
             write_tokenizer_files(tmp, model.config.block_size, tok)
-            copy_folder(tok, tmp / TOKENIZER_DIR)
+            copy_folder(tok, tmp / COPY_DIR)
     return Path(out)
 
 

@@ -54,6 +54,7 @@ VOCAB_SIZE = 50257
 
 RANKS_FILE = "tokenizer.tiktoken"  # in a tokenizer folder
 META_FILE = "gpt2lab-tokenizer.json"
+COPY_DIR = "tokenizer"  # a model folder's copy of its tokenizer (a checkpoint's, an exported transformers folder's)
 FORMAT, FORMAT_VERSION = "gpt2lab-tokenizer", 1
 # Named pre-tokenisation patterns (the regex that splits text into pieces before BPE).
 PATTERNS = {

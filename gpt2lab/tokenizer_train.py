@@ -110,7 +110,7 @@ def train_tokenizer(inputs, vocab_size: int, out, *, pattern: str = "gpt2", doc_
 
     trained_on = {"files": [os.fspath(f) for f in files], "doc_split": doc_split, "text_key": text_key,
                   "documents": counts[0], "bytes": counts[3], "invalid_utf8_documents": counts[2],
-                  "seconds": round(seconds, 2), "tokenizers_version": tokenizers.__version__}
+                  "tokenizers_version": tokenizers.__version__}  # no wall-clock time: the same inputs, the same folder
     with atomic_dir(out, overwrite) as tmp:
         write_folder(tmp, ranks, name=name or out.name, pattern=pattern, pat_str=pat_str,
                      extra={"trained_on": trained_on})

@@ -379,3 +379,36 @@ def test_cli_errors_and_no_tokenizers_library(trained_tokenizer, tmp_path):
     assert "nope.jsonl not found" in line
     line = one_line_error(gpt2lab("tokenizer", "train", *TOKENIZER_CORPUS, "--vocab-size", 100, "--out", "t", cwd=tmp_path))
     assert "at least 257" in line and not (tmp_path / "t").exists()
+
+
+def test_evaluations_use_the_checkpoint_tokenizer(trained_tokenizer, tmp_path):
+    """HellaSwag and LAMBADA score with the tokenizer the checkpoint keeps; another --tokenizer is refused."""
+    import torch
+
+    from gpt2lab.checkpoint import save_checkpoint
+    from gpt2lab.config import load_config
+    from gpt2lab.evals.hellaswag import run_hellaswag
+    from gpt2lab.evals.lambada import run_lambada, split_passage
+    from gpt2lab.model import GPT
+
+    cfg = load_config(None, ["preset=micro", f"data.tokenizer={trained_tokenizer}"])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "run", 1, GPT(cfg.model), cfg, {})
+    own = load_tokenizer(trained_tokenizer)
+    data = DATA / "lambada_test_plain_text_head.txt"
+    summary = run_lambada(tmp_path / "run", variant="original", data=data, limit=6, device="cpu", out=tmp_path / "ev")
+    assert summary["tokenizer"].endswith("tokenizer") and summary["items"] == 6
+    records = [json.loads(line) for line in (tmp_path / "ev" / "lambada_original_examples.jsonl").read_text().splitlines()]
+    passages = [t for t in data.read_text(encoding="utf-8").splitlines() if t.strip()]
+    picked = [passages[i * len(passages) // 6] for i in range(6)]
+    assert [r["tokens"] for r in records] == [len(own.encode(split_passage(p)[1])) for p in picked]
+    summary = run_hellaswag(tmp_path / "run", data=DATA / "hellaswag_val_120.jsonl", limit=3, device="cpu",
+                            out=tmp_path / "ev", style="completion")
+    records = [json.loads(line) for line in (tmp_path / "ev" / "hellaswag_examples.jsonl").read_text().splitlines()]
+    items = [json.loads(line) for line in (DATA / "hellaswag_val_120.jsonl").read_text().splitlines()]
+    items = [items[i * len(items) // 3] for i in range(3)]
+    assert [r["completion"]["tokens"] for r in records] == [[len(own.encode(" " + e)) for e in it["endings"]]
+                                                            for it in items]
+    with pytest.raises(UserError, match="tokenizer mismatch: model .* but --tokenizer is 'gpt2'"):
+        run_lambada(tmp_path / "run", variant="original", data=data, limit=2, device="cpu", out=tmp_path / "ev",
+                    tokenizer="gpt2")

@@ -30,7 +30,8 @@ import torch
 from .errors import UserError
 from .fileio import atomic_dir
 from .model import GPT, GPTConfig
-from .tokenizer import COPY_DIR, EOT_STRING, EOT_TOKEN, Tokenizer, bytes_to_unicode, copy_folder, load_tokenizer, pad_vocab
+from .tokenizer import (COPY_DIR, EOT_STRING, EOT_TOKEN, Tokenizer, bytes_to_unicode, copy_folder, load_tokenizer,
+                        onig_pattern, pad_vocab)
 
 HF_CONFIG = "config.json"
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) in transformers
@@ -388,7 +389,7 @@ def _fast_tokenizer_json(tok: Tokenizer, vocab: dict[str, int], merges: list[tup
                           "rstrip": False, "normalized": False, "special": True}],
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": tok.enc._pat_str}, "behavior": "Isolated", "invert": False},
+            {"type": "Split", "pattern": {"Regex": onig_pattern(tok.enc._pat_str)}, "behavior": "Isolated", "invert": False},
             byte_level]},
         "post_processor": byte_level, "decoder": byte_level,
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
@@ -401,8 +402,8 @@ def write_tokenizer_files(directory: str | os.PathLike, model_max_length: int = 
                           tokenizer: Tokenizer | str = "gpt2") -> None:
     """vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json of a tokenizer, for transformers.
 
-    GPT-2's are OpenAI's files (transformers' GPT2Tokenizer); another tokenizer also gets a tokenizer.json
-    with its own split pattern (GPT2TokenizerFast), since GPT2Tokenizer knows GPT-2's pattern only.
+    GPT-2's are OpenAI's files (transformers' GPT2Tokenizer); another tokenizer also gets a tokenizer.json with
+    its own split pattern, loaded as a PreTrainedTokenizerFast, since GPT2Tokenizer knows GPT-2's pattern only.
     """
     tok = load_tokenizer(tokenizer)
     d = Path(directory)
@@ -412,7 +413,9 @@ def write_tokenizer_files(directory: str | os.PathLike, model_max_length: int = 
     special = {"bos_token": EOT_STRING, "eos_token": EOT_STRING, "unk_token": EOT_STRING}
     (d / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     tok_config = {
-        "tokenizer_class": "GPT2Tokenizer" if tok.folder is None else "GPT2TokenizerFast",
+        # another tokenizer: the generic fast class, which runs tokenizer.json as written (transformers' GPT-2
+        # classes put GPT-2's own split pattern in front of the BPE, whatever tokenizer.json says)
+        "tokenizer_class": "GPT2Tokenizer" if tok.folder is None else "PreTrainedTokenizerFast",
         **special,
         "add_prefix_space": False,
         "add_bos_token": False,

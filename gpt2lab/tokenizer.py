@@ -37,6 +37,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -61,6 +62,16 @@ PATTERNS = {
     "gpt2": r50k_pat_str,
     "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
+
+
+def onig_pattern(pat_str: str) -> str:
+    r"""``pat_str`` as the ``tokenizers`` library's regex engine (Oniguruma) reads it the way tiktoken's does.
+
+    Oniguruma reads ``X{1,3}+`` as ``(?:X{1,3})+`` (any number of X), not as a possessive ``{1,3}``: cl100k's
+    ``\p{N}{1,3}+`` would take a whole number instead of three digits. In these patterns the interval ends its
+    alternative, so the greedy ``X{1,3}`` matches what the possessive one does. (``?+ *+ ++`` are possessive in both.)
+    """
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", pat_str)
 
 
 def vocab_path() -> str:

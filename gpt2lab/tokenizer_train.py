@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from .data.sources import DOC_SPLITS, chunk_texts, expand_inputs, file_chunks
 from .errors import UserError
 from .fileio import atomic_dir, check_out_dir
-from .tokenizer import EOT_STRING, PATTERNS, Tokenizer, bytes_to_unicode, load_tokenizer, write_folder
+from .tokenizer import EOT_STRING, PATTERNS, Tokenizer, bytes_to_unicode, load_tokenizer, onig_pattern, write_folder
 
 MIN_VOCAB = 257  # the 256 bytes and <|endoftext|>
 
@@ -49,7 +49,7 @@ def hf_bpe(pat_str: str):
 
     tok = tk.Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pat_str), behavior="isolated"),
+        pre_tokenizers.Split(Regex(onig_pattern(pat_str)), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -150,7 +150,7 @@ def tokenizer_stats(inputs, tokenizers: list, *, doc_split: str = "file", text_k
         n_tokens = len(ids) - len(texts)  # without the <|endoftext|> before each document
         rows.append({"tokenizer": tok.spec, "name": tok.name, "vocab_size": tok.n_vocab, "documents": len(texts),
                      "bytes": counts[3], "tokens": n_tokens, "bytes_per_token": counts[3] / max(n_tokens, 1),
-                     "tokens_per_s": n_tokens / best if best > 0 else None, "seconds": best})
+                     "tokens_per_s": n_tokens / max(best, 1e-9), "seconds": best})
     return rows
 
 

@@ -201,6 +201,36 @@ def test_folder_is_what_the_trainer_made(own):
     assert sum(len(own.encode(t)) for t in texts) > 20_000
 
 
+def test_cl100k_pattern_trains_and_encodes_like_the_trainer(tmp_path):
+    """The other named pattern: the tokenizers trainer (Oniguruma) and tiktoken split text the same way."""
+    from gpt2lab.tokenizer import PATTERNS
+    from gpt2lab.tokenizer_train import corpus_texts, train_bpe, train_tokenizer
+
+    tok = train_tokenizer(list(TOKENIZER_CORPUS), 2000, tmp_path / "cl", pattern="cl100k", log=lambda _m: None)
+    assert tok.pattern == "cl100k" and tok.enc._pat_str == PATTERNS["cl100k"]
+    hf = train_bpe(corpus_texts(list(TOKENIZER_CORPUS), "file", "text", [0, 0, 0, 0]), 2000, "cl100k")
+    texts = held_out_texts() + ["year 2019: 1234567 items\r\n\n  (quoted) 'LL 'Re"]
+    for text in texts:
+        assert hf.encode(text).ids == tok.encode(text), text
+    # cl100k's pattern: numbers in groups of up to three digits, in training too
+    assert [w for w, _ in hf.pre_tokenizer.pre_tokenize_str("1234567")] == ["123", "456", "7"]
+
+    @settings(max_examples=150, deadline=None)
+    @given(VALID_TEXT)
+    def same(text):
+        assert hf.encode(text).ids == tok.encode(text)
+
+    same()
+    transformers = pytest.importorskip("transformers")
+    from gpt2lab.hf import write_tokenizer_files
+
+    (tmp_path / "hf").mkdir()
+    write_tokenizer_files(tmp_path / "hf", 64, tok)
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for text in texts:
+        assert auto(text)["input_ids"] == tok.encode(text), text
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=VALID_TEXT)
 def test_loaded_encodes_like_the_trainer_on_any_text(own, text):

@@ -116,9 +116,14 @@ class Trainer:
                                   verify=cfg.data.verify)
         check_data_tokenizer(cfg.data.dir, self.loader.manifest, self.tokenizer, "config key 'data.tokenizer'")
         data_vocab = (self.loader.manifest or {}).get("vocab_size", 0)
-        if max(data_vocab, self.tokenizer.n_vocab) > cfg.model.vocab_size:
-            raise UserError(f"tokenizer {self.tokenizer.describe()} has more tokens than model.vocab_size "
-                            f"{cfg.model.vocab_size}; set model.vocab_size=0 (the tokenizer's) or another data.tokenizer")
+        if data_vocab > cfg.model.vocab_size:
+            raise UserError(f"{cfg.data.dir}: tokenized with {self.loader.manifest.get('tokenizer')!r} ({data_vocab} "
+                            f"ids), more than model.vocab_size {cfg.model.vocab_size}; set "
+                            f"model.vocab_size={data_vocab} (or 0: the tokenizer's) or prepare with gpt2")
+        if self.tokenizer.n_vocab > cfg.model.vocab_size:  # shards of other ids without a manifest can still train
+            log(f"warning: tokenizer {self.tokenizer.describe()} has more tokens than model.vocab_size "
+                f"{cfg.model.vocab_size}: samples and HellaSwag/LAMBADA need its ids; set model.vocab_size=0 (the "
+                "tokenizer's) or data.tokenizer to the data's tokenizer")
         self.evaluators: list[Evaluator] = build_evaluators(cfg, self.device, self.autocast, info, self.sharded, log,
                                                             self.tokenizer)
         self.metrics: MetricsWriter | None = None

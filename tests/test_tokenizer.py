@@ -365,9 +365,10 @@ def test_end_to_end_own_tokenizer(tmp_path):
     r = gpt2lab("train", "data.dir=data", "data.tokenizer=tok", "train.run_dir=run", "model.preset=micro",
                 "train.device=cpu", "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32",
                 "train.max_steps=4", "optim.warmup_steps=2", "eval.every=2", "eval.val_tokens=1024",
-                "eval.sample_count=1", "eval.sample_tokens=4", cwd=tmp_path)
+                "eval.sample_count=1", "eval.sample_tokens=4", "eval.lambada_every=0", "eval.lambada_items=4",
+                f"eval.lambada_data={DATA / 'lambada_original_test_head.jsonl'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "val loss" in r.stdout and "sample: " in r.stdout
+    assert "val loss" in r.stdout and "sample: " in r.stdout and "lambada acc" in r.stdout
     ckpt = next((tmp_path / "run" / "checkpoints").iterdir())
     assert (ckpt / "tokenizer" / RANKS_FILE).read_bytes() == (tmp_path / "tok" / RANKS_FILE).read_bytes()
     (tmp_path / "tok").rename(tmp_path / "tok-moved")  # the checkpoint has its own copy

@@ -148,11 +148,8 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
         torch.save({**train_state, "step": step}, tmp / STATE_FILE)
         copy_folder(load_tokenizer(cfg.data.tokenizer), tmp / COPY_DIR)
-        for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
-            fsync_path(tmp / name)
-        if (tmp / COPY_DIR).is_dir():
-            for f in (tmp / COPY_DIR).iterdir():
-                fsync_path(f)
+        for path in [tmp / MODEL_FILE, tmp / CONFIG_FILE, tmp / STATE_FILE, *sorted((tmp / COPY_DIR).glob("*"))]:
+            fsync_path(path)
         replace_dir(tmp, final, aside=ckpt_root / f".old-step_{step:08d}")  # re-saving a step replaces it whole
         fsync_path(ckpt_root)
         if keep > 0:

@@ -34,8 +34,8 @@ def _number(kind, low: float, low_ok: bool = True, high: float | None = None):
 
 
 POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0)
-TOKENIZER_HELP = ("gpt2 or a tokenizer folder (gpt2lab tokenizer train); default: the model's own (a checkpoint's copy, "
-                  "else gpt2); one that differs from the model's recorded tokenizer is an error")
+TOKENIZER_HELP = ("gpt2 or a tokenizer folder (gpt2lab tokenizer train); default: the model's own (a checkpoint's "
+                  "copy, else gpt2); one that differs from the model's recorded tokenizer is an error")
 
 
 def _add_prepare(sub) -> None:
@@ -43,8 +43,8 @@ def _add_prepare(sub) -> None:
         "prepare",
         help="tokenize a corpus (local files or a Hugging Face dataset) into token shards",
         description="Tokenize local .txt/.jsonl/.parquet files (globs allowed; .gz/.zst/.bz2/.xz ok) or a Hugging "
-        "Face hub dataset (--hub, streamed) with the GPT-2 BPE (or --tokenizer) into llm.c-compatible .bin shards (val_*.bin, "
-        "train_*.bin) plus manifest.json. An interrupted prepare continues when the same command is run again.",
+        "Face hub dataset (--hub, streamed) with the GPT-2 BPE (or --tokenizer) into llm.c-compatible .bin shards "
+        "(val_*.bin, train_*.bin) plus manifest.json. An interrupted prepare continues when the same command is run again.",
         epilog="examples:\n"
         "  gpt2lab prepare corpus/*.jsonl.zst --out data/mycorpus\n"
         "  gpt2lab prepare --hub --out data/fineweb-edu-10B     # FineWeb-Edu sample-10BT, val = first 100M tokens",
@@ -188,7 +188,8 @@ def _add_tokenizer(sub) -> None:
     t.add_argument("inputs", nargs="+", help="input files or globs")
     t.add_argument("--vocab-size", type=POSITIVE, required=True,
                    help="tokens, <|endoftext|> included (GPT-2: 50257); at least 257")
-    t.add_argument("--out", "-o", required=True, help="output folder (written atomically; must not exist unless --overwrite)")
+    t.add_argument("--out", "-o", required=True,
+                   help="output folder (written atomically; must not exist unless --overwrite)")
     t.add_argument("--pattern", default="gpt2", help="pre-tokenisation pattern: gpt2 (default) or cl100k")
     t.add_argument("--doc-split", choices=["file", "line", "blank"], default="file",
                    help=".txt files: one document per file, per line, or per blank-line block (default file)")
@@ -475,8 +476,8 @@ def cmd_config(args) -> None:
 
 
 COMMANDS = {
-    "prepare": cmd_prepare, "tokenizer": cmd_tokenizer, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "report": cmd_report,
-    "bench": cmd_bench, "quickstart": cmd_quickstart, "config": cmd_config, "convert": cmd_convert,
+    "prepare": cmd_prepare, "tokenizer": cmd_tokenizer, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
+    "report": cmd_report, "bench": cmd_bench, "quickstart": cmd_quickstart, "config": cmd_config, "convert": cmd_convert,
 }
 
 

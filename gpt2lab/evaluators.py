@@ -106,7 +106,8 @@ class Samples(Evaluator):
     def run(self, model, full):
         if not self.info.is_main:
             return None
-        return {"prompt": self.cfg.eval.sample_prompt, "samples": sample_texts(full, self.cfg, self.autocast, self.tokenizer)}
+        samples = sample_texts(full, self.cfg, self.autocast, self.tokenizer)
+        return {"prompt": self.cfg.eval.sample_prompt, "samples": samples}
 
     def lines(self, result):
         return [f"sample: {text!r}" for text in result["samples"]]

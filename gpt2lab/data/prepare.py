@@ -579,5 +579,5 @@ def verify(out_dir, names=None, hashes: bool = True) -> dict:
     return manifest
 
 
-__all__ = ["prepare", "verify", "load_manifest", "resolve_tokenizer", "check_data_tokenizer", "vocab_sha256", "HubSource", "MANIFEST",
-           "VAL_BLOCK", "expand_inputs"]
+__all__ = ["prepare", "verify", "load_manifest", "resolve_tokenizer", "check_data_tokenizer", "vocab_sha256", "HubSource",
+           "MANIFEST", "VAL_BLOCK", "expand_inputs"]

@@ -95,7 +95,8 @@ def run_task(task: str, model_path, load, score, *, data_label: str, out=None, d
     """The body of ``gpt2lab eval hellaswag|lambada``: load data then model, score, write the files.
 
     ``load()`` returns the task's data; ``score(model, data, info, autocast, tokenizer)`` returns (metrics,
-    records); the tokenizer is the model's (weights.model_tokenizer; ``tokenizer``, from --tokenizer, must match it). Under torchrun every rank scores its share; rank 0 writes ``OUT/<task>_examples.jsonl``
+    records), with the model's tokenizer (weights.model_tokenizer; ``tokenizer``, --tokenizer, must be the same).
+    Under torchrun every rank scores its share; rank 0 writes ``OUT/<task>_examples.jsonl``
     and ``OUT/<task>_summary.json`` (default OUT: ``evals/<name of the model folder>``).
     """
     info = init_distributed(device)

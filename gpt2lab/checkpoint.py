@@ -15,6 +15,8 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
 
 - ``model.safetensors``: the weights (the tied LM head is stored once, as the token embedding);
 - ``config.yaml``: the resolved config the run used;
+- ``tokenizer/``: a copy of the run's tokenizer folder (``data.tokenizer``; none for GPT-2's, which
+  ships with gpt2lab), so that the checkpoint samples and evaluates with it wherever it is moved;
 - ``train_state.pt``: optimizer state, step, data-loader position and RNG states, read back
   with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers;
 - ``checksums.json``: the sha256 of every other file of the folder, written last; checked on every
@@ -66,6 +68,7 @@ from .errors import UserError
 from .fileio import file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
 from .model import GPT
 from .runtime import device_type
+from .tokenizer import COPY_DIR, Tokenizer, copy_folder, load_tokenizer
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -163,8 +166,9 @@ def save_checkpoint(
                 save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
                 (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
                 torch.save({**train_state, "step": step}, tmp / STATE_FILE)
-                for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE):
-                    fsync_path(tmp / name)
+                copy_folder(load_tokenizer(cfg.data.tokenizer), tmp / COPY_DIR)
+                for path in [tmp / MODEL_FILE, tmp / CONFIG_FILE, tmp / STATE_FILE, *sorted((tmp / COPY_DIR).glob("*"))]:
+                    fsync_path(path)
                 write_checksums(tmp)  # last: a folder with checksums has all its files
             except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a full disk as RuntimeError
                 failed = _save_failure(tmp, e, model, train_state)
@@ -299,6 +303,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return model, cfg
 
 
+def checkpoint_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """A checkpoint's (or a run's newest checkpoint's) tokenizer: its own copy (``tokenizer/``), else its config's
+    data.tokenizer (GPT-2's for checkpoints made before tokenizers could be chosen)."""
+    ckpt = resolve_checkpoint(path)
+    if (ckpt / COPY_DIR).is_dir():
+        return load_tokenizer(ckpt / COPY_DIR)
+    return load_tokenizer(load_checkpoint_config(ckpt).data.tokenizer)
+
+
 def load_train_state(ckpt: Path) -> dict:
     path = Path(ckpt) / STATE_FILE
     try:
@@ -350,6 +363,11 @@ def _brief(v) -> str:
     return text if len(text) <= 40 and "\n" not in text and not isinstance(v, torch.Tensor) else f"<{type(v).__name__}>"
 
 
+def _label(v) -> str:
+    """A name for a message: a short string as it is, anything else as ``_brief`` shows it."""
+    return v if isinstance(v, str) and len(v) <= 40 and v.isprintable() else _brief(v)
+
+
 def _is_rng(t, numel: int | None = None) -> bool:
     return isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 and (numel is None or t.numel() == numel)
 
@@ -379,12 +397,12 @@ def check_optimizer_state(saved, optimizer, path: Path) -> None:
                 raise bad(f"entry {_brief(pid)} is not a dict")
             for name, t in entry.items():
                 if not isinstance(t, torch.Tensor):
-                    raise bad(f"{_brief(name)} of parameter {_brief(pid)} is not a tensor")
+                    raise bad(f"{_label(name)} of parameter {_brief(pid)} is not a tensor")
                 if t.dim() and tuple(t.shape) != tuple(param.shape):
-                    raise bad(f"{_brief(name)} of parameter {_brief(pid)} has shape {tuple(t.shape)}, the model's is "
+                    raise bad(f"{_label(name)} of parameter {_brief(pid)} has shape {tuple(t.shape)}, the model's is "
                               f"{tuple(param.shape)}")
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise bad(f"{_brief(name)} of parameter {_brief(pid)} holds NaN or Inf")
+                    raise bad(f"{_label(name)} of parameter {_brief(pid)} holds NaN or Inf")
 
 
 def eval_record_path(run_dir: str | os.PathLike, step: int) -> Path:

@@ -35,6 +35,8 @@ def _number(kind, low: float, low_ok: bool = True, high: float | None = None):
 
 
 POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0)
+TOKENIZER_HELP = ("gpt2 or a tokenizer folder (gpt2lab tokenizer train); default: the model's own (a checkpoint's "
+                  "copy, else gpt2); one that differs from the model's recorded tokenizer is an error")
 
 
 def _add_prepare(sub) -> None:
@@ -42,8 +44,8 @@ def _add_prepare(sub) -> None:
         "prepare",
         help="tokenize a corpus (local files or a Hugging Face dataset) into token shards",
         description="Tokenize local .txt/.jsonl/.parquet files (globs allowed; .gz/.zst/.bz2/.xz ok) or a Hugging "
-        "Face hub dataset (--hub, streamed) with the GPT-2 BPE into llm.c-compatible .bin shards (val_*.bin, "
-        "train_*.bin) plus manifest.json. An interrupted prepare continues when the same command is run again.",
+        "Face hub dataset (--hub, streamed) with the GPT-2 BPE (or --tokenizer) into llm.c-compatible .bin shards "
+        "(val_*.bin, train_*.bin) plus manifest.json. An interrupted prepare continues when the same command is run again.",
         epilog="examples:\n"
         "  gpt2lab prepare corpus/*.jsonl.zst --out data/mycorpus\n"
         "  gpt2lab prepare --hub --out data/fineweb-edu-10B     # FineWeb-Edu sample-10BT, val = first 100M tokens",
@@ -70,7 +72,8 @@ def _add_prepare(sub) -> None:
     p.add_argument("--max-docs", type=int, default=None, help="stop after this many documents")
     p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
     p.add_argument("--tokenizer", default="gpt2",
-                   help="gpt2 (shipped, default) or another tiktoken encoding name (downloaded by tiktoken)")
+                   help="gpt2 (shipped, default), a folder made by `gpt2lab tokenizer train`, or another tiktoken "
+                   "encoding name (downloaded by tiktoken)")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: cores, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace shards (or an interrupted prepare) in --out")
 
@@ -107,6 +110,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (compiles first, faster after)")
     p.add_argument("--int8", action="store_true",
                    help="CPU only: int8 dynamic quantization of the Linear layers (faster, ~1%% higher perplexity)")
+    p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
 
 
 def _add_convert(sub) -> None:
@@ -153,6 +157,7 @@ def _add_eval(sub) -> None:
                    help="autocast dtype (default auto: bfloat16 where the hardware has it)")
     g.add_argument("--batch-tokens", type=POSITIVE, default=None,
                    help="tokens per forward batch (default 4096 on CPU, 16384 on CUDA)")
+    p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
     g.add_argument("--plain", action="store_true", help="use the plain one-example-at-a-time scorer (reference, slow)")
     g.add_argument("--style", default="both", choices=["both", "completion", "lm-eval"],
                    help="hellaswag: which definitions to compute (default both)")
@@ -165,6 +170,43 @@ def _add_eval(sub) -> None:
     g.add_argument("--include-path", help="a folder of your own task YAMLs, e.g. one that points a harness task "
                    "at a local file (see gpt2lab/evals/harness.py)")
     g.add_argument("--num-fewshot", type=NON_NEGATIVE, default=None, help="few-shot examples (default: the task's)")
+
+
+def _add_tokenizer(sub) -> None:
+    p = sub.add_parser("tokenizer", help="train your own byte-level BPE tokenizer, or compare tokenizers",
+                       description="train: a byte-level BPE on your corpus (the Hugging Face tokenizers library; pip "
+                       "install 'gpt2lab[tokenizer]'), saved as a folder that --tokenizer and data.tokenizer take. "
+                       "stats: bytes per token and encode speed of tokenizers on your text.")
+    tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = tsub.add_parser("train", help="train a byte-level BPE on a corpus",
+                        description="Train a byte-level BPE (GPT-2's pre-tokenisation pattern by default, "
+                        "<|endoftext|> as its last token) on txt/jsonl/parquet files (compressed too), as prepare reads "
+                        "them; write OUT (a tiktoken rank file and gpt2lab-tokenizer.json).",
+                        epilog="example:\n  gpt2lab tokenizer train corpus/*.jsonl --vocab-size 32768 --out tok32k\n"
+                        "  gpt2lab prepare corpus/*.jsonl --tokenizer tok32k --out data/mycorpus\n"
+                        "  gpt2lab train data.dir=data/mycorpus data.tokenizer=tok32k",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("inputs", nargs="+", help="input files or globs")
+    t.add_argument("--vocab-size", type=POSITIVE, required=True,
+                   help="tokens, <|endoftext|> included (GPT-2: 50257); at least 257")
+    t.add_argument("--out", "-o", required=True,
+                   help="output folder (written atomically; must not exist unless --overwrite)")
+    t.add_argument("--pattern", default="gpt2", help="pre-tokenisation pattern: gpt2 (default) or cl100k")
+    t.add_argument("--doc-split", choices=["file", "line", "blank"], default="file",
+                   help=".txt files: one document per file, per line, or per blank-line block (default file)")
+    t.add_argument("--text-key", default="text", help="jsonl key / parquet column holding the text (default text)")
+    t.add_argument("--name", default=None, help="the tokenizer's name in manifests (default: the folder's name)")
+    t.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    st = tsub.add_parser("stats", help="bytes per token and tokens/s of tokenizers on some text",
+                         description="Encode the documents of TEXT files with each --tokenizer as prepare does "
+                         "(tiktoken, one process) and report bytes per token and tokens/s.")
+    st.add_argument("inputs", nargs="+", help="input files or globs (txt/jsonl/parquet)")
+    st.add_argument("--tokenizer", action="append", default=None,
+                    help="gpt2 or a tokenizer folder; repeat to compare (default: gpt2)")
+    st.add_argument("--doc-split", choices=["file", "line", "blank"], default="file")
+    st.add_argument("--text-key", default="text")
+    st.add_argument("--repeats", type=POSITIVE, default=1, help="timed passes; tokens/s is the best (default 1)")
+    st.add_argument("--json", action="store_true", help="print one JSON object per tokenizer instead of a table")
 
 
 def _add_report(sub) -> None:
@@ -225,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gpt2lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_prepare, _add_train, _add_sample, _add_eval, _add_report, _add_bench,
-                _add_convert, _add_config):
+    for add in (_add_quickstart, _add_prepare, _add_tokenizer, _add_train, _add_sample, _add_eval, _add_report,
+                _add_bench, _add_convert, _add_config):
         add(sub)
     return parser
 
@@ -283,26 +325,26 @@ def cmd_sample(args) -> None:
 
     from .generate import generate
     from .runtime import resolve_device
-    from .tokenizer import EOT_TOKEN, get_tokenizer
-    from .weights import load_pretrained
+    from .weights import load_pretrained, model_tokenizer
 
     device = resolve_device(args.device)
     model = load_pretrained(args.checkpoint, device)
+    tok = model_tokenizer(args.checkpoint, model.config, args.tokenizer)
+    eot = tok.eot_token
     if args.int8:
         if device != "cpu":
             raise UserError("--int8 runs on CPU only: add --device cpu")
         from .quantize import quantize_int8
 
         model = quantize_int8(model)
-    tok = get_tokenizer()
-    prompt = tok.encode_ordinary(args.prompt) if args.prompt else [EOT_TOKEN]
+    prompt = tok.encode(args.prompt) if args.prompt else [eot]
     if len(prompt) >= model.config.block_size:
         raise UserError(f"--prompt is {len(prompt)} tokens; the model's block_size is {model.config.block_size}")
     stream = args.num_samples == 1 and sys.stdout.isatty()
     pieces: list[int] = []
 
     def on_token(t: torch.Tensor) -> None:  # stream a single sample to the terminal as it comes
-        if int(t[0]) == EOT_TOKEN:  # the end of the sample, not text
+        if int(t[0]) == eot:  # the end of the sample, not text
             return
         pieces.append(int(t[0]))
         text = tok.decode(pieces)
@@ -311,7 +353,7 @@ def cmd_sample(args) -> None:
             pieces.clear()
 
     outs = generate(model, prompt, args.max_new_tokens, num_samples=args.num_samples, temperature=args.temperature,
-                    top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop_token=EOT_TOKEN,
+                    top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop_token=eot,
                     on_token=on_token if stream else None, compile=args.compile)
     if stream:
         print()
@@ -327,12 +369,14 @@ def cmd_eval(args) -> None:
         from .evals.hellaswag import run_hellaswag
 
         summary = run_hellaswag(args.checkpoint, data=args.data, out=args.out, limit=args.limit, device=args.device,
-                                dtype=args.dtype, style=args.style, batch_tokens=args.batch_tokens, plain=args.plain)
+                                dtype=args.dtype, style=args.style, batch_tokens=args.batch_tokens, plain=args.plain,
+                                tokenizer=args.tokenizer)
     elif args.task == "lambada":
         from .evals.lambada import run_lambada
 
         summary = run_lambada(args.checkpoint, variant=args.variant, data=args.data, out=args.out, limit=args.limit,
-                              device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens, plain=args.plain)
+                              device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens, plain=args.plain,
+                              tokenizer=args.tokenizer)
     elif args.task == "harness":
         try:
             from .evals.harness import run_harness
@@ -341,7 +385,7 @@ def cmd_eval(args) -> None:
         summary = run_harness(args.checkpoint, [t.strip() for t in args.tasks.split(",") if t.strip()], out=args.out,
                               device=args.device, dtype=args.dtype, limit=args.limit or None,
                               num_fewshot=args.num_fewshot, include_path=args.include_path,
-                              batch_tokens=args.batch_tokens)
+                              batch_tokens=args.batch_tokens, tokenizer=args.tokenizer)
     else:
         summary = _eval_loss(args)
     if os.environ.get("RANK", "0") == "0":
@@ -351,7 +395,9 @@ def cmd_eval(args) -> None:
 
 def _eval_loss(args) -> dict:
     from .checkpoint import load_model
+    from .data.prepare import check_data_tokenizer, load_manifest
     from .distributed import init_distributed, shutdown
+    from .weights import model_tokenizer
     from .evals.loss import eval_windows, evaluate_loss
     from .runtime import autocast_for, resolve_dtype
 
@@ -359,6 +405,8 @@ def _eval_loss(args) -> dict:
     try:
         model, cfg = load_model(args.checkpoint, device=info.device)
         data = args.data or cfg.data.dir
+        tok = model_tokenizer(args.checkpoint, model.config, args.tokenizer)
+        check_data_tokenizer(data, load_manifest(data), tok, f"model {args.checkpoint}'s tokenizer")
         T = args.seq_len or cfg.train.seq_len
         if T > model.config.block_size:
             raise UserError(f"--seq-len {T} is longer than the model's block_size {model.config.block_size}")
@@ -367,7 +415,22 @@ def _eval_loss(args) -> dict:
         loss = evaluate_loss(model, windows, args.batch_size, info.device, autocast, info)
     finally:
         shutdown(info)
-    return {"task": "loss", "split": args.split, "data": str(data), "tokens": len(windows) * T, "loss": loss}
+    return {"task": "loss", "split": args.split, "data": str(data), "tokenizer": tok.spec, "tokens": len(windows) * T,
+            "loss": loss}
+
+
+def cmd_tokenizer(args) -> None:
+    from .tokenizer_train import format_stats, tokenizer_stats, train_tokenizer
+
+    if args.action == "train":
+        tok = train_tokenizer(args.inputs, args.vocab_size, args.out, pattern=args.pattern, doc_split=args.doc_split,
+                              text_key=args.text_key, name=args.name, overwrite=args.overwrite)
+        print(f"wrote tokenizer {tok.name} ({tok.n_vocab:,} tokens, sha256 {tok.sha256}) to {args.out}; use it with "
+              f"--tokenizer {args.out} (prepare, sample, eval) and data.tokenizer={args.out} (train)")
+        return
+    rows = tokenizer_stats(args.inputs, args.tokenizer or ["gpt2"], doc_split=args.doc_split, text_key=args.text_key,
+                           repeats=args.repeats)
+    print("\n".join(json.dumps(r) for r in rows) if args.json else format_stats(rows))
 
 
 def cmd_report(args) -> None:
@@ -420,8 +483,8 @@ def cmd_config(args) -> None:
 
 
 COMMANDS = {
-    "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "report": cmd_report,
-    "bench": cmd_bench, "quickstart": cmd_quickstart, "config": cmd_config, "convert": cmd_convert,
+    "prepare": cmd_prepare, "tokenizer": cmd_tokenizer, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
+    "report": cmd_report, "bench": cmd_bench, "quickstart": cmd_quickstart, "config": cmd_config, "convert": cmd_convert,
 }
 
 

@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import UserError
 from .model import GPTConfig
+from .tokenizer import VOCAB_SIZE, load_tokenizer, pad_vocab
 
 # Named model sizes. The four GPT-2 sizes are OpenAI's; the small ones are for CPUs and tests.
 MODEL_PRESETS: dict[str, dict] = {
@@ -104,8 +105,8 @@ class ModelSection:
     """The model section as config files have it; the model gets it as a GPTConfig (same fields)."""
 
     block_size: Int = Field(GPTConfig.block_size, gt=0, description="longest sequence (number of position embeddings)")
-    vocab_size: Int = Field(GPTConfig.vocab_size, gt=0, description="real tokens; ids >= vocab_size are padding")
-    padded_vocab_size: Int = Field(GPTConfig.padded_vocab_size, description="rows of the embedding (a multiple of 64 is faster); >= vocab_size")
+    vocab_size: Int = Field(0, ge=0, description="real tokens; ids >= vocab_size are padding (0 = the tokenizer's, data.tokenizer: 50257 for gpt2)", examples=[0])
+    padded_vocab_size: Int = Field(0, ge=0, description="rows of the embedding (a multiple of 64 is faster); >= vocab_size (0 = vocab_size rounded up to a multiple of 64: 50304 for gpt2)", examples=[0])
     n_layer: Int = Field(GPTConfig.n_layer, gt=0, description="transformer blocks")
     n_head: Int = Field(GPTConfig.n_head, gt=0, description="attention heads per block")
     n_embd: Int = Field(GPTConfig.n_embd, gt=0, description="width of the residual stream")
@@ -117,7 +118,7 @@ class ModelSection:
     @classmethod
     def _covers_vocab(cls, v, info):
         vocab = info.data.get("vocab_size")
-        if vocab is not None and v < vocab:
+        if vocab is not None and v and v < vocab:
             raise ValueError(f"{v} is smaller than model.vocab_size={vocab}; make it >= vocab_size")
         return v
 
@@ -133,6 +134,7 @@ class ModelSection:
 @section(config=_SECTION)
 class DataConfig:
     dir: Str = Field("data/tinyshakespeare", description="folder of token shards made by `gpt2lab prepare`")
+    tokenizer: Str = Field("gpt2", description="gpt2 or a tokenizer folder made by `gpt2lab tokenizer train`: the one data.dir was prepared with (checked against its manifest); checkpoints keep a copy, and sampling and evaluation use it", examples=["gpt2"])
     train_split: Str = Field("train", description="shards whose name holds this word are training data")
     val_split: Str = Field("val", description="... and these validation data")
     shuffle: bool = Field(False, description="permute the shard order and the sequences within each shard, anew each epoch (from train.seed)")
@@ -415,7 +417,25 @@ def from_dict(raw: dict, where: str = "") -> Config:
 
 def _build(merged: dict, sources: dict[str, str]) -> Config:
     s = _check(merged, sources)
-    return Config(model=GPTConfig(**dataclasses.asdict(s.model)), data=s.data, train=s.train, optim=s.optim, eval=s.eval)
+    model = dataclasses.asdict(s.model)
+    if not model["vocab_size"]:  # the tokenizer's
+        model["vocab_size"] = _tokenizer_vocab(s.data.tokenizer, sources)
+    if not model["padded_vocab_size"]:
+        model["padded_vocab_size"] = pad_vocab(model["vocab_size"])
+    elif model["padded_vocab_size"] < model["vocab_size"]:
+        raise UserError(f"config key 'model.padded_vocab_size'{sources.get('model.padded_vocab_size', '')}: "
+                        f"{model['padded_vocab_size']} is smaller than the vocab_size {model['vocab_size']} of "
+                        f"tokenizer {s.data.tokenizer!r}; make it >= vocab_size (or 0)")
+    return Config(model=GPTConfig(**model), data=s.data, train=s.train, optim=s.optim, eval=s.eval)
+
+
+def _tokenizer_vocab(spec: str, sources: dict[str, str]) -> int:
+    if spec == "gpt2":  # no need to read the shipped vocabulary
+        return VOCAB_SIZE
+    try:
+        return load_tokenizer(spec).n_vocab
+    except UserError as e:
+        raise UserError(f"config key 'data.tokenizer'{sources.get('data.tokenizer', '')}: {e}") from None
 
 
 def validate(cfg: Config) -> None:

@@ -24,7 +24,7 @@ from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from .evals.lambada import evaluate_lambada, load_lambada
 from .evals.loss import eval_windows, evaluate_loss
 from .generate import generate
-from .tokenizer import EOT_TOKEN, get_tokenizer
+from .tokenizer import Tokenizer, load_tokenizer
 
 
 def due(every: int, step: int, last: bool) -> bool:
@@ -98,14 +98,16 @@ class Samples(Evaluator):
     kind = "sample"
     needs_full = True
 
-    def __init__(self, cfg: Config, device: str, autocast, info: DistInfo):
+    def __init__(self, cfg: Config, device: str, autocast, info: DistInfo, tokenizer: Tokenizer | None = None):
         self.cfg, self.device, self.autocast, self.info = cfg, device, autocast, info
+        self.tokenizer = tokenizer
         self.every = cfg.eval.sample_every
 
     def run(self, model, full):
         if not self.info.is_main:
             return None
-        return {"prompt": self.cfg.eval.sample_prompt, "samples": sample_texts(full, self.cfg, self.autocast)}
+        samples = sample_texts(full, self.cfg, self.autocast, self.tokenizer)
+        return {"prompt": self.cfg.eval.sample_prompt, "samples": samples}
 
     def lines(self, result):
         return [f"sample: {text!r}" for text in result["samples"]]
@@ -117,11 +119,11 @@ class Samples(Evaluator):
         return {}
 
 
-def sample_texts(model, cfg: Config, autocast=None) -> list[str]:
+def sample_texts(model, cfg: Config, autocast=None, tokenizer: Tokenizer | None = None) -> list[str]:
     """The samples training prints: eval.sample_count continuations of eval.sample_prompt (fixed seed)."""
     e = cfg.eval
-    tok = get_tokenizer()
-    prompt = tok.encode_ordinary(e.sample_prompt) or [EOT_TOKEN]
+    tok = tokenizer or load_tokenizer(cfg.data.tokenizer)
+    prompt = tok.encode(e.sample_prompt) or [tok.eot_token]
     outs = generate(
         model, prompt, e.sample_tokens, num_samples=e.sample_count, temperature=e.sample_temperature,
         top_k=e.sample_top_k or None, seed=cfg.train.seed, autocast=autocast,
@@ -129,10 +131,12 @@ def sample_texts(model, cfg: Config, autocast=None) -> list[str]:
     return [e.sample_prompt + tok.decode(o) for o in outs]
 
 
-def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded: bool, log) -> list[Evaluator]:
-    """The evaluations the config asks for. Their data is loaded (downloaded) now, before training,
-    so that a data problem stops the run at once."""
+def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded: bool, log,
+                     tokenizer: Tokenizer | None = None) -> list[Evaluator]:
+    """The evaluations the config asks for, with the run's tokenizer (data.tokenizer). Their data is loaded
+    (downloaded) now, before training, so that a data problem stops the run at once."""
     e, T = cfg.eval, cfg.train.seq_len
+    tok = tokenizer or load_tokenizer(cfg.data.tokenizer)
     out: list[Evaluator] = []
     if e.every >= 0:
         try:
@@ -145,13 +149,13 @@ def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded
     common = dict(device=device, autocast=autocast, info=info, sharded=sharded)
     if e.hellaswag_every >= 0:
         out.append(Task("hellaswag", select_items(load_hellaswag(e.hellaswag_data or None), e.hellaswag_items),
-                        functools.partial(evaluate_hellaswag, gather=False), e.hellaswag_every,
+                        functools.partial(evaluate_hellaswag, gather=False, tokenizer=tok), e.hellaswag_every,
                         lambda m: f"hellaswag acc_norm {m['completion_acc_norm']:.4f} "
                                   f"(lm-eval {m['lm_eval_acc_norm']:.4f}, {m['items']:,} items)", **common))
     if e.lambada_every >= 0:
         out.append(Task("lambada", select_items(load_lambada(e.lambada_data or None), e.lambada_items),
-                        functools.partial(evaluate_lambada, gather=False), e.lambada_every,
+                        functools.partial(evaluate_lambada, gather=False, tokenizer=tok), e.lambada_every,
                         lambda m: f"lambada acc {m['acc']:.4f} ppl {m['ppl']:.2f} ({m['items']:,} passages)", **common))
     if e.sample_every >= 0:
-        out.append(Samples(cfg, device, autocast, info))
+        out.append(Samples(cfg, device, autocast, info, tok))
     return out

@@ -30,6 +30,8 @@ import torch
 from .errors import UserError
 from .fileio import atomic_dir
 from .model import GPT, GPTConfig
+from .tokenizer import (COPY_DIR, EOT_STRING, EOT_TOKEN, Tokenizer, bytes_to_unicode, copy_folder, load_tokenizer,
+                        onig_pattern, pad_vocab)
 
 HF_CONFIG = "config.json"
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) in transformers
@@ -45,10 +47,6 @@ def is_hub_name(source: str) -> bool:
 
 
 # --- configs --------------------------------------------------------------------------------
-def _pad_vocab(n: int, multiple: int = 64) -> int:
-    return (n + multiple - 1) // multiple * multiple
-
-
 def gpt2lab_config_from_hf(hf_config: Mapping | object) -> GPTConfig:
     """GPTConfig for a transformers GPT-2 config (a dict or a ``GPT2Config``).
 
@@ -83,7 +81,7 @@ def gpt2lab_config_from_hf(hf_config: Mapping | object) -> GPTConfig:
     return GPTConfig(
         block_size=c["n_positions"],
         vocab_size=c["vocab_size"],
-        padded_vocab_size=_pad_vocab(c["vocab_size"]),
+        padded_vocab_size=pad_vocab(c["vocab_size"]),
         n_layer=c["n_layer"],
         n_head=n_head,
         n_embd=n_embd,
@@ -92,9 +90,11 @@ def gpt2lab_config_from_hf(hf_config: Mapping | object) -> GPTConfig:
     )
 
 
-def hf_config_from_gpt2lab(cfg: GPTConfig) -> dict:
-    """The transformers ``config.json`` of a gpt2lab model."""
-    has_eot = cfg.vocab_size > 50256
+def hf_config_from_gpt2lab(cfg: GPTConfig, eot: int | None = None) -> dict:
+    """The transformers ``config.json`` of a gpt2lab model; ``eot``: its tokenizer's <|endoftext|> id
+    (default GPT-2's 50256, where the vocabulary has it)."""
+    if eot is None:
+        eot = EOT_TOKEN if cfg.vocab_size > EOT_TOKEN else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -117,8 +117,8 @@ def hf_config_from_gpt2lab(cfg: GPTConfig) -> dict:
         "add_cross_attention": False,
         "tie_word_embeddings": True,
         "use_cache": True,
-        "bos_token_id": 50256 if has_eot else None,
-        "eos_token_id": 50256 if has_eot else None,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
     }
 
 
@@ -179,7 +179,7 @@ def gpt2lab_state_from_hf(hf_state_dict: Mapping[str, torch.Tensor], hf_config) 
     return cfg, out
 
 
-def hf_state_from_gpt2lab(model: GPT) -> tuple[dict, dict]:
+def hf_state_from_gpt2lab(model: GPT, eot: int | None = None) -> tuple[dict, dict]:
     """The transformers ``GPT2LMHeadModel`` state dict (without the tied ``lm_head.weight``) and config.json of a model.
 
     A model with ``bias=False`` gets zero biases, which compute the same function.
@@ -204,7 +204,7 @@ def hf_state_from_gpt2lab(model: GPT) -> tuple[dict, dict]:
             for p, n in sizes.items():
                 out.setdefault(f"transformer.h.{i}.{p}.bias", torch.zeros(n, dtype=dtype))
         out.setdefault("transformer.ln_f.bias", torch.zeros(C, dtype=dtype))
-    return out, hf_config_from_gpt2lab(cfg)
+    return out, hf_config_from_gpt2lab(cfg, eot)
 
 
 # --- reading transformers directories -------------------------------------------------------
@@ -299,46 +299,40 @@ def load_hf(src: str | os.PathLike) -> GPT:
 
 
 # --- writing --------------------------------------------------------------------------------
-def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False, tokenizer: bool | None = None) -> Path:
+def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False,
+            tokenizer: Tokenizer | str | bool | None = None) -> Path:
     """Write ``model`` as a transformers GPT-2 directory, atomically.
 
-    ``GPT2LMHeadModel.from_pretrained(out)`` loads it, and, when the tokenizer files are written
-    (by default when the vocabulary is GPT-2's 50257 tokens), ``AutoTokenizer.from_pretrained(out)``.
+    ``GPT2LMHeadModel.from_pretrained(out)`` loads it, and, when the tokenizer files are written,
+    ``AutoTokenizer.from_pretrained(out)``, which then encodes as the tokenizer does through tiktoken.
+    ``tokenizer``: a Tokenizer or spec (its files are written), False (none), or None: GPT-2's when
+    the vocabulary is GPT-2's 50257 tokens. A tokenizer folder is also copied into ``out/tokenizer/``,
+    so that gpt2lab finds it there (sample, eval, convert from-hf).
     """
     from safetensors.torch import save_file
 
-    state, config = hf_state_from_gpt2lab(model)
     if tokenizer is None:
         tokenizer = model.config.vocab_size == 50257
+    tok = load_tokenizer("gpt2" if tokenizer is True else tokenizer) if tokenizer is not False else None
+    if tok is not None and tok.folder is None and tok.n_vocab > model.config.vocab_size:
+        tok = None  # GPT-2's does not fit a smaller vocabulary: no tokenizer files, as for any unknown vocabulary
+    if tok is not None and tok.n_vocab > model.config.vocab_size:
+        raise UserError(f"tokenizer {tok.describe()} has more tokens than the model's vocab_size "
+                        f"{model.config.vocab_size}: it is not this model's tokenizer")
+    state, config = hf_state_from_gpt2lab(model, tok.eot_token if tok is not None else None)
     with atomic_dir(out, overwrite) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if config["eos_token_id"] is not None:
             gen = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-        if tokenizer:
-            write_tokenizer_files(tmp, model.config.block_size)
+        if tok is not None:
+            write_tokenizer_files(tmp, model.config.block_size, tok)
+            copy_folder(tok, tmp / COPY_DIR)
     return Path(out)
 
 
 # --- tokenizer files ------------------------------------------------------------------------
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used in vocab.json and merges.txt.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...)
-    map to U+0100 onwards, in byte order.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def _merge_parts(token: bytes, ranks: Mapping[bytes, int]) -> tuple[bytes, bytes]:
     """The two tokens whose merge makes ``token``: byte-pair encode it with the merges ranked before it."""
     limit = ranks[token]
@@ -357,41 +351,71 @@ def _merge_parts(token: bytes, ranks: Mapping[bytes, int]) -> tuple[bytes, bytes
     return parts[0], parts[1]
 
 
-@functools.lru_cache(maxsize=1)
-def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """vocab.json's mapping and merges.txt's pairs (in rank order), derived from the shipped vocabulary."""
-    from tiktoken.load import load_tiktoken_bpe
-
-    from .tokenizer import EOT_STRING, EOT_TOKEN, VOCAB_SHA256, vocab_path
-
-    ranks = load_tiktoken_bpe(vocab_path(), expected_hash=VOCAB_SHA256)
+def vocab_and_merges(tok: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab.json's mapping and merges.txt's pairs (in rank order) of a tokenizer, from its ranks."""
+    ranks = tok.enc._mergeable_ranks
     b2u = bytes_to_unicode()
 
     def text(b: bytes) -> str:
         return "".join(b2u[x] for x in b)
 
-    vocab = {text(tok): rank for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])}
-    vocab[EOT_STRING] = EOT_TOKEN
+    order = sorted(ranks.items(), key=lambda kv: kv[1])
+    vocab = {text(t): rank for t, rank in order}
+    vocab[EOT_STRING] = tok.eot_token
     merges = []
-    for tok, _rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(tok) > 1:
-            a, b = _merge_parts(tok, ranks)
+    for t, _rank in order:
+        if len(t) > 1:
+            try:
+                a, b = _merge_parts(t, ranks)
+            except ValueError as e:
+                raise UserError(f"tokenizer {tok.spec}: {e}; it cannot be written as BPE merges") from None
             merges.append((text(a), text(b)))
     return vocab, merges
 
 
-def write_tokenizer_files(directory: str | os.PathLike, model_max_length: int = 1024) -> None:
-    """vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json for GPT-2's BPE."""
-    from .tokenizer import EOT_STRING
+@functools.lru_cache(maxsize=1)
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab.json's mapping and merges.txt's pairs (in rank order), derived from the shipped vocabulary."""
+    return vocab_and_merges(load_tokenizer("gpt2"))
 
+
+def _fast_tokenizer_json(tok: Tokenizer, vocab: dict[str, int], merges: list[tuple[str, str]]) -> dict:
+    """tokenizer.json for the ``tokenizers`` library: the tokenizer's own split pattern, then GPT-2's byte-level
+    BPE; ``ignore_merges``: a piece that is a whole token is that token, as tiktoken encodes."""
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": tok.eot_token, "content": EOT_STRING, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": onig_pattern(tok.enc._pat_str)}, "behavior": "Isolated", "invert": False},
+            byte_level]},
+        "post_processor": byte_level, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": vocab, "merges": [list(m) for m in merges]},
+    }
+
+
+def write_tokenizer_files(directory: str | os.PathLike, model_max_length: int = 1024,
+                          tokenizer: Tokenizer | str = "gpt2") -> None:
+    """vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json of a tokenizer, for transformers.
+
+    GPT-2's are OpenAI's files (transformers' GPT2Tokenizer); another tokenizer also gets a tokenizer.json with
+    its own split pattern, loaded as a PreTrainedTokenizerFast, since GPT2Tokenizer knows GPT-2's pattern only.
+    """
+    tok = load_tokenizer(tokenizer)
     d = Path(directory)
-    vocab, merges = gpt2_vocab_and_merges()
+    vocab, merges = gpt2_vocab_and_merges() if tok.folder is None else vocab_and_merges(tok)
     (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     special = {"bos_token": EOT_STRING, "eos_token": EOT_STRING, "unk_token": EOT_STRING}
     (d / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     tok_config = {
-        "tokenizer_class": "GPT2Tokenizer",
+        # another tokenizer: the generic fast class, which runs tokenizer.json as written (transformers' GPT-2
+        # classes put GPT-2's own split pattern in front of the BPE, whatever tokenizer.json says)
+        "tokenizer_class": "GPT2Tokenizer" if tok.folder is None else "PreTrainedTokenizerFast",
         **special,
         "add_prefix_space": False,
         "add_bos_token": False,
@@ -399,4 +423,7 @@ def write_tokenizer_files(directory: str | os.PathLike, model_max_length: int = 
         "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": False,
     }
+    if tok.folder is not None:
+        (d / "tokenizer.json").write_text(json.dumps(_fast_tokenizer_json(tok, vocab, merges), ensure_ascii=False),
+                                          encoding="utf-8")
     (d / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")

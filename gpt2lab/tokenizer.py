@@ -1,18 +1,48 @@
-"""GPT-2 byte-pair encoding through tiktoken, fully offline.
+"""Tokenizers, all encoded through tiktoken: GPT-2's BPE (shipped) or your own byte-level BPE (a folder).
 
-The vocabulary ships inside the package as ``assets/gpt2.tiktoken`` (one line per token:
-base64 bytes and rank), built from OpenAI's ``encoder.json``/``vocab.bpe`` by
-``tools/build_vocab.py``. It is byte-identical to tiktoken's ``r50k_base.tiktoken``, and its
-sha256 is checked every time it is loaded, so a damaged install cannot tokenize silently wrong.
+A tokenizer is named by a *spec*: ``"gpt2"`` or the path of a folder written by
+``gpt2lab tokenizer train`` (gpt2lab/tokenizer_train.py). Everything that tokenizes (prepare,
+training, sample, the evaluations, ``convert to-hf``) takes one, through :func:`load_tokenizer`.
+
+**GPT-2** ships inside the package as ``assets/gpt2.tiktoken`` (one line per token: base64 bytes
+and rank), built from OpenAI's ``encoder.json``/``vocab.bpe`` by ``tools/build_vocab.py``. It is
+byte-identical to tiktoken's ``r50k_base.tiktoken``, and its sha256 is checked every time it is
+loaded, so a damaged install cannot tokenize silently wrong.
+
+**A tokenizer folder** holds two files:
+
+- ``tokenizer.tiktoken``: the mergeable tokens in the same format (``base64(bytes) rank``, ranks
+  0..N-2 in order);
+- ``gpt2lab-tokenizer.json``: ``format``, ``version``, ``name``, ``pattern`` (its name) and
+  ``pat_str`` (the pre-tokenisation regex), ``special_tokens`` (``<|endoftext|>`` = N-1, last, as
+  in GPT-2), ``vocab_size`` (N, special token included), ``ranks_sha256`` (of the rank file,
+  checked on every load) and what it was trained on.
+
+A tokenizer's identity is the sha256 of its rank file (``Tokenizer.sha256``; GPT-2's is the
+shipped file's): the shard manifest records it and training and evaluation compare it.
+
+Text is encoded as ordinary text: ``<|endoftext|>`` inside it is not the special token.
+``decode(encode(s)) == s`` for every valid Unicode string. A string that is not valid Unicode
+(lone surrogates such as ``"\\ud800"``, which JSON can hold) is encoded as tiktoken does: as
+UTF-16 with each lone surrogate replaced by U+FFFD (a surrogate *pair* becomes its character),
+so decode gives that text back (:func:`clean_surrogates`). Loading needs only tiktoken.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import functools
+import hashlib
+import json
+import os
+import re
+import shutil
 from importlib import resources
+from pathlib import Path
 
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from .errors import UserError
@@ -23,32 +53,235 @@ EOT_TOKEN = 50256
 EOT_STRING = "<|endoftext|>"
 VOCAB_SIZE = 50257
 
+RANKS_FILE = "tokenizer.tiktoken"  # in a tokenizer folder
+META_FILE = "gpt2lab-tokenizer.json"
+COPY_DIR = "tokenizer"  # a model folder's copy of its tokenizer (a checkpoint's, an exported transformers folder's)
+FORMAT, FORMAT_VERSION = "gpt2lab-tokenizer", 1
+# Named pre-tokenisation patterns (the regex that splits text into pieces before BPE).
+PATTERNS = {
+    "gpt2": r50k_pat_str,
+    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+}
+
+
+def onig_pattern(pat_str: str) -> str:
+    r"""``pat_str`` as the ``tokenizers`` library's regex engine (Oniguruma) reads it the way tiktoken's does.
+
+    Oniguruma reads ``X{1,3}+`` as ``(?:X{1,3})+`` (any number of X), not as a possessive ``{1,3}``: cl100k's
+    ``\p{N}{1,3}+`` would take a whole number instead of three digits. In these patterns the interval ends its
+    alternative, so the greedy ``X{1,3}`` matches what the possessive one does. (``?+ *+ ++`` are possessive in both.)
+    """
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", pat_str)
+
 
 def vocab_path() -> str:
     return str(resources.files("gpt2lab").joinpath("assets", VOCAB_FILE))
 
 
-@functools.lru_cache(maxsize=None)
-def get_tokenizer(name: str = "gpt2") -> tiktoken.Encoding:
-    """Return the GPT-2 tokenizer (ids identical to ``tiktoken.get_encoding("gpt2")``)."""
-    if name != "gpt2":
-        raise UserError(f"unknown tokenizer {name!r}; only 'gpt2' is available")
-    path = vocab_path()
+def pad_vocab(n: int, multiple: int = 64) -> int:
+    """Rows of the embedding for ``n`` tokens: rounded up to a multiple of 64 (GPT-2: 50257 -> 50304)."""
+    return (n + multiple - 1) // multiple * multiple
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (vocab.json, merges.txt, byte-level BPE).
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...)
+    map to U+0100 onwards, in byte order.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def clean_surrogates(text: str) -> str:
+    """The text tiktoken encodes for ``text``: lone surrogates become U+FFFD (valid text is unchanged)."""
     try:
-        ranks = load_tiktoken_bpe(path, expected_hash=VOCAB_SHA256)
-    except ValueError as e:  # tiktoken raises ValueError on a hash mismatch
-        raise UserError(f"{path}: shipped vocabulary is damaged ({e}); reinstall gpt2lab") from None
-    return tiktoken.Encoding(
-        name="gpt2",
-        explicit_n_vocab=VOCAB_SIZE,
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={EOT_STRING: EOT_TOKEN},
-    )
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def ranks_file_bytes(ranks: dict[bytes, int]) -> bytes:
+    """A rank file's content: ``base64(token) rank`` per line, in rank order (tiktoken's format)."""
+    return b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n"
+                    for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
+
+
+def parse_ranks(data: bytes, path) -> dict[bytes, int]:
+    ranks: dict[bytes, int] = {}
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise UserError(f"{path} line {n}: not 'base64 rank'; the rank file is damaged: train the tokenizer "
+                            "again or restore the folder") from None
+    return ranks
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Tokenizer:
+    """A loaded tokenizer: ``enc`` (a tiktoken Encoding) and where it comes from.
+
+    ``name``: "gpt2" or the folder's recorded name; ``folder``: None for GPT-2; ``sha256``: of the ranks.
+    """
+
+    name: str
+    sha256: str
+    enc: tiktoken.Encoding
+    folder: Path | None = None
+    pattern: str = "gpt2"
+
+    @property
+    def spec(self) -> str:
+        """What names it in a config or on the command line: "gpt2" or the folder's path."""
+        return "gpt2" if self.folder is None else str(self.folder)
+
+    @property
+    def n_vocab(self) -> int:
+        return self.enc.n_vocab
+
+    @property
+    def eot_token(self) -> int:
+        return self.enc.eot_token
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return pad_vocab(self.n_vocab)
+
+    def describe(self) -> str:
+        return f"{self.spec!r} ({self.n_vocab:,} tokens, sha256 {self.sha256[:12]})"
+
+    def encode(self, text: str) -> list[int]:
+        """Ordinary text (``<|endoftext|>`` in it is not special); lone surrogates as :func:`clean_surrogates`."""
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids) -> str:
+        return self.enc.decode(list(ids))
+
+
+@functools.lru_cache(maxsize=None)
+def _gpt2() -> Tokenizer:
+    path = vocab_path()
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != VOCAB_SHA256:
+        raise UserError(f"{path}: shipped vocabulary is damaged (sha256 differs); reinstall gpt2lab")
+    enc = tiktoken.Encoding(name="gpt2", explicit_n_vocab=VOCAB_SIZE, pat_str=r50k_pat_str,
+                            mergeable_ranks=parse_ranks(data, path), special_tokens={EOT_STRING: EOT_TOKEN})
+    return Tokenizer("gpt2", VOCAB_SHA256, enc)
+
+
+def _damaged(path, why: str) -> UserError:
+    return UserError(f"{path}: {why}; the tokenizer folder is damaged: train the tokenizer again or restore the folder")
+
+
+def read_meta(folder: Path) -> dict:
+    path = folder / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{folder}: not a tokenizer folder (no {META_FILE}); give 'gpt2' or a folder made by "
+                        "`gpt2lab tokenizer train`") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(path, f"not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _damaged(path, f"not a {FORMAT} file")
+    if meta.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path}: tokenizer format version {meta.get('version')!r}, this gpt2lab reads "
+                        f"{FORMAT_VERSION}; upgrade gpt2lab or train the tokenizer again")
+    need = {"name": str, "pat_str": str, "special_tokens": dict, "vocab_size": int, "ranks_sha256": str}
+    for key, tp in need.items():
+        if not isinstance(meta.get(key), tp):
+            raise _damaged(path, f"'{key}' missing or not a {tp.__name__}")
+    if meta["special_tokens"].get(EOT_STRING) != meta["vocab_size"] - 1:
+        raise _damaged(path, f"'special_tokens' must map {EOT_STRING} to vocab_size - 1")
+    return meta
+
+
+@functools.lru_cache(maxsize=16)
+def _load_folder(folder: Path, _stamp) -> Tokenizer:
+    meta = read_meta(folder)
+    path = folder / RANKS_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _damaged(folder, f"{RANKS_FILE} is missing") from None
+    if hashlib.sha256(data).hexdigest() != meta["ranks_sha256"]:
+        raise _damaged(path, f"sha256 differs from the ranks_sha256 recorded in {META_FILE}")
+    ranks = parse_ranks(data, path)
+    n = meta["vocab_size"]
+    if sorted(ranks.values()) != list(range(n - 1)):
+        raise _damaged(path, f"expected ranks 0..{n - 2} once each for vocab_size {n}, found {len(ranks)} tokens")
+    try:
+        enc = tiktoken.Encoding(name=meta["name"], pat_str=meta["pat_str"], mergeable_ranks=ranks,
+                                special_tokens={EOT_STRING: n - 1}, explicit_n_vocab=n)
+    except (ValueError, AssertionError) as e:  # a pattern tiktoken cannot compile, inconsistent sizes
+        raise _damaged(folder / META_FILE, f"tiktoken refuses it ({str(e).splitlines()[0][:200]})") from None
+    return Tokenizer(meta["name"], meta["ranks_sha256"], enc, folder, str(meta.get("pattern", "custom")))
+
+
+def load_tokenizer(spec: "str | os.PathLike | Tokenizer" = "gpt2") -> Tokenizer:
+    """``"gpt2"`` or a tokenizer folder (or a Tokenizer, returned as it is); cached, checked on load."""
+    if isinstance(spec, Tokenizer):
+        return spec
+    s = os.fspath(spec)
+    if s == "gpt2":
+        return _gpt2()
+    folder = Path(s).expanduser()
+    if not folder.is_dir():
+        what = "a file" if folder.exists() else "no such folder"
+        raise UserError(f"unknown tokenizer {s!r} ({what}); give 'gpt2' or a folder made by `gpt2lab tokenizer train`")
+    folder = folder.resolve()
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
+                  for p in (folder / META_FILE, folder / RANKS_FILE))
+    return _load_folder(folder, stamp)
+
+
+def get_tokenizer(name: "str | os.PathLike" = "gpt2") -> tiktoken.Encoding:
+    """The tiktoken Encoding of a tokenizer (GPT-2's: ids identical to ``tiktoken.get_encoding("gpt2")``)."""
+    return load_tokenizer(name).enc
+
+
+def write_folder(folder: Path, ranks: dict[bytes, int], *, name: str, pattern: str, pat_str: str,
+                 extra: dict | None = None) -> None:
+    """Write a tokenizer's two files into ``folder`` (an empty temporary folder: see fileio.atomic_dir)."""
+    data = ranks_file_bytes(ranks)
+    (folder / RANKS_FILE).write_bytes(data)
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "name": name, "type": "byte-level BPE",
+            "pattern": pattern, "pat_str": pat_str, "special_tokens": {EOT_STRING: len(ranks)},
+            "vocab_size": len(ranks) + 1, "ranks_file": RANKS_FILE,
+            "ranks_sha256": hashlib.sha256(data).hexdigest(), **(extra or {})}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def copy_folder(tok: Tokenizer, dest: Path) -> None:
+    """Copy a folder tokenizer's files into ``dest`` (created); nothing for GPT-2, which ships with gpt2lab."""
+    if tok.folder is None:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (META_FILE, RANKS_FILE):
+        shutil.copyfile(tok.folder / name, dest / name)
+
+
+def check_same(expected: Tokenizer, got: Tokenizer, what_expected: str, what_got: str) -> None:
+    """UserError naming both when two tokenizers differ (by the sha256 of their ranks)."""
+    if expected.sha256 != got.sha256:
+        raise UserError(f"tokenizer mismatch: {what_expected} uses {expected.describe()} but {what_got} is "
+                        f"{got.describe()}; use the same tokenizer for both")
 
 
 def encode(text: str) -> list[int]:
-    """Encode text as ordinary text: ``<|endoftext|>`` inside it is not a special token."""
+    """GPT-2: encode text as ordinary text (``<|endoftext|>`` inside it is not a special token)."""
     return get_tokenizer().encode_ordinary(text)
 
 

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from .checkpoint import Checkpointer, load_checkpoint_config
 from .config import Config, validate
 from .data.loader import TokenLoader
+from .data.prepare import check_data_tokenizer
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -47,7 +48,8 @@ from .metrics import MetricsWriter, drop_history_after
 from .model import GPT
 from .optim import build_optimizer, lr_at
 from .runtime import autocast_for, device_type, resolve_dtype, set_backends, synchronize
-from .weights import load_pretrained
+from .tokenizer import check_same, load_tokenizer
+from .weights import load_pretrained, model_tokenizer
 
 
 class TrainingDiverged(UserError):
@@ -100,6 +102,10 @@ class Trainer:
         self.accum = grad_accum_steps(cfg, info.world_size)
         self.tokens_per_step = t.micro_batch * t.seq_len * self.accum * info.world_size
         self.ckpt = Checkpointer(t.run_dir, info, t.ckpt_every, t.keep_checkpoints, t.parallel)
+        try:
+            self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        except UserError as e:
+            raise UserError(f"config key 'data.tokenizer': {e}") from None
         self.model = self._build_model(resume)
         torch.manual_seed(t.seed + info.rank)  # after the weights (same on every rank): dropout differs per rank
         self.train_model = wrap_model(self.model, info, t.parallel, self.dtype)  # DDP, or FSDP2 sharding in place
@@ -110,12 +116,18 @@ class Trainer:
         self.loader = TokenLoader(cfg.data.dir, cfg.data.train_split, t.micro_batch, t.seq_len, rank=info.rank,
                                   world_size=info.world_size, shuffle=cfg.data.shuffle, seed=t.seed,
                                   verify=cfg.data.verify)
+        check_data_tokenizer(cfg.data.dir, self.loader.manifest, self.tokenizer, "config key 'data.tokenizer'")
         data_vocab = (self.loader.manifest or {}).get("vocab_size", 0)
         if data_vocab > cfg.model.vocab_size:
             raise UserError(f"{cfg.data.dir}: tokenized with {self.loader.manifest.get('tokenizer')!r} ({data_vocab} "
                             f"ids), more than model.vocab_size {cfg.model.vocab_size}; set "
-                            f"model.vocab_size={data_vocab} or prepare with gpt2")
-        self.evaluators: list[Evaluator] = build_evaluators(cfg, self.device, self.autocast, info, self.sharded, log)
+                            f"model.vocab_size={data_vocab} (or 0: the tokenizer's) or prepare with gpt2")
+        if self.tokenizer.n_vocab > cfg.model.vocab_size:  # shards of other ids without a manifest can still train
+            log(f"warning: tokenizer {self.tokenizer.describe()} has more tokens than model.vocab_size "
+                f"{cfg.model.vocab_size}: samples and HellaSwag/LAMBADA need its ids; set model.vocab_size=0 (the "
+                "tokenizer's) or data.tokenizer to the data's tokenizer")
+        self.evaluators: list[Evaluator] = build_evaluators(cfg, self.device, self.autocast, info, self.sharded, log,
+                                                            self.tokenizer)
         self.metrics: MetricsWriter | None = None
         self.start_step = 0
 
@@ -131,6 +143,8 @@ class Trainer:
             else:
                 try:
                     init = load_pretrained(t.init_from)
+                    check_same(model_tokenizer(t.init_from, init.config), self.tokenizer,
+                               f"train.init_from {t.init_from}", "data.tokenizer")
                 except UserError as e:
                     raise UserError(f"config key 'train.init_from': {e}") from None
                 shape = init.config

@@ -25,7 +25,8 @@ from .errors import UserError
 from .config import Config
 from .fileio import atomic_dir, check_out_dir
 from .hf import is_hub_name, load_hf, save_hf
-from .model import GPT
+from .model import GPT, GPTConfig
+from .tokenizer import COPY_DIR, Tokenizer, check_same, copy_folder, load_tokenizer
 
 CHECKPOINT, RUN, HF_FOLDER, HUB = "checkpoint", "run", "hf", "hub"
 
@@ -61,6 +62,32 @@ def load_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu
     return model.to(device).eval()
 
 
+def recorded_tokenizer(source: str | os.PathLike) -> Tokenizer | None:
+    """The tokenizer a model source names: a checkpoint's or run's (checkpoint.checkpoint_tokenizer), a transformers
+    folder's ``tokenizer/`` copy (written by ``convert to-hf``); None for a transformers folder without one."""
+    kind = classify(source)
+    if kind in (CHECKPOINT, RUN):
+        return checkpoint.checkpoint_tokenizer(source)
+    if kind == HF_FOLDER and (Path(source).expanduser() / COPY_DIR).is_dir():
+        return load_tokenizer(Path(source).expanduser() / COPY_DIR)
+    return None
+
+
+def model_tokenizer(source: str | os.PathLike, model_config: GPTConfig | None = None,
+                    override: str | os.PathLike | None = None) -> Tokenizer:
+    """The tokenizer of a model source: a checkpoint's own (see checkpoint.checkpoint_tokenizer), a transformers
+    folder's ``tokenizer/`` copy (written by ``convert to-hf``), else GPT-2's. ``override`` (``--tokenizer``) must
+    be the same tokenizer as a recorded one; a tokenizer with more tokens than ``model_config`` has is refused."""
+    recorded = recorded_tokenizer(source)
+    tok = load_tokenizer(override) if override else recorded or load_tokenizer("gpt2")
+    if override and recorded is not None:
+        check_same(recorded, tok, f"model {os.fspath(source)}", "--tokenizer")
+    if model_config is not None and tok.n_vocab > model_config.vocab_size:
+        raise UserError(f"{os.fspath(source)}: the model has {model_config.vocab_size:,} tokens but tokenizer "
+                        f"{tok.describe()} has more: it is not this model's tokenizer; pass the model's with --tokenizer")
+    return tok
+
+
 def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Convert a transformers GPT-2 (folder or hub name) into a gpt2lab checkpoint folder.
 
@@ -71,10 +98,15 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
     if classify(src) in (CHECKPOINT, RUN):
         raise UserError(f"{src} is already a gpt2lab checkpoint or run folder; use it as it is")
     model = load_pretrained(src)
+    tok = recorded_tokenizer(src)
     with atomic_dir(out, overwrite) as tmp:
         checkpoint.save_model_file(model, tmp / checkpoint.MODEL_FILE,
                                    {"format": "gpt2lab", "source": f"transformers:{src}"})
-        (tmp / checkpoint.CONFIG_FILE).write_text(Config(model=model.config).to_yaml())
+        cfg = Config(model=model.config)
+        if tok is not None and tok.folder is not None:
+            copy_folder(tok, tmp / COPY_DIR)  # the checkpoint's copy is the one it uses (checkpoint.checkpoint_tokenizer)
+            cfg.data.tokenizer = str(Path(out).resolve() / COPY_DIR)
+        (tmp / checkpoint.CONFIG_FILE).write_text(cfg.to_yaml())
         checkpoint.write_checksums(tmp)
     return Path(out)
 
@@ -82,4 +114,5 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
 def export_hf(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write any model source (a gpt2lab run or checkpoint, typically) as a transformers folder."""
     check_out_dir(Path(out), overwrite)
-    return save_hf(load_pretrained(source), out, overwrite=overwrite)
+    model = load_pretrained(source)
+    return save_hf(model, out, overwrite=overwrite, tokenizer=recorded_tokenizer(source))

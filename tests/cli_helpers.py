@@ -71,6 +71,18 @@ def write_wiki_jsonl(path: Path, n: int) -> Path:
     return path
 
 
+TOKENIZER_CORPUS = (DATA / "wikipedia-en_head.jsonl", DATA / "tinyshakespeare_head.txt")  # trains the small BPE
+
+
+def held_out_texts() -> list[str]:
+    """Text the small trained tokenizer never saw: LAMBADA passages and HellaSwag contexts and endings."""
+    texts = [line for line in (DATA / "lambada_test_plain_text_head.txt").read_text(encoding="utf-8").splitlines()]
+    for line in (DATA / "hellaswag_val_120.jsonl").read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        texts += [item["ctx"], *(" " + e for e in item["endings"])]
+    return texts
+
+
 def gpt2_tokenizer_sha256() -> dict[str, str]:
     """sha256 of OpenAI's encoder.json, vocab.bpe and of gpt2.tiktoken (= r50k_base.tiktoken), by file name."""
     pairs = (line.split() for line in (DATA / "gpt2_tokenizer.sha256").read_text().splitlines())

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import DATA
+from cli_helpers import DATA, TOKENIZER_CORPUS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,3 +50,14 @@ def micro_ckpt(tmp_path_factory):
     run = tmp_path_factory.mktemp("micro_run")
     save_checkpoint(run, 1, GPT(cfg.model), cfg, {})
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer(tmp_path_factory) -> Path:
+    """A byte-level BPE of 8,192 tokens trained on the small Wikipedia and Shakespeare files (a folder)."""
+    pytest.importorskip("tokenizers")
+    from gpt2lab.tokenizer_train import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer") / "tok8k"
+    train_tokenizer(list(TOKENIZER_CORPUS), 8192, out, log=lambda _msg: None)
+    return out

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 transformers = pytest.importorskip("transformers")
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from gpt2lab.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_model  # noqa: E402
+from gpt2lab.checkpoint import CHECKSUMS_FILE, CONFIG_FILE, MODEL_FILE, STATE_FILE, load_model  # noqa: E402
 from gpt2lab.errors import UserError  # noqa: E402
 from gpt2lab.generate import generate  # noqa: E402
 from gpt2lab.hf import gpt2lab_state_from_hf, hf_state_from_gpt2lab, load_hf, save_hf  # noqa: E402
@@ -53,7 +53,7 @@ def our_logits(m, x):
 def test_import_tiny_matches_logits_and_loads(tiny_hf, tmp_path):
     hf, d = tiny_hf
     out = import_hf(d, tmp_path / "ckpt")
-    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, CONFIG_FILE])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, CONFIG_FILE, CHECKSUMS_FILE])
     assert not (out / STATE_FILE).exists()
     model, cfg = load_model(out)
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size) == (2, 32, 64)
@@ -246,7 +246,7 @@ def test_out_must_be_new_unless_overwrite(tiny_hf, tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         import_hf(d, out)
     import_hf(d, out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, CONFIG_FILE])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_FILE, CONFIG_FILE, CHECKSUMS_FILE])
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folders left
 
 
@@ -272,3 +272,43 @@ def test_cli_hub_name_unreachable_is_one_line_error(tmp_path):
     r = gpt2lab("convert", "from-hf", tmp_path / "missing", tmp_path / "out")
     assert r.returncode == 2 and "no such directory" in r.stderr
 
+
+
+def test_exported_own_tokenizer_encodes_identically(trained_tokenizer, tmp_path, monkeypatch):
+    """convert to-hf of a model with a trained tokenizer: AutoTokenizer loads it offline and encodes as gpt2lab does."""
+    from hypothesis import given, settings, strategies as st
+
+    from gpt2lab.tokenizer import load_tokenizer
+    from cli_helpers import held_out_texts
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = load_tokenizer(trained_tokenizer)
+    torch.manual_seed(5)
+    own = GPT(GPTConfig(block_size=64, vocab_size=ours.n_vocab, padded_vocab_size=ours.padded_vocab_size,
+                        n_layer=2, n_head=2, n_embd=32)).eval()
+    out = save_hf(own, tmp_path / "hf", tokenizer=ours)
+    assert {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer"} <= {p.name for p in out.iterdir()}
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token_id == ours.eot_token == 8191
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 8191
+    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    x = torch.randint(0, ours.n_vocab, (2, 30))
+    assert (our_logits(own, x) - hf_logits(hf, x)).abs().max().item() <= 1e-5
+    texts = held_out_texts() + ["naïve café — ünïcödé 你好 🤖", "  two spaces\n\nnew lines\ttab", "I'm 123 years' old", ""]
+    for s in texts:
+        ids = tok(s)["input_ids"]
+        assert ids == ours.encode(s), s
+        assert tok.decode(ids) == s
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.text(max_size=200).filter(lambda s: "<|endoftext|>" not in s))  # transformers makes it the special token
+    def same(s):
+        assert tok(s)["input_ids"] == ours.encode(s)
+
+    same()
+    # gpt2lab finds the tokenizer in the exported folder (its tokenizer/ copy) and back in an imported checkpoint
+    from gpt2lab.weights import model_tokenizer
+
+    assert model_tokenizer(out, own.config).sha256 == ours.sha256
+    ckpt = import_hf(out, tmp_path / "back")
+    assert model_tokenizer(ckpt, own.config).sha256 == ours.sha256

@@ -1,9 +1,12 @@
 import gzip
 import hashlib
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gpt2lab.data.prepare import prepare
 from gpt2lab.data.shards import find_shards, read_shard, write_shard
@@ -189,3 +192,46 @@ def test_different_tokenizer_manifest(tmp_path):
     (out / "manifest.json").write_text(json.dumps({"tokenizer": "llama", "vocab_sha256": "00"}))
     with pytest.raises(UserError, match="different tokenizer"):
         prepare([src], out, workers=1, overwrite=True, log=quiet)
+
+
+def large_vocab_tokenizer(small: Path, out: Path, text: str) -> Path:
+    """A tokenizer of over 65,536 tokens, made cheaply: a small trained BPE, filler tokens that never occur, then
+    every word of ``text`` as one token past id 65,535 (tiktoken takes a piece that is a whole token as that token)."""
+    from gpt2lab.tokenizer import load_tokenizer, write_folder
+
+    ranks = dict(load_tokenizer(small).enc._mergeable_ranks)
+    filler = 1 << 16
+    while len(ranks) < filler:
+        ranks[b"\x00\x01" + len(ranks).to_bytes(3, "big")] = len(ranks)
+    for word in sorted(set(re.findall(r" ?[A-Za-z]+", text))):
+        ranks.setdefault(word.encode(), len(ranks))
+    out.mkdir()
+    write_folder(out, ranks, name="big", pattern="gpt2", pat_str=load_tokenizer(small).enc._pat_str)
+    return out
+
+
+def test_vocab_over_65535_round_trips_through_uint32_shards(trained_tokenizer, shakespeare, tmp_path):
+    from gpt2lab.data.loader import TokenLoader
+    from gpt2lab.tokenizer import load_tokenizer
+
+    text = shakespeare.read_text(encoding="utf-8")
+    tok = load_tokenizer(large_vocab_tokenizer(trained_tokenizer, tmp_path / "big", text))
+    assert tok.n_vocab > 66_000 and tok.eot_token == tok.n_vocab - 1
+    docs = tmp_path / "docs.txt"
+    docs.write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    m = prepare([docs], out, val_fraction=0.1, shard_tokens=5_000, doc_split="blank", workers=1, tokenizer=tok.folder,
+                log=quiet)
+    assert m["token_dtype"] == "uint32" and m["vocab_size"] == tok.n_vocab and m["vocab_sha256"] == tok.sha256
+    assert m["tokenizer_path"] == str(tok.folder)
+    for p in find_shards(out, "train") + find_shards(out, "val"):
+        header = np.fromfile(p, dtype="<i4", count=3)
+        assert header[1] == 2  # version 2: uint32 tokens
+    ids = full_stream(out, m)
+    assert ids.dtype == np.uint32 and int(ids.max()) == tok.eot_token
+    assert (ids > 65_535).sum() > 1000  # the words the small BPE lacked (1,866 of 26,069 tokens)
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    pieces = np.split(ids, np.flatnonzero(ids == tok.eot_token))[1:]  # each starts with the EOT before its document
+    assert [tok.decode(p[1:]) for p in pieces] == [b.rstrip("\r\n") for b in blocks]
+    x, y = TokenLoader(out, "train", 4, 32).next_batch()
+    assert int(x.max()) > 65_535 and torch.equal(x[:, 1:], y[:, :-1])

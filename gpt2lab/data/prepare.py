@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import file_sha256, write_atomic, write_json_atomic
-from ..tokenizer import VOCAB_SHA256, get_tokenizer
+from ..tokenizer import VOCAB_SHA256, Tokenizer, get_tokenizer, load_tokenizer
 from .shards import SHARD_SUFFIXES, VERSION, VERSION_U32, read_shard, write_shard
 from .sources import (
     DOC_SPLITS, Chunk, HubSource, chunk_texts, expand_inputs, file_chunks, file_identity, hub_chunks,
@@ -59,17 +59,37 @@ _STATE_VERSION = 1
 
 
 def resolve_tokenizer(spec):
-    """``"gpt2"`` (shipped, offline), another tiktoken encoding name, or a ``tiktoken.Encoding``."""
+    """``"gpt2"`` (shipped, offline), a tokenizer folder (``gpt2lab tokenizer train``), a Tokenizer, another
+    tiktoken encoding name, or a ``tiktoken.Encoding``: its tiktoken Encoding."""
+    return _resolve(spec)[0]
+
+
+def _resolve(spec):
+    """(tiktoken Encoding, the tokenizer folder or None)."""
     import tiktoken
 
     if isinstance(spec, tiktoken.Encoding):
-        return spec
-    if spec == "gpt2":
-        return get_tokenizer()
+        return spec, None
+    if isinstance(spec, Tokenizer) or spec == "gpt2" or Path(os.fspath(spec)).expanduser().exists():
+        tok = load_tokenizer(spec)
+        return tok.enc, tok.folder
     try:
-        return tiktoken.get_encoding(spec)
+        return tiktoken.get_encoding(spec), None
     except Exception as e:  # unknown name, or no network to download its vocabulary
-        raise UserError(f"tokenizer {spec!r} is not available ({e}); use 'gpt2' (shipped) or a tiktoken name") from None
+        raise UserError(f"tokenizer {spec!r} is not available ({e}); use 'gpt2' (shipped), a folder made by "
+                        "`gpt2lab tokenizer train`, or a tiktoken name") from None
+
+
+def check_data_tokenizer(data_dir, manifest: dict | None, tok: Tokenizer, what: str) -> None:
+    """UserError naming both when ``data_dir`` (its manifest) was prepared with another tokenizer than ``tok``."""
+    if not manifest or not isinstance(manifest.get("vocab_sha256"), str) or manifest["vocab_sha256"] == tok.sha256:
+        return  # no manifest (build-nanogpt shards): nothing to compare
+    made = manifest.get("tokenizer_path") or manifest.get("tokenizer")
+    size = manifest.get("vocab_size")
+    raise UserError(f"tokenizer mismatch: {data_dir} was prepared with tokenizer {made!r} "
+                    f"({size if not isinstance(size, int) else f'{size:,}'} tokens, sha256 "
+                    f"{manifest['vocab_sha256'][:12]}) but {what} is {tok.describe()}; use the same tokenizer for "
+                    f"both, or prepare the data again with --tokenizer {tok.spec}")
 
 
 def vocab_sha256(enc) -> str:
@@ -356,8 +376,8 @@ def prepare(
     workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
-    enc = resolve_tokenizer(tokenizer)
-    dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32
+    enc, tok_folder = _resolve(tokenizer)
+    dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32  # ids up to 65,535 fit in uint16 (shard version 1)
     files = expand_inputs(inputs) if hub is None else None
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -488,6 +508,7 @@ def prepare(
         "format": "gpt2lab-shards",
         "format_version": 2,
         "tokenizer": enc.name,
+        **({"tokenizer_path": str(tok_folder)} if tok_folder is not None else {}),
         "vocab_sha256": identity["vocab_sha256"],
         "vocab_size": enc.n_vocab,
         "token_dtype": np.dtype(dtype).name,
@@ -584,5 +605,5 @@ def verify(out_dir, names=None, hashes: bool = True) -> dict:
     return manifest
 
 
-__all__ = ["prepare", "verify", "load_manifest", "resolve_tokenizer", "vocab_sha256", "HubSource", "MANIFEST",
-           "VAL_BLOCK", "expand_inputs"]
+__all__ = ["prepare", "verify", "load_manifest", "resolve_tokenizer", "check_data_tokenizer", "vocab_sha256", "HubSource",
+           "MANIFEST", "VAL_BLOCK", "expand_inputs"]

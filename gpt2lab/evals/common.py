@@ -15,7 +15,7 @@ from pathlib import Path
 from ..distributed import init_distributed, shutdown
 from ..errors import UserError
 from ..runtime import autocast_for, resolve_dtype
-from ..weights import load_pretrained
+from ..weights import load_pretrained, model_tokenizer
 from ..fileio import file_sha256, write_json_atomic, write_jsonl_atomic
 
 
@@ -91,24 +91,26 @@ def gather_records(records: list, info) -> list:
 
 
 def run_task(task: str, model_path, load, score, *, data_label: str, out=None, device: str = "auto",
-             dtype: str = "auto", plain: bool = False, definitions: dict | None = None) -> dict:
+             dtype: str = "auto", plain: bool = False, definitions: dict | None = None, tokenizer=None) -> dict:
     """The body of ``gpt2lab eval hellaswag|lambada``: load data then model, score, write the files.
 
-    ``load()`` returns the task's data; ``score(model, data, info, autocast)`` returns (metrics,
-    records). Under torchrun every rank scores its share; rank 0 writes ``OUT/<task>_examples.jsonl``
+    ``load()`` returns the task's data; ``score(model, data, info, autocast, tokenizer)`` returns (metrics,
+    records), with the model's tokenizer (weights.model_tokenizer; ``tokenizer``, --tokenizer, must be the same).
+    Under torchrun every rank scores its share; rank 0 writes ``OUT/<task>_examples.jsonl``
     and ``OUT/<task>_summary.json`` (default OUT: ``evals/<name of the model folder>``).
     """
     info = init_distributed(device)
     try:
         data = load()  # data problems first: quicker to report than a model load
         model = load_pretrained(model_path, info.device)
+        tok = model_tokenizer(model_path, model.config, tokenizer)
         dt = resolve_dtype(dtype, info.device)
         autocast = autocast_for(info.device, dt)
         t0 = time.perf_counter()
-        metrics, records = score(model, data, info, autocast)
+        metrics, records = score(model, data, info, autocast, tok)
         seconds = time.perf_counter() - t0
         summary = {
-            "task": task, "model": str(model_path), "data": data_label, **metrics,
+            "task": task, "model": str(model_path), "data": data_label, "tokenizer": tok.spec, **metrics,
             "dtype": str(dt).replace("torch.", ""), "world_size": info.world_size,
             "scorer": "plain" if plain else "fast", "seconds": round(seconds, 3),
             "items_per_s": round(metrics["items"] / seconds, 3) if seconds > 0 else None,

@@ -47,8 +47,8 @@ from ..errors import UserError
 from ..fileio import write_atomic
 from ..generate import Decoder, autocast_dtype, generate
 from ..runtime import autocast_for, device_type, resolve_dtype
-from ..tokenizer import EOT_TOKEN, get_tokenizer
-from ..weights import load_pretrained
+from ..tokenizer import Tokenizer, load_tokenizer
+from ..weights import load_pretrained, model_tokenizer
 from .scoring import Request, score_fast
 
 TASKS_DIR = Path(lm_utils.__file__).parent / "tasks"  # the harness's own task definitions
@@ -71,17 +71,17 @@ class GPT2LabLM(TemplateLM):
     """A harness model backed by a gpt2lab ``GPT`` (in eval mode) on ``device``, under ``autocast``."""
 
     def __init__(self, model, device: str = "cpu", autocast=None, info: DistInfo | None = None,
-                 batch_tokens: int | None = None):
+                 batch_tokens: int | None = None, tokenizer: Tokenizer | None = None):
         super().__init__()
         self.model, self._device, self.autocast, self.batch_tokens = model.eval(), device, autocast, batch_tokens
         self.info = info or DistInfo(device=device)
         self._rank, self._world_size = self.info.rank, self.info.world_size
-        self.tok = get_tokenizer()
+        self.tok = tokenizer or load_tokenizer()  # the model's (weights.model_tokenizer)
         self._decoder: Decoder | None = None
 
     @property
     def eot_token_id(self) -> int:
-        return EOT_TOKEN
+        return self.tok.eot_token
 
     @property
     def max_length(self) -> int:
@@ -89,10 +89,10 @@ class GPT2LabLM(TemplateLM):
 
     @property
     def tokenizer_name(self) -> str:
-        return "gpt2"
+        return self.tok.name
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        return self.tok.encode_ordinary(string)
+        return self.tok.encode(string)
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tok.decode(tokens)
@@ -103,7 +103,7 @@ class GPT2LabLM(TemplateLM):
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (ctx, _) in enumerate(pairs):
             groups.setdefault(tuple(ctx), []).append(i)
-        reqs = [Request(list(ctx), [pairs[i][1] for i in idxs]) for ctx, idxs in groups.items()]
+        reqs = [Request(list(ctx), [pairs[i][1] for i in idxs], self.tok.eot_token) for ctx, idxs in groups.items()]
         scores = score_fast(self.model, reqs, self._device, self.autocast, batch_tokens=self.batch_tokens)
         out: list = [None] * len(pairs)
         for idxs, sc in zip(groups.values(), scores):
@@ -143,8 +143,8 @@ class GPT2LabLM(TemplateLM):
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kw.pop("max_gen_toks", 256))
             temperature = float(kw.pop("temperature", 0.0)) if kw.pop("do_sample", False) else 0.0
-            ctx = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [EOT_TOKEN]
-            tokens = generate(self._decoder, ctx, max_new, temperature=temperature, stop_token=EOT_TOKEN,
+            ctx = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.tok.eot_token]
+            tokens = generate(self._decoder, ctx, max_new, temperature=temperature, stop_token=self.tok.eot_token,
                               autocast=self.autocast, seed=1234)[0]
             text = self.tok_decode(tokens)
             for stop in until:
@@ -186,7 +186,7 @@ def _data_error(e: BaseException, tasks: list[str]) -> UserError:
 
 def run_harness(model_path: str, tasks: list[str], out: str | None = None, device: str = "auto", dtype: str = "auto",
                 limit: int | None = None, num_fewshot: int | None = None, include_path: str | None = None,
-                batch_tokens: int | None = None) -> dict:
+                batch_tokens: int | None = None, tokenizer: str | None = None) -> dict:
     """``gpt2lab eval harness``: run harness ``tasks`` on a gpt2lab model; rank 0 writes
     ``OUT/harness_results.json`` (default OUT: ``evals/<name of MODEL>``) and gets {task: metrics}."""
     if include_path and not Path(include_path).is_dir():
@@ -206,7 +206,7 @@ def run_harness(model_path: str, tasks: list[str], out: str | None = None, devic
     try:
         model = load_pretrained(model_path, info.device)
         lm = GPT2LabLM(model, info.device, autocast_for(info.device, resolve_dtype(dtype, info.device)), info,
-                       batch_tokens)
+                       batch_tokens, model_tokenizer(model_path, model.config, tokenizer))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
             results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit or None,

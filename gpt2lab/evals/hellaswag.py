@@ -36,7 +36,7 @@ import torch
 
 from ..distributed import DistInfo, all_reduce_sum
 from ..errors import UserError
-from ..tokenizer import get_tokenizer
+from ..tokenizer import Tokenizer, load_tokenizer
 from .common import cache_dir, download, gather_records, read_jsonl, run_task, select_items
 from .scoring import Request, score_fast, score_plain
 
@@ -106,12 +106,12 @@ def texts(item: dict, style: str) -> tuple[str, list[str]]:
     raise ValueError(f"unknown style {style!r}")
 
 
-def requests_for(items: list[dict], style: str) -> list[Request]:
-    tok = get_tokenizer()
+def requests_for(items: list[dict], style: str, tokenizer: Tokenizer | None = None) -> list[Request]:
+    tok = tokenizer or load_tokenizer()
     out = []
     for it in items:
         ctx, conts = texts(it, style)
-        out.append(Request(tok.encode_ordinary(ctx), [tok.encode_ordinary(c) for c in conts]))
+        out.append(Request(tok.encode(ctx), [tok.encode(c) for c in conts], tok.eot_token))
     return out
 
 
@@ -129,6 +129,7 @@ def evaluate_hellaswag(
     batch_tokens: int | None = None,
     plain: bool = False,
     gather: bool = True,
+    tokenizer: Tokenizer | None = None,
 ) -> tuple[dict, list[dict]]:
     """Score ``items``; return (metrics, per-example records).
 
@@ -141,7 +142,7 @@ def evaluate_hellaswag(
     local_items = [items[i] for i in mine]
     records = [{"index": i, "ind": items[i].get("ind"), "label": items[i]["label"]} for i in mine]
     for style in styles:
-        reqs = requests_for(local_items, style)
+        reqs = requests_for(local_items, style, tokenizer)
         if plain:
             scores = score_plain(model, reqs, device, autocast)
         else:
@@ -187,6 +188,7 @@ def run_hellaswag(
     style: str = "both",
     batch_tokens: int | None = None,
     plain: bool = False,
+    tokenizer: str | None = None,
 ) -> dict:
     """``gpt2lab eval hellaswag``: score a model, write the per-example file and the summary JSON."""
     styles = STYLES if style == "both" else (style.replace("-", "_"),)
@@ -194,8 +196,8 @@ def run_hellaswag(
         raise UserError(f"--style {style!r}: choose completion, lm-eval or both")
     return run_task(
         "hellaswag", model_path, lambda: select_items(load_hellaswag(data), limit),
-        lambda model, items, info, autocast: evaluate_hellaswag(
-            model, items, info.device, autocast, info, styles, batch_tokens, plain),
-        data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain,
+        lambda model, items, info, autocast, tok: evaluate_hellaswag(
+            model, items, info.device, autocast, info, styles, batch_tokens, plain, tokenizer=tok),
+        data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain, tokenizer=tokenizer,
         definitions=DEFINITIONS,
     )

@@ -28,7 +28,7 @@ import torch
 
 from ..distributed import DistInfo, all_reduce_sum
 from ..errors import UserError
-from ..tokenizer import get_tokenizer
+from ..tokenizer import Tokenizer, load_tokenizer
 from .common import cache_dir, download, gather_records, read_jsonl, run_task, select_items
 from .scoring import Request, score_fast, score_plain
 
@@ -99,6 +99,7 @@ def evaluate_lambada(
     batch_tokens: int | None = None,
     plain: bool = False,
     gather: bool = True,
+    tokenizer: Tokenizer | None = None,
 ) -> tuple[dict, list[dict]]:
     """Score ``texts``; return (metrics, per-passage records).
 
@@ -107,10 +108,10 @@ def evaluate_lambada(
     """
     info = dist_info or DistInfo(device=device)
     was_training = model.training
-    tok = get_tokenizer()
+    tok = tokenizer or load_tokenizer()
     mine = list(range(info.rank, len(texts), info.world_size))
     pairs = [split_passage(texts[i]) for i in mine]
-    reqs = [Request(tok.encode_ordinary(c), [tok.encode_ordinary(w)]) for c, w in pairs]
+    reqs = [Request(tok.encode(c), [tok.encode(w)], tok.eot_token) for c, w in pairs]
     if plain:
         scores = score_plain(model, reqs, device, autocast)
     else:
@@ -139,6 +140,7 @@ def run_lambada(
     dtype: str = "auto",
     batch_tokens: int | None = None,
     plain: bool = False,
+    tokenizer: str | None = None,
 ) -> dict:
     """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON."""
     def load() -> list[str]:
@@ -146,9 +148,9 @@ def run_lambada(
 
     return run_task(
         f"lambada_{variant}", model_path, load,
-        lambda model, texts, info, autocast: evaluate_lambada(
-            model, texts, info.device, autocast, info, batch_tokens, plain),
-        data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain,
+        lambda model, texts, info, autocast, tok: evaluate_lambada(
+            model, texts, info.device, autocast, info, batch_tokens, plain, tokenizer=tok),
+        data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain, tokenizer=tokenizer,
         definitions={"acc": "greedy: every token of the last word is the argmax",
                      "ppl": "exp(-mean log-likelihood of the last word), per passage",
                      "token_ppl": "exp(-mean log-likelihood per last-word token)"},

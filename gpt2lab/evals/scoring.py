@@ -44,6 +44,7 @@ def default_batch_tokens(device: str) -> int:
 class Request:
     context: list[int]
     continuations: list[list[int]]
+    eot: int = EOT_TOKEN  # the tokenizer's <|endoftext|>: the context of an empty one
 
 
 @dataclass
@@ -61,7 +62,7 @@ def fit(req: Request, block_size: int) -> tuple[list[int], list[list[int]]]:
     longest = max(len(c) for c in conts)
     if longest > block_size:
         raise UserError(f"a continuation of {longest} tokens does not fit the model's block_size {block_size}")
-    ctx = list(req.context) or [EOT_TOKEN]
+    ctx = list(req.context) or [req.eot]
     keep = block_size + 1 - longest  # input = context + continuation minus its last token
     return ctx[-keep:], conts
 

@@ -1,0 +1,163 @@
+"""Train your own byte-level BPE (``gpt2lab tokenizer train``) and compare tokenizers (``tokenizer stats``).
+
+Training runs the Hugging Face ``tokenizers`` library (``pip install 'gpt2lab[tokenizer]'``): the
+corpus is read as ``prepare`` reads it (txt/jsonl/parquet, compressed; gpt2lab/data/sources.py),
+split by the pre-tokenisation pattern (GPT-2's by default), mapped to GPT-2's byte alphabet and
+merged until ``vocab_size - 1`` tokens exist (all 256 bytes first); ``<|endoftext|>`` is added
+last, as in GPT-2. The merges are saved as a tiktoken rank file (a token's rank is its id, in
+merge order), so gpt2lab encodes through tiktoken and needs only tiktoken to use it.
+
+The BPE model is trained with ``ignore_merges`` (a piece that is a whole token is that token),
+which is what tiktoken does; its encodings and tiktoken's of the saved folder are the same ids
+(tests/test_tokenizer.py checks this on text the tokenizer was not trained on).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .data.sources import DOC_SPLITS, chunk_texts, expand_inputs, file_chunks
+from .errors import UserError
+from .fileio import atomic_dir, check_out_dir
+from .tokenizer import EOT_STRING, PATTERNS, Tokenizer, bytes_to_unicode, load_tokenizer, onig_pattern, write_folder
+
+MIN_VOCAB = 257  # the 256 bytes and <|endoftext|>
+
+
+def _hf():
+    try:
+        import tokenizers
+    except ImportError:
+        raise UserError("tokenizer train needs the Hugging Face tokenizers library: pip install 'gpt2lab[tokenizer]' "
+                        "(or pip install tokenizers)") from None
+    return tokenizers
+
+
+def resolve_pattern(pattern: str) -> str:
+    if pattern not in PATTERNS:
+        raise UserError(f"unknown pre-tokenisation pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
+    return PATTERNS[pattern]
+
+
+def hf_bpe(pat_str: str):
+    """An untrained ``tokenizers`` byte-level BPE that splits text with ``pat_str`` (as tiktoken does)."""
+    tk = _hf()
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+
+    tok = tk.Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(onig_pattern(pat_str)), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def hf_ranks(hf_tok) -> dict[bytes, int]:
+    """The mergeable tokens of a trained byte-level ``tokenizers`` BPE as tiktoken ranks (bytes -> id)."""
+    b2u = {c: b for b, c in bytes_to_unicode().items()}
+    return {bytes(b2u[c] for c in token): i for token, i in hf_tok.get_vocab(with_added_tokens=False).items()}
+
+
+def corpus_texts(files: list[Path], doc_split: str, text_key: str, counts: list) -> Iterator[str]:
+    """The documents of ``files`` as prepare reads them; ``counts`` gets [kept, empty, invalid_utf8] added."""
+    for chunk in file_chunks(files, doc_split, text_key):
+        texts = chunk_texts(chunk, counts)
+        counts[3] += sum(len(t.encode("utf-8")) for t in texts)
+        yield from texts
+
+
+def train_bpe(texts, vocab_size: int, pattern: str = "gpt2"):
+    """Train a ``tokenizers`` BPE of ``vocab_size`` tokens (``<|endoftext|>`` = the last) on an iterable of texts."""
+    from tokenizers import pre_tokenizers, trainers
+
+    hf_tok = hf_bpe(resolve_pattern(pattern))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, show_progress=False, special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf_tok.train_from_iterator(texts, trainer)
+    hf_tok.add_special_tokens([EOT_STRING])
+    return hf_tok
+
+
+def train_tokenizer(inputs, vocab_size: int, out, *, pattern: str = "gpt2", doc_split: str = "file",
+                    text_key: str = "text", name: str | None = None, overwrite: bool = False,
+                    log: Callable[[str], None] = print) -> Tokenizer:
+    """Train a byte-level BPE of ``vocab_size`` tokens on ``inputs`` (files, globs) and write it to ``out``."""
+    _hf()
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
+        raise UserError(f"--vocab-size {vocab_size}: a byte-level BPE needs at least {MIN_VOCAB} tokens "
+                        "(the 256 bytes and <|endoftext|>); GPT-2 has 50257")
+    if doc_split not in DOC_SPLITS:
+        raise UserError(f"doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
+    pat_str = resolve_pattern(pattern)
+    files = expand_inputs(inputs)
+    out = Path(out)
+    check_out_dir(out, overwrite)  # before the training, which may be long
+    counts = [0, 0, 0, 0]  # documents kept, empty, with invalid UTF-8; bytes
+    t0 = time.perf_counter()
+    hf_tok = train_bpe(corpus_texts(files, doc_split, text_key, counts), vocab_size, pattern)
+    seconds = time.perf_counter() - t0
+    if counts[0] == 0:
+        raise UserError(f"inputs hold no text ({counts[1]} empty documents); check the files")
+    ranks = hf_ranks(hf_tok)
+    if len(ranks) + 1 < vocab_size:
+        raise UserError(f"the inputs ({counts[3]:,} bytes) only make a vocabulary of {len(ranks) + 1:,} tokens, "
+                        f"not {vocab_size:,}: use more text or a --vocab-size of at most {len(ranks) + 1}")
+    import tokenizers
+
+    trained_on = {"files": [os.fspath(f) for f in files], "doc_split": doc_split, "text_key": text_key,
+                  "documents": counts[0], "bytes": counts[3], "invalid_utf8_documents": counts[2],
+                  "tokenizers_version": tokenizers.__version__}  # no wall-clock time: the same inputs, the same folder
+    with atomic_dir(out, overwrite) as tmp:
+        write_folder(tmp, ranks, name=name or out.name, pattern=pattern, pat_str=pat_str,
+                     extra={"trained_on": trained_on})
+    log(f"trained a {vocab_size:,}-token BPE on {counts[0]:,} documents ({counts[3] / 1e6:,.1f} MB) in "
+        f"{seconds:.1f} s; wrote {out}")
+    return load_tokenizer(out)
+
+
+# --- stats ---------------------------------------------------------------------------------
+
+
+def tokenizer_stats(inputs, tokenizers: list, *, doc_split: str = "file", text_key: str = "text",
+                    repeats: int = 1) -> list[dict]:
+    """Bytes per token and encode speed of each tokenizer on the documents of ``inputs``.
+
+    Encoding is gpt2lab's path (prepare's ``tokenize_texts``: tiktoken, one process); tokens/s is
+    the best of ``repeats`` timed passes over all the documents.
+    """
+    import numpy as np
+
+    from .data.sources import tokenize_texts
+
+    files = expand_inputs(inputs)
+    counts = [0, 0, 0, 0]
+    texts = list(corpus_texts(files, doc_split, text_key, counts))
+    if not texts:
+        raise UserError(f"inputs hold no text ({counts[1]} empty documents); check the files")
+    rows = []
+    for spec in tokenizers:
+        tok = load_tokenizer(spec)
+        dtype = np.uint16 if tok.n_vocab <= 1 << 16 else np.uint32
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            ids = tokenize_texts(tok.enc, texts, dtype)
+            best = min(best, time.perf_counter() - t0)
+        n_tokens = len(ids) - len(texts)  # without the <|endoftext|> before each document
+        rows.append({"tokenizer": tok.spec, "name": tok.name, "vocab_size": tok.n_vocab, "documents": len(texts),
+                     "bytes": counts[3], "tokens": n_tokens, "bytes_per_token": counts[3] / max(n_tokens, 1),
+                     "tokens_per_s": n_tokens / max(best, 1e-9), "seconds": best})
+    return rows
+
+
+def format_stats(rows: list[dict]) -> str:
+    base = rows[0]["bytes_per_token"]
+    lines = [f"{'tokenizer':<40} {'vocab':>8} {'tokens':>12} {'bytes/token':>11} {'vs first':>9} {'tokens/s':>12}"]
+    for r in rows:
+        lines.append(f"{r['tokenizer'][-40:]:<40} {r['vocab_size']:>8,} {r['tokens']:>12,} {r['bytes_per_token']:>11.4f} "
+                     f"{(r['bytes_per_token'] / base - 1) * 100:>+8.2f}% {r['tokens_per_s']:>12,.0f}")
+    return "\n".join(lines)

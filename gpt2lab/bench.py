@@ -36,7 +36,8 @@ from .distributed import DistInfo
 from .errors import UserError
 from .model import GPT, GPTConfig
 from .optim import build_optimizer
-from .perf import PEAK_SIZES, fmt_bytes, matmul_peak, timed
+from .perf import PEAK_SIZES, cpu_info, matmul_peak, timed
+from .progress import fmt_bytes
 from .runtime import autocast_for, device_type, resolve_device, resolve_dtype, set_backends
 from .train import train_step
 
@@ -45,10 +46,6 @@ from .train import train_step
 
 # Above this 1-minute load average other processes are likely to take CPU from a CPU benchmark.
 BUSY_LOAD = 0.5
-# CPU flags that decide matmul speed (bf16 and fp32 paths), in the order they are reported.
-_CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
-
-
 def load_average() -> float | None:
     """1-minute load average of the machine (None where the OS has none): other work skews CPU timings."""
     try:
@@ -65,29 +62,13 @@ def warn_if_busy(device: str, log: Callable[[str], None]) -> None:
             "the figures will be lower than this machine can do")
 
 
-def _cpu_info() -> tuple[str, list[str]]:
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not name:
-                    name = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:  # not Linux
-        pass
-    return name or platform.processor() or platform.machine(), [f for f in _CPU_FEATURES if f in flags]
-
-
 def describe_machine(device: str = "cpu") -> dict:
     """Where figures were measured: the device (a GPU's name, or the CPU's model and flags), threads,
     cores, torch, host, and the load average now (so call it when the measurement starts)."""
     if device_type(device) == "cuda":
         about: dict = {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
     else:
-        name, features = _cpu_info()
+        name, features = cpu_info()
         about = {"device_name": name, "cpu_features": features}
     return {"device": device, **about, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "torch": torch.__version__, "host": platform.node(), "load_avg_1m_at_start": load_average()}

@@ -15,6 +15,7 @@ MFU (model FLOPs utilisation) = ``model.flops_per_token(seq_len) * tokens/s / pe
 from __future__ import annotations
 
 import functools
+import platform
 import resource
 import sys
 import time
@@ -55,6 +56,33 @@ def time_cases(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1,
 def best_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: str = "cpu") -> float:
     """Fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones."""
     return min(time_cases({"": fn}, repeats, warmup, device)[""])
+
+
+# --- the device ------------------------------------------------------------------------------
+
+# CPU flags that decide matmul speed (bf16 and fp32 paths), in the order they are reported.
+_CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """The CPU's model name and which of the matmul-relevant flags it has."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    return name or platform.processor() or platform.machine(), [f for f in _CPU_FEATURES if f in flags]
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device_type(device) == "cuda" else cpu_info()[0]
 
 
 # --- matmul peak -----------------------------------------------------------------------------
@@ -151,7 +179,3 @@ def memory_bytes(device: str) -> dict:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return {"mem_bytes": rss or peak, "mem_peak_bytes": peak}
-
-
-def fmt_bytes(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 
 from .checkpoint import EVALS_DIR, METRICS_FILE, TB_DIR, WANDB_DIR, WANDB_ID_FILE, eval_record_path, eval_record_step
@@ -79,7 +80,7 @@ def _start_wandb(run_dir: Path, kwargs: dict):
     folder = run_dir / WANDB_DIR
     folder.mkdir(parents=True, exist_ok=True)
     id_file = folder / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     write_atomic(id_file, run_id + "\n")
     try:
         return wandb.init(dir=str(run_dir), id=run_id, resume="allow", **kwargs)

@@ -62,13 +62,9 @@ class Status:
         self._bar = None
         if live:
             try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                fmt = "{desc} {percentage:3.0f}%|{bar:10}| {postfix}" if total else "{desc} {postfix}"
-                self._bar = tqdm(total=total, initial=initial, file=sys.stdout, bar_format=fmt, dynamic_ncols=True,
-                                 leave=True, mininterval=0.2)
+                self._bar = _live_bar(total, initial, f"{label} {initial:>6}/{total}" if label and total else label)
+            except ImportError:  # no tqdm: plain lines
+                pass
 
     @property
     def live(self) -> bool:
@@ -87,13 +83,29 @@ class Status:
             self.log(" | ".join(head + fields))
             return
         self._bar.set_description_str("".join(head), refresh=False)
-        self._bar.set_postfix_str(" | ".join(fields), refresh=False)
+        self._bar.fields = " | ".join(fields)
         self._bar.update(n - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _live_bar(total: int | None, initial: int, desc: str):
+    """A tqdm line on stdout: ``desc``, a bar when the total is known, then the fields."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        fields = ""
+
+        @property
+        def format_dict(self):  # tqdm's way to add a field to bar_format
+            return {**super().format_dict, "fields": self.fields}
+
+    fmt = "{desc} {percentage:3.0f}%|{bar:10}| {fields}" if total else "{desc}{fields}"
+    return Bar(total=total, initial=initial, desc=desc, file=sys.stdout, bar_format=fmt, dynamic_ncols=True,
+               leave=True, mininterval=0.2)
 
 
 def train_fields(v: dict) -> list[str]:

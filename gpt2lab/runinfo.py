@@ -292,7 +292,79 @@ def format_runs(rows: list[dict], root: str | os.PathLike = ".") -> str:
                       fmt_count(r["tokens"]) if r["tokens"] else "-", num(r["train_loss"]), num(r["val_loss"]),
                       num(r["best_hellaswag"]), r["status"], updated])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) if i in (0, 1, 7) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(v.ljust(w) if i in (0, 1, 7, 8) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+# --- gpt2lab report ----------------------------------------------------------------------------
+
+
+def run_figures(run_dir: str | os.PathLike) -> dict:
+    """The figures of a run's report: train time (summed over its starts), median tokens/s and MFU,
+    and the best checkpoint (the kept one with the lowest validation loss, else the newest)."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir) if (run_dir / METRICS_FILE).is_file() else []
+    train = [r for r in records if r.get("kind") == "train"]
+    seconds, last = 0.0, 0.0
+    for r in train:  # elapsed_s restarts at each start of the run
+        e = r.get("elapsed_s")
+        if isinstance(e, (int, float)):
+            seconds += e - last if e >= last else e
+            last = e
+
+    def median(key):
+        vals = sorted(r[key] for r in train[1:] if isinstance(r.get(key), (int, float)))
+        return vals[len(vals) // 2] if vals else None
+
+    val = {r["step"]: r.get("val_loss") for r in records if r.get("kind") == "val"}
+    kept = list_checkpoints(run_dir)
+    scored = [(val[int(p.name.split("_")[1])], p) for p in kept if isinstance(val.get(int(p.name.split("_")[1])), float)]
+    best = min(scored)[1] if scored else (kept[-1] if kept else None)
+    return {"train_seconds": seconds, "tok_per_s": median("tok_per_s"), "mfu": median("mfu"),
+            "best_checkpoint": str(best) if best else None,
+            "best_checkpoint_val_loss": min(scored)[0] if scored else None,
+            "events": sum(1 for r in records if r.get("kind") == "event")}
+
+
+def report_markdown(run_dir: str | os.PathLike, history: list[dict], plot: str | None) -> str:
+    """The run as Markdown: status, final figures, the plot, the history table, environment, config."""
+    run_dir = Path(run_dir)
+    row, fig = run_row(run_dir), run_figures(run_dir)
+    env = read_json(run_dir / ENV_FILE)
+    lines = [f"# Run `{run_dir.name}`", "", f"`{run_dir}`: {row['status']}"
+             + (f" ({row['status_detail']})" if row["status_detail"] else ""), "", "## Figures", "",
+             "| | |", "|---|---|"]
+
+    def num(v, fmt="{:.4f}"):
+        return "-" if v is None else fmt.format(v)
+
+    figures = [("model", row["model"]), ("steps", f"{row['steps']} / {row['max_steps']}"),
+               ("tokens", f"{row['tokens']:,}" if row["tokens"] else "-"),
+               ("last train loss", num(row["train_loss"])), ("last val loss", num(row["val_loss"])),
+               ("best HellaSwag (acc_norm)", num(row["best_hellaswag"])),
+               ("best checkpoint", f"`{fig['best_checkpoint']}`" + (f" (val loss {fig['best_checkpoint_val_loss']:.4f})"
+                                                                   if fig["best_checkpoint_val_loss"] else "")
+                if fig["best_checkpoint"] else "-"),
+               ("training time", fmt_time(fig["train_seconds"]) if fig["train_seconds"] else "-"),
+               ("tokens/s (median)", num(fig["tok_per_s"], "{:,.0f}")),
+               ("MFU (median)", num(None if fig["mfu"] is None else 100 * fig["mfu"], "{:.1f}%")
+                + (f" against {env['peak_source']}" if env else "")),
+               ("events (spikes, skipped steps)", str(fig["events"]))]
+    lines += [f"| {k} | {v} |" for k, v in figures]
+    if plot:
+        lines += ["", f"![{run_dir.name}]({plot})"]
+    if history:
+        keys = [k for k in ("step", "tokens", "train_loss", "val_loss", "completion_acc_norm", "lm_eval_acc_norm",
+                            "lambada_acc", "lambada_ppl") if any(k in r for r in history)]
+        lines += ["", "## Evaluations", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for r in history:
+            lines.append("| " + " | ".join(num(r.get(k)) if isinstance(r.get(k), float) else str(r.get(k, "-"))
+                                           for k in keys) + " |")
+    if env:
+        lines += ["", "## Environment", ""] + [f"- {line}" for line in environment_lines(env)]
+    config = run_dir / RUN_CONFIG
+    if config.is_file():
+        lines += ["", "## Config", "", "```yaml", config.read_text().rstrip(), "```"]
+    return "\n".join(lines) + "\n"

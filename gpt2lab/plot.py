@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .fileio import write_atomic
 from .metrics import METRICS_FILE, read_metrics
+from .progress import fmt_count
 
 # (label, accuracy): HellaSwag acc_norm figures the panel draws as horizontal lines.
 HELLASWAG_REFERENCES = (("GPT-2 124M", 0.2955), ("GPT-3 Small", 0.337))
@@ -65,10 +66,11 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise UserError("plotting needs matplotlib: pip install 'gpt2lab[plot]'") from None
     data = [run_curves(r) for r in runs]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # one tokens axis for all panels
     ax_loss, ax_lr, ax_hs, ax_lam = axes.flat
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, c) in enumerate(zip(labels, data)):
@@ -89,15 +91,20 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
               ax_hs: "HellaSwag acc_norm", ax_lam: "LAMBADA accuracy"}
     for ax, title in titles.items():
         ax.set_title(title)
-        ax.set_xlabel("tokens")
         ax.grid(True, alpha=0.3)
         if log_x:
             ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: fmt_count(x)))  # 20k, 1.5M, 10B
+        ax.tick_params(labelbottom=True)
         if ax.get_lines():
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "not evaluated", ha="center", va="center", transform=ax.transAxes, color="gray")
     ax_loss.set_ylabel("cross-entropy (nats)")
+    top = max(ax_lam.get_ylim()[1], 0.05)
+    ax_lam.set_ylim(-0.03 * top, top)  # an accuracy: no negative half-axis while it is still 0
+    for ax in (ax_hs, ax_lam):
+        ax.set_xlabel("tokens seen")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     fig.tight_layout()
     if out is not None:

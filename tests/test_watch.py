@@ -223,9 +223,8 @@ def test_runs_lists_finished_stopped_and_running(small_shards, tmp_path, capsys)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            status = live / "status.json"
-            if status.is_file() and json.loads(status.read_text())["step"] >= 1:
-                break
+            if (live / "status.json").is_file() and (live / "metrics.jsonl").is_file() and read_metrics(live, "train"):
+                break  # started, and a step done
             time.sleep(0.3)
         assert proc.poll() is None, proc.stderr.read()
         code, out, err = cli(capsys, "runs", root)

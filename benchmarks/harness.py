@@ -2,7 +2,8 @@
 and writing a results file.
 
 The timer, the machine description and the warning are also what ``gpt2lab bench`` needs, and
-the package cannot import this folder, so they live in :mod:`gpt2lab.bench` and are re-exported
+the package cannot import this folder, so they live in :mod:`gpt2lab.perf` (the timer) and
+:mod:`gpt2lab.bench` and are re-exported
 here; a script imports everything from this one module:
 
 - ``timed(fn, device)`` -> (seconds, fn()); ``time_cases({name: fn}, repeats, warmup, device)`` ->
@@ -28,14 +29,12 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))  # benchmark this checkout's gpt2lab, not whichever one is installed
 
 from gpt2lab.bench import (  # noqa: E402,F401  (re-exported for the scripts)
-    best_time,
     describe_machine,
     machine_line,
     stderr_log as log,
-    time_cases,
-    timed,
     warn_if_busy,
 )
+from gpt2lab.perf import best_time, time_cases, timed  # noqa: E402,F401  (re-exported for the scripts)
 from gpt2lab.runtime import resolve_device  # noqa: E402
 
 

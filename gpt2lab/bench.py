@@ -11,9 +11,10 @@ the best dense square-matmul rate measured in the same process on the same devic
 in fp32 (TF32 allowed on CUDA, as training allows it). It is therefore "MFU against what this
 machine's matmul reaches", not against a datasheet number.
 
-The timer, the machine description and the busy-machine warning at the top are also what the
-scripts in ``benchmarks/`` use (through ``benchmarks/harness.py``): the package cannot import
-that folder, so the one copy lives here.
+The machine description and the busy-machine warning at the top are also what the scripts in
+``benchmarks/`` use (through ``benchmarks/harness.py``): the package cannot import that folder, so
+the one copy lives here; the timer and the matmul peak live in :mod:`gpt2lab.perf`, which the
+training loop's MFU uses too.
 
 Timings are what they are: nothing here asserts or rounds towards an expected speed.
 """
@@ -26,8 +27,7 @@ import platform
 import resource
 import statistics
 import sys
-import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -36,50 +36,16 @@ from .distributed import DistInfo
 from .errors import UserError
 from .model import GPT, GPTConfig
 from .optim import build_optimizer
-from .runtime import autocast_for, device_type, resolve_device, resolve_dtype, set_backends, synchronize
+from .perf import PEAK_SIZES, cpu_info, matmul_peak, timed
+from .progress import fmt_bytes
+from .runtime import autocast_for, device_type, resolve_device, resolve_dtype, set_backends
 from .train import train_step
 
 # --- timing and the machine ------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:
-    """``(seconds, fn())``. Queued GPU work is finished before the clock starts and before it stops,
-    so the time is that of ``fn``'s own work."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return time.perf_counter() - t0, out
-
-
-def time_cases(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1,
-               device: str = "cpu") -> dict[Any, list[float]]:
-    """Each case's seconds over ``repeats`` timed calls, after ``warmup`` untimed calls of each.
-
-    The rounds alternate the cases, so a busy spell of a shared machine hits every case alike.
-    Take the min (the least disturbed call) or the median of each list.
-    """
-    for _ in range(warmup):  # kernel selection, allocator, page faults, clocks
-        for fn in fns.values():
-            timed(fn, device)
-    times: dict[Any, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, repeats)):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, device)[0])
-    return times
-
-
-def best_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: str = "cpu") -> float:
-    """Fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones."""
-    return min(time_cases({"": fn}, repeats, warmup, device)[""])
-
-
 # Above this 1-minute load average other processes are likely to take CPU from a CPU benchmark.
 BUSY_LOAD = 0.5
-# CPU flags that decide matmul speed (bf16 and fp32 paths), in the order they are reported.
-_CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
-
-
 def load_average() -> float | None:
     """1-minute load average of the machine (None where the OS has none): other work skews CPU timings."""
     try:
@@ -96,29 +62,13 @@ def warn_if_busy(device: str, log: Callable[[str], None]) -> None:
             "the figures will be lower than this machine can do")
 
 
-def _cpu_info() -> tuple[str, list[str]]:
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not name:
-                    name = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:  # not Linux
-        pass
-    return name or platform.processor() or platform.machine(), [f for f in _CPU_FEATURES if f in flags]
-
-
 def describe_machine(device: str = "cpu") -> dict:
     """Where figures were measured: the device (a GPU's name, or the CPU's model and flags), threads,
     cores, torch, host, and the load average now (so call it when the measurement starts)."""
     if device_type(device) == "cuda":
         about: dict = {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
     else:
-        name, features = _cpu_info()
+        name, features = cpu_info()
         about = {"device_name": name, "cpu_features": features}
     return {"device": device, **about, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
             "torch": torch.__version__, "host": platform.node(), "load_avg_1m_at_start": load_average()}
@@ -141,25 +91,6 @@ def _device(device: str) -> str:
 
 # --- matmul peak -----------------------------------------------------------------------------
 
-# Square matmul sizes tried for the peak; the best rate over all of them counts. On 2 Sapphire
-# Rapids cores (AMX) a 4096^3 bf16 matmul takes ~60 ms and a 3072^3 fp32 one ~140 ms; on an
-# H100 an 8192^3 bf16 matmul takes ~2 ms.
-PEAK_SIZES = {
-    ("cpu", torch.bfloat16): (2048, 4096),
-    ("cpu", torch.float32): (2048, 3072),
-    ("cuda", torch.bfloat16): (4096, 8192),
-    ("cuda", torch.float32): (4096, 8192),
-}
-
-
-def _matmul_flops(device: str, dtype: torch.dtype, n: int, repeats: int) -> float:
-    """FLOP/s of the fastest of ``repeats`` n x n x n matmuls after one untimed one."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    return 2.0 * n**3 / best_time(lambda: torch.matmul(a, b, out=out), repeats, device=device)
-
 
 def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...] | None = None) -> dict:
     """bf16 and fp32 matmul peaks on one device, measured one after the other in this process.
@@ -169,8 +100,7 @@ def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...]
     device = _device(device)
     peaks: dict = {"device": device}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        tried = sizes or PEAK_SIZES[device_type(device), dtype]
-        flops, n = max((_matmul_flops(device, dtype, n, repeats), n) for n in tried)
+        flops, n = matmul_peak(device, dtype, sizes or PEAK_SIZES[device_type(device), dtype], repeats)
         peaks[f"peak_{name}_flops"], peaks[f"peak_{name}_n"] = flops, n
     peaks["fp32_tf32"] = device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
     peaks["matmul_repeats"] = repeats
@@ -412,10 +342,6 @@ def _shape_key(r: dict) -> tuple:
 # --- output ----------------------------------------------------------------------------------
 
 
-def _fmt_bytes(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
 def format_table(results: list[dict], peaks: dict) -> str:
     """A plain-text table of results, with the machine and the measured peaks above it."""
     lines = [machine_line(results[0])] if results else []
@@ -439,7 +365,7 @@ def format_table(results: list[dict], peaks: dict) -> str:
             "on" if r["compile"] else "off", f"{r['tokens_per_s']:,.0f}",
             f"{r['ms_per_step']:,.1f} ({r['ms_per_step_min']:,.1f})",
             f"{r['achieved_tflops']:.3f}", f"{100 * r['mfu']:.1f}%", f"{100 * r['mfu_fp32']:.1f}%",
-            f"{r['warmup_s']:.1f}", _fmt_bytes(r["peak_mem_bytes"]), ratio_text,
+            f"{r['warmup_s']:.1f}", fmt_bytes(r["peak_mem_bytes"]), ratio_text,
         ]
         if show_share:
             share = r.get("cpu_share")

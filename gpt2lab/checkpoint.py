@@ -4,7 +4,11 @@ This module owns every file and folder name of a run::
 
     RUN_DIR/config.yaml            the resolved config (RUN_CONFIG)
     RUN_DIR/metrics.jsonl          one record per line (METRICS_FILE; metrics.py writes it)
+    RUN_DIR/environment.json       what the run ran on: packages, git commit, device and peak, command (ENV_FILE)
+    RUN_DIR/status.json            running/finished/stopped, pid and host, heartbeat time (STATUS_FILE)
+    RUN_DIR/plot.png               the plot of `gpt2lab report --markdown` (PLOT_FILE)
     RUN_DIR/tb/                    TensorBoard events (TB_DIR)
+    RUN_DIR/wandb/                 Weights & Biases files, and the wandb run id (WANDB_DIR, WANDB_ID_FILE)
     RUN_DIR/evals/step_N.json      what was evaluated at step N (EVALS_DIR)
     RUN_DIR/checkpoints/step_N/    the checkpoints (CHECKPOINTS_DIR)
 
@@ -79,6 +83,11 @@ CHECKPOINTS_DIR = "checkpoints"  # in a run folder
 RUN_CONFIG = CONFIG_FILE  # a run folder's resolved config has a checkpoint's config's name
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
+ENV_FILE = "environment.json"
+STATUS_FILE = "status.json"
+PLOT_FILE = "plot.png"  # written by `gpt2lab report --markdown`
+WANDB_DIR = "wandb"
+WANDB_ID_FILE = "gpt2lab_run_id"
 EVALS_DIR = "evals"
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
 _STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import json
 import math
 import os
 import signal
 import sys
+from pathlib import Path
 
 from .errors import PeerFailure, UserError
 
@@ -210,12 +212,37 @@ def _add_tokenizer(sub) -> None:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="print a run's evaluation history",
-                       description="Print the validation loss and HellaSwag history of a training run (from its "
-                       "metrics.jsonl) as a table.")
+    p = sub.add_parser("report", help="print a run's evaluation history, status and environment",
+                       description="Print the validation loss, HellaSwag and LAMBADA history of a training run (from "
+                       "its metrics.jsonl) as a table, then its status and what it ran on (environment.json).")
     p.add_argument("run_dir", help="training run folder (train.run_dir)")
-    p.add_argument("--plot", metavar="FILE", help="also plot the history to FILE (.png, .svg, ...; needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE", help="also plot the run to FILE (.png, .svg, ...; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--markdown", action="store_true",
+                   help="print a Markdown report: figures, best checkpoint, time, tokens/s, MFU, evaluations, "
+                   "environment, config, and the plot (--plot FILE, or RUN_DIR/plot.png when matplotlib is installed)")
+
+
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list training runs and whether they are running, finished or stopped",
+                       description="List the run folders in DIR (DIR itself, or up to two levels below it): model, "
+                       "steps done/total, tokens, last train and val loss, best HellaSwag, status, last update. "
+                       "Status comes from RUN_DIR/status.json: running while the training process is alive (on "
+                       "another host: while its heartbeat, rewritten every 30 s, is younger than 3 minutes).")
+    p.add_argument("dir", nargs="?", default="runs", help="folder of runs (default runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="plot loss, learning rate, HellaSwag and LAMBADA of runs against tokens",
+                       description="Plot one or more runs overlaid: train and validation loss, learning rate, "
+                       "HellaSwag (with GPT-2 124M's 0.2955 and GPT-3 Small's 0.337) and LAMBADA, against tokens "
+                       "seen. Needs matplotlib (pip install 'gpt2lab[plot]').")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="training run folders")
+    p.add_argument("--out", "-o", required=True, metavar="FILE", help="image file to write (.png, .svg, .pdf)")
+    p.add_argument("--log-x", action="store_true", help="logarithmic tokens axis")
+    p.add_argument("--label", action="append", metavar="NAME",
+                   help="legend name of each run, in order (default: the folder names)")
 
 
 def _add_bench(sub) -> None:
@@ -268,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpt2lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_quickstart, _add_prepare, _add_tokenizer, _add_train, _add_sample, _add_eval, _add_report,
+                _add_runs, _add_plot,
                 _add_bench, _add_convert, _add_config):
         add(sub)
     return parser
@@ -434,19 +462,55 @@ def cmd_tokenizer(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .evals.report import eval_history, format_history, plot_history
+    from .checkpoint import ENV_FILE, PLOT_FILE
+    from .evals.report import eval_history, format_history
+    from .runinfo import environment_lines, read_json, report_markdown, run_row
 
     bad: list[int] = []
     rows = eval_history(args.run_dir, bad)
     if bad:
         print(f"warning: skipped {len(bad)} damaged line(s) of {os.path.join(args.run_dir, 'metrics.jsonl')} "
               f"(line {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})", file=sys.stderr)
+    plot = args.plot
+    if args.markdown and plot is None and importlib.util.find_spec("matplotlib") is not None:
+        plot = os.path.join(args.run_dir, PLOT_FILE)
+    if plot:
+        from .plot import plot_runs
+
+        plot_runs([args.run_dir], plot)
+    if args.markdown:
+        print(report_markdown(args.run_dir, rows, plot), end="")
+        return
     if args.json:
         print(json.dumps(rows))
-    else:
-        print(format_history(rows))
+        return
+    print(format_history(rows))
+    status = run_row(Path(args.run_dir))
+    print(f"\nstatus: {status['status']}" + (f" ({status['status_detail']})" if status["status_detail"] else "")
+          + f", step {status['steps']}/{status['max_steps']}")
+    env = read_json(Path(args.run_dir) / ENV_FILE)
+    for line in environment_lines(env) if env else ["environment: no environment.json (a run of an older gpt2lab)"]:
+        print(line)
     if args.plot:
-        print(f"wrote {plot_history(rows, args.plot)}")
+        print(f"wrote {args.plot}")
+
+
+def cmd_runs(args) -> None:
+    from .runinfo import format_runs, list_runs
+
+    rows = list_runs(args.dir)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(format_runs(rows, args.dir))
+
+
+def cmd_plot(args) -> None:
+    from .plot import plot_runs
+
+    plot_runs(args.runs, args.out, log_x=args.log_x, labels=args.label)
+    print(f"wrote {args.out}")
 
 
 def cmd_bench(args) -> None:
@@ -485,6 +549,7 @@ def cmd_config(args) -> None:
 COMMANDS = {
     "prepare": cmd_prepare, "tokenizer": cmd_tokenizer, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
     "report": cmd_report, "bench": cmd_bench, "quickstart": cmd_quickstart, "config": cmd_config, "convert": cmd_convert,
+    "runs": cmd_runs, "plot": cmd_plot,
 }
 
 

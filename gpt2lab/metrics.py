@@ -1,7 +1,10 @@
-"""Run metrics: one JSON object per line in RUN_DIR/metrics.jsonl, optionally TensorBoard too.
+"""Run metrics: one JSON object per line in RUN_DIR/metrics.jsonl, and the other sinks of that one stream.
 
-Every record has ``step`` and ``kind`` ("train", "val", "sample", ...) plus its values, so a
-run's history is read back with :func:`read_metrics` (and plotted, compared, ...).
+Every record has ``step`` and ``kind`` ("train", "val", "hellaswag", "lambada", "sample",
+"event", ...) plus its values, so a run's history is read back with :func:`read_metrics` (and
+plotted, compared, ...). :class:`MetricsWriter` sends each record to every sink: the file, then
+TensorBoard (``train.tensorboard``: each number as ``kind/key``), Weights & Biases
+(``train.wandb_project``: the same keys) and the console (the live status line or plain lines).
 """
 
 from __future__ import annotations
@@ -9,16 +12,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from pathlib import Path
 
-from .checkpoint import EVALS_DIR, METRICS_FILE, TB_DIR, eval_record_path, eval_record_step
+from .checkpoint import EVALS_DIR, METRICS_FILE, TB_DIR, WANDB_DIR, WANDB_ID_FILE, eval_record_path, eval_record_step
 from .errors import UserError
-from .fileio import write_json_atomic, write_jsonl_atomic
+from .fileio import write_atomic, write_json_atomic, write_jsonl_atomic
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = False):
+    """``wandb``: keyword arguments of ``wandb.init`` (project, name, mode, config) or None; ``console``:
+    an object with ``record(kind, step, values)`` and ``close()`` (see gpt2lab.progress.TrainConsole)."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = False, wandb: dict | None = None,
+                 console=None):
         self.run_dir = Path(run_dir)
+        self.console = console
         self.path = self.run_dir / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)  # line-buffered: a killed run loses no whole line
@@ -29,23 +38,55 @@ class MetricsWriter:
             except ImportError:
                 raise UserError("train.tensorboard=true needs tensorboard: pip install tensorboard") from None
             self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR))
+        self._wandb = _start_wandb(self.run_dir, wandb) if wandb else None
 
     def log(self, kind: str, step: int, **values) -> None:
         record = {"kind": kind, "step": step, **{k: _jsonable(v) for k, v in values.items()}}
         self._file.write(json.dumps(record) + "\n")
+        numbers = {f"{kind}/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+            for k, v in numbers.items():
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None and numbers:
+            self._wandb.log(numbers, step=step)
+        if self.console is not None:
+            self.console.record(kind, step, values)
 
     def record_evals(self, step: int, results: dict) -> None:
         """What was evaluated at ``step``, also kept as its own file (read by ``gpt2lab report``)."""
         write_json_atomic(eval_record_path(self.run_dir, step), {"step": step, **results})
 
-    def close(self) -> None:
-        self._file.close()
+    def close(self, failed: bool = False) -> None:
+        if self.console is not None:
+            self.console.close()
+        if not self._file.closed:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=1 if failed else 0)
+            self._wandb = None
+
+
+def _start_wandb(run_dir: Path, kwargs: dict):
+    """A wandb run writing under RUN_DIR/wandb/. Its id is kept in RUN_DIR/wandb/gpt2lab_run_id, so a
+    resumed run continues the same wandb run. mode "offline" never touches the network (``wandb sync`` later)."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("train.wandb_project needs wandb: pip install 'gpt2lab[wandb]'") from None
+    folder = run_dir / WANDB_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    id_file = folder / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+    write_atomic(id_file, run_id + "\n")
+    try:
+        return wandb.init(dir=str(run_dir), id=run_id, resume="allow", **kwargs)
+    except wandb.errors.Error as e:  # not logged in, bad project name, no network in online mode
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"wandb could not start ({first}); check train.wandb_* or set train.wandb_mode=offline") from None
 
 
 def _jsonable(v):

@@ -47,6 +47,9 @@ from .evaluators import Evaluator, ValLoss, build_evaluators, due
 from .metrics import MetricsWriter, drop_history_after
 from .model import GPT
 from .optim import build_optimizer, lr_at
+from .perf import device_name, device_peak, memory_bytes, mfu
+from .progress import Clock, SpikeWatch, TrainConsole, live_wanted
+from .runinfo import Heartbeat, environment, write_environment
 from .runtime import autocast_for, device_type, resolve_dtype, set_backends, synchronize
 from .tokenizer import check_same, load_tokenizer
 from .weights import load_pretrained, model_tokenizer
@@ -73,13 +76,15 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
     Returns a summary: steps, tokens, last train loss, last validation loss, run directory.
     """
     info = init_distributed(cfg.train.device, cfg.train.dist_timeout)
-    lost_peer = False
+    lost_peer, trainer = False, None
     try:
         trainer = Trainer(cfg, info, resume, log if info.is_main else (lambda _msg: None))
         trainer.start(resume)
         return trainer.run()
-    except Exception as e:
-        if info.enabled and is_comm_failure(e):
+    except BaseException as e:
+        if trainer is not None:
+            trainer.close(e)  # status.json says stopped, and why; the live line and wandb are closed
+        if isinstance(e, Exception) and info.enabled and is_comm_failure(e):
             lost_peer = True  # the group is broken: tearing it down could block on the dead peer
             raise peer_failure(e, info, cfg.train.dist_timeout) from e
         raise
@@ -129,7 +134,9 @@ class Trainer:
         self.evaluators: list[Evaluator] = build_evaluators(cfg, self.device, self.autocast, info, self.sharded, log,
                                                             self.tokenizer)
         self.metrics: MetricsWriter | None = None
-        self.start_step = 0
+        self.heartbeat: Heartbeat | None = None
+        self.start_step, self.skips_in_row, self.skipped = 0, 0, 0
+        self.spikes = SpikeWatch(t.loss_spike, t.loss_spike_window)
 
     def _build_model(self, resume: bool) -> GPT:
         """The model, initialised from train.seed (the same on every rank) or from train.init_from."""
@@ -170,7 +177,7 @@ class Trainer:
             if dropped:
                 self.log(f"dropped {dropped} metrics record(s) and eval file(s) past step {self.start_step} "
                          "from an earlier run")
-            self.metrics = MetricsWriter(t.run_dir, tensorboard=t.tensorboard)
+            self._open_record()
         if t.compile:
             self.train_model = torch.compile(self.train_model)  # evaluation and sampling use the plain model
         precision = ("bf16 fsdp mixed precision" if self.sharded else "bf16 autocast") \
@@ -186,13 +193,42 @@ class Trainer:
             self.log(f"warning: optim.warmup_steps={o.warmup_steps} is {o.warmup_steps / t.max_steps:.0%} of "
                      f"train.max_steps={t.max_steps}; the recipe warms up for ~4% (715 of 19,073 steps)")
 
+    def _open_record(self) -> None:
+        """Rank 0: the metrics stream with its sinks (file, TensorBoard, wandb, the status line),
+        environment.json and the status.json heartbeat (see runinfo.py)."""
+        cfg, t = self.cfg, self.cfg.train
+        console = TrainConsole(self.log, live_wanted(t.progress, self.log), t.max_steps, self.start_step)
+        self.log = console.write  # log lines go above the live status line
+        wandb = dict(project=t.wandb_project, name=t.wandb_name or Path(t.run_dir).resolve().name, mode=t.wandb_mode,
+                     config=cfg.to_dict()) if t.wandb_project else None
+        self.metrics = MetricsWriter(t.run_dir, tensorboard=t.tensorboard, wandb=wandb, console=console)
+        self.peak, source = device_peak(self.device, self.dtype, t.peak_tflops)
+        self.flops_per_token = self.model.flops_per_token(t.seq_len)
+        write_environment(t.run_dir, environment(cfg, self.info.world_size, self.device, device_name(self.device),
+                                                 str(self.dtype).replace("torch.", ""), self.peak, source,
+                                                 self.start_step))
+        self.log(f"MFU against {source} per device")
+        self.heartbeat = Heartbeat(t.run_dir, t.max_steps)
+        self.heartbeat.start(self.start_step)
+
+    def close(self, error: BaseException | None = None, stopped: str = "") -> None:
+        """Rank 0: close the metrics sinks and mark the run finished, or stopped (by a signal: ``stopped``
+        says how) or with ``error``'s message."""
+        if self.metrics:
+            self.metrics.close(failed=error is not None)
+            self.metrics = None
+        if self.heartbeat:
+            message = stopped if error is None else (str(error).splitlines() or [""])[0][:300] or type(error).__name__
+            self.heartbeat.stop("stopped" if error is not None or stopped else "finished", message)
+            self.heartbeat = None
+
     def run(self) -> dict:
         """The loop: one optimizer step, its progress line, then checkpoint and evaluations when due."""
         t, start = self.cfg.train, self.start_step
         summary: dict = {"run_dir": str(Path(t.run_dir)), "steps": start, "tokens": start * self.tokens_per_step}
         if start >= t.max_steps:
             self._already_done(summary)
-        timed_steps, timed_seconds, recent_dt = 0, 0.0, None
+        self.clock = clock = Clock(start, t.max_steps)
         with StopSignals(self.log) as stop:
             for step in range(start, t.max_steps):
                 t0 = time.perf_counter()
@@ -203,20 +239,20 @@ class Trainer:
                 done = step + 1
                 last = done == t.max_steps
                 stopping = stop.requested(self.info) and not last  # a signal during the step lets it finish
-                if step > start:  # the first step includes compilation and warm-up
-                    timed_steps, timed_seconds = timed_steps + 1, timed_seconds + dt
-                    recent_dt = dt if recent_dt is None else 0.9 * recent_dt + 0.1 * dt  # for the ETA
+                clock.add(step, dt)  # the first step includes compilation and warm-up: not in the rates
                 summary.update(steps=done, tokens=done * self.tokens_per_step, train_loss=loss)
                 if done % t.log_every == 0 or last or step == start or stopping:
-                    self._log_step(done, loss, lr, norm, dt, (t.max_steps - done) * (recent_dt or dt))
+                    self._log_step(done, loss, lr, norm, dt, clock.eta(done, dt))
+                self._watch(done, loss)
                 if stopping:
                     self._stop(done, stop.name, summary)
                     break
                 self._after_step(done, last, summary)
-        if timed_steps:
-            summary["tok_per_s"] = self.tokens_per_step * timed_steps / timed_seconds
-        if self.metrics:
-            self.metrics.close()
+        if clock.timed_steps:
+            summary["tok_per_s"] = self.tokens_per_step * clock.timed_steps / clock.timed_seconds
+        if self.skipped:
+            summary["skipped_steps"] = self.skipped
+        self.close(stopped=f"stopped by {summary['stopped']} after step {summary['steps']}" if "stopped" in summary else "")
         if self.info.enabled:  # rank 0 may still be sampling or (FSDP2) scoring alone: the group must outlive that
             dist.barrier()
         return summary
@@ -239,20 +275,45 @@ class Trainer:
                 raise UserError(f"torch.compile failed ({type(e).__name__}: {first}); set train.compile=false") from e
             raise
         loss_value, norm_value = loss.item(), norm.item()
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):  # optimizer.step() skipped the update
+        if math.isfinite(loss_value) and math.isfinite(norm_value):
+            self.skips_in_row = 0
+            return loss_value, norm_value
+        # optimizer.step() skipped the update
+        self.skips_in_row += 1
+        if self.skips_in_row > cfg.train.skip_nonfinite:
+            in_row = f" ({self.skips_in_row} non-finite steps in a row)" if cfg.train.skip_nonfinite else ""
             raise TrainingDiverged(
-                f"training diverged at step {step + 1}: loss {loss_value}, grad norm {norm_value}; "
+                f"training diverged at step {step + 1}: loss {loss_value}, grad norm {norm_value}{in_row}; "
                 "lower optim.lr or raise optim.warmup_steps, then resume from the last checkpoint"
             )
+        self.skipped += 1
+        self._event(step + 1, "nonfinite_skip", f"loss {loss_value}, grad norm {norm_value}: step skipped, no update "
+                    f"({self.skips_in_row} in a row, {self.skipped} in all)", loss=loss_value, grad_norm=norm_value,
+                    in_row=self.skips_in_row, skipped=self.skipped)
         return loss_value, norm_value
 
-    def _log_step(self, done: int, loss: float, lr: float, norm: float, dt: float, eta: float) -> None:
-        tok_s = self.tokens_per_step / dt
-        self.log(f"step {done:>6}/{self.cfg.train.max_steps} | loss {loss:.4f} | lr {lr:.2e} | norm {norm:.3f} | "
-                 f"{tok_s:,.0f} tok/s | {dt * 1000:.0f} ms/step | ETA {_fmt_time(eta)}")
+    def _event(self, done: int, event: str, text: str, **values) -> None:
+        """Something to notice (a loss spike, a skipped step): a log line and a metrics record of kind "event"."""
+        self.log(f"step {done:>6} | {event.replace('_', ' ')}: {text}")
         if self.metrics:
+            self.metrics.log("event", done, event=event, **values)
+
+    def _watch(self, done: int, loss: float) -> None:
+        """After each step: the loss-spike check and the heartbeat's step."""
+        mean = self.spikes.check(loss)
+        if mean is not None:
+            self._event(done, "loss_spike", f"loss {loss:.4f} is {loss / mean:.2f}x the mean {mean:.4f} of the last "
+                        f"{self.spikes.window} steps", loss=loss, mean=mean, factor=loss / mean)
+        if self.heartbeat:
+            self.heartbeat.update(done)
+
+    def _log_step(self, done: int, loss: float, lr: float, norm: float, dt: float, eta: float) -> None:
+        if self.metrics:  # the console (status line), metrics.jsonl, TensorBoard and wandb: one record
+            tok_s = self.tokens_per_step / dt
             self.metrics.log("train", done, loss=loss, lr=lr, grad_norm=norm, tokens=done * self.tokens_per_step,
-                             tok_per_s=tok_s, step_time=dt)
+                             tok_per_s=tok_s, step_time=dt,
+                             mfu=mfu(self.flops_per_token, tok_s, self.peak * self.info.world_size),
+                             **memory_bytes(self.device), elapsed_s=self.clock.elapsed, eta_s=eta)
 
     def _stop(self, done: int, signame: str, summary: dict) -> None:
         """After SIGTERM/SIGINT: checkpoint this step (all ranks) unless it was just saved, and say so."""
@@ -400,12 +461,3 @@ def _checked_batch(loader: TokenLoader, vocab_size: int, data_dir: str, device: 
             "the data was made with another tokenizer, or model.vocab_size is too small"
         )
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

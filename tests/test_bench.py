@@ -19,10 +19,9 @@ from gpt2lab.bench import (
     machine_line,
     measure_peaks,
     run_bench,
-    time_cases,
-    timed,
     warn_if_busy,
 )
+from gpt2lab.perf import time_cases, timed
 from gpt2lab.errors import UserError
 from cli_helpers import gpt2lab
 

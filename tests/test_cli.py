@@ -14,7 +14,7 @@ from cli_helpers import gpt2lab, one_line_error as assert_one_line_error
 
 pytestmark = pytest.mark.slow  # every test runs the gpt2lab command
 
-SUBCOMMANDS = ["quickstart", "prepare", "train", "sample", "eval", "bench", "config", "report"]
+SUBCOMMANDS = ["quickstart", "prepare", "train", "sample", "eval", "bench", "config", "report", "runs", "plot"]
 
 
 def test_help():

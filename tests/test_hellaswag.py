@@ -207,7 +207,7 @@ def test_training_logs_hellaswag_and_report(tmp_path, small_shards, hs_items):
     assert rows[0]["completion_acc_norm"] == logged[0]["completion_acc_norm"] and rows[0]["train_loss"] is not None
     r = gpt2lab("report", run)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
+    lines = r.stdout.split("\n\n")[0].strip().splitlines()  # the table; then the status and the environment
     assert "val_loss" in lines[0] and "completion_acc_norm" in lines[0] and len(lines) == 4
     assert lines[-1].split()[0] == "3"
     one_line_error(gpt2lab("report", tmp_path / "nope"))

@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,9 +43,10 @@ from ..fileio import file_sha256, write_atomic, write_json_atomic
 from ..tokenizer import VOCAB_SHA256, Tokenizer, get_tokenizer, load_tokenizer
 from .shards import SHARD_SUFFIXES, VERSION, VERSION_U32, read_shard, write_shard
 from .sources import (
-    DOC_SPLITS, Chunk, HubSource, chunk_texts, expand_inputs, file_chunks, file_identity, hub_chunks,
+    DOC_SPLITS, Chunk, HubSource, chunk_texts, expand_inputs, file_chunks, file_format, file_identity, hub_chunks,
     tokenize_texts,
 )
+from ..progress import PrepareStatus, live_wanted
 
 MANIFEST = "manifest.json"
 WORK_DIR = ".prepare"
@@ -127,7 +127,8 @@ def _init_worker(enc, dtype) -> None:
 def _work(chunk: Chunk, enc, dtype):
     counts = [0, 0, 0]
     texts = chunk_texts(chunk, counts)
-    return tokenize_texts(enc, texts, dtype), counts, chunk.position, len(chunk.items)
+    nbytes = sum(len(x) for x in chunk.items if x is not None)  # bytes (str: characters) of text read
+    return tokenize_texts(enc, texts, dtype), counts, chunk.position, len(chunk.items), nbytes
 
 
 def _pool_work(chunk: Chunk):
@@ -407,6 +408,27 @@ def prepare(
     new_dir = not out_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)
 
+    # the status: a live line on a terminal, else a line every 30 s; the ETA when the size is known
+    plain = files is not None and all(file_format(f)[1] == "" and file_format(f)[0] != ".parquet" for f in files)
+    status = PrepareStatus(log, live_wanted("auto", log), sum(f.stat().st_size for f in files) if plain else None,
+                           max_tokens)
+    log = status.write
+    try:
+        return _run(status, log, files, hub, out_dir, work_dir, enc, dtype, identity, options, state, source, workers,
+                    shard_tokens, doc_split, text_key, max_docs, max_tokens, val_fraction, val_tokens, tok_folder)
+    except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
+        if state is None and not _old_outputs(out_dir):
+            _clear(out_dir)
+            if new_dir and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        raise
+    finally:
+        status.close()
+
+
+def _run(status, log, files, hub, out_dir, work_dir, enc, dtype, identity, options, state, source, workers,
+         shard_tokens, doc_split, text_key, max_docs, max_tokens, val_fraction, val_tokens, tok_folder) -> dict:
+    """prepare()'s work once the options are checked: tokenize, write shards and the manifest."""
     writers = {s: _ShardWriter(out_dir, work_dir, s, shard_tokens, dtype, log) for s in ("val", "train")}
     router = _Router(writers["val"], writers["train"], options["val_tokens"], options["val_fraction"] or 0.0)
     counts, docs_read, position = [0, 0, 0], 0, [0, 0] if files is not None else [0]
@@ -455,11 +477,10 @@ def prepare(
         chunks = hub_chunks(hub, text_key, skip=position[0])
     if max_docs is not None:
         chunks = _limit_docs(chunks, max_docs - docs_read)
-    t0, last_log, last_ckpt = time.perf_counter(), time.perf_counter(), router.position
+    last_ckpt, start_tokens = router.position, router.position
     done = max_tokens is not None and router.position >= max_tokens
-    try:
-        tokenized = iter(()) if done else _tokenized(chunks, enc, dtype, workers)
-        for tokens, chunk_counts, position, n_docs in tokenized:
+    if not done:
+        for tokens, chunk_counts, position, n_docs, nbytes in _tokenized(chunks, enc, dtype, workers):
             counts = [a + b for a, b in zip(counts, chunk_counts)]
             docs_read += n_docs
             if max_tokens is not None and router.position + len(tokens) >= max_tokens:
@@ -469,16 +490,8 @@ def prepare(
             if any(w.finished for w in writers.values()) or router.position - last_ckpt >= _CHECKPOINT_TOKENS:
                 save_state()
                 last_ckpt = router.position
-            if time.perf_counter() - last_log > 30:
-                rate = (router.position - (state or {}).get("router_position", 0)) / (time.perf_counter() - t0)
-                log(f"{router.position:,} tokens, {docs_read:,} documents, {rate:,.0f} tokens/s")
-                last_log = time.perf_counter()
-    except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
-        if state is None and not any(w.shards for w in writers.values()):
-            _clear(out_dir)
-            if new_dir and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-        raise
+            status.update(docs_read, router.position, start_tokens, nbytes,
+                          sum(len(w.shards) for w in writers.values()))
 
     total = router.position
     if total == 0:
@@ -503,6 +516,7 @@ def prepare(
         log("warning: the validation split is empty (val_fraction/val_tokens 0), so no validation shards are written")
     for w in writers.values():
         w.close()
+    status.update(docs_read, total, start_tokens, 0, sum(len(w.shards) for w in writers.values()), force=True)
 
     manifest = {
         "format": "gpt2lab-shards",

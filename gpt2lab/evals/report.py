@@ -1,7 +1,7 @@
 """A run's evaluation history: validation loss and HellaSwag by step, from its metrics.jsonl.
 
-``gpt2lab report RUN_DIR`` prints it as a table (and plots it with ``--plot`` when matplotlib
-is installed).
+``gpt2lab report RUN_DIR`` prints it as a table (``--plot`` draws the run with
+:func:`gpt2lab.plot.plot_runs`).
 """
 
 from __future__ import annotations
@@ -61,32 +61,3 @@ def format_history(rows: list[dict]) -> str:
     lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def plot_history(rows: list[dict], out: str | os.PathLike) -> Path:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install 'gpt2lab[plot]'") from None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in (("val_loss", axes[0]), ("completion_acc_norm", axes[1])):
-        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=key)
-        if key != "val_loss":
-            pts = [(r["step"], r["lm_eval_acc_norm"]) for r in rows if isinstance(r.get("lm_eval_acc_norm"), float)]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label="lm_eval_acc_norm")
-            ax.axhline(0.25, color="gray", lw=0.5)
-        ax.set_xlabel("step")
-        ax.set_title("validation loss" if key == "val_loss" else "HellaSwag")
-        ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}")
-    fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
-    os.replace(tmp, out)
-    return out

@@ -1,0 +1,181 @@
+"""How fast a device is, and how much of it a run uses: the timer, matmul peaks, MFU, memory.
+
+``gpt2lab bench`` and the training loop's status both take their figures from here:
+
+- :func:`timed`, :func:`time_cases`, :func:`best_time`: wall-clock timing with queued GPU work finished;
+- :func:`matmul_peak`: the best dense square-matmul rate measured on the device, in one dtype;
+- :func:`device_peak`: the peak a training run states its MFU against: ``train.peak_tflops`` when
+  set, else the datasheet dense bf16 figure of a known GPU (:data:`KNOWN_BF16_PEAKS`) for a bf16 run,
+  else a quick matmul measurement in the run's dtype (CPUs, other GPUs, fp32 runs);
+- :func:`memory_bytes`: what the process holds now (CUDA: allocated and its peak; CPU: RSS).
+
+MFU (model FLOPs utilisation) = ``model.flops_per_token(seq_len) * tokens/s / peak``.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from .runtime import device_type, synchronize
+
+
+def timed(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:
+    """``(seconds, fn())``. Queued GPU work is finished before the clock starts and before it stops,
+    so the time is that of ``fn``'s own work."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def time_cases(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1,
+               device: str = "cpu") -> dict[Any, list[float]]:
+    """Each case's seconds over ``repeats`` timed calls, after ``warmup`` untimed calls of each.
+
+    The rounds alternate the cases, so a busy spell of a shared machine hits every case alike.
+    Take the min (the least disturbed call) or the median of each list.
+    """
+    for _ in range(warmup):  # kernel selection, allocator, page faults, clocks
+        for fn in fns.values():
+            timed(fn, device)
+    times: dict[Any, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device)[0])
+    return times
+
+
+def best_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: str = "cpu") -> float:
+    """Fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones."""
+    return min(time_cases({"": fn}, repeats, warmup, device)[""])
+
+
+# --- the device ------------------------------------------------------------------------------
+
+# CPU flags that decide matmul speed (bf16 and fp32 paths), in the order they are reported.
+_CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """The CPU's model name and which of the matmul-relevant flags it has."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    return name or platform.processor() or platform.machine(), [f for f in _CPU_FEATURES if f in flags]
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device_type(device) == "cuda" else cpu_info()[0]
+
+
+# --- matmul peak -----------------------------------------------------------------------------
+
+# Square matmul sizes tried for the peak; the best rate over all of them counts. On 2 Sapphire
+# Rapids cores (AMX) a 4096^3 bf16 matmul takes ~60 ms and a 3072^3 fp32 one ~140 ms; on an
+# H100 an 8192^3 bf16 matmul takes ~2 ms.
+PEAK_SIZES = {
+    ("cpu", torch.bfloat16): (2048, 4096),
+    ("cpu", torch.float32): (2048, 3072),
+    ("cuda", torch.bfloat16): (4096, 8192),
+    ("cuda", torch.float32): (4096, 8192),
+}
+# What a training run measures at its start when it has no other peak: one size, a few repeats,
+# so that it costs well under a second (a smaller matmul reaches somewhat less than the best).
+QUICK_SIZES = {"cpu": (1024,), "cuda": (4096,)}
+QUICK_REPEATS = 3
+
+
+def _matmul_flops(device: str, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """FLOP/s of the fastest of ``repeats`` n x n x n matmuls after one untimed one."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    return 2.0 * n**3 / best_time(lambda: torch.matmul(a, b, out=out), repeats, device=device)
+
+
+def matmul_peak(device: str, dtype: torch.dtype, sizes: tuple[int, ...], repeats: int) -> tuple[float, int]:
+    """(best FLOP/s, its size n) over n x n x n matmuls of ``sizes`` in ``dtype`` on ``device``."""
+    return max((_matmul_flops(device, dtype, n, repeats), n) for n in sizes)
+
+
+# Datasheet dense (not 2:4 sparse) bf16 tensor-core peaks of one GPU, TFLOP/s, matched against
+# torch.cuda.get_device_name(): the first entry whose words all appear in the name wins.
+KNOWN_BF16_PEAKS: tuple[tuple[str, float], ...] = (
+    ("GH200", 989.4),
+    ("H200", 989.4),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.05),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+)
+
+
+def known_bf16_peak(device_name: str) -> tuple[float, str] | None:
+    """(FLOP/s, entry) of a known GPU's datasheet dense bf16 peak, or None."""
+    for key, tflops in KNOWN_BF16_PEAKS:
+        if all(word in device_name for word in key.split()):
+            return tflops * 1e12, key
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _measured(device: str, dtype: torch.dtype) -> tuple[float, int]:
+    return matmul_peak(device, dtype, QUICK_SIZES[device_type(device)], QUICK_REPEATS)
+
+
+def device_peak(device: str, dtype: torch.dtype, configured_tflops: float = 0.0) -> tuple[float, str]:
+    """The peak FLOP/s a run's MFU is stated against, and where it comes from (a few words).
+
+    ``configured_tflops`` > 0 wins; then, for a bf16 run on a known GPU, its datasheet figure;
+    otherwise a quick matmul measurement in the run's dtype, once per process and device.
+    """
+    short = str(dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float32", "fp32")
+    if configured_tflops > 0:
+        return configured_tflops * 1e12, f"{configured_tflops:g} TFLOP/s (train.peak_tflops)"
+    if device_type(device) == "cuda" and dtype == torch.bfloat16:
+        known = known_bf16_peak(torch.cuda.get_device_name(device))
+        if known is not None:
+            return known[0], f"{known[0] / 1e12:g} TFLOP/s ({known[1]} dense bf16 datasheet)"
+    flops, n = _measured(device, dtype)
+    return flops, f"{flops / 1e12:.3g} TFLOP/s ({short} {n}^3 matmul measured at start)"
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:
+    return flops_per_token * tokens_per_s / peak_flops if peak_flops > 0 else float("nan")
+
+
+def memory_bytes(device: str) -> dict:
+    """Memory of this process now: CUDA ``mem_bytes`` (allocated) and ``mem_peak_bytes`` (its high-water
+    mark); CPU ``mem_bytes`` (resident set) and ``mem_peak_bytes`` (max resident set)."""
+    if device_type(device) == "cuda":
+        return {"mem_bytes": torch.cuda.memory_allocated(device), "mem_peak_bytes": torch.cuda.max_memory_allocated(device)}
+    rss = 0
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return {"mem_bytes": rss or peak, "mem_peak_bytes": peak}

@@ -1,0 +1,121 @@
+"""``gpt2lab plot RUN [RUN ...] --out FILE.png``: runs side by side, against tokens seen.
+
+Four panels: training loss (thin line) and validation loss (dots), learning rate, HellaSwag
+(``completion_acc_norm``, build-nanogpt's figure, with GPT-2 124M's 0.2955 and GPT-3 Small's
+0.337 as reference lines) and LAMBADA accuracy. Each run has one colour in every panel and is
+named in the legend. The x axis is tokens seen (``log_x``: logarithmic), so runs with other
+batch sizes line up. Needs matplotlib (``pip install 'gpt2lab[plot]'``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from .errors import UserError
+from .fileio import write_atomic
+from .metrics import METRICS_FILE, read_metrics
+from .progress import fmt_count
+
+# (label, accuracy): HellaSwag acc_norm figures the panel draws as horizontal lines.
+HELLASWAG_REFERENCES = (("GPT-2 124M", 0.2955), ("GPT-3 Small", 0.337))
+PANELS = ("loss", "lr", "hellaswag", "lambada")
+
+
+def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
+    """A run's series as (tokens, value) points: train, val, lr, hellaswag, lambada."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise UserError(f"{path} not found; give training run folders (train.run_dir)")
+    records = read_metrics(run_dir)
+    train = [r for r in records if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
+    per_step = train[-1]["tokens"] / train[-1]["step"] if train and train[-1].get("step") else 0
+
+    def tokens_at(step: int) -> float:
+        return step * per_step
+
+    curves: dict[str, list[tuple[float, float]]] = {k: [] for k in ("train", "val", "lr", "hellaswag", "lambada")}
+    for r in train:
+        curves["train"].append((r["tokens"], r["loss"]))
+        curves["lr"].append((r["tokens"], r["lr"]))
+    for r in records:
+        kind, value = r.get("kind"), None
+        if kind == "val":
+            value = r.get("val_loss")
+        elif kind == "hellaswag":
+            value = r.get("completion_acc_norm")
+        elif kind == "lambada":
+            value = r.get("acc")
+        if isinstance(value, (int, float)):
+            curves[kind].append((tokens_at(r["step"]), value))
+    return curves
+
+
+def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = None, log_x: bool = False,
+              labels: list[str] | None = None):
+    """Draw the runs (see the module docstring); write ``out`` atomically when given; return the Figure.
+    Each plotted line's label starts with its run's label, so ``fig.axes[i].get_lines()`` shows what is drawn."""
+    if not runs:
+        raise UserError("give at least one run folder")
+    labels = list(labels) if labels else _labels(runs)
+    if len(labels) != len(runs):
+        raise UserError(f"{len(labels)} labels for {len(runs)} runs")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install 'gpt2lab[plot]'") from None
+    data = [run_curves(r) for r in runs]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # one tokens axis for all panels
+    ax_loss, ax_lr, ax_hs, ax_lam = axes.flat
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, c) in enumerate(zip(labels, data)):
+        color = colors[i % len(colors)]
+        if c["train"]:
+            ax_loss.plot(*zip(*c["train"]), color=color, lw=0.8, alpha=0.6, label=f"{label} train")
+        if c["val"]:
+            ax_loss.plot(*zip(*c["val"]), color=color, lw=1.8, marker="o", ms=4, label=f"{label} val")
+        if c["lr"]:
+            ax_lr.plot(*zip(*c["lr"]), color=color, lw=1.5, label=label)
+        for ax, key in ((ax_hs, "hellaswag"), (ax_lam, "lambada")):
+            if c[key]:
+                ax.plot(*zip(*c[key]), color=color, lw=1.5, marker="o", ms=4, label=label)
+    for name, value in HELLASWAG_REFERENCES:
+        ax_hs.axhline(value, color="gray", lw=1, ls="--" if "GPT-2" in name else ":", label=f"{name} ({value})")
+    ax_hs.axhline(0.25, color="lightgray", lw=1, label="chance (0.25)")
+    titles = {ax_loss: "loss (thin: train, dots: validation)", ax_lr: "learning rate",
+              ax_hs: "HellaSwag acc_norm", ax_lam: "LAMBADA accuracy"}
+    for ax, title in titles.items():
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if log_x:
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: fmt_count(x)))  # 20k, 1.5M, 10B
+        ax.tick_params(labelbottom=True)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not evaluated", ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax_loss.set_ylabel("cross-entropy (nats)")
+    top = max(ax_lam.get_ylim()[1], 0.05)
+    ax_lam.set_ylim(-0.03 * top, top)  # an accuracy: no negative half-axis while it is still 0
+    for ax in (ax_hs, ax_lam):
+        ax.set_xlabel("tokens seen")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    fig.tight_layout()
+    if out is not None:
+        out = Path(out)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=80)
+        write_atomic(out, buf.getvalue())
+    return fig
+
+
+def _labels(runs) -> list[str]:
+    """Each run's folder name, or its path when two runs share a name."""
+    names = [Path(r).resolve().name for r in runs]
+    return names if len(set(names)) == len(names) else [str(r) for r in runs]

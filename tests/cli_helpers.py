@@ -42,6 +42,12 @@ def micro_cfg(data_dir, run_dir, *extra):
     ])
 
 
+def ckpt_cfg(data_dir, run_dir, steps: int, *extra):
+    """``micro_cfg`` for checkpoint tests: ``steps`` steps, a checkpoint every 2, no evaluations."""
+    return micro_cfg(data_dir, run_dir, f"train.max_steps={steps}", "train.ckpt_every=2", "optim.warmup_steps=1",
+                     "eval.every=-1", "eval.sample_every=-1", *extra)
+
+
 @functools.lru_cache(maxsize=None)
 def _wiki_articles() -> tuple:
     with open(DATA / "wikipedia-en_head.jsonl", encoding="utf-8") as f:

@@ -17,12 +17,11 @@ from gpt2lab import checkpoint as ckpt
 from gpt2lab.cli import main
 from gpt2lab.errors import UserError
 from gpt2lab.train import train
-from cli_helpers import micro_cfg, quiet
+from cli_helpers import ckpt_cfg, micro_cfg, quiet
 
 
 def short_cfg(data_dir, run_dir, *extra):
-    return micro_cfg(data_dir, run_dir, "train.max_steps=4", "train.ckpt_every=2", "optim.warmup_steps=1",
-                     "eval.every=-1", "eval.sample_every=-1", *extra)
+    return ckpt_cfg(data_dir, run_dir, 4, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +34,7 @@ def done_run(small_shards, tmp_path_factory):
 
 @pytest.fixture
 def run(done_run, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(done_run, dst)
-    return dst
+    return Path(shutil.copytree(done_run, tmp_path / "run"))
 
 
 def flip_byte(path: Path, at: float = 0.5):

@@ -16,7 +16,7 @@ from gpt2lab.errors import UserError
 from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.train import train
-from cli_helpers import micro_cfg, quiet
+from cli_helpers import ckpt_cfg, quiet
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_STEPS = 12
@@ -163,8 +163,7 @@ def test_second_signal_aborts_and_keeps_the_previous_checkpoint(small_shards, tm
 
 
 def short_cfg(data_dir, run_dir, *extra):
-    return micro_cfg(data_dir, run_dir, "train.max_steps=2", "train.ckpt_every=2", "optim.warmup_steps=1",
-                     "eval.every=-1", "eval.sample_every=-1", *extra)
+    return ckpt_cfg(data_dir, run_dir, 2, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,7 @@ PLOT_FILE = "plot.png"  # written by `gpt2lab report --markdown`
 WANDB_DIR = "wandb"
 WANDB_ID_FILE = "gpt2lab_run_id"
 EVALS_DIR = "evals"
-TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
+TIED = "lm_head.weight"  # same tensor as transformer.wte.weight (unless model.tie_head is false)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 DAMAGED_PREFIX = "damaged-"  # a checkpoint --resume found damaged is renamed to damaged-step_N
 
@@ -100,9 +100,18 @@ class DamagedCheckpoint(UserError):
 
 def save_model_file(model: GPT | dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """``model`` is a GPT or its state dict (full tensors)."""
-    state = model if isinstance(model, dict) else model.state_dict()
-    tensors = {k: v.detach().contiguous() for k, v in state.items() if k != TIED}
+    state = _untied(model if isinstance(model, dict) else model.state_dict())
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(tensors, str(path), metadata=metadata or {})
+
+
+def _untied(state: dict) -> dict:
+    """``state`` without the LM head when it is the token embedding (GPT-2's tied head: saved once);
+    an untied head (``model.tie_head=false``) stays. Equal values count as tied: reading fills them in."""
+    head, wte = state.get(TIED), state.get("transformer.wte.weight")
+    if head is not None and wte is not None and (head is wte or torch.equal(head, wte)):
+        return {k: v for k, v in state.items() if k != TIED}
+    return state
 
 
 def read_model_file(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -203,8 +212,8 @@ def save_checkpoint(
 def _save_failure(tmp: Path, err: Exception, model, train_state: dict) -> str:
     """Remove the partial folder and say what failed, with the space a checkpoint needs."""
     shutil.rmtree(tmp, ignore_errors=True)
-    state = model if isinstance(model, dict) else model.state_dict()
-    need = sum(t.numel() * t.element_size() for k, t in state.items() if k != TIED)
+    state = _untied(model if isinstance(model, dict) else model.state_dict())
+    need = sum(t.numel() * t.element_size() for t in state.values())
     need += sum(t.numel() * t.element_size() for t in _tensors(train_state))
     free = shutil.disk_usage(tmp.parent).free
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]

@@ -112,6 +112,15 @@ class ModelSection:
     n_embd: Int = Field(GPTConfig.n_embd, gt=0, description="width of the residual stream")
     dropout: Float = Field(GPTConfig.dropout, ge=0, lt=1, description="dropout on embeddings, attention and residual branches (0 for pretraining)")
     bias: bool = Field(GPTConfig.bias, description="biases in Linear layers and LayerNorms, as GPT-2 has")
+    # Beyond GPT-2: the speedrun switches (configs/speedrun.yaml), off by default
+    rotary: bool = Field(GPTConfig.rotary, description="rotary position embeddings on queries and keys instead of the learned position table (needs an even head dimension, n_embd / n_head)")
+    rotary_base: Float = Field(GPTConfig.rotary_base, gt=0, description="rotary: wavelength base of the rotation frequencies")
+    qk_norm: bool = Field(GPTConfig.qk_norm, description="RMS-normalise queries and keys per head before attention (QK-norm)")
+    norm: Literal["layernorm", "rmsnorm"] = Field(GPTConfig.norm, description="layernorm (GPT-2) or rmsnorm (a gain, no bias) in every block and at the end")
+    mlp: Literal["gelu", "relu2"] = Field(GPTConfig.mlp, description="the MLP's activation: gelu (tanh approximation, GPT-2) or relu2 (ReLU squared)")
+    tie_head: bool = Field(GPTConfig.tie_head, description="the LM head is the token embedding (GPT-2); false: a head of its own")
+    zero_init_proj: bool = Field(GPTConfig.zero_init_proj, description="start the output projections of attention and MLP (and an untied LM head) at zero")
+    logit_softcap: Float = Field(GPTConfig.logit_softcap, ge=0, description="logits become c * tanh(logits / c) with c this value (15-30 in the speedrun); 0 = off", examples=[0.0])
 
     # info.data holds the fields above this one that passed; a relation with a bad field is skipped.
     @field_validator("padded_vocab_size")
@@ -128,6 +137,15 @@ class ModelSection:
         heads = info.data.get("n_head")
         if heads and v % heads:
             raise ValueError(f"{v} is not divisible by model.n_head={heads}")
+        return v
+
+    @field_validator("rotary")
+    @classmethod
+    def _even_head_dim(cls, v, info):
+        heads, width = info.data.get("n_head"), info.data.get("n_embd")
+        if v and heads and width and (width // heads) % 2:
+            raise ValueError(f"rotary embeddings turn pairs of a head's dimensions: the head dimension n_embd / n_head "
+                             f"= {width // heads} must be even")
         return v
 
 

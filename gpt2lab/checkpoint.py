@@ -391,7 +391,8 @@ def _is_rng(t, numel: int | None = None) -> bool:
 
 
 def check_optimizer_state(saved, optimizer, path: Path) -> None:
-    """The saved AdamW state must have this optimizer's parameter groups, sizes and shapes."""
+    """The saved optimizer state (AdamW's, or MuonAdamW's: both in one) must have this optimizer's
+    parameter groups (their kinds), sizes and shapes."""
     def bad(what: str) -> UserError:
         return UserError(f"--resume: {path}: the optimizer state {what}; the checkpoint is damaged or was written "
                          "for another model or optimizer config")
@@ -405,6 +406,8 @@ def check_optimizer_state(saved, optimizer, path: Path) -> None:
     for i, (g, o) in enumerate(zip(groups, ours)):
         if not isinstance(g, dict) or not isinstance(g.get("params"), list) or len(g["params"]) != len(o["params"]):
             raise bad(f"group {i} does not have this run's {len(o['params'])} parameters")
+        if g.get("kind") != o.get("kind"):  # optim.optimizer=muon names its groups: muon, embed, head, scalar
+            raise bad(f"group {i} is {_brief(g.get('kind'))}, this run's is {_brief(o.get('kind'))}")
         for key in ("lr", "weight_decay", "eps"):
             v = g.get(key, 0.0)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:

@@ -198,16 +198,35 @@ class TrainConfig:
 
 @section(config=_SECTION)
 class OptimConfig:
-    lr: Float = Field(6e-4, gt=0, description="peak learning rate, reached after warmup")
-    min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio at max_steps")
+    lr: Float = Field(6e-4, gt=0, description="peak learning rate, reached after warmup (optimizer muon: of the AdamW groups without a learning rate of their own)")
+    min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="the schedule decays to lr * min_lr_ratio at max_steps (every group: its own lr times this)")
     warmup_steps: Int = Field(715, ge=0, description="linear warmup from lr/warmup_steps")
-    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="cosine, linear or constant (after warmup)")
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = Field("cosine", description="after warmup: cosine, linear or constant; wsd (warmup-stable-decay): constant, then a linear decay over the last decay_fraction of the steps")
+    decay_fraction: Float = Field(0.2, gt=0, le=1, description="schedule wsd: the fraction of train.max_steps at the end that decays")
     weight_decay: Float = Field(0.1, ge=0, description="applied to 2-D weights only (not biases, LayerNorms)")
     beta1: Float = Field(0.9, ge=0, lt=1, description="AdamW's first-moment decay")
     beta2: Float = Field(0.95, ge=0, lt=1, description="AdamW's second-moment decay")
     eps: Float = Field(1e-8, gt=0, description="AdamW's epsilon")
     grad_clip: Float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)", examples=[0.0])
     fused: Literal["auto"] | bool = Field("auto", description="auto (fused AdamW where available), true, false")
+    optimizer: Literal["adamw", "muon"] = Field("adamw", description="adamw (GPT-2: AdamW for every parameter) or muon (Muon for the blocks' 2-D weight matrices; AdamW for embeddings, LM head, gains and biases)")
+    muon_lr: Float = Field(0.02, gt=0, description="optimizer muon: peak learning rate of the Muon matrices")
+    muon_momentum: Float = Field(0.95, ge=0, lt=1, description="optimizer muon: Muon's momentum")
+    muon_nesterov: bool = Field(True, description="optimizer muon: Nesterov momentum")
+    muon_ns_steps: Int = Field(5, gt=0, description="optimizer muon: Newton-Schulz iterations that orthogonalise each update (in bf16)")
+    muon_weight_decay: Float = Field(0.0, ge=0, description="optimizer muon: decoupled weight decay of the Muon matrices")
+    embed_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of the embeddings (the tied head too); 0 = lr", examples=[0.0])
+    head_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of an untied LM head (model.tie_head=false); 0 = lr", examples=[0.0])
+    scalar_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of gains and biases; 0 = lr", examples=[0.0])
+
+    @model_validator(mode="after")
+    def _muon_keys_need_muon(self):
+        if self.optimizer != "muon":
+            for key in ("embed_lr", "head_lr", "scalar_lr"):
+                if getattr(self, key):
+                    raise _relation_error(f"optim.{key}", "applies to optim.optimizer=muon only; set optim.optimizer=muon "
+                                                          "or leave it 0")
+        return self
 
 
 @section(config=_SECTION)

@@ -21,6 +21,7 @@ import math
 from collections import defaultdict
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim.adam import adam
 
 from .config import OptimConfig
@@ -72,14 +73,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) 
     # "auto", True or False (the config types it).
     use_fused = cfg.fused is True or (cfg.fused == "auto" and device_type in ("cuda", "cpu"))
     if cfg.optimizer == "muon":
-        from torch.distributed.tensor import DTensor
-
         opt = MuonAdamW(muon_param_groups(model, cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                         momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov, ns_steps=cfg.muon_ns_steps,
                         fused=use_fused)
-        if any(isinstance(p, DTensor) for g in opt.param_groups if g["kind"] == "muon" for p in g["params"]):
-            raise UserError("config key 'optim.optimizer': muon needs each weight matrix whole, and FSDP2 "
-                            "(train.parallel=fsdp) shards them; use train.parallel=ddp or optim.optimizer=adamw")
     else:
         opt = torch.optim.AdamW(
             param_groups(model, cfg.weight_decay),
@@ -200,14 +196,19 @@ class MuonAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - mom)  # buf = mom * buf + (1 - mom) * grad
             update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
+            if isinstance(update, DTensor):  # FSDP2 holds a shard: gather the whole matrix (in the same order on every rank)
+                update = update.full_tensor()
             by_shape[tuple(p.shape)].append((p, update))
         for (rows, cols), items in by_shape.items():
             ortho = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"])
             scale = max(1.0, rows / cols) ** 0.5
             for (p, _), o in zip(items, ortho):
+                o = o.to(p.dtype)
+                if isinstance(p, DTensor):  # every rank computed the whole update: keep this rank's shard of it
+                    o = distribute_tensor(o, p.device_mesh, p.placements, src_data_rank=None)
                 if wd:
                     p.mul_(1 - lr * wd)
-                p.add_(o.to(p.dtype), alpha=-lr * scale)
+                p.add_(o, alpha=-lr * scale)
 
     def _adamw(self, group: dict) -> None:
         params, grads, avgs, sqs, steps = [], [], [], [], []

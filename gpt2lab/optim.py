@@ -159,6 +159,9 @@ class MuonAdamW(torch.optim.Optimizer):
     The AdamW groups run ``torch.optim.adam.adam`` (the functional form of AdamW) (fused where ``fused``) with the state
     ``torch.optim.AdamW`` keeps (``step``, ``exp_avg``, ``exp_avg_sq``); Muon's state is
     ``momentum_buffer``. Each is computed the same on every process (DDP replicas stay equal).
+    Under FSDP2 a matrix is a DTensor sharded by rows: its momentum stays sharded, the update is
+    gathered whole (one all-gather per matrix, in the same order on every rank), orthogonalised
+    on every rank alike, and each rank keeps its own rows of it.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,

@@ -12,6 +12,7 @@ import hashlib
 import pytest
 import torch
 
+from gpt2lab.cli import main as cli_main
 from gpt2lab.checkpoint import load_model, load_train_state, list_checkpoints, save_checkpoint
 from gpt2lab.config import MODEL_PRESETS, OptimConfig, load_config
 from gpt2lab.errors import UserError
@@ -206,15 +207,21 @@ def test_export_to_hf_refuses_non_gpt2_features_in_one_line(name):
     assert non_gpt2_features(dataclasses.replace(MICRO, bias=False)) == []  # zero biases export exactly
 
 
-def test_untied_head_is_saved_and_loaded(tmp_path):
+def test_untied_head_is_saved_and_loaded_and_the_commands_take_it(tmp_path, capsys):
     m = micro(**SPEEDRUN)
     cfg = load_config(None, ["model.preset=micro", *(f"model.{k}={v}" for k, v in SPEEDRUN.items())])
     assert cfg.model == m.config
-    save_checkpoint(tmp_path, 1, m, cfg, {"loader": {}, "rng": []})
-    loaded, _ = load_model(tmp_path)
+    save_checkpoint(tmp_path / "run", 1, m, cfg, {"loader": {}, "rng": []})
+    loaded, _ = load_model(tmp_path / "run")
     assert loaded.lm_head.weight is not loaded.transformer.wte.weight
     for k, v in m.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
+    # convert to-hf: one line naming the features; sample works
+    assert cli_main(["convert", "to-hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and "model.rotary=True" in err
+    assert not (tmp_path / "hf").exists()
+    assert cli_main(["sample", str(tmp_path / "run"), "--max-new-tokens", "3", "--seed", "0", "--device", "cpu"]) == 0
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -350,3 +357,23 @@ def test_speedrun_training_checkpoints_both_optimizers_and_refuses_another_optim
     with pytest.raises(UserError, match="optimizer state has 4 parameter group"):
         train(other, resume=True, log=quiet)
     assert train(ckpt_cfg(small_shards, tmp_path / "run", 6, *switches, *muon), resume=True, log=quiet)["steps"] == 6
+
+
+def test_muon_refuses_a_matrix_that_is_not_2d():
+    model = torch.nn.Module()
+    model.transformer = torch.nn.ModuleDict({"h": torch.nn.ModuleList([torch.nn.Conv1d(4, 4, 3)])})
+    with pytest.raises(UserError, match=r"^config key 'optim.optimizer': muon orthogonalises 2-D matrices, but "
+                                        r"transformer.h.0.weight has 3 dimensions"):
+        build_optimizer(model, OptimConfig(optimizer="muon"), "cpu")
+
+
+def test_checkpoint_check_names_a_group_of_another_kind(tmp_path):
+    from gpt2lab.checkpoint import check_optimizer_state
+
+    m = micro(tie_head=False)
+    opt = build_optimizer(m, OptimConfig(optimizer="muon"), "cpu")
+    saved = copy.deepcopy(opt.state_dict())
+    check_optimizer_state(saved, opt, tmp_path)
+    saved["param_groups"][2]["kind"] = "scalar"
+    with pytest.raises(UserError, match="group 2 is 'scalar', this run's is 'head'"):
+        check_optimizer_state(saved, opt, tmp_path)

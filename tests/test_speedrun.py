@@ -344,19 +344,19 @@ def test_wsd_schedule_is_a_trapezoid():
 def test_speedrun_training_checkpoints_both_optimizers_and_refuses_another_optimizer(small_shards, tmp_path):
     switches = [f"model.{k}={v}" for k, v in SPEEDRUN.items()]
     muon = ["optim.optimizer=muon", "optim.embed_lr=0.05", "optim.schedule=wsd"]
-    cfg = ckpt_cfg(small_shards, tmp_path / "run", 4, *switches, *muon)
+    cfg = ckpt_cfg(small_shards, tmp_path / "run", 2, *switches, *muon)
     summary = train(cfg, log=quiet)
-    assert summary["steps"] == 4 and summary["train_loss"] < 11
+    assert summary["steps"] == 2 and summary["train_loss"] < 11
     state = load_train_state(list_checkpoints(tmp_path / "run")[-1])["optimizer"]
     assert [g["kind"] for g in state["param_groups"]] == ["muon", "embed", "head", "scalar"]
     muon_ids, adam_ids = state["param_groups"][0]["params"], state["param_groups"][1]["params"]
     assert all(set(state["state"][i]) == {"momentum_buffer"} for i in muon_ids)
     assert all(set(state["state"][i]) == {"step", "exp_avg", "exp_avg_sq"} for i in adam_ids)
     # resuming with the other optimizer is refused in one line
-    other = ckpt_cfg(small_shards, tmp_path / "run", 6, *switches)
+    other = ckpt_cfg(small_shards, tmp_path / "run", 3, *switches)
     with pytest.raises(UserError, match="optimizer state has 4 parameter group"):
         train(other, resume=True, log=quiet)
-    assert train(ckpt_cfg(small_shards, tmp_path / "run", 6, *switches, *muon), resume=True, log=quiet)["steps"] == 6
+    assert train(ckpt_cfg(small_shards, tmp_path / "run", 3, *switches, *muon), resume=True, log=quiet)["steps"] == 3
 
 
 def test_muon_refuses_a_matrix_that_is_not_2d():

@@ -89,7 +89,7 @@ PLOT_FILE = "plot.png"  # written by `gpt2lab report --markdown`
 WANDB_DIR = "wandb"
 WANDB_ID_FILE = "gpt2lab_run_id"
 EVALS_DIR = "evals"
-TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
+TIED = "lm_head.weight"  # same tensor as transformer.wte.weight (unless model.tie_head is false)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 DAMAGED_PREFIX = "damaged-"  # a checkpoint --resume found damaged is renamed to damaged-step_N
 
@@ -100,9 +100,18 @@ class DamagedCheckpoint(UserError):
 
 def save_model_file(model: GPT | dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """``model`` is a GPT or its state dict (full tensors)."""
-    state = model if isinstance(model, dict) else model.state_dict()
-    tensors = {k: v.detach().contiguous() for k, v in state.items() if k != TIED}
+    state = _untied(model if isinstance(model, dict) else model.state_dict())
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(tensors, str(path), metadata=metadata or {})
+
+
+def _untied(state: dict) -> dict:
+    """``state`` without the LM head when it is the token embedding (GPT-2's tied head: saved once);
+    an untied head (``model.tie_head=false``) stays. Equal values count as tied: reading fills them in."""
+    head, wte = state.get(TIED), state.get("transformer.wte.weight")
+    if head is not None and wte is not None and (head is wte or torch.equal(head, wte)):
+        return {k: v for k, v in state.items() if k != TIED}
+    return state
 
 
 def read_model_file(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -203,8 +212,8 @@ def save_checkpoint(
 def _save_failure(tmp: Path, err: Exception, model, train_state: dict) -> str:
     """Remove the partial folder and say what failed, with the space a checkpoint needs."""
     shutil.rmtree(tmp, ignore_errors=True)
-    state = model if isinstance(model, dict) else model.state_dict()
-    need = sum(t.numel() * t.element_size() for k, t in state.items() if k != TIED)
+    state = _untied(model if isinstance(model, dict) else model.state_dict())
+    need = sum(t.numel() * t.element_size() for t in state.values())
     need += sum(t.numel() * t.element_size() for t in _tensors(train_state))
     free = shutil.disk_usage(tmp.parent).free
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
@@ -382,7 +391,8 @@ def _is_rng(t, numel: int | None = None) -> bool:
 
 
 def check_optimizer_state(saved, optimizer, path: Path) -> None:
-    """The saved AdamW state must have this optimizer's parameter groups, sizes and shapes."""
+    """The saved optimizer state (AdamW's, or MuonAdamW's: both in one) must have this optimizer's
+    parameter groups (their kinds), sizes and shapes."""
     def bad(what: str) -> UserError:
         return UserError(f"--resume: {path}: the optimizer state {what}; the checkpoint is damaged or was written "
                          "for another model or optimizer config")
@@ -396,6 +406,8 @@ def check_optimizer_state(saved, optimizer, path: Path) -> None:
     for i, (g, o) in enumerate(zip(groups, ours)):
         if not isinstance(g, dict) or not isinstance(g.get("params"), list) or len(g["params"]) != len(o["params"]):
             raise bad(f"group {i} does not have this run's {len(o['params'])} parameters")
+        if g.get("kind") != o.get("kind"):  # optim.optimizer=muon names its groups: muon, embed, head, scalar
+            raise bad(f"group {i} is {_brief(g.get('kind'))}, this run's is {_brief(o.get('kind'))}")
         for key in ("lr", "weight_decay", "eps"):
             v = g.get(key, 0.0)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:

@@ -112,6 +112,15 @@ class ModelSection:
     n_embd: Int = Field(GPTConfig.n_embd, gt=0, description="width of the residual stream")
     dropout: Float = Field(GPTConfig.dropout, ge=0, lt=1, description="dropout on embeddings, attention and residual branches (0 for pretraining)")
     bias: bool = Field(GPTConfig.bias, description="biases in Linear layers and LayerNorms, as GPT-2 has")
+    # Beyond GPT-2: the speedrun switches (configs/speedrun.yaml), off by default
+    rotary: bool = Field(GPTConfig.rotary, description="rotary position embeddings on queries and keys instead of the learned position table (needs an even head dimension, n_embd / n_head)")
+    rotary_base: Float = Field(GPTConfig.rotary_base, gt=0, description="rotary: wavelength base of the rotation frequencies")
+    qk_norm: bool = Field(GPTConfig.qk_norm, description="RMS-normalise queries and keys per head before attention (QK-norm)")
+    norm: Literal["layernorm", "rmsnorm"] = Field(GPTConfig.norm, description="layernorm (GPT-2) or rmsnorm (a gain, no bias) in every block and at the end")
+    mlp: Literal["gelu", "relu2"] = Field(GPTConfig.mlp, description="the MLP's activation: gelu (tanh approximation, GPT-2) or relu2 (ReLU squared)")
+    tie_head: bool = Field(GPTConfig.tie_head, description="the LM head is the token embedding (GPT-2); false: a head of its own")
+    zero_init_proj: bool = Field(GPTConfig.zero_init_proj, description="start the output projections of attention and MLP (and an untied LM head) at zero")
+    logit_softcap: Float = Field(GPTConfig.logit_softcap, ge=0, description="logits become c * tanh(logits / c) with c this value (15-30 in the speedrun); 0 = off", examples=[0.0])
 
     # info.data holds the fields above this one that passed; a relation with a bad field is skipped.
     @field_validator("padded_vocab_size")
@@ -128,6 +137,15 @@ class ModelSection:
         heads = info.data.get("n_head")
         if heads and v % heads:
             raise ValueError(f"{v} is not divisible by model.n_head={heads}")
+        return v
+
+    @field_validator("rotary")
+    @classmethod
+    def _even_head_dim(cls, v, info):
+        heads, width = info.data.get("n_head"), info.data.get("n_embd")
+        if v and heads and width and (width // heads) % 2:
+            raise ValueError(f"rotary embeddings turn pairs of a head's dimensions: the head dimension n_embd / n_head "
+                             f"= {width // heads} must be even")
         return v
 
 
@@ -180,16 +198,35 @@ class TrainConfig:
 
 @section(config=_SECTION)
 class OptimConfig:
-    lr: Float = Field(6e-4, gt=0, description="peak learning rate, reached after warmup")
-    min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio at max_steps")
+    lr: Float = Field(6e-4, gt=0, description="peak learning rate, reached after warmup (optimizer muon: of the AdamW groups without a learning rate of their own)")
+    min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="the schedule decays to lr * min_lr_ratio at max_steps (every group: its own lr times this)")
     warmup_steps: Int = Field(715, ge=0, description="linear warmup from lr/warmup_steps")
-    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="cosine, linear or constant (after warmup)")
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = Field("cosine", description="after warmup: cosine, linear or constant; wsd (warmup-stable-decay): constant, then a linear decay over the last decay_fraction of the steps")
+    decay_fraction: Float = Field(0.2, gt=0, le=1, description="schedule wsd: the fraction of train.max_steps at the end that decays")
     weight_decay: Float = Field(0.1, ge=0, description="applied to 2-D weights only (not biases, LayerNorms)")
     beta1: Float = Field(0.9, ge=0, lt=1, description="AdamW's first-moment decay")
     beta2: Float = Field(0.95, ge=0, lt=1, description="AdamW's second-moment decay")
     eps: Float = Field(1e-8, gt=0, description="AdamW's epsilon")
     grad_clip: Float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)", examples=[0.0])
     fused: Literal["auto"] | bool = Field("auto", description="auto (fused AdamW where available), true, false")
+    optimizer: Literal["adamw", "muon"] = Field("adamw", description="adamw (GPT-2: AdamW for every parameter) or muon (Muon for the blocks' 2-D weight matrices; AdamW for embeddings, LM head, gains and biases)")
+    muon_lr: Float = Field(0.02, gt=0, description="optimizer muon: peak learning rate of the Muon matrices")
+    muon_momentum: Float = Field(0.95, ge=0, lt=1, description="optimizer muon: Muon's momentum")
+    muon_nesterov: bool = Field(True, description="optimizer muon: Nesterov momentum")
+    muon_ns_steps: Int = Field(5, gt=0, description="optimizer muon: Newton-Schulz iterations that orthogonalise each update (in bf16)")
+    muon_weight_decay: Float = Field(0.0, ge=0, description="optimizer muon: decoupled weight decay of the Muon matrices")
+    embed_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of the embeddings (the tied head too); 0 = lr", examples=[0.0])
+    head_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of an untied LM head (model.tie_head=false); 0 = lr", examples=[0.0])
+    scalar_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of gains and biases; 0 = lr", examples=[0.0])
+
+    @model_validator(mode="after")
+    def _muon_keys_need_muon(self):
+        if self.optimizer != "muon":
+            for key in ("embed_lr", "head_lr", "scalar_lr"):
+                if getattr(self, key):
+                    raise _relation_error(f"optim.{key}", "applies to optim.optimizer=muon only; set optim.optimizer=muon "
+                                                          "or leave it 0")
+        return self
 
 
 @section(config=_SECTION)

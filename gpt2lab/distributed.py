@@ -123,7 +123,8 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, parallel: str, param_dtyp
 
     FSDP2: each transformer block is one unit (gathered just before it runs, freed after); the
     root unit holds the embeddings, the final LayerNorm and the LM head, which is tied to the
-    token embedding and so must live in the same unit. With ``param_dtype`` bfloat16 the
+    token embedding and so must live in the same unit (an untied head, ``model.tie_head=false``,
+    lives there too). With ``param_dtype`` bfloat16 the
     mixed-precision policy computes in bf16 and reduces gradients in fp32; the sharded master
     weights and the optimizer state stay fp32.
     """

@@ -46,7 +46,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .model import GPT, KVCache
+from .model import GPT, KVCache, softcap
 
 PAD_ID = 0  # token id put in left padding; never seen by real tokens (masked)
 
@@ -194,6 +194,7 @@ class Decoder:
                  compile: bool = False):
         cfg = model.config
         self.config, self.vocab, self.block_size = cfg, cfg.vocab_size, cfg.block_size
+        self.softcap = cfg.logit_softcap  # GPT.logits' cap, applied after the (packed) head
         self.wte = model.transformer.wte
         self.device, self.model_dtype = self.wte.weight.device, self.wte.weight.dtype
         self.dtype = dtype or self.model_dtype
@@ -262,7 +263,7 @@ class Decoder:
         ``mask`` (B, 1, T, kv_len) bool, or causally when None. Returns the (B, vocab) logits of
         the last position."""
         h = self.net.hidden(idx, pos, mask, self.cache.at(slots, kv_len))
-        return self.head(h[:, -1]).float()
+        return softcap(self.head(h[:, -1]).float(), self.softcap)
 
     __call__ = forward
 

@@ -179,12 +179,25 @@ def gpt2lab_state_from_hf(hf_state_dict: Mapping[str, torch.Tensor], hf_config) 
     return cfg, out
 
 
+def non_gpt2_features(cfg: GPTConfig) -> list[str]:
+    """The model keys, as ``key=value``, by which ``cfg`` computes something transformers' GPT-2 cannot
+    (the speedrun switches; ``bias=false`` exports as zero biases and is not one of them)."""
+    gpt2 = GPTConfig()
+    keys = ("rotary", "qk_norm", "norm", "mlp", "tie_head", "logit_softcap")
+    return [f"model.{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k) != getattr(gpt2, k)]
+
+
 def hf_state_from_gpt2lab(model: GPT, eot: int | None = None) -> tuple[dict, dict]:
     """The transformers ``GPT2LMHeadModel`` state dict (without the tied ``lm_head.weight``) and config.json of a model.
 
-    A model with ``bias=False`` gets zero biases, which compute the same function.
+    A model with ``bias=False`` gets zero biases, which compute the same function. A model with
+    features GPT-2 lacks (``non_gpt2_features``) is refused: no transformers GPT-2 computes it.
     """
     cfg = model.config
+    features = non_gpt2_features(cfg)
+    if features:
+        raise UserError(f"this model uses features transformers' GPT-2 does not have ({', '.join(features)}); "
+                        "it cannot be exported to the Hugging Face GPT-2 format")
     out: dict[str, torch.Tensor] = {}
     for k, t in model.state_dict().items():
         if k == "lm_head.weight":

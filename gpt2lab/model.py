@@ -5,6 +5,18 @@ language-model head tied to the token embedding, as in OpenAI's GPT-2. Parameter
 Hugging Face's ``GPT2LMHeadModel`` (``transformer.h.0.attn.c_attn.weight``, ...), stored in
 ``nn.Linear`` layout, so weight conversion is a transpose and nothing else.
 
+Switches of :class:`GPTConfig`, all off by default (GPT-2 as it is, bit for bit), take changes
+from the nanoGPT speedrun (modded-nanogpt) one at a time:
+
+- ``rotary``: rotary position embeddings on queries and keys (RoFormer), no learned position table;
+- ``qk_norm``: queries and keys RMS-normalised per head before attention (no parameters);
+- ``norm="rmsnorm"``: RMSNorm (a gain, no mean, no bias) in place of every LayerNorm;
+- ``mlp="relu2"``: the MLP's activation is ReLU squared instead of GELU;
+- ``bias=False``: no biases in Linear layers and norms;
+- ``tie_head=False``: an LM head of its own instead of the token embedding;
+- ``zero_init_proj``: the residual branches' output projections (and an untied head) start at zero;
+- ``logit_softcap=c``: logits become ``c * tanh(logits / c)``, bounded by ``c``.
+
 The model knows nothing of training: no optimizer, no distributed code, no data.
 """
 
@@ -28,6 +40,15 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # dropout on embeddings, attention and residual branches (0 for pretraining)
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has
+    # Beyond GPT-2 (see the module docstring); the defaults are GPT-2's.
+    rotary: bool = False  # rotary position embeddings instead of the learned position table (wpe)
+    rotary_base: float = 10000.0  # rotary: the wavelength base of the rotation frequencies
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm"
+    mlp: str = "gelu"  # the MLP's activation: "gelu" (tanh approximation, GPT-2) or "relu2" (ReLU squared)
+    tie_head: bool = True  # the LM head is the token embedding (GPT-2); False: a head of its own
+    zero_init_proj: bool = False  # output projections of attention and MLP (and an untied head) start at zero
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c); 0 = off (GPT-2)
 
 
 class KVCache:
@@ -66,6 +87,33 @@ class KVCache:
         return kc.to(k.dtype), vc.to(v.dtype)
 
 
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    """GPT-2's LayerNorm, or RMSNorm (``norm="rmsnorm"``: a gain and no bias, whatever ``bias`` says)."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=1e-5)
+    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
+def rotary_angles(pos: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles at positions ``pos`` (T,) or (B, T), shaped to broadcast
+    over (B, n_head, T, head_dim // 2): pair i of a head turns by pos * base^(-2i / head_dim)."""
+    inv_freq = base ** -(torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
+    angles = pos.to(torch.float32)[..., None] * inv_freq  # (T, hd/2) or (B, T, hd/2)
+    angles = angles[None, None] if angles.dim() == 2 else angles[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x[..., i], x[..., i + head_dim/2]) of ``x`` (B, n_head, T, head_dim) by the angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).to(x.dtype)
+
+
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """``cap * tanh(logits / cap)``: bounded by ``cap``, near the identity for small logits; cap 0 = unchanged."""
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
@@ -73,16 +121,22 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.layer = layer  # which of a KVCache's layers is this one's
         self.dropout = cfg.dropout
+        self.qk_norm = cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v together
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual_scale = True  # type: ignore[attr-defined]  # see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rope is not None:  # before the cache: cached keys keep the rotation of their own position
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         # no mask: causal, which for one new query against a cache means every key (see GPT.hidden)
@@ -99,25 +153,29 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        self.relu2 = cfg.mlp == "relu2"
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual_scale = True  # type: ignore[attr-defined]
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg, layer)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -127,18 +185,22 @@ class GPT(nn.Module):
         super().__init__()
         if cfg.padded_vocab_size < cfg.vocab_size:
             raise ValueError("padded_vocab_size must be >= vocab_size")
+        if cfg.norm not in ("layernorm", "rmsnorm") or cfg.mlp not in ("gelu", "relu2"):
+            raise ValueError(f"norm must be layernorm or rmsnorm (got {cfg.norm!r}), mlp gelu or relu2 (got {cfg.mlp!r})")
+        if cfg.rotary and (cfg.n_embd // cfg.n_head) % 2:
+            raise ValueError(f"rotary needs an even head dimension, got n_embd / n_head = {cfg.n_embd // cfg.n_head}")
         self.config = cfg
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-                drop=nn.Dropout(cfg.dropout),
-                h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
-                ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
-            )
-        )
+        layers = dict(wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd))
+        if not cfg.rotary:
+            layers["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        layers.update(drop=nn.Dropout(cfg.dropout), h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
+                      ln_f=make_norm(cfg))
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        if cfg.tie_head:
+            self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        else:
+            self.lm_head.zero_init = cfg.zero_init_proj  # type: ignore[attr-defined]  # see _init_weights
         self.apply(self._init_weights)
 
     @classmethod
@@ -148,17 +210,24 @@ class GPT(nn.Module):
         with torch.device("meta"):
             model = cls(cfg)
         model.load_state_dict(state, strict=True, assign=True)
-        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor
+        if cfg.tie_head:
+            model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor
         return model
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2: N(0, 0.02) everywhere; residual projections scaled by 1/sqrt(2 * n_layer)
         # because each block adds two of them to the residual stream.
+        # zero_init_proj: those projections (and an untied head) start at zero, so each block
+        # begins as the identity on the residual stream (modded-nanogpt).
         if isinstance(module, nn.Linear):
             std = 0.02
-            if getattr(module, "residual_scale", False):
+            residual = getattr(module, "residual_scale", False)
+            if residual:
                 std /= math.sqrt(2 * self.config.n_layer)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "zero_init", False) or (residual and self.config.zero_init_proj):
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -167,13 +236,17 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters as GPT-2 counts them: tied weights once, padded vocabulary rows not at all.
 
-        ``non_embedding`` leaves out the position embedding (the token embedding stays: it is
-        also the output layer), as nanoGPT reports.
+        ``non_embedding`` leaves out the position embedding (the token embedding stays when it
+        is also the output layer, as nanoGPT reports; an untied one, a lookup, goes too).
         """
         c = self.config
-        n = sum(p.numel() for p in self.parameters()) - (c.padded_vocab_size - c.vocab_size) * c.n_embd
+        padded_rows = 1 if c.tie_head else 2  # the embedding's, and an untied head's
+        n = sum(p.numel() for p in self.parameters()) - padded_rows * (c.padded_vocab_size - c.vocab_size) * c.n_embd
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not c.tie_head:
+                n -= c.vocab_size * c.n_embd
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -198,15 +271,26 @@ class GPT(nn.Module):
         - ``cache``: a :class:`KVCache` placed with ``cache.at(slots, kv_len)``; the tokens' keys
           and values are stored there and attention runs over the cache.
         """
-        T = idx.size(1)
+        T, cfg = idx.size(1), self.config
         if pos is None:
-            if T > self.config.block_size:
-                raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+            if T > cfg.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than block_size {cfg.block_size}")
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if cfg.rotary:  # positions enter in attention, as rotations of queries and keys
+            rope = rotary_angles(pos, cfg.n_embd // cfg.n_head, cfg.rotary_base)
+        else:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, mask, cache)
+            x = block(x, mask, cache, rope)
         return self.transformer.ln_f(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head on hidden states ``h``, soft-capped when ``logit_softcap`` is set, over the
+        padded vocabulary (padded columns as they come: callers drop or mask them)."""
+        return softcap(self.lm_head(h), self.config.logit_softcap)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, reduction: str = "mean", **kw):
         """Return ``(logits, loss)``; ``kw`` (pos, mask, cache) go to :meth:`hidden`.
@@ -214,7 +298,7 @@ class GPT(nn.Module):
         logits are over the padded vocabulary, with padded columns set to -inf so they are never
         sampled and take no probability mass in the loss. Targets < 0 are ignored in the loss.
         """
-        logits = self.lm_head(self.hidden(idx, **kw))
+        logits = self.logits(self.hidden(idx, **kw))
         if self.config.padded_vocab_size > self.config.vocab_size:
             logits[..., self.config.vocab_size :] = float("-inf")
         loss = None

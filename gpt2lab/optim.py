@@ -1,12 +1,31 @@
-"""AdamW with GPT-3's parameter groups, and the learning-rate schedule."""
+"""The optimizers, their parameter groups, and the learning-rate schedule.
+
+Two recipes, chosen by ``optim.optimizer``:
+
+- ``adamw`` (GPT-2, as GPT-3 describes it): one ``torch.optim.AdamW`` with two groups, weight
+  decay on 2-D tensors (matmul weights, embeddings) only.
+- ``muon`` (the nanoGPT speedrun's): :class:`MuonAdamW`, **one optimizer object** whose groups
+  are Muon for the blocks' 2-D weight matrices and AdamW for the embeddings, an untied LM head,
+  and the gains and biases, each group with its own peak learning rate. One object keeps the
+  trainer, the gradient clipping and the checkpoint as they are: ``optimizer.state_dict()``
+  holds both optimizers' states, and ``checkpoint.check_optimizer_state`` checks every group.
+
+The schedule (:func:`lr_at`) gives the learning rate of ``optim.lr``; :func:`set_lr` makes it a
+multiplier of each group's own peak learning rate (``optimizer.base_lrs``), so a group whose
+peak is ``optim.lr`` gets exactly ``lr_at``'s value, as GPT-2's single rate did.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.optim.adam import adam
 
 from .config import OptimConfig
+from .errors import UserError
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -20,24 +39,78 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
+def muon_param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Groups for :class:`MuonAdamW`, each parameter in exactly one: ``muon`` (the Linear weights
+    inside the blocks), ``embed`` (token and position embeddings; the tied head is the token
+    embedding), ``head`` (an untied LM head), ``scalar`` (gains and biases). Empty groups are left out."""
+    named = {}
+    for name, p in model.named_parameters():  # tied weights appear once, under their first name
+        if p.requires_grad:
+            named[name] = p
+    groups: dict[str, list] = {"muon": [], "embed": [], "head": [], "scalar": []}
+    for name, p in named.items():
+        if name.startswith("transformer.h.") and name.endswith(".weight") and p.dim() >= 2:
+            if p.dim() != 2:
+                raise UserError(f"config key 'optim.optimizer': muon orthogonalises 2-D matrices, but {name} has "
+                                f"{p.dim()} dimensions; use optim.optimizer=adamw")
+            groups["muon"].append(p)
+        elif name.startswith(("transformer.wte.", "transformer.wpe.")):
+            groups["embed"].append(p)
+        elif name.startswith("lm_head."):
+            groups["head"].append(p)
+        else:
+            groups["scalar"].append(p)
+    lr = {"muon": cfg.muon_lr, "embed": cfg.embed_lr or cfg.lr, "head": cfg.head_lr or cfg.lr,
+          "scalar": cfg.scalar_lr or cfg.lr}
+    decay = {"muon": cfg.muon_weight_decay, "embed": cfg.weight_decay, "head": cfg.weight_decay, "scalar": 0.0}
+    return [{"params": ps, "kind": kind, "lr": lr[kind], "weight_decay": decay[kind]}
+            for kind, ps in groups.items() if ps]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
+    """The optimizer of ``optim.optimizer``, with ``base_lrs``: each group's peak learning rate."""
     # Fused AdamW runs the update as one kernel (CUDA, and CPU since PyTorch 2.4); optim.fused is
     # "auto", True or False (the config types it).
     use_fused = cfg.fused is True or (cfg.fused == "auto" and device_type in ("cuda", "cpu"))
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        fused=use_fused,
-    )
+    if cfg.optimizer == "muon":
+        opt = MuonAdamW(muon_param_groups(model, cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                        momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov, ns_steps=cfg.muon_ns_steps,
+                        fused=use_fused)
+    else:
+        opt = torch.optim.AdamW(
+            param_groups(model, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=use_fused,
+        )
+    opt.base_lrs = [g["lr"] for g in opt.param_groups]  # type: ignore[attr-defined]  # the config's, not a checkpoint's
+    return opt
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, cfg: OptimConfig) -> None:
+    """Each group's learning rate: ``lr`` (the schedule's value for optim.lr) times the group's peak
+    over optim.lr; exactly ``lr`` for a group whose peak is optim.lr (x * 1.0 == x)."""
+    for group, base in zip(optimizer.param_groups, optimizer.base_lrs):
+        group["lr"] = lr * (base / cfg.lr)
 
 
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay to lr * min_lr_ratio."""
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay to lr * min_lr_ratio.
+
+    ``wsd`` (warmup-stable-decay, trapezoidal) holds lr after warmup and decays linearly over the
+    last ``decay_fraction`` of the steps, reaching lr * min_lr_ratio at the last step.
+    """
     min_lr = cfg.lr * cfg.min_lr_ratio
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "wsd":
+        decay_steps = max(1, round(cfg.decay_fraction * max_steps))
+        start = max(cfg.warmup_steps, max_steps - decay_steps)
+        if step < start:
+            return cfg.lr
+        progress = min(1.0, (step + 1 - start) / max(1, max_steps - start))
+        return cfg.lr - progress * (cfg.lr - min_lr)
     if cfg.schedule == "constant" or max_steps <= cfg.warmup_steps:
         return cfg.lr
     progress = min(1.0, (step - cfg.warmup_steps) / (max_steps - cfg.warmup_steps))
@@ -46,3 +119,118 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
     else:
         coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_lr + coeff * (cfg.lr - min_lr)
+
+
+# Coefficients of the quintic Newton-Schulz iteration (Keller Jordan's Muon): chosen to push every
+# singular value of a matrix scaled to norm <= 1 quickly into about [0.7, 1.2], not exactly to 1.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """An approximate ``U V^T`` of ``g = U S V^T`` for a matrix or a batch of them (..., m, n), in ``dtype``.
+
+    The iteration X <- a X + (b A + c A^2) X with A = X X^T is an odd polynomial in X: it keeps
+    the singular vectors and maps each singular value s to p(s), which after a few steps lies near
+    1 for any s in (0, 1]. Run on the shorter side (X X^T is min(m, n) square). bf16 is enough: the
+    result is only a direction (and bf16 matmuls are the fast ones).
+    """
+    a, b, c = NS_COEFFS
+    x = g.to(dtype)
+    wide = x.size(-2) <= x.size(-1)
+    if not wide:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # Frobenius norm >= spectral: singular values <= 1
+    for _ in range(steps):
+        A = x @ x.mT
+        x = a * x + (b * A + c * (A @ A)) @ x
+    return x if wide else x.mT
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for the groups whose ``kind`` is ``"muon"``, AdamW (decoupled weight decay) for the others.
+
+    Muon (Keller Jordan, 2024): keep a momentum of the gradient (Nesterov by default), replace it
+    by its nearest semi-orthogonal matrix (:func:`orthogonalize`, a few Newton-Schulz steps in bf16,
+    matrices of one shape stacked into one batched call), scale by sqrt(max(1, rows / cols)) so
+    every matrix's update has about the same RMS per element, and step by ``lr``. Every direction
+    of the matrix moves alike, which is what speeds up training of the hidden layers; embeddings
+    and the head are lookups and classifiers, for which AdamW stays better.
+
+    The AdamW groups run ``torch.optim.adam.adam`` (the functional form of AdamW) (fused where ``fused``) with the state
+    ``torch.optim.AdamW`` keeps (``step``, ``exp_avg``, ``exp_avg_sq``); Muon's state is
+    ``momentum_buffer``. Each is computed the same on every process (DDP replicas stay equal).
+    Under FSDP2 a matrix is a DTensor sharded by rows: its momentum stays sharded, the update is
+    gathered whole (one all-gather per matrix, in the same order on every rank), orthogonalised
+    on every rank alike, and each rank keeps its own rows of it.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5, fused: bool = False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                        ns_steps=ns_steps, kind="adamw")
+        super().__init__(params, defaults)
+        self.fused = fused
+        for g in self.param_groups:
+            if g["kind"] == "muon" and any(p.dim() != 2 for p in g["params"]):
+                raise ValueError("Muon groups take 2-D matrices only")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["kind"] == "muon":
+                self._muon(group)
+            else:
+                self._adamw(group)
+        return loss
+
+    def _muon(self, group: dict) -> None:
+        lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
+        by_shape: dict[tuple, list] = defaultdict(list)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - mom)  # buf = mom * buf + (1 - mom) * grad
+            update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
+            if isinstance(update, DTensor):  # FSDP2 holds a shard: gather the whole matrix (in the same order on every rank)
+                update = update.full_tensor()
+            by_shape[tuple(p.shape)].append((p, update))
+        for (rows, cols), items in by_shape.items():
+            ortho = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"])
+            scale = max(1.0, rows / cols) ** 0.5
+            for (p, _), o in zip(items, ortho):
+                o = o.to(p.dtype)
+                if isinstance(p, DTensor):  # every rank computed the whole update: keep this rank's shard of it
+                    o = distribute_tensor(o, p.device_mesh, p.placements, src_data_rank=None)
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.add_(o, alpha=-lr * scale)
+
+    def _adamw(self, group: dict) -> None:
+        params, grads, avgs, sqs, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if self.fused else "cpu")
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            avgs.append(state["exp_avg"])
+            sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        if not params:
+            return
+        beta1, beta2 = group["betas"]
+        adam(params, grads, avgs, sqs, [], steps, foreach=False if self.fused else None, fused=self.fused or None,
+             decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+             weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)

@@ -46,7 +46,7 @@ from .errors import UserError
 from .evaluators import Evaluator, ValLoss, build_evaluators, due
 from .metrics import MetricsWriter, drop_history_after
 from .model import GPT
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, set_lr
 from .perf import device_name, device_peak, memory_bytes, mfu
 from .progress import Clock, SpikeWatch, TrainConsole, live_wanted
 from .runinfo import Heartbeat, environment, write_environment
@@ -259,9 +259,8 @@ class Trainer:
 
     def step(self, step: int, lr: float) -> tuple[float, float]:
         """One optimizer step at learning rate ``lr``; returns (loss, grad norm), refusing NaN/inf."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         cfg = self.cfg
+        set_lr(self.optimizer, lr, cfg.optim)  # each group's own peak, scaled by the schedule
         batches = (_checked_batch(self.loader, cfg.model.vocab_size, cfg.data.dir, self.device)
                    for _ in range(self.accum))
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")

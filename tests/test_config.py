@@ -350,7 +350,7 @@ def test_optim_fused_is_auto_or_a_boolean(tmp_path, text, value):
         ("optim.fused=2", "optim.fused", "expected auto, true or false, got 2"),
         ("train.dtype=float16", "train.dtype", "expected auto, bfloat16 or float32, got 'float16'"),
         ("train.parallel=tp", "train.parallel", "expected ddp or fsdp, got 'tp'"),
-        ("optim.schedule=exp", "optim.schedule", "expected cosine, linear or constant, got 'exp'"),
+        ("optim.schedule=exp", "optim.schedule", "expected cosine, linear, constant or wsd, got 'exp'"),
         ("data.dir={a: 1}", "data.dir", "expected str, got {'a': 1}"),
         ("model.n_layer=[1]", "model.n_layer", "expected int, got [1]"),
     ],

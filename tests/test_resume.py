@@ -23,13 +23,19 @@ MAX_STEPS = 12
 KILL_AFTER = "step_00000004"
 
 
-def cli_args(data_dir, run_dir):
+# the speedrun recipe (issue 14): every model switch, and Muon + AdamW in one optimizer
+SPEEDRUN = ["model.bias=false", "model.rotary=true", "model.qk_norm=true", "model.norm=rmsnorm", "model.mlp=relu2",
+            "model.tie_head=false", "model.zero_init_proj=true", "model.logit_softcap=30", "optim.optimizer=muon",
+            "optim.embed_lr=0.01", "optim.schedule=wsd", "train.seq_len=32"]  # shorter: its steps cost more
+
+
+def cli_args(data_dir, run_dir, *extra):
     return [
         "train", "model.preset=micro", "model.dropout=0.1", "train.device=cpu", "train.dtype=float32",
         "train.deterministic=true", "train.threads=1", "train.ckpt_every=2", f"train.max_steps={MAX_STEPS}",
         "train.keep_checkpoints=0", "train.micro_batch=4", "train.seq_len=64", "optim.warmup_steps=2",
         "optim.lr=1e-3", "eval.every=0", "eval.val_tokens=512", "eval.sample_every=-1",
-        f"data.dir={data_dir}", f"train.run_dir={run_dir}",
+        f"data.dir={data_dir}", f"train.run_dir={run_dir}", *extra,
     ]
 
 
@@ -47,11 +53,12 @@ def final_tensors(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path):
+@pytest.mark.parametrize("recipe", [[], SPEEDRUN], ids=["gpt2", "speedrun"])
+def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path, recipe):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     # run A (uninterrupted) and run B (to be killed) side by side, one thread each
-    proc_a = gpt2lab(cli_args(small_shards, run_a), tmp_path / "a.log", tmp_path)
-    proc_b = gpt2lab(cli_args(small_shards, run_b), tmp_path / "b1.log", tmp_path)
+    proc_a = gpt2lab(cli_args(small_shards, run_a, *recipe), tmp_path / "a.log", tmp_path)
+    proc_b = gpt2lab(cli_args(small_shards, run_b, *recipe), tmp_path / "b1.log", tmp_path)
     marker = run_b / "checkpoints" / KILL_AFTER
     deadline = time.monotonic() + 240
     while not marker.is_dir():
@@ -63,7 +70,7 @@ def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path):
     killed_at = [p.name for p in ckpt.list_checkpoints(run_b)]
     assert killed_at and killed_at[-1] != f"step_{MAX_STEPS:08d}", f"B was not interrupted mid-run: {killed_at}"
 
-    proc_b2 = gpt2lab(cli_args(small_shards, run_b) + ["--resume"], tmp_path / "b2.log", tmp_path)
+    proc_b2 = gpt2lab(cli_args(small_shards, run_b, *recipe) + ["--resume"], tmp_path / "b2.log", tmp_path)
     assert proc_a.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()
     assert proc_b2.wait(timeout=300) == 0, (tmp_path / "b2.log").read_text()
     log_b2 = (tmp_path / "b2.log").read_text()
@@ -78,6 +85,10 @@ def test_sigkill_then_resume_is_bitwise_identical(small_shards, tmp_path):
         assert torch.equal(a[k], b[k]), f"{k} differs after SIGKILL + resume"
     # the runs used dropout, so equality needed the restored RNG state, not only weights/optimizer/data
     assert "dropout: 0.1" in (run_b / "config.yaml").read_text()
+    if recipe:  # an untied head, and Muon's and AdamW's states in one optimizer state
+        assert "lm_head.weight" in a and "transformer.wpe.weight" not in a
+        state = ckpt.load_train_state(ckpt.list_checkpoints(run_b)[-1])["optimizer"]
+        assert [g["kind"] for g in state["param_groups"]] == ["muon", "embed", "head", "scalar"]
 
     # metrics: every train step once, and the same losses as the uninterrupted run
     train_a = read_metrics(run_a, "train")

@@ -80,7 +80,7 @@ def _score_positions(model, h: torch.Tensor, targets: torch.Tensor, greedy: bool
     lps, hits = [], []
     V = model.config.vocab_size
     for i in range(0, h.size(0), HEAD_CHUNK):
-        logp = model.lm_head(h[i : i + HEAD_CHUNK])[:, :V].float().log_softmax(-1)
+        logp = model.logits(h[i : i + HEAD_CHUNK])[:, :V].float().log_softmax(-1)
         t = targets[i : i + HEAD_CHUNK]
         lps.append(logp.gather(1, t[:, None])[:, 0].double())
         if greedy:

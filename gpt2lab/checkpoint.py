@@ -68,7 +68,7 @@ from .distributed import (
     load_sharded_state,
     sharded_state,
 )
-from .errors import UserError
+from .errors import UserError, brief
 from .fileio import file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
 from .model import GPT
 from .runtime import device_type
@@ -343,7 +343,7 @@ def load_train_state(ckpt: Path) -> dict:
                         f"gpt2lab's: resume from another checkpoint (delete this folder) or start a new run") from None
 
 
-def check_train_state(state, ckpt: Path, optimizer, info: DistInfo) -> None:
+def check_train_state(state, ckpt: Path) -> None:
     """Refuse, in one line, a training state whose fields have the wrong type or range (a damaged or
     foreign file that still unpickles), before any of it is used."""
     path = Path(ckpt) / STATE_FILE
@@ -359,7 +359,7 @@ def check_train_state(state, ckpt: Path, optimizer, info: DistInfo) -> None:
         raise bad(f"lacks {', '.join(missing)}")
     step = state["step"]
     if type(step) is not int or step < 0:
-        raise bad(f"step {_brief(step)} is not a count of steps")
+        raise bad(f"step {brief(step)} is not a count of steps")
     m = _STEP_DIR.match(Path(ckpt).name)
     if m and int(m.group(1)) != step:
         raise bad(f"step {step} differs from the folder's step {int(m.group(1))}")
@@ -372,18 +372,12 @@ def check_train_state(state, ckpt: Path, optimizer, info: DistInfo) -> None:
         raise bad("the RNG states are not the list of per-process states gpt2lab writes")
     for k, ok in (("world_size", lambda v: type(v) is int and v >= 1), ("parallel", lambda v: v in ("ddp", "fsdp"))):
         if k in state and not ok(state[k]):
-            raise bad(f"{k} {_brief(state[k])} is not valid")
-
-
-def _brief(v) -> str:
-    """A value for a one-line message: its repr when short and plain, else its type."""
-    text = repr(v)
-    return text if len(text) <= 40 and "\n" not in text and not isinstance(v, torch.Tensor) else f"<{type(v).__name__}>"
+            raise bad(f"{k} {brief(state[k])} is not valid")
 
 
 def _label(v) -> str:
-    """A name for a message: a short string as it is, anything else as ``_brief`` shows it."""
-    return v if isinstance(v, str) and len(v) <= 40 and v.isprintable() else _brief(v)
+    """A name for a message: a short string as it is, anything else as ``brief`` shows it."""
+    return v if isinstance(v, str) and len(v) <= 40 and v.isprintable() else brief(v)
 
 
 def _is_rng(t, numel: int | None = None) -> bool:
@@ -407,23 +401,23 @@ def check_optimizer_state(saved, optimizer, path: Path) -> None:
         if not isinstance(g, dict) or not isinstance(g.get("params"), list) or len(g["params"]) != len(o["params"]):
             raise bad(f"group {i} does not have this run's {len(o['params'])} parameters")
         if g.get("kind") != o.get("kind"):  # optim.optimizer=muon names its groups: muon, embed, head, scalar
-            raise bad(f"group {i} is {_brief(g.get('kind'))}, this run's is {_brief(o.get('kind'))}")
+            raise bad(f"group {i} is {brief(g.get('kind'))}, this run's is {brief(o.get('kind'))}")
         for key in ("lr", "weight_decay", "eps"):
             v = g.get(key, 0.0)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise bad(f"group {i} has {key} {_brief(v)}")
+                raise bad(f"group {i} has {key} {brief(v)}")
         for pid, param in zip(g["params"], o["params"]):
             entry = saved["state"].get(pid, {})
             if not isinstance(entry, dict):
-                raise bad(f"entry {_brief(pid)} is not a dict")
+                raise bad(f"entry {brief(pid)} is not a dict")
             for name, t in entry.items():
                 if not isinstance(t, torch.Tensor):
-                    raise bad(f"{_label(name)} of parameter {_brief(pid)} is not a tensor")
+                    raise bad(f"{_label(name)} of parameter {brief(pid)} is not a tensor")
                 if t.dim() and tuple(t.shape) != tuple(param.shape):
-                    raise bad(f"{_label(name)} of parameter {_brief(pid)} has shape {tuple(t.shape)}, the model's is "
+                    raise bad(f"{_label(name)} of parameter {brief(pid)} has shape {tuple(t.shape)}, the model's is "
                               f"{tuple(param.shape)}")
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise bad(f"{_label(name)} of parameter {_brief(pid)} holds NaN or Inf")
+                    raise bad(f"{_label(name)} of parameter {brief(pid)} holds NaN or Inf")
 
 
 def eval_record_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -547,7 +541,7 @@ class Checkpointer:
         if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:  # dropout may change; shape may not
             raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")
         state = load_train_state(path)
-        check_train_state(state, path, optimizer, self.info)
+        check_train_state(state, path)
         dcp_dir = path / DCP_DIR
         if not dcp_dir.is_dir() and "optimizer" not in state:
             raise UserError(f"--resume: {path} has neither {DCP_DIR}/ nor optimizer state; the checkpoint is incomplete")

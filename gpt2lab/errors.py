@@ -11,3 +11,12 @@ class UserError(Exception):
 
 class PeerFailure(RuntimeError):
     """Another process of a multi-process job died or hung: a collective failed or timed out."""
+
+
+def brief(value, limit: int = 40) -> str:
+    """``value`` as a one-line error message may quote it: its repr when short and on one line, else
+    its type (a tensor or array, which has a shape, always shows its type)."""
+    text = repr(value)
+    if len(text) <= limit and "\n" not in text and not hasattr(value, "shape"):
+        return text
+    return f"<{type(value).__name__}>"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, brief
 from .shards import find_shards, read_shard
 
 
@@ -159,7 +159,7 @@ class TokenLoader:
             shuffle, seed = bool(state["shuffle"]), int(state["seed"])
         except (KeyError, TypeError, ValueError):
             raise UserError(
-                f"bad data loader state {_brief(state)}: needs 'epoch', 'sequence', 'seq_len', 'shuffle' and "
+                f"bad data loader state {brief(state, 200)}: needs 'epoch', 'sequence', 'seq_len', 'shuffle' and "
                 "'seed'; the checkpoint may be damaged or from an older gpt2lab"
             ) from None
         if seq_len != self.T:
@@ -170,7 +170,7 @@ class TokenLoader:
                             f"{self.shuffle} and {self.seed}; resume with the same settings")
         if epoch < 0 or not 0 <= sequence <= self.sequences_per_epoch:
             raise UserError(
-                f"data loader state {_brief(state)} does not match the {self.sequences_per_epoch} sequences of the "
+                f"data loader state {brief(state, 200)} does not match the {self.sequences_per_epoch} sequences of the "
                 f"{self.split!r} shards in {self.data_dir}; was the data re-prepared?"
             )
         self._epoch, self._next = epoch, sequence
@@ -181,11 +181,6 @@ class TokenLoader:
             f"rank={self.rank}/{self.world_size}, shards={len(self.shards)}, tokens={self.num_tokens}, "
             f"shuffle={self.shuffle})"
         )
-
-
-def _brief(state) -> str:
-    text = repr(state)
-    return text if len(text) <= 200 and "\n" not in text else f"<{type(state).__name__}>"
 
 
 def check_shards(data_dir, shards: list[Path], hashes: bool = True) -> dict | None:

@@ -21,18 +21,23 @@ from ..distributed import DistInfo, all_reduce_sum
 def eval_windows(data_dir, split: str, seq_len: int, max_tokens: int, verify: bool = True) -> list[np.ndarray]:
     """Up to max_tokens // seq_len windows of seq_len + 1 tokens, in order, from the split's shards.
 
-    ``verify``: each shard read is first checked against the folder's manifest (size and sha256),
-    as the training shards are, so a damaged validation shard is an error, not a changed loss."""
+    ``verify``: the shards the windows come from are checked against the folder's manifest (size and
+    sha256) before they are returned, as the training shards are, so a damaged validation shard is an
+    error, not a changed loss. (The windows are views of memory-mapped shards: nothing is read before.)"""
     n_windows = max(1, max_tokens // seq_len)
-    windows = []
+    windows, used = [], []
     for path in find_shards(data_dir, split):
-        if verify:
-            check_shards(data_dir, [path])
         tokens = read_shard(path)
+        used.append(path)
         for start in range(0, len(tokens) - seq_len, seq_len):
             windows.append(tokens[start : start + seq_len + 1])
             if len(windows) == n_windows:
-                return windows
+                break
+        if len(windows) == n_windows:
+            break
+    if verify:
+        check_shards(data_dir, used)
+    return windows
     return windows
 
 

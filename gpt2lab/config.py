@@ -347,7 +347,8 @@ def _check(raw: dict, sources: dict[str, str]) -> _Schema:
 def _unknown(key: str, choices: typing.Iterable[str], where: str) -> UserError:
     close = difflib.get_close_matches(key, list(choices), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return UserError(f"unknown config key '{key}'{where}{hint}; see docs/config.md for the options")
+    shown = key if key.isprintable() else key.encode("unicode_escape").decode()  # a one-line message, whatever the key
+    return UserError(f"unknown config key '{shown}'{where}{hint}; see docs/config.md for the options")
 
 
 def _resolve_model(raw, where: str) -> dict:

@@ -31,12 +31,12 @@ from typing import Callable
 
 import torch
 
-from .config import MODEL_PRESETS, OptimConfig
+from .config import MODEL_PRESETS, OptimConfig, load_config
 from .distributed import DistInfo
 from .errors import UserError
 from .model import GPT, GPTConfig
 from .optim import build_optimizer
-from .perf import PEAK_SIZES, cpu_info, matmul_peak, timed
+from .perf import PEAK_SIZES, cpu_info, known_bf16_peak, matmul_peak, timed
 from .progress import fmt_bytes
 from .runtime import autocast_for, device_type, resolve_device, resolve_dtype, set_backends
 from .train import train_step
@@ -103,6 +103,9 @@ def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...]
         flops, n = matmul_peak(device, dtype, sizes or PEAK_SIZES[device_type(device), dtype], repeats)
         peaks[f"peak_{name}_flops"], peaks[f"peak_{name}_n"] = flops, n
     peaks["fp32_tf32"] = device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+    known = known_bf16_peak(torch.cuda.get_device_name(device)) if device_type(device) == "cuda" else None
+    if known is not None:  # a known GPU: MFU against its datasheet too, as llm.c and others report it
+        peaks["datasheet_bf16_flops"], peaks["datasheet_name"] = known
     peaks["matmul_repeats"] = repeats
     return peaks
 
@@ -147,12 +150,22 @@ def _process_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _model_config(preset: str, seq_len: int) -> GPTConfig:
+# Who trains: gpt2lab's own model, or a peer's model under the same step and protocol.
+PEERS = ("gpt2lab", "hf")
+
+
+def _recipe(preset: str, seq_len: int, recipe: str | None) -> tuple[GPTConfig, OptimConfig]:
+    """The model and optimizer to time: the preset's shape with the GPT-2 recipe, or with the model
+    switches and the optimizer of ``recipe`` (a training config file such as configs/speedrun.yaml)."""
     if preset not in MODEL_PRESETS:
         raise UserError(f"--preset: unknown preset {preset!r}; choose one of: {', '.join(MODEL_PRESETS)}")
-    cfg = GPTConfig(**MODEL_PRESETS[preset])
-    cfg.block_size = max(cfg.block_size, seq_len)  # position embeddings are not in the FLOPs per token
-    return cfg
+    if recipe:
+        cfg = load_config(recipe, [f"model.preset={preset}"])
+        model_cfg, optim_cfg = cfg.model, cfg.optim
+    else:
+        model_cfg, optim_cfg = GPTConfig(**MODEL_PRESETS[preset]), OptimConfig()
+    model_cfg.block_size = max(model_cfg.block_size, seq_len)  # position embeddings are not in the FLOPs per token
+    return model_cfg, optim_cfg
 
 
 def bench_train(
@@ -165,6 +178,8 @@ def bench_train(
     warmup: int = 2,
     device: str = "auto",
     *,
+    peer: str = "gpt2lab",
+    recipe: str | None = None,
     peaks: dict | None = None,
     seed: int = 1337,
     retry_busy: int = 0,
@@ -173,6 +188,8 @@ def bench_train(
 ) -> dict:
     """Time ``steps`` training steps of the ``preset`` model after ``warmup`` untimed ones.
 
+    ``peer`` "hf" times transformers' GPT2LMHeadModel of the same shape (SDPA attention, its own loss)
+    in the same step; ``recipe`` (a config file) takes the model switches and the optimizer from it.
     ``peaks`` (from :func:`measure_peaks` for this device) adds the MFU figures; without, there are none.
     On a CPU, when other processes took CPU during the timed steps (``cpu_share`` below
     ``min_cpu_share``), the timed steps are run again, up to ``retry_busy`` more times; the figures
@@ -186,7 +203,9 @@ def bench_train(
     log = log or (lambda _msg: None)
     device = _device(device)
     kind = device_type(device)
-    cfg = _model_config(preset, seq_len)
+    if peer not in PEERS:
+        raise UserError(f"--compare: unknown peer {peer!r}; choose one of: {', '.join(PEERS[1:])}")
+    cfg, optim_cfg = _recipe(preset, seq_len, recipe)
     amp_dtype = resolve_dtype(dtype, kind)
     autocast = autocast_for(kind, amp_dtype)
     if compile and warmup == 0:
@@ -199,9 +218,13 @@ def bench_train(
         reset_ok = False
     else:
         reset_ok = _reset_cpu_peak()
-    model, one_step = _step_fn(cfg, batch, seq_len, device, autocast, compile, seed, n_batches=min(warmup + steps, 8))
+    model = GPT(cfg).to(device) if peer == "gpt2lab" else _hf_model(cfg, device)
+    flops_per_token, params = _flops_and_params(cfg, seq_len)
+    one_step = _step_fn(model, optim_cfg, cfg.vocab_size, batch, seq_len, device, autocast, compile, seed,
+                        n_batches=min(warmup + steps, 8))
     dtype_name = str(amp_dtype).replace("torch.", "")
-    tag = f"{preset} B={batch} T={seq_len} {dtype_name} compile={'on' if compile else 'off'}"
+    name = peer + (f" {os.path.splitext(os.path.basename(recipe))[0]}" if recipe else "")
+    tag = f"{name} {preset} B={batch} T={seq_len} {dtype_name} compile={'on' if compile else 'off'}"
     warmup_times, step_times, loss_value, cpu_share, attempts = _time_steps(
         one_step, kind, steps, warmup, retry_busy, min_cpu_share, lambda msg: log(f"{tag}: {msg}"))
     total = sum(step_times)
@@ -213,8 +236,10 @@ def bench_train(
 
     tokens_per_step = batch * seq_len
     tok_s = tokens_per_step * steps / total
-    flops_per_token = model.flops_per_token(seq_len)
     result: dict = {
+        "model": name,
+        "peer": peer,
+        "recipe": recipe,
         "preset": preset,
         "batch": batch,
         "seq_len": seq_len,
@@ -222,7 +247,7 @@ def bench_train(
         "dtype": dtype_name,
         "compile": bool(compile),
         **machine,
-        "params": model.num_params(),
+        "params": params,
         "flops_per_token": flops_per_token,
         "steps": steps,
         "warmup": warmup,
@@ -250,22 +275,52 @@ def bench_train(
     return result
 
 
-def _step_fn(cfg: GPTConfig, batch: int, seq_len: int, device: str, autocast, compile: bool, seed: int,
-             n_batches: int) -> tuple[GPT, Callable[[int], tuple[float, float]]]:
-    """The model and a function that runs and times training step ``i``: (seconds, loss)."""
+def _flops_and_params(cfg: GPTConfig, seq_len: int) -> tuple[float, int]:
+    """Model FLOPs per token and parameters of gpt2lab's model of this shape (a peer of the same
+    shape is counted alike: FLOPs are the model's, not the implementation's)."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    return model.flops_per_token(seq_len), model.num_params()
+
+
+class _HFLoss(torch.nn.Module):
+    """transformers' GPT-2 behind gpt2lab's ``model(x, y) -> (logits, loss)`` call, with its own
+    loss (labels = inputs, shifted inside transformers), as a user of transformers trains it."""
+
+    def __init__(self, hf: torch.nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x, _y):
+        return None, self.hf(input_ids=x, labels=x).loss
+
+
+def _hf_model(cfg: GPTConfig, device: str) -> torch.nn.Module:
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise UserError("--compare hf needs transformers: pip install 'gpt2lab[hf]'") from None
+    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                        attn_pdrop=cfg.dropout, attn_implementation="sdpa")
+    return _HFLoss(GPT2LMHeadModel(hf_cfg)).to(device)
+
+
+def _step_fn(model: torch.nn.Module, optim_cfg: OptimConfig, vocab_size: int, batch: int, seq_len: int, device: str,
+             autocast, compile: bool, seed: int, n_batches: int) -> Callable[[int], tuple[float, float]]:
+    """A function that runs and times training step ``i`` of ``model``: (seconds, loss)."""
     kind = device_type(device)
     torch.manual_seed(seed)
-    model = GPT(cfg).to(device)
-    optimizer = build_optimizer(model, OptimConfig(), kind)
+    optimizer = build_optimizer(model, optim_cfg, kind)
     train_model: torch.nn.Module = model
     if compile:
         torch._dynamo.reset()  # compile from scratch, not on top of an earlier benchmark's graphs
         train_model = torch.compile(model)
     info = DistInfo(device=device)
-    clip = OptimConfig().grad_clip
+    clip = optim_cfg.grad_clip
     # Random tokens, fixed seed, made and moved to the device before any timing.
     g = torch.Generator().manual_seed(seed)
-    data = torch.randint(0, cfg.vocab_size, (n_batches, batch, seq_len + 1), generator=g).to(device)
+    data = torch.randint(0, vocab_size, (n_batches, batch, seq_len + 1), generator=g).to(device)
     batches = [(data[i, :, :-1].contiguous(), data[i, :, 1:].contiguous()) for i in range(n_batches)]
 
     def one_step(i: int) -> tuple[float, float]:
@@ -276,7 +331,7 @@ def _step_fn(cfg: GPTConfig, batch: int, seq_len: int, device: str, autocast, co
             return loss.item()
         return timed(step, device)
 
-    return model, one_step
+    return one_step
 
 
 def _time_steps(one_step, kind: str, steps: int, warmup: int, retry_busy: int, min_cpu_share: float, log):
@@ -316,18 +371,31 @@ def set_peaks(result: dict, peaks: dict) -> dict:
     result["peak_fp32_tflops"] = peaks["peak_fp32_flops"] / 1e12
     result["mfu"] = achieved / peaks["peak_bf16_flops"]  # headline: training runs under bf16 autocast
     result["mfu_fp32"] = achieved / peaks["peak_fp32_flops"]
+    if peaks.get("datasheet_bf16_flops"):
+        result["mfu_datasheet"] = achieved / peaks["datasheet_bf16_flops"]
     return result
 
 
 def add_compile_ratios(results: list[dict]) -> list[dict]:
     """Set ``compiled_vs_eager`` (tokens/s compiled / tokens/s eager) on compiled results that have an eager twin."""
-    eager = {_shape_key(r): r for r in results if not r["compile"]}
+    eager = {(_shape_key(r), r.get("model")): r for r in results if not r["compile"]}
     for r in results:
-        twin = eager.get(_shape_key(r))
+        twin = eager.get((_shape_key(r), r.get("model")))
         if r["compile"] and twin is not None:
             r["compiled_vs_eager"] = r["tokens_per_s"] / twin["tokens_per_s"]
             # Not comparable when either side shared the CPU with other processes.
             r["compiled_vs_eager_busy"] = any(_busy(x) for x in (r, twin))
+    return results
+
+
+def add_peer_ratios(results: list[dict]) -> list[dict]:
+    """Set ``vs_peer`` (gpt2lab tokens/s / the peer's, same shape and compile setting) on gpt2lab's results."""
+    peers = {(_shape_key(r), r["compile"]): r for r in results if r.get("peer", "gpt2lab") != "gpt2lab"}
+    for r in results:
+        twin = peers.get((_shape_key(r), r["compile"]))
+        if r.get("peer", "gpt2lab") == "gpt2lab" and twin is not None:
+            r["vs_peer"], r["peer_name"] = r["tokens_per_s"] / twin["tokens_per_s"], twin["peer"]
+            r["vs_peer_busy"] = any(_busy(x) for x in (r, twin))
     return results
 
 
@@ -351,8 +419,14 @@ def format_table(results: list[dict], peaks: dict) -> str:
         f"bf16 {peaks['peak_bf16_flops'] / 1e12:.3f} TFLOP/s (n={peaks['peak_bf16_n']}), "
         f"fp32{tf32} {peaks['peak_fp32_flops'] / 1e12:.3f} TFLOP/s (n={peaks['peak_fp32_n']})"
     )
-    header = ["preset", "params", "B x T", "dtype", "compile", "tok/s", "ms/step (min)", "TFLOP/s", "MFU bf16",
-              "MFU fp32", "warm-up s", "peak mem", "compiled/eager"]
+    header = ["model", "preset", "params", "B x T", "dtype", "compile", "tok/s", "ms/step (min)", "TFLOP/s",
+              "MFU bf16", "MFU fp32", "warm-up s", "peak mem", "compiled/eager"]
+    show_sheet = any("mfu_datasheet" in r for r in results)
+    if show_sheet:
+        header.insert(header.index("MFU fp32"), "MFU datasheet")
+    show_peer = any("vs_peer" in r for r in results)
+    if show_peer:
+        header.append("vs peer")
     show_share = any(r.get("cpu_share") is not None for r in results)
     if show_share:
         header.append("cpu share")
@@ -361,19 +435,25 @@ def format_table(results: list[dict], peaks: dict) -> str:
         ratio = r.get("compiled_vs_eager")
         ratio_text = "-" if ratio is None else f"{ratio:.2f}x" + (" (busy)" if r.get("compiled_vs_eager_busy") else "")
         row = [
-            r["preset"], f"{r['params'] / 1e6:.1f}M", f"{r['batch']} x {r['seq_len']}", r["dtype"],
+            r.get("model", "gpt2lab"), r["preset"], f"{r['params'] / 1e6:.1f}M", f"{r['batch']} x {r['seq_len']}", r["dtype"],
             "on" if r["compile"] else "off", f"{r['tokens_per_s']:,.0f}",
             f"{r['ms_per_step']:,.1f} ({r['ms_per_step_min']:,.1f})",
             f"{r['achieved_tflops']:.3f}", f"{100 * r['mfu']:.1f}%", f"{100 * r['mfu_fp32']:.1f}%",
             f"{r['warmup_s']:.1f}", fmt_bytes(r["peak_mem_bytes"]), ratio_text,
         ]
+        if show_sheet:
+            sheet = r.get("mfu_datasheet")
+            row.insert(header.index("MFU datasheet"), "-" if sheet is None else f"{100 * sheet:.1f}%")
+        if show_peer:
+            vs = r.get("vs_peer")
+            row.append("-" if vs is None else f"{vs:.2f}x {r['peer_name']}" + (" (busy)" if r.get("vs_peer_busy") else ""))
         if show_share:
             share = r.get("cpu_share")
             tries = len(r.get("attempts", ()))
             row.append((f"{share:.2f}" if share is not None else "-") + (f" ({tries} tries)" if tries > 1 else ""))
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    left = {0, 1, 3, 4}
+    left = {0, 1, 2, 4, 5}
 
     def fmt(row):
         return "  ".join(str(x).ljust(w) if i in left else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
@@ -387,6 +467,12 @@ def format_table(results: list[dict], peaks: dict) -> str:
             "MFU = model FLOPs/token * tok/s / matmul peak"
         )
         lines.append(f"peak mem = {results[0]['peak_mem_kind']}")
+        if show_sheet:
+            lines.append(f"MFU datasheet = against the {peaks['datasheet_name']} dense bf16 datasheet peak, "
+                         f"{peaks['datasheet_bf16_flops'] / 1e12:g} TFLOP/s")
+        if show_peer:
+            lines.append("vs peer = gpt2lab tok/s / the peer's, same shape and compile setting, in this run; "
+                         "the peer's FLOPs are counted as gpt2lab's model of the same shape")
         if show_share:
             lines.append("cpu share = CPU time of this process / (wall time x threads) in the timed steps; "
                          "well below 1 means other processes took CPU and the timings are low "
@@ -410,6 +496,8 @@ def run_bench(
     device: str = "auto",
     as_json: bool = False,
     *,
+    compare: str | None = None,
+    recipe: str | None = None,
     peaks: dict | None = None,
     out=None,
     log: Callable[[str], None] | None = stderr_log,
@@ -417,6 +505,8 @@ def run_bench(
     """Measure the matmul peaks once, then bench_train with compile off and/or on; print and return the results.
 
     ``compile_mode`` is "off", "on" or "both" (eager and compiled side by side, with their ratio).
+    ``compare`` "hf" runs transformers' GPT-2 of the same shape after each gpt2lab case and adds the ratio;
+    ``recipe`` (a config file) times its model switches and optimizer instead of the GPT-2 recipe.
     Progress goes to ``log`` (stderr); the table, or one JSON object per line with ``as_json``, to ``out``
     (stdout). ``peaks`` (from :func:`measure_peaks`) skips measuring them again.
     """
@@ -424,15 +514,21 @@ def run_bench(
         raise UserError(f"--compile: {compile_mode!r}; choose off, on or both")
     out = out or sys.stdout
     device = _device(device)
-    _model_config(preset, seq_len)  # fail on a bad preset before spending time on the peaks
+    _recipe(preset, seq_len, recipe)  # fail on a bad preset or config before spending time on the peaks
+    if compare is not None and compare not in PEERS[1:]:
+        raise UserError(f"--compare: unknown peer {compare!r}; choose one of: {', '.join(PEERS[1:])}")
     log = log or (lambda _msg: None)
     warn_if_busy(device, log)
     if peaks is None:
         log(f"measuring bf16 and fp32 matmul peaks on {device} ...")
         peaks = measure_peaks(device)
-    results = [bench_train(preset, batch, seq_len, dtype, compiled, steps, warmup, device, peaks=peaks, log=log)
-               for compiled in COMPILE_MODES[compile_mode]]
+    results = []
+    for compiled in COMPILE_MODES[compile_mode]:
+        for peer in ("gpt2lab",) + ((compare,) if compare else ()):
+            results.append(bench_train(preset, batch, seq_len, dtype, compiled, steps, warmup, device, peer=peer,
+                                       recipe=recipe if peer == "gpt2lab" else None, peaks=peaks, log=log))
     add_compile_ratios(results)
+    add_peer_ratios(results)
     if as_json:
         for r in results:
             print(json.dumps(r), file=out)

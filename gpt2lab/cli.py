@@ -264,6 +264,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--warmup", type=NON_NEGATIVE, default=2,
                    help="untimed steps first; compilation happens here and its time is reported (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--compare", choices=["hf"], default=None,
+                   help="also time transformers' GPT2LMHeadModel of the same shape, same step and protocol, "
+                   "right after each case, and print gpt2lab's ratio to it")
+    p.add_argument("--recipe", default=None, metavar="CONFIG",
+                   help="take the model switches and the optimizer from this training config "
+                   "(e.g. configs/speedrun.yaml) instead of the GPT-2 recipe; --preset sets the size")
     p.add_argument("--json", action="store_true", help="print one JSON object per result instead of a table")
 
 
@@ -517,7 +523,8 @@ def cmd_bench(args) -> None:
     from .bench import run_bench
 
     run_bench(preset=args.preset, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, compile_mode=args.compile,
-              steps=args.steps, warmup=args.warmup, device=args.device, as_json=args.json)
+              steps=args.steps, warmup=args.warmup, device=args.device, as_json=args.json, compare=args.compare,
+              recipe=args.recipe)
 
 
 def cmd_convert(args) -> None:

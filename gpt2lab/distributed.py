@@ -132,18 +132,23 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, parallel: str, param_dtyp
         return model
     if parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mesh = init_device_mesh(device_type(info.device), (info.world_size,))
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype != torch.float32 \
-            else MixedPrecisionPolicy()
-        for block in model.transformer.h:
-            fully_shard(block, mesh=mesh, mp_policy=mp)
-        fully_shard(model, mesh=mesh, mp_policy=mp)
-        return model
+        return shard_model(model, init_device_mesh(device_type(info.device), (info.world_size,)), param_dtype)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[info.local_rank] if device_type(info.device) == "cuda" else None)
+
+
+def shard_model(model: torch.nn.Module, mesh, param_dtype: torch.dtype) -> torch.nn.Module:
+    """FSDP2 over ``mesh``, in place (see :func:`wrap_model`): one unit per block, the root holding the rest."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype != torch.float32 \
+        else MixedPrecisionPolicy()
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -88,6 +88,25 @@ def test_bad_arguments_are_user_errors():
         bench_train("micro", 2, 32, steps=0, device="cpu")
 
 
+def test_compare_hf_and_recipe():
+    """--compare hf: transformers' GPT-2 of the same shape after ours, same step, and our ratio to it;
+    --recipe: the speedrun config's model and optimizer (Muon) timed instead of the GPT-2 recipe."""
+    PEAKS = {"peak_bf16_flops": 1e12, "peak_fp32_flops": 1e11, "peak_bf16_n": 1, "peak_fp32_n": 1,
+             "fp32_tf32": False, "matmul_repeats": 1}
+    buf = io.StringIO()
+    ours, hf = run_bench("micro", 2, 32, "float32", "off", steps=1, warmup=1, device="cpu", compare="hf",
+                         peaks=PEAKS, out=buf, log=None)
+    assert (ours["model"], hf["model"]) == ("gpt2lab", "hf") and hf["params"] == ours["params"]
+    assert ours["vs_peer"] == pytest.approx(ours["tokens_per_s"] / hf["tokens_per_s"]) and "vs_peer" not in hf
+    assert abs(hf["final_loss"] - math.log(50257)) < 0.5  # an untrained model of the same vocabulary, trained by it
+    assert "vs peer" in buf.getvalue() and "x hf" in buf.getvalue()
+    sr = bench_train("micro", 2, 32, "float32", steps=1, warmup=0, device="cpu",
+                     recipe=str(REPO_ROOT / "configs" / "speedrun.yaml"), peaks=PEAKS)
+    assert sr["model"] == "gpt2lab speedrun" and sr["params"] > ours["params"]  # its LM head is its own
+    with pytest.raises(UserError, match="--compare"):
+        run_bench("micro", compare="megatron", device="cpu", log=None)
+
+
 @pytest.mark.slow
 def test_cli_bench_micro():
     proc = gpt2lab("bench", "--preset", "micro", "-B", "2", "-T", "32", "--steps", "1", "--warmup", "1",

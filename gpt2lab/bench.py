@@ -180,6 +180,7 @@ def bench_train(
     *,
     peer: str = "gpt2lab",
     recipe: str | None = None,
+    loss_chunk: int = 0,
     peaks: dict | None = None,
     seed: int = 1337,
     retry_busy: int = 0,
@@ -221,9 +222,10 @@ def bench_train(
     model = GPT(cfg).to(device) if peer == "gpt2lab" else _hf_model(cfg, device)
     flops_per_token, params = _flops_and_params(cfg, seq_len)
     one_step = _step_fn(model, optim_cfg, cfg.vocab_size, batch, seq_len, device, autocast, compile, seed,
-                        n_batches=min(warmup + steps, 8))
+                        n_batches=min(warmup + steps, 8), loss_chunk=loss_chunk if peer == "gpt2lab" else 0)
     dtype_name = str(amp_dtype).replace("torch.", "")
-    name = peer + (f" {os.path.splitext(os.path.basename(recipe))[0]}" if recipe else "")
+    name = peer + (f" {os.path.splitext(os.path.basename(recipe))[0]}" if recipe else "") + \
+        (f" chunk{loss_chunk}" if loss_chunk and peer == "gpt2lab" else "")
     tag = f"{name} {preset} B={batch} T={seq_len} {dtype_name} compile={'on' if compile else 'off'}"
     warmup_times, step_times, loss_value, cpu_share, attempts = _time_steps(
         one_step, kind, steps, warmup, retry_busy, min_cpu_share, lambda msg: log(f"{tag}: {msg}"))
@@ -307,7 +309,7 @@ def _hf_model(cfg: GPTConfig, device: str) -> torch.nn.Module:
 
 
 def _step_fn(model: torch.nn.Module, optim_cfg: OptimConfig, vocab_size: int, batch: int, seq_len: int, device: str,
-             autocast, compile: bool, seed: int, n_batches: int) -> Callable[[int], tuple[float, float]]:
+             autocast, compile: bool, seed: int, n_batches: int, loss_chunk: int = 0) -> Callable[[int], tuple[float, float]]:
     """A function that runs and times training step ``i`` of ``model``: (seconds, loss)."""
     kind = device_type(device)
     torch.manual_seed(seed)
@@ -326,7 +328,7 @@ def _step_fn(model: torch.nn.Module, optim_cfg: OptimConfig, vocab_size: int, ba
     def one_step(i: int) -> tuple[float, float]:
         def step() -> float:
             loss, norm = train_step(train_model, model, optimizer, iter([batches[i % n_batches]]), 1, autocast,
-                                    clip, info)
+                                    clip, info, loss_chunk)
             norm.item()  # the training loop reads both back every step too
             return loss.item()
         return timed(step, device)
@@ -498,6 +500,7 @@ def run_bench(
     *,
     compare: str | None = None,
     recipe: str | None = None,
+    loss_chunk: int = 0,
     peaks: dict | None = None,
     out=None,
     log: Callable[[str], None] | None = stderr_log,
@@ -506,7 +509,8 @@ def run_bench(
 
     ``compile_mode`` is "off", "on" or "both" (eager and compiled side by side, with their ratio).
     ``compare`` "hf" runs transformers' GPT-2 of the same shape after each gpt2lab case and adds the ratio;
-    ``recipe`` (a config file) times its model switches and optimizer instead of the GPT-2 recipe.
+    ``recipe`` (a config file) times its model switches and optimizer instead of the GPT-2 recipe;
+    ``loss_chunk`` > 0 times gpt2lab with the chunked LM head and loss (``train.loss_chunk``).
     Progress goes to ``log`` (stderr); the table, or one JSON object per line with ``as_json``, to ``out``
     (stdout). ``peaks`` (from :func:`measure_peaks`) skips measuring them again.
     """
@@ -526,7 +530,8 @@ def run_bench(
     for compiled in COMPILE_MODES[compile_mode]:
         for peer in ("gpt2lab",) + ((compare,) if compare else ()):
             results.append(bench_train(preset, batch, seq_len, dtype, compiled, steps, warmup, device, peer=peer,
-                                       recipe=recipe if peer == "gpt2lab" else None, peaks=peaks, log=log))
+                                       recipe=recipe if peer == "gpt2lab" else None, loss_chunk=loss_chunk,
+                                       peaks=peaks, log=log))
     add_compile_ratios(results)
     add_peer_ratios(results)
     if as_json:

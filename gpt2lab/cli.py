@@ -270,6 +270,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--recipe", default=None, metavar="CONFIG",
                    help="take the model switches and the optimizer from this training config "
                    "(e.g. configs/speedrun.yaml) instead of the GPT-2 recipe; --preset sets the size")
+    p.add_argument("--loss-chunk", type=NON_NEGATIVE, default=0, metavar="ROWS",
+                   help="the chunked LM head and loss, ROWS rows of logits at a time, as train.loss_chunk "
+                   "(default 0: the whole logits)")
     p.add_argument("--json", action="store_true", help="print one JSON object per result instead of a table")
 
 
@@ -524,7 +527,7 @@ def cmd_bench(args) -> None:
 
     run_bench(preset=args.preset, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, compile_mode=args.compile,
               steps=args.steps, warmup=args.warmup, device=args.device, as_json=args.json, compare=args.compare,
-              recipe=args.recipe)
+              recipe=args.recipe, loss_chunk=args.loss_chunk)
 
 
 def cmd_convert(args) -> None:

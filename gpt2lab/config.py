@@ -174,6 +174,7 @@ class TrainConfig:
     log_every: Int = Field(1, gt=0, description="progress line and metrics every N steps")
     ckpt_every: Int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)", examples=[0])
     keep_checkpoints: Int = Field(2, ge=0, description="keep the newest N checkpoints (0 = keep all)", examples=[0])
+    loss_chunk: Int = Field(0, ge=0, description="rows of logits at a time in the training loss: 0 = the whole B x T x vocab logits at once (as GPT-2 code does); N > 0 = a fused, chunked LM head and cross-entropy that never holds them (the same loss within bf16 rounding, much less memory, faster on CPUs)", examples=[0])
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible resume on CPU)")
     threads: Int = Field(0, ge=0, description="torch CPU threads (0 = PyTorch's default)", examples=[0])
     tensorboard: bool = Field(False, description="also write TensorBoard events to run_dir/tb (needs tensorboard)")

@@ -114,6 +114,58 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
+class ChunkedLMLoss(torch.autograd.Function):
+    """Mean cross-entropy of ``h @ weight.T`` (soft-capped, padded columns masked) against ``targets``,
+    ``rows`` rows of logits at a time, never holding the full (N, padded_vocab) logits.
+
+    The gradients are computed in the forward pass, chunk by chunk (the loss is a scalar: its
+    gradient only scales them), so each chunk's logits are made, used and freed while still in
+    cache; backward multiplies the stored gradients by the incoming scalar. The arithmetic is that
+    of the plain path: the matmul in the ambient autocast dtype, softmax and loss in fp32, the
+    gradient of the logits cast back to the matmul dtype, so the two agree within bf16 rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, vocab_size: int, cap: float, rows: int):
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        with torch.autocast(h.device.type, enabled=False):
+            w = weight.to(dtype)
+            grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+            loss = torch.zeros((), dtype=torch.float32, device=h.device)
+            valid_all = targets >= 0
+            count = valid_all.sum().clamp(min=1)
+            for start in range(0, h.size(0), rows):
+                hc = h[start:start + rows].to(dtype)
+                tgt = targets[start:start + rows]
+                valid = valid_all[start:start + rows]
+                logits = (hc @ w.T).float()
+                if cap > 0:
+                    t = torch.tanh(logits / cap)
+                    logits = cap * t
+                logits[:, vocab_size:] = float("-inf")
+                lse = torch.logsumexp(logits, dim=-1)
+                safe = tgt.clamp(min=0)
+                picked = logits.gather(1, safe[:, None]).squeeze(1)
+                loss += torch.where(valid, lse - picked, 0.0).sum()
+                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                g[torch.arange(g.size(0), device=g.device), safe] -= 1.0
+                g.mul_(valid[:, None])
+                if cap > 0:
+                    g.mul_(1 - t * t)
+                g = g.to(dtype)
+                grad_h[start:start + rows] = (g @ w).to(h.dtype)
+                grad_w += (g.T @ hc).float()
+        ctx.save_for_backward(grad_h / count, grad_w / count)
+        ctx.weight_dtype = weight.dtype
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.weight_dtype), None, None, None, None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
@@ -292,12 +344,20 @@ class GPT(nn.Module):
         padded vocabulary (padded columns as they come: callers drop or mask them)."""
         return softcap(self.lm_head(h), self.config.logit_softcap)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, reduction: str = "mean", **kw):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, reduction: str = "mean",
+                loss_chunk: int = 0, **kw):
         """Return ``(logits, loss)``; ``kw`` (pos, mask, cache) go to :meth:`hidden`.
 
         logits are over the padded vocabulary, with padded columns set to -inf so they are never
         sampled and take no probability mass in the loss. Targets < 0 are ignored in the loss.
+        ``loss_chunk`` > 0 (with targets and the mean reduction): the loss through
+        :class:`ChunkedLMLoss`, that many rows of logits at a time, and ``None`` for the logits.
         """
+        if loss_chunk > 0 and targets is not None and reduction == "mean":
+            h = self.hidden(idx, **kw)
+            loss = ChunkedLMLoss.apply(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                       self.config.vocab_size, self.config.logit_softcap, loss_chunk)
+            return None, loss
         logits = self.logits(self.hidden(idx, **kw))
         if self.config.padded_vocab_size > self.config.vocab_size:
             logits[..., self.config.vocab_size :] = float("-inf")

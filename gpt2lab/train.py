@@ -266,7 +266,7 @@ class Trainer:
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         try:
             loss, norm = train_step(self.train_model, self.model, self.optimizer, batches, self.accum,
-                                    self.train_autocast, clip, self.info)
+                                    self.train_autocast, clip, self.info, cfg.train.loss_chunk)
         except Exception as e:
             if cfg.train.compile and step == self.start_step and type(e).__module__.startswith(
                     ("torch._dynamo", "torch._inductor")):
@@ -426,11 +426,13 @@ class Aborted(KeyboardInterrupt):
                 "is discarded, the previous one is intact")
 
 
-def train_step(train_model, model, optimizer, batches, accum: int, autocast, clip: float, info: DistInfo):
+def train_step(train_model, model, optimizer, batches, accum: int, autocast, clip: float, info: DistInfo,
+               loss_chunk: int = 0):
     """One optimizer step over ``accum`` micro-batches; returns (mean loss, grad norm before clipping).
 
     ``train_model`` is what runs forward (possibly DDP-, FSDP2- or compile-wrapped); ``model`` is
-    the module whose parameters are clipped (for FSDP2 the same, sharded, module). The update is
+    the module whose parameters are clipped (for FSDP2 the same, sharded, module). ``loss_chunk`` > 0
+    computes the loss ``loss_chunk`` rows of logits at a time (``GPT.forward``). The update is
     skipped when the loss or the gradient norm is not finite, so a diverged step never corrupts
     the weights.
     """
@@ -440,7 +442,7 @@ def train_step(train_model, model, optimizer, batches, accum: int, autocast, cli
         sync = not info.enabled or micro == accum - 1  # all-reduce/reduce-scatter gradients on the last micro-batch only
         with grad_sync(train_model, sync):
             with autocast:
-                _, loss = train_model(x, y)
+                _, loss = train_model(x, y, loss_chunk=loss_chunk) if loss_chunk else train_model(x, y)
             loss = loss / accum  # the gradient of the mean over all micro-batches
             loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()

@@ -217,3 +217,33 @@ def test_dropout_only_in_training_mode():
         torch.manual_seed(1)
         d, _ = model(idx)
     assert not torch.equal(c[..., :500], d[..., :500])
+
+
+def _loss_and_grads(model, x, y, autocast: bool, loss_chunk: int):
+    model.zero_grad()
+    ctx = torch.autocast("cpu", torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with ctx:
+        logits, loss = model(x, y, loss_chunk=loss_chunk)
+    loss.backward()
+    return logits, loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("switches", [{}, {"logit_softcap": 30.0, "tie_head": False, "zero_init_proj": False}],
+                         ids=["gpt2", "softcap-untied"])
+@pytest.mark.parametrize("rows", [7, 37, 4096])
+def test_chunked_loss_equals_the_full_logits_loss(switches, rows):
+    """loss_chunk computes the same loss and gradients as the full logits: to fp32 rounding in fp32, and
+    within bf16 rounding under autocast (2^-8 relative in the largest gradient entries), ignored targets too."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, **switches))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 50257, (3, 40), generator=g)
+    y = torch.randint(0, 50257, (3, 40), generator=g)
+    y[0, :7] = -1
+    for autocast, loss_tol, grad_tol in ((False, 1e-6, 1e-5), (True, 1e-5, 2e-2)):
+        _, full, g_full = _loss_and_grads(model, x, y, autocast, 0)
+        logits, chunked, g_chunk = _loss_and_grads(model, x, y, autocast, rows)
+        assert logits is None and abs(full - chunked) <= loss_tol * full
+        for k in g_full:
+            scale = g_full[k].abs().max().item()
+            assert (g_full[k] - g_chunk[k]).abs().max().item() <= grad_tol * scale + 1e-12, k

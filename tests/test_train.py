@@ -291,3 +291,19 @@ def test_init_from_missing_folder_is_user_error(small_shards, tmp_path):
     cfg = micro_cfg(small_shards, tmp_path / "run", f"train.init_from={tmp_path / 'nope'}")
     with pytest.raises(UserError):
         train(cfg, log=quiet)
+
+
+@pytest.mark.parametrize("extra", [[], ["train.total_batch_tokens=256"]], ids=["one-micro-batch", "accumulation"])
+def test_loss_chunk_trains_like_the_full_logits(small_shards, tmp_path, extra):
+    """train.loss_chunk: the same per-step losses and final weights as the full logits (fp32), also
+    with gradient accumulation."""
+    runs = {}
+    for chunk in (0, 24):
+        run = tmp_path / f"chunk{chunk}"
+        train(micro_cfg(small_shards, run, f"train.loss_chunk={chunk}", "eval.every=-1", "eval.sample_every=-1",
+                        *extra), log=quiet)
+        runs[chunk] = run
+    losses = [[r["loss"] for r in read_metrics(runs[c], "train")] for c in (0, 24)]
+    assert len(losses[0]) == 4 and all(abs(a - b) <= 1e-5 * a for a, b in zip(*losses))
+    a, b = (ckpt.load_model(runs[c])[0].state_dict() for c in (0, 24))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

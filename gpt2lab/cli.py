@@ -563,7 +563,15 @@ COMMANDS = {
 }
 
 
+# The commands that run a model on the CPU, and so gain from tcmalloc (gpt2lab/allocator.py).
+TCMALLOC_COMMANDS = ("train", "quickstart", "bench", "eval", "sample")
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in TCMALLOC_COMMANDS:  # the command line, not a caller
+        from .allocator import reexec_with_tcmalloc
+
+        reexec_with_tcmalloc(sys.argv[1:])
     args = build_parser().parse_args(argv)
     try:
         rc = COMMANDS[args.command](args)

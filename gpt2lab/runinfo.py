@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .allocator import in_use as allocator_in_use
 from .checkpoint import (CHECKPOINTS_DIR, ENV_FILE, METRICS_FILE, RUN_CONFIG, STATUS_FILE, list_checkpoints,
                          load_checkpoint_config)
 from .config import MODEL_PRESETS
@@ -97,6 +98,7 @@ def environment(cfg, world_size: int, device: str, device_name: str, dtype: str,
         "peak_flops": peak_flops,
         "peak_source": peak_source,
         "world_size": world_size,
+        "allocator": allocator_in_use(),
         "data_dir": str(cfg.data.dir),
         "data_manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
     }
@@ -128,7 +130,8 @@ def environment_lines(env: dict) -> list[str]:
         f"started: {env.get('started')} at step {env.get('start_step')} on {env.get('host')} (cwd {env.get('cwd')})",
         f"gpt2lab: {pk.get('gpt2lab')}, git {git_text}",
         "packages: " + ", ".join(f"{k} {v}" for k, v in pk.items() if k != "gpt2lab"),
-        f"device: {env.get('device')} ({env.get('device_name')}), {env.get('dtype')}, world size {env.get('world_size')}",
+        f"device: {env.get('device')} ({env.get('device_name')}), {env.get('dtype')}, world size {env.get('world_size')}"
+        + (f", allocator {env['allocator']}" if env.get("allocator") else ""),
         f"MFU peak: {env.get('peak_source')}",
         f"data: {env.get('data_dir')} (manifest sha256 {env.get('data_manifest_sha256')})",
     ]

@@ -184,7 +184,7 @@ def run_throughput(check: Check, device: str, plan: tuple, peaks: dict) -> None:
         pair(batch)
 
 
-def run_hellaswag(check: Check, device: str, plan: tuple, path: Path) -> None:
+def time_hellaswag(check: Check, device: str, plan: tuple, path: Path) -> None:
     import torch
 
     from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag
@@ -202,10 +202,8 @@ def run_hellaswag(check: Check, device: str, plan: tuple, path: Path) -> None:
         items = items[:items_limit] if items_limit else items
         torch.manual_seed(0)
         model = GPT(GPTConfig(**MODEL_PRESETS[preset])).to(device)
-        t = time.perf_counter()
-        metrics, _ = evaluate_hellaswag(model, items, device, autocast_for(device, torch.bfloat16))
-        torch.cuda.synchronize() if device.startswith("cuda") else None
-        dt = time.perf_counter() - t
+        dt, (metrics, _) = harness.timed(lambda: evaluate_hellaswag(model, items, device,
+                                                                    autocast_for(device, torch.bfloat16)), device)
         check.add("hellaswag", f"{len(items):,} items, {name}", "ok",
                   f"{dt:.1f} s, {len(items) / dt:,.0f} items/s (both scoring styles; "
                   f"acc_norm {metrics['completion_acc_norm']:.3f} of random weights)", dt)
@@ -246,7 +244,7 @@ def main(argv=None) -> int:
     else:
         hs = harness.data_dir() / "hellaswag" / "hellaswag_val.jsonl"
     if "hellaswag" in stages:
-        run_hellaswag(check, device, plan, hs)
+        time_hellaswag(check, device, plan, hs)
     if peaks is not None:
         run_throughput(check, device, plan, peaks)
     text = table(check.rows)

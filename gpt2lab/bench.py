@@ -154,6 +154,11 @@ def _process_cpu_seconds() -> float:
 PEERS = ("gpt2lab", "hf")
 
 
+def _check_peer(peer: str, allowed: tuple[str, ...] = PEERS) -> None:
+    if peer not in allowed:
+        raise UserError(f"--compare: unknown peer {peer!r}; choose one of: {', '.join(PEERS[1:])}")
+
+
 def _recipe(preset: str, seq_len: int, recipe: str | None) -> tuple[GPTConfig, OptimConfig]:
     """The model and optimizer to time: the preset's shape with the GPT-2 recipe, or with the model
     switches and the optimizer of ``recipe`` (a training config file such as configs/speedrun.yaml)."""
@@ -204,8 +209,9 @@ def bench_train(
     log = log or (lambda _msg: None)
     device = _device(device)
     kind = device_type(device)
-    if peer not in PEERS:
-        raise UserError(f"--compare: unknown peer {peer!r}; choose one of: {', '.join(PEERS[1:])}")
+    _check_peer(peer)
+    if peer != "gpt2lab":
+        loss_chunk = 0  # a peer computes its loss its own way
     cfg, optim_cfg = _recipe(preset, seq_len, recipe)
     amp_dtype = resolve_dtype(dtype, kind)
     autocast = autocast_for(kind, amp_dtype)
@@ -222,10 +228,10 @@ def bench_train(
     model = GPT(cfg).to(device) if peer == "gpt2lab" else _hf_model(cfg, device)
     flops_per_token, params = _flops_and_params(cfg, seq_len)
     one_step = _step_fn(model, optim_cfg, cfg.vocab_size, batch, seq_len, device, autocast, compile, seed,
-                        n_batches=min(warmup + steps, 8), loss_chunk=loss_chunk if peer == "gpt2lab" else 0)
+                        n_batches=min(warmup + steps, 8), loss_chunk=loss_chunk)
     dtype_name = str(amp_dtype).replace("torch.", "")
     name = peer + (f" {os.path.splitext(os.path.basename(recipe))[0]}" if recipe else "") + \
-        (f" chunk{loss_chunk}" if loss_chunk and peer == "gpt2lab" else "")
+        (f" chunk{loss_chunk}" if loss_chunk else "")
     tag = f"{name} {preset} B={batch} T={seq_len} {dtype_name} compile={'on' if compile else 'off'}"
     warmup_times, step_times, loss_value, cpu_share, attempts = _time_steps(
         one_step, kind, steps, warmup, retry_busy, min_cpu_share, lambda msg: log(f"{tag}: {msg}"))
@@ -519,8 +525,8 @@ def run_bench(
     out = out or sys.stdout
     device = _device(device)
     _recipe(preset, seq_len, recipe)  # fail on a bad preset or config before spending time on the peaks
-    if compare is not None and compare not in PEERS[1:]:
-        raise UserError(f"--compare: unknown peer {compare!r}; choose one of: {', '.join(PEERS[1:])}")
+    if compare is not None:
+        _check_peer(compare, PEERS[1:])
     log = log or (lambda _msg: None)
     warn_if_busy(device, log)
     if peaks is None:

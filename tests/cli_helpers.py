@@ -26,6 +26,20 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+class socket_port:
+    """A free TCP port on localhost (closed again before use)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
 def quiet(_msg):
     pass
 

@@ -10,13 +10,12 @@ mask, a missing scale, a dropped gradient) moves them by far more.
 import contextlib
 import copy
 import json
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from cli_helpers import ckpt_cfg, gpt2lab, quiet
+from cli_helpers import ckpt_cfg, gpt2lab, quiet, socket_port
 from gpt2lab.config import from_dict
 from gpt2lab.distributed import DistInfo, full_state_dict, shard_model, sharded_state, load_sharded_state
 from gpt2lab.evals.hellaswag import evaluate_hellaswag
@@ -137,17 +136,13 @@ def test_checkpoint_resume_on_the_device_is_exact(small_shards, tmp_path, restor
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def process_group():
     """A process group of one on this device (nccl on a GPU, gloo on a CPU): FSDP2 needs one even unsharded."""
     kwargs = {"device_id": torch.device("cuda", 0)} if ON_GPU else {}
-    dist.init_process_group("nccl" if ON_GPU else "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+    with socket_port() as port:
+        pass
+    dist.init_process_group("nccl" if ON_GPU else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
                             world_size=1, **kwargs)
     try:
         yield

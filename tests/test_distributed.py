@@ -26,6 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_helpers import socket_port
 from gpt2lab import checkpoint as ckpt
 from gpt2lab.cli import main as cli_main
 from gpt2lab.config import load_config
@@ -351,20 +352,6 @@ def test_hung_rank_times_out_with_clear_error(small_shards, tmp_path):
     assert elapsed < 30, f"rank 0 took {elapsed:.0f} s to give up"
     assert "error: rank 0: lost contact with the other processes" in text and "train.dist_timeout=3s" in text
     assert "Traceback" not in text
-
-
-class socket_port:
-    """A free TCP port on localhost (closed again before use)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        return self.sock.getsockname()[1]
-
-    def __exit__(self, *exc):
-        self.sock.close()
 
 
 def test_parallel_key_is_checked():

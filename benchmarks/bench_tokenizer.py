@@ -4,6 +4,7 @@
     python benchmarks/bench_tokenizer.py --vocab 8192 --repeats 1
     python benchmarks/bench_tokenizer.py --vocab 50257 --train-fraction 0.5   # how the gain grows with the corpus
     python benchmarks/bench_tokenizer.py --vocab 50257 --pattern cl100k
+    python benchmarks/bench_tokenizer.py --vocab 50257 --in-sample 3000      # also on text it was trained on
 
 The articles of ``$GPT2LAB_DATA/corpora/wikipedia-en.jsonl`` (18,230, in file order) are split:
 the last ``--held-out`` fraction is never seen by training (``--train-fraction``: train on the first
@@ -38,6 +39,9 @@ def main() -> None:
                     help="train on the first fraction of the articles not held out (default 1: all of them)")
     ap.add_argument("--vocab", type=int, nargs="+", default=[32768, 50257], help="vocabulary sizes to train")
     ap.add_argument("--pattern", default="gpt2", help="pre-tokenisation pattern of the trained ones (default gpt2)")
+    ap.add_argument("--in-sample", type=int, default=0, metavar="N",
+                    help="also measure bytes per token on the first N training articles (text the BPE has seen): "
+                    "what a vocabulary fitted to its text gains at most (default 0: skip)")
     ap.add_argument("--repeats", type=int, default=3, help="timed encode passes; tokens/s is the best (default 3)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the split and the trained tokenizers in this folder")
     ap.add_argument("--out", type=Path, default=harness.default_out("tokenizer"))
@@ -69,10 +73,20 @@ def main() -> None:
     for r in rows:
         r["gain_vs_gpt2"] = r["bytes_per_token"] / base - 1
     print(format_stats(rows))
+    doc_extra = {}
+    if args.in_sample:
+        seen_file = work / "seen.jsonl"
+        seen_file.write_text("\n".join(lines[:args.in_sample]) + "\n", encoding="utf-8")
+        seen = tokenizer_stats([seen_file], ["gpt2"] + [t["folder"] for t in trained], repeats=1)
+        for r in seen:
+            r["gain_vs_gpt2"] = r["bytes_per_token"] / seen[0]["bytes_per_token"] - 1
+        print(f"in sample: the first {args.in_sample:,} training articles")
+        print(format_stats(seen))
+        doc_extra = {"in_sample_articles": args.in_sample, "in_sample_stats": seen}
     for t in trained:
         print(f"trained {t['vocab_size']:,}: {t['train_seconds']:.1f} s")
     doc = {"data": str(args.data), "articles": len(lines), "held_out_articles": n_held, "train_articles": n_train,
-           "train_bytes": train_file.stat().st_size, "threads": os.cpu_count(), "trained": trained, "stats": rows}
+           "train_bytes": train_file.stat().st_size, "threads": os.cpu_count(), "trained": trained, "stats": rows, **doc_extra}
     print(f"wrote {harness.write_results(args.out, machine, doc)}")
 
 

@@ -3,11 +3,18 @@
     python benchmarks/bench_train.py                      # everything, JSON to benchmarks/results/train-<host>.json
     python benchmarks/bench_train.py --only tiny --steps 5
     python benchmarks/bench_train.py --compile off --out /tmp/eager.json
+    python benchmarks/bench_train.py --peers hf nanogpt build-nanogpt      # beside the peers, same run
+    python benchmarks/bench_train.py --peers nanogpt --peer-file nanogpt=model.py   # a local copy, no network
 
 The bf16 and fp32 matmul peaks are measured at the start and again at the end (the better of the
 two counts); every case reports tokens/s, ms/step and MFU against them (see gpt2lab/bench.py and
 benchmarks/README.md). The JSON (command, machine, peaks, one object per case) is
 rewritten after each case, so an interrupted run keeps what it finished.
+
+``--peers`` times other trainers' models of the same shape right after gpt2lab's, under the same
+step and protocol: transformers' GPT2LMHeadModel (``hf``), nanoGPT's ``model.py`` and
+build-nanogpt's model (fetched at run time at a pinned commit, see peers.py). Each gpt2lab case
+reports ``vs_peer``: its tokens/s over the best peer's, same shape and compile setting.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import os
 import sys
 
 import harness
-from gpt2lab.bench import COMPILE_MODES, add_compile_ratios, bench_train, format_table, measure_peaks, set_peaks
+import peers as peer_models
+from gpt2lab.bench import COMPILE_MODES, add_compile_ratios, add_peer_ratios, bench_train, format_table, measure_peaks, set_peaks
 from gpt2lab.runtime import DTYPES
 
 # name -> (preset, micro-batch, seq_len, timed steps, warm-up steps eager, warm-up steps compiled)
@@ -51,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retry-busy", type=int, default=3,
                    help="CPU: when other processes took CPU during a case's timed steps (cpu share < 0.85), "
                    "time them again, up to this many more times; every attempt is kept in the JSON (default 3)")
+    p.add_argument("--peers", nargs="*", default=[], choices=["hf", *peer_models.SOURCES], metavar="PEER",
+                   help="also time these models of the same shapes: hf (transformers), "
+                   + ", ".join(peer_models.SOURCES) + " (downloaded at a pinned commit; default none)")
+    p.add_argument("--peer-file", action="append", default=[], metavar="NAME=PATH",
+                   help="a local copy of a peer's pinned source file (nanogpt=model.py, build-nanogpt=train_gpt2.py)")
     p.add_argument("--out", default=None,
                    help="JSON file for the results (default benchmarks/results/train-<hostname>.json)")
     return p.parse_args(argv)
@@ -67,6 +80,9 @@ def main(argv=None) -> int:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
     log = harness.log
     out = args.out or harness.default_out("train")
+    files = dict(f.split("=", 1) for f in args.peer_file)
+    # name -> make_model (None: gpt2lab's own model, or transformers', which bench_train builds itself)
+    who = {"gpt2lab": None, **{p: (None if p == "hf" else peer_models.peer_model(p, files.get(p))) for p in args.peers}}
     machine = harness.start(args.device)
     log("measuring bf16 and fp32 matmul peaks ...")
     peaks = measure_peaks(args.device)
@@ -77,11 +93,13 @@ def main(argv=None) -> int:
         preset, batch, seq_len, steps, warm_eager, warm_compiled = CASES[name]
         for compiled in COMPILE_MODES[args.compile]:
             warmup = args.warmup if args.warmup is not None else (warm_compiled if compiled else warm_eager)
-            r = bench_train(preset, batch, seq_len, args.dtype, compiled, args.steps or steps, warmup, args.device,
-                            peaks=peaks, retry_busy=args.retry_busy, log=log)
-            doc["results"].append(r)
-            add_compile_ratios(doc["results"])
-            harness.write_results(out, machine, doc)  # after each case: an interrupted run keeps what it finished
+            for peer, make_model in who.items():
+                r = bench_train(preset, batch, seq_len, args.dtype, compiled, args.steps or steps, warmup,
+                                args.device, peer=peer, make_model=make_model, peaks=peaks,
+                                retry_busy=args.retry_busy, log=log)
+                doc["results"].append(r)
+                add_peer_ratios(add_compile_ratios(doc["results"]))
+                harness.write_results(out, machine, doc)  # after each case: an interrupted run keeps what it finished
     # The peak is a best-of: measure it again at the end and keep the better of the two, so that a
     # busy moment at the start does not inflate every MFU. Both measurements are kept in the JSON.
     log("measuring the matmul peaks again ...")

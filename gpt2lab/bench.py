@@ -184,6 +184,7 @@ def bench_train(
     device: str = "auto",
     *,
     peer: str = "gpt2lab",
+    make_model: Callable[[GPTConfig], torch.nn.Module] | None = None,
     recipe: str | None = None,
     loss_chunk: int = 0,
     peaks: dict | None = None,
@@ -195,7 +196,9 @@ def bench_train(
     """Time ``steps`` training steps of the ``preset`` model after ``warmup`` untimed ones.
 
     ``peer`` "hf" times transformers' GPT2LMHeadModel of the same shape (SDPA attention, its own loss)
-    in the same step; ``recipe`` (a config file) takes the model switches and the optimizer from it.
+    in the same step; ``make_model`` (with ``peer`` as its name) times any other model of the
+    preset's shape whose ``forward(x, y)`` returns ``(logits, loss)`` (benchmarks/peers.py: nanoGPT,
+    build-nanogpt); ``recipe`` (a config file) takes the model switches and the optimizer from it.
     ``peaks`` (from :func:`measure_peaks` for this device) adds the MFU figures; without, there are none.
     On a CPU, when other processes took CPU during the timed steps (``cpu_share`` below
     ``min_cpu_share``), the timed steps are run again, up to ``retry_busy`` more times; the figures
@@ -209,7 +212,8 @@ def bench_train(
     log = log or (lambda _msg: None)
     device = _device(device)
     kind = device_type(device)
-    _check_peer(peer)
+    if make_model is None:
+        _check_peer(peer)
     if peer != "gpt2lab":
         loss_chunk = 0  # a peer computes its loss its own way
     cfg, optim_cfg = _recipe(preset, seq_len, recipe)
@@ -225,7 +229,10 @@ def bench_train(
         reset_ok = False
     else:
         reset_ok = _reset_cpu_peak()
-    model = GPT(cfg).to(device) if peer == "gpt2lab" else _hf_model(cfg, device)
+    if make_model is not None:
+        model = make_model(cfg).to(device)
+    else:
+        model = GPT(cfg).to(device) if peer == "gpt2lab" else _hf_model(cfg, device)
     flops_per_token, params = _flops_and_params(cfg, seq_len)
     one_step = _step_fn(model, optim_cfg, cfg.vocab_size, batch, seq_len, device, autocast, compile, seed,
                         n_batches=min(warmup + steps, 8), loss_chunk=loss_chunk)
@@ -397,8 +404,12 @@ def add_compile_ratios(results: list[dict]) -> list[dict]:
 
 
 def add_peer_ratios(results: list[dict]) -> list[dict]:
-    """Set ``vs_peer`` (gpt2lab tokens/s / the peer's, same shape and compile setting) on gpt2lab's results."""
-    peers = {(_shape_key(r), r["compile"]): r for r in results if r.get("peer", "gpt2lab") != "gpt2lab"}
+    """Set ``vs_peer`` (gpt2lab tokens/s / the best peer's, same shape and compile setting) on gpt2lab's results."""
+    peers: dict = {}
+    for r in results:
+        key = (_shape_key(r), r["compile"])
+        if r.get("peer", "gpt2lab") != "gpt2lab" and r["tokens_per_s"] > peers.get(key, {}).get("tokens_per_s", 0):
+            peers[key] = r
     for r in results:
         twin = peers.get((_shape_key(r), r["compile"]))
         if r.get("peer", "gpt2lab") == "gpt2lab" and twin is not None:

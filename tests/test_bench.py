@@ -13,6 +13,7 @@ import torch
 
 from gpt2lab import bench
 from gpt2lab.bench import (
+    add_peer_ratios,
     bench_train,
     describe_machine,
     format_table,
@@ -21,6 +22,8 @@ from gpt2lab.bench import (
     run_bench,
     warn_if_busy,
 )
+from gpt2lab.config import MODEL_PRESETS
+from gpt2lab.model import GPT
 from gpt2lab.perf import time_cases, timed
 from gpt2lab.errors import UserError
 from cli_helpers import gpt2lab
@@ -105,6 +108,25 @@ def test_compare_hf_and_recipe():
     assert sr["model"] == "gpt2lab speedrun" and sr["params"] > ours["params"]  # its LM head is its own
     with pytest.raises(UserError, match="--compare"):
         run_bench("micro", compare="megatron", device="cpu", log=None)
+
+
+def test_any_model_as_a_peer_and_the_ratio_to_the_best_peer():
+    # make_model times any model with forward(x, y) -> (logits, loss) under the same step (how
+    # benchmarks/peers.py runs nanoGPT's); vs_peer divides by the fastest peer of the same shape.
+    made = []
+
+    def make(cfg):
+        made.append(cfg)
+        return GPT(cfg)
+
+    ours = bench_train("micro", 2, 32, "float32", steps=1, warmup=0, device="cpu", peaks=PEAKS)
+    mine = bench_train("micro", 2, 32, "float32", steps=1, warmup=0, device="cpu", peaks=PEAKS,
+                       peer="mine", make_model=make)
+    assert mine["model"] == "mine" and made[0].n_layer == MODEL_PRESETS["micro"]["n_layer"]
+    assert mine["final_loss"] == pytest.approx(ours["final_loss"], rel=1e-4)  # same model, seed, data
+    slow = {**mine, "peer": "slow", "model": "slow", "tokens_per_s": mine["tokens_per_s"] / 2}
+    add_peer_ratios([ours, slow, mine])
+    assert ours["peer_name"] == "mine" and ours["vs_peer"] == pytest.approx(ours["tokens_per_s"] / mine["tokens_per_s"])
 
 
 @pytest.mark.slow

@@ -18,6 +18,10 @@ that a busy spell of the machine hits every setting alike:
 - ``jemalloc``, ``tcmalloc``: preloaded where the library is installed (Debian: libjemalloc2,
   libtcmalloc-minimal4).
 
+``--only`` picks settings; ``--env NAME:K=V,K=V`` adds one (e.g. ``bind:OMP_PROC_BIND=close,OMP_PLACES=cores``;
+``LD_PRELOAD=tcmalloc`` stands for the installed tcmalloc). Every process runs with
+``GPT2LAB_ALLOCATOR=system``, so the ``gpt2lab`` command's own tcmalloc preload never overrides a setting.
+
 Reported per setting: tokens/s (the median over rounds), and the minor page faults and the
 system CPU seconds of the whole process (from its rusage).
 """
@@ -55,7 +59,8 @@ def run_one(case: tuple, env: dict) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run([sys.executable, "-m", "gpt2lab", "bench", "--preset", preset, "-B", str(batch), "-T",
                         str(seq_len), "--steps", str(steps), "--warmup", "1", "--device", "cpu", "--json"],
-                       capture_output=True, text=True, env={**os.environ, **env}, cwd=harness.ROOT, check=True)
+                       capture_output=True, text=True, env={**os.environ, "GPT2LAB_ALLOCATOR": "system", **env},
+                       cwd=harness.ROOT, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(r.stdout.strip().splitlines()[-1])
     return {"tokens_per_s": res["tokens_per_s"], "peak_mem_bytes": res["peak_mem_bytes"],
@@ -67,10 +72,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=["quickstart", "tiny"])
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--only", nargs="+", default=None, metavar="SETTING", help="built-in settings to run besides default (default all)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME:K=V,...", help="one more setting")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     machine = harness.start("cpu")
     envs = settings()
+    added = {}
+    for spec in args.env:
+        name, _, pairs = spec.partition(":")
+        env = dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
+        if env.get("LD_PRELOAD") in LIBS:
+            env["LD_PRELOAD"] = envs[env["LD_PRELOAD"]]["LD_PRELOAD"]
+        added[name] = env
+    if args.only:
+        envs = {k: v for k, v in envs.items() if k in args.only or k == "default"}
+    envs.update(added)
     results: dict = {}
     for case in args.cases:
         for rnd in range(args.rounds):

@@ -159,7 +159,7 @@ def _check_peer(peer: str, allowed: tuple[str, ...] = PEERS) -> None:
         raise UserError(f"--compare: unknown peer {peer!r}; choose one of: {', '.join(PEERS[1:])}")
 
 
-def _recipe(preset: str, seq_len: int, recipe: str | None) -> tuple[GPTConfig, OptimConfig]:
+def recipe_configs(preset: str, seq_len: int, recipe: str | None) -> tuple[GPTConfig, OptimConfig]:
     """The model and optimizer to time: the preset's shape with the GPT-2 recipe, or with the model
     switches and the optimizer of ``recipe`` (a training config file such as configs/speedrun.yaml)."""
     if preset not in MODEL_PRESETS:
@@ -216,7 +216,7 @@ def bench_train(
         _check_peer(peer)
     if peer != "gpt2lab":
         loss_chunk = 0  # a peer computes its loss its own way
-    cfg, optim_cfg = _recipe(preset, seq_len, recipe)
+    cfg, optim_cfg = recipe_configs(preset, seq_len, recipe)
     amp_dtype = resolve_dtype(dtype, kind)
     autocast = autocast_for(kind, amp_dtype)
     if compile and warmup == 0:
@@ -234,7 +234,7 @@ def bench_train(
     else:
         model = GPT(cfg).to(device) if peer == "gpt2lab" else _hf_model(cfg, device)
     flops_per_token, params = _flops_and_params(cfg, seq_len)
-    one_step = _step_fn(model, optim_cfg, cfg.vocab_size, batch, seq_len, device, autocast, compile, seed,
+    one_step = make_train_step(model, optim_cfg, cfg.vocab_size, batch, seq_len, device, autocast, compile, seed,
                         n_batches=min(warmup + steps, 8), loss_chunk=loss_chunk)
     dtype_name = str(amp_dtype).replace("torch.", "")
     name = peer + (f" {os.path.splitext(os.path.basename(recipe))[0]}" if recipe else "") + \
@@ -321,9 +321,11 @@ def _hf_model(cfg: GPTConfig, device: str) -> torch.nn.Module:
     return _HFLoss(GPT2LMHeadModel(hf_cfg)).to(device)
 
 
-def _step_fn(model: torch.nn.Module, optim_cfg: OptimConfig, vocab_size: int, batch: int, seq_len: int, device: str,
-             autocast, compile: bool, seed: int, n_batches: int, loss_chunk: int = 0) -> Callable[[int], tuple[float, float]]:
-    """A function that runs and times training step ``i`` of ``model``: (seconds, loss)."""
+def make_train_step(model: torch.nn.Module, optim_cfg: OptimConfig, vocab_size: int, batch: int, seq_len: int,
+                    device: str, autocast, compile: bool, seed: int, n_batches: int,
+                    loss_chunk: int = 0) -> Callable[[int], tuple[float, float]]:
+    """A function that runs and times training step ``i`` of ``model`` (the training loop's
+    ``train_step`` on fixed random batches): (seconds, loss). Also what benchmarks/profile_step.py profiles."""
     kind = device_type(device)
     torch.manual_seed(seed)
     optimizer = build_optimizer(model, optim_cfg, kind)
@@ -535,7 +537,7 @@ def run_bench(
         raise UserError(f"--compile: {compile_mode!r}; choose off, on or both")
     out = out or sys.stdout
     device = _device(device)
-    _recipe(preset, seq_len, recipe)  # fail on a bad preset or config before spending time on the peaks
+    recipe_configs(preset, seq_len, recipe)  # fail on a bad preset or config before spending time on the peaks
     if compare is not None:
         _check_peer(compare, PEERS[1:])
     log = log or (lambda _msg: None)

@@ -187,7 +187,7 @@ def test_harness_writes_results_with_command_and_machine(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench_train", "bench_generate", "bench_hellaswag", "bench_prepare",
+@pytest.mark.parametrize("script", ["bench_train", "bench_generate", "bench_hellaswag", "bench_prepare", "profile_step", "bench_precision", "bench_malloc",
                                     "bench_decode_bound"])
 def test_benchmark_scripts_import(script):
     # --help imports the script and its harness without measuring anything.

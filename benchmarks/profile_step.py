@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py                                  # gpt2, B=4 x 1024, bf16, compiled
     python benchmarks/profile_step.py --preset mini -B 16 -T 256       # the quickstart's shape
     python benchmarks/profile_step.py --compile off --steps 2 --top 25
+    python benchmarks/profile_step.py --preset mini -B 16 -T 256 --recipe configs/quickstart.yaml
 
 The step is ``gpt2lab.bench.make_train_step``'s (the training loop's ``train_step``: forward under
 autocast, backward, clip, AdamW, loss and norm read back) on fixed random batches. After
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--preset", default="gpt2")
     ap.add_argument("-B", "--batch", type=int, default=4)
     ap.add_argument("-T", "--seq-len", type=int, default=1024)
+    ap.add_argument("--recipe", default=None, help="a config file whose model switches and optimizer to use "
+                    "(configs/quickstart.yaml: the quickstart's dropout)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--compile", choices=["on", "off"], default="on")
     ap.add_argument("--warmup", type=int, default=2)
@@ -73,7 +76,7 @@ def main() -> None:
         inductor_config.cpp.enable_kernel_profile = True  # generated kernels appear in the profile by name
     device = "cpu"
     set_backends(device)
-    cfg, optim_cfg = recipe_configs(args.preset, args.seq_len, None)
+    cfg, optim_cfg = recipe_configs(args.preset, args.seq_len, args.recipe)
     autocast = autocast_for(device_type(device), resolve_dtype(args.dtype, "cpu"))
     model = GPT(cfg)
     step = make_train_step(model, optim_cfg, cfg.vocab_size, args.batch, args.seq_len, device, autocast,
@@ -100,7 +103,7 @@ def main() -> None:
     faults = ru1.ru_minflt - ru0.ru_minflt
     sys_s = ru1.ru_stime - ru0.ru_stime
 
-    title = (f"{args.preset}, B={args.batch} x T={args.seq_len}, {args.dtype}, compile {args.compile}, "
+    title = (f"{args.preset}{' (' + args.recipe + ')' if args.recipe else ''}, B={args.batch} x T={args.seq_len}, {args.dtype}, compile {args.compile}, "
              f"allocator {allocator()}: {wall / args.steps:.2f} s a step ({args.steps} profiled)")
     print(f"\n{title}\n")
     print("| group | s a step | share |\n|---|---|---|")

@@ -59,9 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retry-busy", type=int, default=3,
                    help="CPU: when other processes took CPU during a case's timed steps (cpu share < 0.85), "
                    "time them again, up to this many more times; every attempt is kept in the JSON (default 3)")
-    p.add_argument("--peers", nargs="*", default=[], choices=["hf", *peer_models.SOURCES], metavar="PEER",
+    p.add_argument("--peers", nargs="*", default=[], choices=["gpt2lab", "hf", *peer_models.SOURCES], metavar="PEER",
                    help="also time these models of the same shapes: hf (transformers), "
-                   + ", ".join(peer_models.SOURCES) + " (downloaded at a pinned commit; default none)")
+                   + ", ".join(peer_models.SOURCES) + " (downloaded at a pinned commit; default none), in this "
+                   "order after gpt2lab's; name gpt2lab among them to place it elsewhere (e.g. last)")
     p.add_argument("--peer-file", action="append", default=[], metavar="NAME=PATH",
                    help="a local copy of a peer's pinned source file (nanogpt=model.py, build-nanogpt=train_gpt2.py)")
     p.add_argument("--out", default=None,
@@ -80,9 +81,12 @@ def main(argv=None) -> int:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
     log = harness.log
     out = args.out or harness.default_out("train")
+    if any("=" not in f for f in args.peer_file):
+        raise SystemExit("error: --peer-file takes NAME=PATH, e.g. nanogpt=model.py")
     files = dict(f.split("=", 1) for f in args.peer_file)
+    order = args.peers if "gpt2lab" in args.peers else ["gpt2lab", *args.peers]
     # name -> make_model (None: gpt2lab's own model, or transformers', which bench_train builds itself)
-    who = {"gpt2lab": None, **{p: (None if p == "hf" else peer_models.peer_model(p, files.get(p))) for p in args.peers}}
+    who = {p: (None if p in ("gpt2lab", "hf") else peer_models.peer_model(p, files.get(p))) for p in order}
     machine = harness.start(args.device)
     log("measuring bf16 and fp32 matmul peaks ...")
     peaks = measure_peaks(args.device)

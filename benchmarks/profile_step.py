@@ -4,6 +4,7 @@
     python benchmarks/profile_step.py --preset mini -B 16 -T 256       # the quickstart's shape
     python benchmarks/profile_step.py --compile off --steps 2 --top 25
     python benchmarks/profile_step.py --preset mini -B 16 -T 256 --recipe configs/quickstart.yaml
+    python benchmarks/profile_step.py --preset tiny -B 16 -T 256 --peer nanogpt   # a peer's model, same step
 
 The step is ``gpt2lab.bench.make_train_step``'s (the training loop's ``train_step``: forward under
 autocast, backward, clip, AdamW, loss and norm read back) on fixed random batches. After
@@ -26,6 +27,7 @@ import resource
 import time
 
 import harness
+import peers as peer_models
 import torch
 from gpt2lab.bench import make_train_step, recipe_configs
 from gpt2lab.model import GPT
@@ -62,6 +64,9 @@ def main() -> None:
     ap.add_argument("-T", "--seq-len", type=int, default=1024)
     ap.add_argument("--recipe", default=None, help="a config file whose model switches and optimizer to use "
                     "(configs/quickstart.yaml: the quickstart's dropout)")
+    ap.add_argument("--peer", default=None, choices=list(peer_models.SOURCES),
+                    help="profile a peer's model of the same shape instead (benchmarks/peers.py)")
+    ap.add_argument("--peer-file", default=None, help="a local copy of the peer's pinned source file")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--compile", choices=["on", "off"], default="on")
     ap.add_argument("--warmup", type=int, default=2)
@@ -78,7 +83,7 @@ def main() -> None:
     set_backends(device)
     cfg, optim_cfg = recipe_configs(args.preset, args.seq_len, args.recipe)
     autocast = autocast_for(device_type(device), resolve_dtype(args.dtype, "cpu"))
-    model = GPT(cfg)
+    model = peer_models.peer_model(args.peer, args.peer_file)(cfg) if args.peer else GPT(cfg)
     step = make_train_step(model, optim_cfg, cfg.vocab_size, args.batch, args.seq_len, device, autocast,
                            args.compile == "on", seed=1337, n_batches=args.warmup + args.steps)
     for i in range(args.warmup):
@@ -103,7 +108,7 @@ def main() -> None:
     faults = ru1.ru_minflt - ru0.ru_minflt
     sys_s = ru1.ru_stime - ru0.ru_stime
 
-    title = (f"{args.preset}{' (' + args.recipe + ')' if args.recipe else ''}, B={args.batch} x T={args.seq_len}, {args.dtype}, compile {args.compile}, "
+    title = (f"{args.peer or 'gpt2lab'} {args.preset}{' (' + args.recipe + ')' if args.recipe else ''}, B={args.batch} x T={args.seq_len}, {args.dtype}, compile {args.compile}, "
              f"allocator {allocator()}: {wall / args.steps:.2f} s a step ({args.steps} profiled)")
     print(f"\n{title}\n")
     print("| group | s a step | share |\n|---|---|---|")

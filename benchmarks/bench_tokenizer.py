@@ -68,18 +68,20 @@ def main() -> None:
         tok = train_tokenizer([train_file], v, folder, pattern=args.pattern, overwrite=True, log=harness.log)
         trained.append({"vocab_size": v, "pattern": args.pattern, "folder": str(folder), "sha256": tok.sha256,
                         "train_seconds": round(time.perf_counter() - t0, 2)})
-    rows = tokenizer_stats([held_file], ["gpt2"] + [t["folder"] for t in trained], repeats=args.repeats)
-    base = rows[0]["bytes_per_token"]
-    for r in rows:
-        r["gain_vs_gpt2"] = r["bytes_per_token"] / base - 1
+    def stats(path: Path, repeats: int) -> list[dict]:
+        """GPT-2's and each trained tokenizer's figures on ``path``, with the gain over GPT-2's (the first row)."""
+        rows = tokenizer_stats([path], ["gpt2"] + [t["folder"] for t in trained], repeats=repeats)
+        for r in rows:
+            r["gain_vs_gpt2"] = r["bytes_per_token"] / rows[0]["bytes_per_token"] - 1
+        return rows
+
+    rows = stats(held_file, args.repeats)
     print(format_stats(rows))
     doc_extra = {}
     if args.in_sample:
         seen_file = work / "seen.jsonl"
         seen_file.write_text("\n".join(lines[:args.in_sample]) + "\n", encoding="utf-8")
-        seen = tokenizer_stats([seen_file], ["gpt2"] + [t["folder"] for t in trained], repeats=1)
-        for r in seen:
-            r["gain_vs_gpt2"] = r["bytes_per_token"] / seen[0]["bytes_per_token"] - 1
+        seen = stats(seen_file, repeats=1)
         print(f"in sample: the first {args.in_sample:,} training articles")
         print(format_stats(seen))
         doc_extra = {"in_sample_articles": args.in_sample, "in_sample_stats": seen}

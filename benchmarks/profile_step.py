@@ -21,7 +21,6 @@ Prints a markdown table and the top operators; ``--out`` saves the JSON.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import resource
 import time
@@ -29,6 +28,7 @@ import time
 import harness
 import peers as peer_models
 import torch
+from gpt2lab.allocator import in_use as allocator_in_use
 from gpt2lab.bench import make_train_step, recipe_configs
 from gpt2lab.model import GPT
 from gpt2lab.runtime import autocast_for, device_type, resolve_dtype, set_backends
@@ -50,11 +50,6 @@ def group_of(name: str) -> str:
         if re.search(pattern, low):
             return group
     return "elementwise and other"
-
-
-def allocator() -> str:
-    pre = os.environ.get("LD_PRELOAD", "")
-    return "tcmalloc" if "tcmalloc" in pre else "jemalloc" if "jemalloc" in pre else "glibc"
 
 
 def main() -> None:
@@ -109,7 +104,7 @@ def main() -> None:
     sys_s = ru1.ru_stime - ru0.ru_stime
 
     title = (f"{args.peer or 'gpt2lab'} {args.preset}{' (' + args.recipe + ')' if args.recipe else ''}, B={args.batch} x T={args.seq_len}, {args.dtype}, compile {args.compile}, "
-             f"allocator {allocator()}: {wall / args.steps:.2f} s a step ({args.steps} profiled)")
+             f"allocator {allocator_in_use()}: {wall / args.steps:.2f} s a step ({args.steps} profiled)")
     print(f"\n{title}\n")
     print("| group | s a step | share |\n|---|---|---|")
     for g, s in sorted(groups.items(), key=lambda kv: -kv[1]):
@@ -122,7 +117,7 @@ def main() -> None:
     if args.out:
         harness.write_results(args.out, machine, {
             "preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "dtype": args.dtype,
-            "compile": args.compile, "allocator": allocator(), "steps": args.steps, "wall_s": wall,
+            "compile": args.compile, "allocator": allocator_in_use(), "steps": args.steps, "wall_s": wall,
             "groups_s": groups, "minor_faults": faults, "system_cpu_s": sys_s, "ops_s": ops})
 
 

@@ -102,6 +102,19 @@ def peer_model(name: str, path: str | Path | None = None) -> Callable[[object], 
                       n_head=cfg.n_head, n_embd=cfg.n_embd)
         if name == "nanogpt":
             fields.update(dropout=cfg.dropout, bias=cfg.bias)
-        return module.GPT(module.GPTConfig(**fields))
+        return PeerStep(module.GPT(module.GPTConfig(**fields)))
 
     return make
+
+
+class PeerStep(torch.nn.Module):
+    """A peer's GPT behind gpt2lab's training call ``model(x, y, loss_chunk=..., return_logits=...)``:
+    the peer's own ``forward(x, y)``, which ignores gpt2lab's options (it returns its logits, as
+    its users train it)."""
+
+    def __init__(self, gpt: torch.nn.Module):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, x, y, **_gpt2lab_options):
+        return self.gpt(x, y)

@@ -442,7 +442,7 @@ def train_step(train_model, model, optimizer, batches, accum: int, autocast, cli
         sync = not info.enabled or micro == accum - 1  # all-reduce/reduce-scatter gradients on the last micro-batch only
         with grad_sync(train_model, sync):
             with autocast:
-                _, loss = train_model(x, y, loss_chunk=loss_chunk) if loss_chunk else train_model(x, y)
+                _, loss = train_model(x, y, loss_chunk=loss_chunk, return_logits=False)
             loss = loss / accum  # the gradient of the mean over all micro-batches
             loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()

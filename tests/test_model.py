@@ -203,6 +203,38 @@ def test_targets_minus_one_ignored():
     torch.testing.assert_close(summed, per_token[keep.view(-1)].sum())
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_without_logits_equals_the_loss_with_them(reduction, compiled):
+    """return_logits=False (the training step's call) gives the same loss and gradients, padded columns
+    (made to win were they counted) and ignored targets included, and no logits. Compiled, it takes
+    its own path (the loss over the real columns' view); aot_eager traces that path without inductor's
+    code generation."""
+    cfg = tiny_cfg(vocab_size=100, padded_vocab_size=128)
+    model = make(cfg)
+    with torch.no_grad():
+        model.transformer.ln_f.bias.fill_(5.0)
+        model.transformer.wte.weight[cfg.vocab_size :] = 5.0
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, cfg.vocab_size, (3, 16), generator=g)
+    targets = torch.randint(0, cfg.vocab_size, (3, 16), generator=g)
+    targets[1, :5] = -1
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        run = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        logits, loss = run(idx, targets, reduction=reduction, return_logits=return_logits)
+        assert (logits is None) == (not return_logits)
+        loss.sum().backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.isfinite(loss_b).all()
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-6)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert model(idx, return_logits=False) == (None, None)
+
+
 def test_dropout_only_in_training_mode():
     cfg = tiny_cfg(dropout=0.5)
     model = make(cfg)

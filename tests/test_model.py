@@ -230,8 +230,9 @@ def test_loss_without_logits_equals_the_loss_with_them(reduction, compiled):
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.isfinite(loss_b).all()
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-6)
-    for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, msg=name)
+    for name in grads_a:  # to fp32 rounding of the largest entries
+        scale = grads_a[name].abs().max().item()
+        assert (grads_b[name] - grads_a[name]).abs().max().item() <= 1e-6 * scale, name
     assert model(idx, return_logits=False) == (None, None)
 
 

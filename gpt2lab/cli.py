@@ -281,7 +281,7 @@ def _add_quickstart(sub) -> None:
         "quickstart",
         help="prepare the shipped tinyshakespeare, train a small model on CPU, sample",
         description="The whole loop on the corpus shipped inside gpt2lab: prepare tinyshakespeare, train the "
-        "quickstart model (about 5 minutes on 2 CPU cores with tcmalloc, 8 without), report validation loss, save a checkpoint, print samples.",
+        "quickstart model (under 4 minutes on 2 CPU cores with tcmalloc), report validation loss, save a checkpoint, print samples.",
     )
     p.add_argument("--out", default="runs/quickstart", help="run folder (default runs/quickstart)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of configs/quickstart.yaml, e.g. max_steps=50")

@@ -239,6 +239,19 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+_GELU_2C = 2 * math.sqrt(2 / math.pi)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``. Compiled, it is written as
+    ``x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))`` in fp32, the same function (tanh z = 2 sigmoid(2z) - 1),
+    which inductor's CPU code runs about 2x faster than its tanh. Eager mode keeps aten's one kernel."""
+    if not torch.compiler.is_compiling():
+        return F.gelu(x, approximate="tanh")
+    xf = x.float()
+    return (xf * torch.sigmoid(_GELU_2C * (xf + 0.044715 * xf * xf * xf))).to(x.dtype)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -250,7 +263,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)
-        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        h = F.relu(h).square() if self.relu2 else gelu_tanh(h)
         return self.dropout(self.c_proj(h))
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2lab.config import MODEL_PRESETS
-from gpt2lab.model import GPT, GPTConfig, KVCache
+from gpt2lab.model import GPT, GPTConfig, KVCache, gelu_tanh
 
 GPT2_124M_PARAMS = 124_439_808  # GPT-2 small as OpenAI/Hugging Face count it (tied head once)
 
@@ -234,6 +234,25 @@ def test_loss_without_logits_equals_the_loss_with_them(reduction, compiled):
         scale = grads_a[name].abs().max().item()
         assert (grads_b[name] - grads_a[name]).abs().max().item() <= 1e-6 * scale, name
     assert model(idx, return_logits=False) == (None, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_gelu_is_gpt2s_tanh_gelu(dtype):
+    """gelu_tanh's compiled form (x sigmoid(...)) is aten's tanh GELU: values and gradients to fp32
+    rounding, and bf16 results within one bf16 rounding; traced through aot_eager."""
+    x = (torch.randn(64, 96, generator=torch.Generator().manual_seed(3)) * 3).to(dtype)
+    compiled = torch.compile(gelu_tanh, backend="aot_eager", fullgraph=True)
+    outs = []
+    for fn in (lambda t: F.gelu(t, approximate="tanh"), compiled):
+        xi = x.clone().requires_grad_()
+        y = fn(xi)
+        assert y.dtype == dtype and y.shape == x.shape
+        y.float().pow(2).sum().backward()
+        outs.append((y.detach().float(), xi.grad.float()))
+    (y_ref, g_ref), (y, g) = outs
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -7
+    assert (y - y_ref).abs().max().item() <= tol * y_ref.abs().max().item()
+    assert (g - g_ref).abs().max().item() <= tol * g_ref.abs().max().item()
 
 
 def test_dropout_only_in_training_mode():

@@ -198,7 +198,8 @@ def bench_train(
     ``peer`` "hf" times transformers' GPT2LMHeadModel of the same shape (SDPA attention, its own loss)
     in the same step; ``make_model`` (with ``peer`` as its name) times any other model of the
     preset's shape whose ``forward(x, y, **options)`` returns ``(logits, loss)`` (the training step
-    passes gpt2lab's ``loss_chunk`` and ``return_logits``; benchmarks/peers.py: nanoGPT, build-nanogpt); ``recipe`` (a config file) takes the model switches and the optimizer from it.
+    passes gpt2lab's ``loss_chunk`` and ``return_logits``; benchmarks/peers.py: nanoGPT,
+    build-nanogpt); ``recipe`` (a config file) takes the model switches and the optimizer from it.
     ``peaks`` (from :func:`measure_peaks` for this device) adds the MFU figures; without, there are none.
     On a CPU, when other processes took CPU during the timed steps (``cpu_share`` below
     ``min_cpu_share``), the timed steps are run again, up to ``retry_busy`` more times; the figures

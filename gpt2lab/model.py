@@ -114,12 +114,6 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
-def _lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Cross-entropy of ``logits`` (..., columns) against ``targets`` (...), in fp32; targets < 0 are ignored."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1,
-                           reduction=reduction)
-
-
 class LMCrossEntropy(torch.autograd.Function):
     """Cross-entropy of 2-D ``logits`` against ``targets`` (< 0 ignored) as logsumexp minus the target's
     logit, in fp32, with its gradient (softmax minus one-hot) written out: compiled, the backward is
@@ -422,5 +416,9 @@ class GPT(nn.Module):
             return None, LMCrossEntropy.apply(logits[..., :vocab].reshape(-1, vocab), targets.reshape(-1), reduction)
         if self.config.padded_vocab_size > vocab:
             logits[..., vocab:] = float("-inf")
-        loss = None if targets is None else _lm_loss(logits, targets, reduction)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1, reduction=reduction
+            )
         return (logits if return_logits else None), loss

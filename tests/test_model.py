@@ -94,14 +94,19 @@ def test_init_loss_is_uniform_over_vocab():
     assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.3
 
 
+def padded_rows_rigged_to_win(model: GPT) -> GPT:
+    """The padded rows of the tied embedding/head made to win by a mile were they not masked: ln_f
+    outputs its bias (plus normalised noise), and the padded rows align with that bias."""
+    with torch.no_grad():
+        model.transformer.ln_f.bias.fill_(5.0)
+        model.transformer.wte.weight[model.config.vocab_size :] = 5.0
+    return model
+
+
 def test_padded_logits_are_minus_inf_and_never_sampled():
     cfg = tiny_cfg(vocab_size=100, padded_vocab_size=128)
-    model = make(cfg)
+    model = padded_rows_rigged_to_win(make(cfg))
     with torch.no_grad():
-        # make the padded rows of the tied embedding/head win by a mile were they not masked:
-        # ln_f outputs its bias (plus normalised noise), and the padded rows align with that bias
-        model.transformer.ln_f.bias.fill_(5.0)
-        model.transformer.wte.weight[cfg.vocab_size :] = 5.0
         idx = torch.randint(0, cfg.vocab_size, (4, 16))
         logits, _ = model(idx)
     assert torch.isneginf(logits[..., cfg.vocab_size :]).all()
@@ -211,10 +216,7 @@ def test_loss_without_logits_equals_the_loss_with_them(reduction, compiled):
     its own path (the loss over the real columns' view); aot_eager traces that path without inductor's
     code generation."""
     cfg = tiny_cfg(vocab_size=100, padded_vocab_size=128)
-    model = make(cfg)
-    with torch.no_grad():
-        model.transformer.ln_f.bias.fill_(5.0)
-        model.transformer.wte.weight[cfg.vocab_size :] = 5.0
+    model = padded_rows_rigged_to_win(make(cfg))
     g = torch.Generator().manual_seed(2)
     idx = torch.randint(0, cfg.vocab_size, (3, 16), generator=g)
     targets = torch.randint(0, cfg.vocab_size, (3, 16), generator=g)

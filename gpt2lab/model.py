@@ -115,22 +115,30 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
 
 
 class LMCrossEntropy(torch.autograd.Function):
-    """Cross-entropy of 2-D ``logits`` against ``targets`` (< 0 ignored) as logsumexp minus the target's
-    logit, in fp32, with its gradient (softmax minus one-hot) written out: compiled, the backward is
-    one pass over the logits, where ``F.cross_entropy``'s compiles to an extra reduction over every
-    column and a pass over the fp32 gradient (0.14 against 0.20 s for the quickstart's 4,096 x 50,257
-    logits). The same loss and gradients as ``F.cross_entropy`` to fp32 rounding. What training
-    runs under ``torch.compile`` (:meth:`GPT.forward`)."""
+    """Cross-entropy of 2-D ``logits`` over the padded vocabulary against ``targets`` (< 0 ignored),
+    counting only the first ``vocab`` columns: logsumexp minus the target's logit, in fp32, with its
+    gradient (softmax minus one-hot, zero in the padded columns) written out. What training runs
+    under ``torch.compile`` (:meth:`GPT.forward`); the same loss and gradients as ``F.cross_entropy``
+    over -inf-filled logits to fp32 rounding.
+
+    Compiled, each direction is one pass over the logits. The forward reads a view of the real
+    columns, so nothing is written into the padded ones (a -inf fill compiles to a copy of the
+    whole logits). The backward writes the gradient at the logits' full width and dtype, zeroing
+    the padded columns by adding ``vocab_bias`` (0.0 for a real column, -inf for a padded one: the
+    -inf fill, in the exponent), a tensor in memory: a slice's backward, or a mask made from column
+    indices inside the kernel, costs a second pass or twice the time of this one on the CPU. The
+    target's entry is then set from its fp32 value (one entry a row)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, reduction: str):
-        x = logits.float()
+    def forward(ctx, logits, targets, vocab_bias, vocab: int, reduction: str):
+        x = logits[:, :vocab].float()
         keep = targets >= 0
         safe = torch.where(keep, targets, 0)
         lse = torch.logsumexp(x, dim=-1)
-        per_token = torch.where(keep, lse - x.gather(1, safe[:, None]).squeeze(1), 0.0)
+        picked = x.gather(1, safe[:, None]).squeeze(1)
+        per_token = torch.where(keep, lse - picked, 0.0)
         count = keep.sum()
-        ctx.save_for_backward(logits, lse, safe, keep, count)
+        ctx.save_for_backward(logits, vocab_bias, lse, picked, safe, keep, count)
         ctx.reduction = reduction
         if reduction == "none":
             return per_token
@@ -138,11 +146,11 @@ class LMCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        logits, lse, safe, keep, count = ctx.saved_tensors
+        logits, vocab_bias, lse, picked, safe, keep, count = ctx.saved_tensors
         scale = torch.where(keep, grad / count if ctx.reduction == "mean" else grad, 0.0)[:, None]
-        dlogits = torch.exp(logits.float() - lse[:, None]) * scale
-        dlogits = dlogits.scatter_add(1, safe[:, None], -scale)
-        return dlogits.to(logits.dtype), None, None
+        dlogits = (torch.exp(logits.float() + vocab_bias - lse[:, None]) * scale).to(logits.dtype)
+        at_target = ((torch.exp(picked - lse)[:, None] - 1.0) * scale).to(logits.dtype)
+        return dlogits.scatter(1, safe[:, None], at_target), None, None, None, None
 
 
 class ChunkedLMLoss(torch.autograd.Function):
@@ -298,6 +306,15 @@ class GPT(nn.Module):
         else:
             self.lm_head.zero_init = cfg.zero_init_proj  # type: ignore[attr-defined]  # see _init_weights
         self.apply(self._init_weights)
+        # 0.0 for the real vocabulary's columns, -inf for the padding (LMCrossEntropy's backward);
+        # not saved with the weights
+        self.register_buffer("vocab_bias", self._vocab_bias(cfg), persistent=False)
+
+    @staticmethod
+    def _vocab_bias(cfg: GPTConfig, device: torch.device | str | None = None) -> torch.Tensor:
+        bias = torch.zeros(cfg.padded_vocab_size, device=device)
+        bias[cfg.vocab_size:] = float("-inf")
+        return bias
 
     @classmethod
     def from_state_dict(cls, cfg: GPTConfig, state: dict) -> "GPT":
@@ -306,6 +323,7 @@ class GPT(nn.Module):
         with torch.device("meta"):
             model = cls(cfg)
         model.load_state_dict(state, strict=True, assign=True)
+        model.vocab_bias = cls._vocab_bias(cfg, model.lm_head.weight.device)  # still on meta: not in state
         if cfg.tie_head:
             model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor
         return model
@@ -407,13 +425,14 @@ class GPT(nn.Module):
         logits = self.logits(self.hidden(idx, **kw))
         vocab = self.config.vocab_size
         if not return_logits and torch.compiler.is_compiling():
-            # Compiled, writing -inf into the padded columns becomes a copy of the whole logits; the
-            # loss over a view of the real columns skips it, and LMCrossEntropy's backward is one
-            # pass (1.2x a compiled quickstart step together). Eager mode writes the -inf in place,
-            # and aten's fused cross-entropy over full, contiguous rows is the faster there.
+            # Compiled, writing -inf into the padded columns becomes a copy of the whole logits;
+            # LMCrossEntropy never writes them, and its backward is one pass (see there). Eager mode
+            # writes the -inf in place, and aten's fused cross-entropy over full, contiguous rows is
+            # the faster there.
             if targets is None:
                 return None, None
-            return None, LMCrossEntropy.apply(logits[..., :vocab].reshape(-1, vocab), targets.reshape(-1), reduction)
+            return None, LMCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                              self.vocab_bias, vocab, reduction)
         if self.config.padded_vocab_size > vocab:
             logits[..., vocab:] = float("-inf")
         loss = None

@@ -238,6 +238,26 @@ def test_loss_without_logits_equals_the_loss_with_them(reduction, compiled):
     assert model(idx, return_logits=False) == (None, None)
 
 
+def test_a_model_rebuilt_from_its_weights_masks_the_padded_columns_alike():
+    """The padded columns' -inf bias is not part of the saved weights (old checkpoints load
+    strictly), and a model rebuilt from them (on the meta device, then assigned) has it for real."""
+    cfg = tiny_cfg(vocab_size=100, padded_vocab_size=128)
+    model = padded_rows_rigged_to_win(make(cfg))
+    state = model.state_dict()
+    assert "vocab_bias" not in state
+    rebuilt = GPT.from_state_dict(cfg, state)
+    assert not rebuilt.vocab_bias.is_meta
+    idx = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(4))
+    losses = []
+    for m in (model, rebuilt):
+        m.zero_grad()
+        _, loss = torch.compile(m, backend="aot_eager", fullgraph=True)(idx, idx, return_logits=False)
+        loss.backward()
+        losses.append((loss.detach(), m.transformer.wte.weight.grad.clone()))
+    assert torch.equal(losses[0][0], losses[1][0]) and torch.equal(losses[0][1], losses[1][1])
+    assert (losses[1][1][cfg.vocab_size :] == 0).all()  # the padded rows get no gradient from the loss
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_gelu_is_gpt2s_tanh_gelu(dtype):
     """gelu_tanh's compiled form (x sigmoid(...)) is aten's tanh GELU: values and gradients to fp32

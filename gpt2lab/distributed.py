@@ -136,7 +136,10 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, parallel: str, param_dtyp
         return shard_model(model, init_device_mesh(device_type(info.device), (info.world_size,)), param_dtype)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model, device_ids=[info.local_rank] if device_type(info.device) == "cuda" else None)
+    # broadcast_buffers=False: the model's one buffer (vocab_bias) is a constant every rank builds
+    # alike, so DDP need not broadcast it before every forward pass
+    return DDP(model, device_ids=[info.local_rank] if device_type(info.device) == "cuda" else None,
+               broadcast_buffers=False)
 
 
 def shard_model(model: torch.nn.Module, mesh, param_dtype: torch.dtype) -> torch.nn.Module:

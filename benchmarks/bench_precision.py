@@ -2,6 +2,7 @@
 
     python benchmarks/bench_precision.py                         # mini B=16 x 256 (the quickstart's shape)
     python benchmarks/bench_precision.py --preset gpt2 -B 4 -T 1024 --rounds 2
+    python benchmarks/bench_precision.py --compile on --rounds 5
 
 The cases, each gpt2lab's model and step (``gpt2lab.bench.make_train_step``) on the same batches,
 their timed steps alternating round by round so that a busy spell hits all alike:
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("-T", "--seq-len", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3, help="timed steps a case a round (default 3)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compile", choices=["off", "on"], default="off",
+                    help="torch.compile every case (the first, untimed round compiles)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     machine = harness.start("cpu")
@@ -49,7 +52,7 @@ def main() -> None:
     steps, counters = {}, {}
     for name, (dtype, ctx, ocfg) in cases.items():
         model = GPT(cfg).to(dtype)
-        steps[name] = make_train_step(model, ocfg, cfg.vocab_size, args.batch, args.seq_len, "cpu", ctx, False,
+        steps[name] = make_train_step(model, ocfg, cfg.vocab_size, args.batch, args.seq_len, "cpu", ctx, args.compile == "on",
                                       seed=1337, n_batches=8)
         counters[name] = 0
 
@@ -63,7 +66,8 @@ def main() -> None:
     times = harness.time_cases({n: runner(n) for n in cases}, repeats=args.rounds, warmup=1, device="cpu")
     tokens = args.batch * args.seq_len * args.steps
     base = tokens / statistics.median(times["autocast"])
-    print(f"\n{args.preset}, B={args.batch} x T={args.seq_len}, eager, {args.rounds} rounds of {args.steps} steps\n")
+    mode = "compiled" if args.compile == "on" else "eager"
+    print(f"\n{args.preset}, B={args.batch} x T={args.seq_len}, {mode}, {args.rounds} rounds of {args.steps} steps\n")
     print("| case | tok/s (median round) | vs autocast |\n|---|---|---|")
     rows = {}
     for name, ts in times.items():
@@ -71,7 +75,7 @@ def main() -> None:
         rows[name] = tok_s
         print(f"| {name} | {tok_s:,.0f} | {tok_s / base:.2f}x |")
     harness.write_results(args.out or harness.default_out("precision"), machine,
-                          {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len,
+                          {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "compile": args.compile == "on",
                            "round_seconds": times, "tokens_per_s": rows})
 
 

@@ -52,8 +52,8 @@ def main() -> None:
     steps, counters = {}, {}
     for name, (dtype, ctx, ocfg) in cases.items():
         model = GPT(cfg).to(dtype)
-        steps[name] = make_train_step(model, ocfg, cfg.vocab_size, args.batch, args.seq_len, "cpu", ctx, args.compile == "on",
-                                      seed=1337, n_batches=8)
+        steps[name] = make_train_step(model, ocfg, cfg.vocab_size, args.batch, args.seq_len, "cpu", ctx,
+                                      args.compile == "on", seed=1337, n_batches=8)
         counters[name] = 0
 
     def runner(name):
@@ -75,8 +75,8 @@ def main() -> None:
         rows[name] = tok_s
         print(f"| {name} | {tok_s:,.0f} | {tok_s / base:.2f}x |")
     harness.write_results(args.out or harness.default_out("precision"), machine,
-                          {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "compile": args.compile == "on",
-                           "round_seconds": times, "tokens_per_s": rows})
+                          {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len,
+                           "compile": args.compile == "on", "round_seconds": times, "tokens_per_s": rows})
 
 
 if __name__ == "__main__":

@@ -110,8 +110,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
-    """``cap * tanh(logits / cap)``: bounded by ``cap``, near the identity for small logits; cap 0 = unchanged."""
-    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+    """``cap * tanh(logits / cap)``: bounded by ``cap``, near the identity for small logits; cap 0 = unchanged.
+    Compiled, written as ``cap (2 sigmoid(2 logits / cap) - 1)`` in fp32, the same function, for the
+    reason :func:`gelu_tanh` gives."""
+    if cap <= 0:
+        return logits
+    if not torch.compiler.is_compiling():
+        return cap * torch.tanh(logits / cap)
+    return (cap * (2.0 * torch.sigmoid(logits.float() * (2.0 / cap)) - 1.0)).to(logits.dtype)
 
 
 class LMCrossEntropy(torch.autograd.Function):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2lab.config import MODEL_PRESETS
-from gpt2lab.model import GPT, GPTConfig, KVCache, gelu_tanh
+from gpt2lab.model import GPT, GPTConfig, KVCache, gelu_tanh, softcap
 
 GPT2_124M_PARAMS = 124_439_808  # GPT-2 small as OpenAI/Hugging Face count it (tied head once)
 
@@ -258,16 +258,26 @@ def test_a_model_rebuilt_from_its_weights_masks_the_padded_columns_alike():
     assert (losses[1][1][cfg.vocab_size :] == 0).all()  # the padded rows get no gradient from the loss
 
 
+TANH_FORMS = {  # compiled through a sigmoid (model.py), against aten's tanh in fp32, rounded once (as
+    # aten's GELU does inside; eager soft-capping in bf16 rounds three times); inputs reach saturation
+    "gelu": (gelu_tanh, lambda t: F.gelu(t, approximate="tanh"), 3.0),
+    "softcap": (lambda t: softcap(t, 30.0), lambda t: (30.0 * torch.tanh(t.float() / 30.0)).to(t.dtype), 60.0),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_gelu_is_gpt2s_tanh_gelu(dtype):
-    """gelu_tanh's compiled form (x sigmoid(...)) is aten's tanh GELU: values and gradients to fp32
-    rounding, and bf16 results within one bf16 rounding; traced through aot_eager."""
-    x = (torch.randn(64, 96, generator=torch.Generator().manual_seed(3)) * 3).to(dtype)
-    compiled = torch.compile(gelu_tanh, backend="aot_eager", fullgraph=True)
+@pytest.mark.parametrize("form", TANH_FORMS)
+def test_compiled_tanh_forms_equal_atens_tanh(form, dtype):
+    """GPT-2's GELU and the logit soft-cap, compiled (written through sigmoid), equal their eager
+    tanh forms: values and gradients to fp32 rounding, and bf16 results within one bf16 rounding;
+    traced through aot_eager."""
+    fn, reference, scale = TANH_FORMS[form]
+    x = (torch.randn(64, 96, generator=torch.Generator().manual_seed(3)) * scale).to(dtype)
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     outs = []
-    for fn in (lambda t: F.gelu(t, approximate="tanh"), compiled):
+    for f in (reference, compiled):
         xi = x.clone().requires_grad_()
-        y = fn(xi)
+        y = f(xi)
         assert y.dtype == dtype and y.shape == x.shape
         y.float().pow(2).sum().backward()
         outs.append((y.detach().float(), xi.grad.float()))

@@ -40,6 +40,7 @@ def main() -> None:
                     help="torch.compile every case (the first, untimed round compiles)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    compiled = args.compile == "on"
     machine = harness.start("cpu")
     set_backends("cpu")
     cfg, optim_cfg = recipe_configs(args.preset, args.seq_len, None)
@@ -53,7 +54,7 @@ def main() -> None:
     for name, (dtype, ctx, ocfg) in cases.items():
         model = GPT(cfg).to(dtype)
         steps[name] = make_train_step(model, ocfg, cfg.vocab_size, args.batch, args.seq_len, "cpu", ctx,
-                                      args.compile == "on", seed=1337, n_batches=8)
+                                      compiled, seed=1337, n_batches=8)
         counters[name] = 0
 
     def runner(name):
@@ -66,7 +67,7 @@ def main() -> None:
     times = harness.time_cases({n: runner(n) for n in cases}, repeats=args.rounds, warmup=1, device="cpu")
     tokens = args.batch * args.seq_len * args.steps
     base = tokens / statistics.median(times["autocast"])
-    mode = "compiled" if args.compile == "on" else "eager"
+    mode = "compiled" if compiled else "eager"
     print(f"\n{args.preset}, B={args.batch} x T={args.seq_len}, {mode}, {args.rounds} rounds of {args.steps} steps\n")
     print("| case | tok/s (median round) | vs autocast |\n|---|---|---|")
     rows = {}
@@ -76,7 +77,7 @@ def main() -> None:
         print(f"| {name} | {tok_s:,.0f} | {tok_s / base:.2f}x |")
     harness.write_results(args.out or harness.default_out("precision"), machine,
                           {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len,
-                           "compile": args.compile == "on", "round_seconds": times, "tokens_per_s": rows})
+                           "compile": compiled, "round_seconds": times, "tokens_per_s": rows})
 
 
 if __name__ == "__main__":

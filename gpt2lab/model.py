@@ -440,7 +440,9 @@ class GPT(nn.Module):
             return None, LMCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                               self.vocab_bias, vocab, reduction)
         if self.config.padded_vocab_size > vocab:
-            logits[..., vocab:] = float("-inf")
+            # Through .detach(): constants need no autograd record, whose backward would copy the
+            # whole gradient to zero the padded columns that the softmax's gradient leaves at zero.
+            logits.detach()[..., vocab:] = float("-inf")
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

@@ -238,6 +238,26 @@ def test_loss_without_logits_equals_the_loss_with_them(reduction, compiled):
     assert model(idx, return_logits=False) == (None, None)
 
 
+@pytest.mark.parametrize("return_logits", [True, False])
+def test_eager_gradients_equal_the_loss_over_the_real_columns_alone(return_logits):
+    """The -inf written into the padded columns (outside autograd) gives the gradients of a loss
+    that never saw those columns: the padded rows of the tied weight get none, though rigged to win."""
+    cfg = tiny_cfg(vocab_size=100, padded_vocab_size=128)
+    model = padded_rows_rigged_to_win(make(cfg))
+    g = torch.Generator().manual_seed(5)
+    idx, targets = (torch.randint(0, cfg.vocab_size, (3, 16), generator=g) for _ in range(2))
+    grads = []
+    for loss_of in (lambda: model(idx, targets, return_logits=return_logits)[1],
+                    lambda: F.cross_entropy(model.lm_head(model.hidden(idx))[..., : cfg.vocab_size].reshape(-1, cfg.vocab_size),
+                                            targets.view(-1))):
+        model.zero_grad()
+        loss_of().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, ref in grads[1].items():
+        torch.testing.assert_close(grads[0][name], ref, rtol=1e-5, atol=1e-7, msg=name)
+    assert (grads[0]["transformer.wte.weight"][cfg.vocab_size :] == 0).all()
+
+
 def test_a_model_rebuilt_from_its_weights_masks_the_padded_columns_alike():
     """The padded columns' -inf bias is not part of the saved weights (old checkpoints load
     strictly), and a model rebuilt from them (on the meta device, then assigned) has it for real."""

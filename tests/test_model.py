@@ -246,10 +246,12 @@ def test_eager_gradients_equal_the_loss_over_the_real_columns_alone(return_logit
     model = padded_rows_rigged_to_win(make(cfg))
     g = torch.Generator().manual_seed(5)
     idx, targets = (torch.randint(0, cfg.vocab_size, (3, 16), generator=g) for _ in range(2))
+    def real_columns_loss():
+        logits = model.lm_head(model.hidden(idx))[..., : cfg.vocab_size]
+        return F.cross_entropy(logits.reshape(-1, cfg.vocab_size), targets.view(-1))
+
     grads = []
-    for loss_of in (lambda: model(idx, targets, return_logits=return_logits)[1],
-                    lambda: F.cross_entropy(model.lm_head(model.hidden(idx))[..., : cfg.vocab_size].reshape(-1, cfg.vocab_size),
-                                            targets.view(-1))):
+    for loss_of in (lambda: model(idx, targets, return_logits=return_logits)[1], real_columns_loss):
         model.zero_grad()
         loss_of().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})

@@ -18,7 +18,6 @@ from typing import Callable
 from .config import Config
 from .data.shards import find_shards
 from .distributed import DistInfo
-from .errors import UserError
 from .evals.common import select_items
 from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from .evals.lambada import evaluate_lambada, load_lambada
@@ -139,9 +138,7 @@ def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded
     tok = tokenizer or load_tokenizer(cfg.data.tokenizer)
     out: list[Evaluator] = []
     if e.every >= 0:
-        try:
-            find_shards(cfg.data.dir, cfg.data.val_split)
-        except UserError:
+        if not find_shards(cfg.data.dir, cfg.data.val_split, required=False):
             log(f"warning: no '{cfg.data.val_split}' shards in {cfg.data.dir}; validation loss is skipped")
         else:
             windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e.val_tokens, verify=cfg.data.verify)

@@ -176,6 +176,21 @@ def test_a_flipped_validation_shard_is_an_error(small_shards, run, tmp_path, cap
     assert summary["steps"] == 2
 
 
+def test_a_shard_missing_from_a_prepared_folder_is_an_error(small_shards, tmp_path, capsys):
+    """A shard the manifest lists but the folder lacks (a partial copy, a stray delete) stops training
+    and evaluation, naming it: the rest would train on less data, or give another loss, silently."""
+    for split in ("train", "val"):
+        data = tmp_path / split
+        shutil.copytree(small_shards, data)
+        gone = sorted(data.glob(f"{split}_*.bin"))
+        for p in gone:  # every shard of the split: validation would otherwise be skipped with a warning
+            p.unlink()
+        with pytest.raises(UserError, match=rf"{gone[0]}: listed in .*manifest.json but missing"):
+            train(micro_cfg(data, tmp_path / f"run-{split}", "eval.every=2"), log=quiet)
+    rc, _, err = cli(capsys, "train", "model.preset=micro", f"data.dir={tmp_path / 'val'}", f"train.run_dir={tmp_path / 'r'}")
+    assert rc != 0 and "val_000000.bin: listed in" in one_line(rc, err)
+
+
 # --- full disk ------------------------------------------------------------------------------
 
 

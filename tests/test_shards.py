@@ -131,10 +131,10 @@ def test_find_shards(tmp_path):
         "fineweb_train_000001.bin", "fineweb_val_000000.bin",
         "edufineweb_val_000000.npy", "edufineweb_train_000000.npy",
         "interval_000000.bin", "trainer_000000.bin", "train_000000.txt", ".tmp-train_000002.bin-x",
-        "manifest.json",
     ]
     for n in names:
         (tmp_path / n).write_bytes(b"")
+    (tmp_path / "manifest.json").write_text('{"shards": []}')  # not a shard itself
     assert [p.name for p in find_shards(tmp_path, "train")] == [
         "edufineweb_train_000000.npy", "fineweb_train_000001.bin", "train_000000.bin", "train_000001.bin",
     ]

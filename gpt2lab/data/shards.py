@@ -165,26 +165,37 @@ def _read_npy(path: Path) -> np.ndarray:
     return arr
 
 
-def find_shards(data_dir, split: str) -> list[Path]:
+def _of_split(name: str, split: str) -> bool:
+    stem, suffix = os.path.splitext(name)
+    return not name.startswith(".") and suffix in SHARD_SUFFIXES and split in re.split(r"[_.\-]", stem)
+
+
+def find_shards(data_dir, split: str, required: bool = True) -> list[Path]:
     """The shard files of ``split`` in ``data_dir``, sorted by name.
 
     A file belongs to a split when its name ends in ``.bin`` or ``.npy`` and the split name
     is one of the words of its stem separated by ``_`` (or ``-``/``.``): ``train_000000.bin``,
     ``fineweb_train_000001.bin`` and ``edufineweb_val_000000.npy`` all match; ``val`` never
     matches a train file. Hidden files (such as ``.tmp-*`` left by a crash) are ignored.
+    A shard of the split that the folder's manifest lists but the folder lacks is an error (the
+    rest would train or evaluate on less data without a word); so is finding none, when ``required``.
     """
+    from .prepare import MANIFEST, load_manifest  # prepare imports this module
+
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data directory {data_dir} does not exist; run gpt2lab prepare to create it")
-    found = []
-    for p in data_dir.iterdir():
-        if p.name.startswith(".") or p.suffix not in SHARD_SUFFIXES or not p.is_file():
-            continue
-        if split in re.split(r"[_.\-]", p.stem):
-            found.append(p)
-    if not found:
+    found = sorted((p for p in data_dir.iterdir() if _of_split(p.name, split) and p.is_file()), key=lambda p: p.name)
+    manifest = load_manifest(data_dir)
+    if manifest is not None:
+        present = {p.name for p in found}
+        missing = sorted(s["name"] for s in manifest["shards"] if _of_split(s["name"], split) and s["name"] not in present)
+        if missing:
+            raise UserError(f"{data_dir / missing[0]}: listed in {data_dir / MANIFEST} but missing ({len(missing)} "
+                            f"{split!r} shard(s) in all); restore it or re-run gpt2lab prepare")
+    if not found and required:
         raise UserError(
             f"no {split!r} shards in {data_dir}; run gpt2lab prepare to write "
             f"{split}_000000.bin and friends there (or point the data directory elsewhere)"
         )
-    return sorted(found, key=lambda p: p.name)
+    return found

@@ -71,6 +71,7 @@ from .distributed import (
 from .errors import UserError, brief
 from .fileio import file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
 from .model import GPT
+from .optim import group_settings, restore_group_settings
 from .runtime import device_type
 from .tokenizer import COPY_DIR, Tokenizer, copy_folder, load_tokenizer
 
@@ -547,6 +548,7 @@ class Checkpointer:
             raise UserError(f"--resume: {path} has neither {DCP_DIR}/ nor optimizer state; the checkpoint is incomplete")
         if "optimizer" in state:
             check_optimizer_state(state["optimizer"], optimizer, path / STATE_FILE)
+        own = group_settings(optimizer)
         if dcp_dir.is_dir():
             load_sharded_state(model, optimizer, dcp_dir)
         elif is_sharded(model):  # a DDP/single-process checkpoint: every rank reads it whole and keeps its shards
@@ -554,6 +556,7 @@ class Checkpointer:
         else:
             load_model_weights(model, path / MODEL_FILE)
             optimizer.load_state_dict(state["optimizer"])
+        restore_group_settings(optimizer, own)
         loader.load_state_dict(state["loader"])
         step, saved_ranks, rank = int(state["step"]), len(state["rng"]), self.info.rank
         if rank < saved_ranks:

@@ -88,6 +88,25 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) 
     return opt
 
 
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each parameter group's settings (all but its parameters): what :func:`restore_group_settings` puts back."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
+def restore_group_settings(optimizer: torch.optim.Optimizer, saved: list[dict]) -> None:
+    """Put ``saved`` settings (this run's, from its config) back after loading a checkpoint's optimizer
+    state, which brings the checkpoint's betas, eps, weight decay, fused and Muon settings with its
+    moments and steps: a resumed run uses what its config.yaml says. A group fused now but not then
+    gets its step counts on its parameters' device, where fused kernels take them."""
+    for group, own in zip(optimizer.param_groups, saved):
+        group.update(own)
+        if own.get("fused"):
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, cfg: OptimConfig) -> None:
     """Each group's learning rate: ``lr`` (the schedule's value for optim.lr) times the group's peak
     over optim.lr; exactly ``lr`` for a group whose peak is optim.lr (x * 1.0 == x)."""
@@ -166,10 +185,11 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5, fused: bool = False):
+        # fused is a group setting, as in torch's AdamW: load_state_dict puts a fused group's step
+        # counts on the parameters' device by it
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        ns_steps=ns_steps, kind="adamw")
+                        ns_steps=ns_steps, kind="adamw", fused=fused)
         super().__init__(params, defaults)
-        self.fused = fused
         for g in self.param_groups:
             if g["kind"] == "muon" and any(p.dim() != 2 for p in g["params"]):
                 raise ValueError("Muon groups take 2-D matrices only")
@@ -214,13 +234,14 @@ class MuonAdamW(torch.optim.Optimizer):
                 p.add_(o, alpha=-lr * scale)
 
     def _adamw(self, group: dict) -> None:
+        fused = group["fused"]
         params, grads, avgs, sqs, steps = [], [], [], [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = self.state[p]
             if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if self.fused else "cpu")
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if fused else "cpu")
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             params.append(p)
@@ -231,6 +252,6 @@ class MuonAdamW(torch.optim.Optimizer):
         if not params:
             return
         beta1, beta2 = group["betas"]
-        adam(params, grads, avgs, sqs, [], steps, foreach=False if self.fused else None, fused=self.fused or None,
+        adam(params, grads, avgs, sqs, [], steps, foreach=False if fused else None, fused=fused or None,
              decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)

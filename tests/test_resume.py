@@ -15,7 +15,8 @@ from gpt2lab import checkpoint as ckpt
 from gpt2lab.errors import UserError
 from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT, GPTConfig
-from gpt2lab.train import train
+from gpt2lab.distributed import DistInfo
+from gpt2lab.train import Trainer, train
 from cli_helpers import ckpt_cfg, quiet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,6 +200,30 @@ def test_resume_continues_in_process(small_shards, run_copy):
     assert any(re.search(r"resumed from .*step_00000002", line) for line in lines)
     assert [r["step"] for r in read_metrics(run_copy, "train")] == [1, 2, 3, 4]
     assert [p.name for p in ckpt.list_checkpoints(run_copy)] == ["step_00000002", "step_00000004"]
+
+
+@pytest.mark.parametrize("recipe", [[], ["optim.optimizer=muon"]], ids=["adamw", "muon"])
+def test_resume_trains_with_the_configs_optimizer_settings(small_shards, tmp_path, recipe):
+    """The checkpoint gives the optimizer its moments and steps, not its settings: betas, eps, weight
+    decay, fused and Muon's momentum changed on resume take effect, as the run's config.yaml says."""
+    base = tmp_path / "base"
+    train(short_cfg(small_shards, base, *recipe), log=quiet)
+    changed = ["optim.weight_decay=0.5", "optim.beta2=0.9", "optim.eps=1e-4", "optim.fused=false",
+               "optim.muon_momentum=0.8"]
+    weights = {}
+    for name, extra in (("same", []), ("changed", changed)):
+        run = tmp_path / name
+        shutil.copytree(base, run)
+        trainer = Trainer(short_cfg(small_shards, run, "train.max_steps=4", *recipe, *extra), DistInfo(), log=quiet)
+        trainer.start(resume=True)
+        groups = trainer.optimizer.param_groups
+        if name == "changed":
+            assert all(g["betas"] == (0.9, 0.9) and g["eps"] == 1e-4 and not g["fused"] for g in groups)
+            assert max(g["weight_decay"] for g in groups) == 0.5
+            assert all(g["momentum"] == 0.8 for g in groups if g.get("kind") == "muon")
+        assert trainer.run()["steps"] == 4
+        weights[name] = load_file(str(run / "checkpoints" / "step_00000004" / ckpt.MODEL_FILE))
+    assert any(not torch.equal(weights["same"][k], weights["changed"][k]) for k in weights["same"])
 
 
 def test_resume_without_checkpoint(small_shards, tmp_path):

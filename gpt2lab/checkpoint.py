@@ -457,6 +457,7 @@ class Checkpointer:
         self.run_dir, self.info = Path(run_dir), info
         self.every, self.keep, self.parallel = every, keep, parallel
         self.last_saved: Path | None = None
+        self._intact: Path | None = None  # what resume_point chose (checksums are read once)
 
     @property
     def saved_step(self) -> int | None:
@@ -498,11 +499,14 @@ class Checkpointer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.run_dir / RUN_CONFIG, cfg.to_yaml())
 
-    def _pick_intact(self, log) -> Path:
-        """The newest checkpoint whose files match their checksums, chosen by rank 0 for all ranks.
+    def resume_point(self, log) -> Path:
+        """The newest checkpoint whose files match their checksums, chosen by rank 0 for all ranks
+        (once: later calls return the same).
 
         A damaged one is renamed to ``damaged-step_N`` (kept for a look, out of the way of
         resuming and of retention), with a warning naming what failed."""
+        if self._intact is not None:
+            return self._intact
         chosen, failures = None, []
         if self.info.is_main:
             for path in reversed(list_checkpoints(self.run_dir)):
@@ -528,6 +532,7 @@ class Checkpointer:
         if not path.is_dir():
             raise UserError(f"--resume: rank {self.info.rank} cannot see {path}; train.run_dir must be on a "
                             "filesystem all nodes share")
+        self._intact = path
         return path
 
     def restore(self, cfg: Config, model: GPT, optimizer, loader, log) -> int:
@@ -537,7 +542,7 @@ class Checkpointer:
         number of processes may differ from the run that wrote it: the loader state does not
         depend on it, DDP optimizer state is replicated, and a sharded (dcp/) checkpoint is resharded.
         """
-        path = self._pick_intact(log)
+        path = self.resume_point(log)
         saved = load_checkpoint_config(path)
         if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:  # dropout may change; shape may not
             raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")

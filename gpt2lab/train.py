@@ -144,9 +144,8 @@ class Trainer:
         torch.manual_seed(t.seed)
         init = None
         if t.init_from:
-            found = self.ckpt.checkpoints() if resume else []
-            if found:  # the run's own checkpoint has the weights: take its shape
-                shape = load_checkpoint_config(found[-1]).model
+            if resume and self.ckpt.checkpoints():  # the run's own checkpoint has the weights: take its shape
+                shape = load_checkpoint_config(self.ckpt.resume_point(self.log)).model
             else:
                 try:
                     init = load_pretrained(t.init_from)

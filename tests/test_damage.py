@@ -86,15 +86,19 @@ def test_sample_and_eval_refuse_flipped_weights(run, small_shards, capsys):
         assert f"{path} differs from its sha256" in line
 
 
-def test_resume_skips_a_damaged_newest_checkpoint(run, small_shards):
+@pytest.mark.parametrize("damaged, init_from", [(ckpt.STATE_FILE, False), ("config.yaml", True)],
+                         ids=["state", "config-with-init_from"])
+def test_resume_skips_a_damaged_newest_checkpoint(run, small_shards, done_run, damaged, init_from):
+    """With train.init_from too, whose resume reads the newest checkpoint's config.yaml for the model's shape."""
     newest = ckpt.list_checkpoints(run)[-1]
     assert newest.name == "step_00000004"
-    flip_byte(newest / ckpt.STATE_FILE)  # altered optimizer state: silently used before
+    flip_byte(newest / damaged)  # altered optimizer state or config: silently used before
     lines = []
-    summary = train(short_cfg(small_shards, run, "train.max_steps=6", "train.keep_checkpoints=1"), resume=True,
+    extra = [f"train.init_from={done_run}"] if init_from else []
+    summary = train(short_cfg(small_shards, run, "train.max_steps=6", "train.keep_checkpoints=1", *extra), resume=True,
                     log=lines.append)
     warning = [line for line in lines if line.startswith("warning: skipped a damaged checkpoint")]
-    assert len(warning) == 1 and str(newest / ckpt.STATE_FILE) in warning[0], lines
+    assert len(warning) == 1 and str(newest / damaged) in warning[0], lines
     assert any("resumed from" in line and "step_00000002 (step 2)" in line for line in lines), lines
     assert summary["steps"] == 6
     # the damaged folder is kept aside for a look; retention kept only the newest, which is intact

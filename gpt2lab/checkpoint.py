@@ -496,8 +496,16 @@ class Checkpointer:
     def start(self, cfg: Config) -> None:
         """Rank 0: the run folder with its resolved config (written anew at every start and resume)."""
         if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.run_dir / RUN_CONFIG, cfg.to_yaml())
+            for folder in (self.run_dir, self.run_dir / CHECKPOINTS_DIR):  # found now, not at the first save
+                if folder.exists() and not folder.is_dir():
+                    raise UserError(f"config key 'train.run_dir': {folder} is a file, not a folder; move it or "
+                                    "choose another train.run_dir")
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.run_dir / RUN_CONFIG, cfg.to_yaml())
+            except OSError as e:
+                raise UserError(f"config key 'train.run_dir': cannot write {e.filename or self.run_dir} "
+                                f"({e.strerror or e}); choose a folder this user can write to") from None
 
     def resume_point(self, log) -> Path:
         """The newest checkpoint whose files match their checksums, chosen by rank 0 for all ranks

@@ -195,6 +195,19 @@ def test_a_shard_missing_from_a_prepared_folder_is_an_error(small_shards, tmp_pa
     assert rc != 0 and "val_000000.bin: listed in" in one_line(rc, err)
 
 
+def test_a_run_dir_that_is_a_file_is_an_error_before_training(small_shards, tmp_path, capsys):
+    """Found at the start, in one line: not as a traceback, nor (a file named checkpoints) after all
+    the steps, at the first save."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "run" / "checkpoints").parent.mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("x")
+    for run_dir, culprit in ((tmp_path / "file", tmp_path / "file"), (tmp_path / "run", tmp_path / "run" / "checkpoints")):
+        rc, out, err = cli(capsys, "train", "model.preset=micro", "train.seq_len=32", "train.max_steps=2",
+                           "eval.every=-1", "eval.sample_every=-1", f"data.dir={small_shards}", f"train.run_dir={run_dir}")
+        assert f"{culprit} is a file, not a folder" in one_line(rc, err)
+        assert "step" not in out
+
+
 # --- full disk ------------------------------------------------------------------------------
 
 

@@ -10,11 +10,22 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
+
+
+def temp_beside(dest: Path) -> tuple[int, str]:
+    """A new temporary file in ``dest``'s folder (fd, path) with the mode a plain ``open`` would
+    give it, so the renamed file is as readable as any other (mkstemp's own mode is 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.name}-", dir=dest.parent)
+    umask = os.umask(0)  # the only way to read it before Python 3.13's os.getumask...
+    os.umask(umask)  # ...is to set it and set it back
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:

@@ -43,6 +43,19 @@ def test_round_trip_property(tmp_path, arr):
     np.testing.assert_array_equal(np.asarray(got), arr)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_shards_get_the_mode_of_any_new_file(tmp_path, umask):
+    """Written through a temporary file and renamed, a shard is as readable as other files the user
+    makes (a shared data folder), not private to its writer."""
+    old = os.umask(umask)
+    try:
+        write_shard(tmp_path / "train_000000.bin", np.arange(10))
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "train_000000.bin").stat().st_mode & 0o777) == oct((tmp_path / "plain").stat().st_mode & 0o777)
+
+
 def test_uint32_version(tmp_path):
     path = tmp_path / "big_train.bin"
     tokens = np.array([0, 70000, 2**32 - 1], dtype=np.uint64)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..fileio import temp_beside
 
 MAGIC = 20240520
 VERSION = 1  # uint16 tokens
@@ -64,7 +64,7 @@ def write_shard(path, tokens, *, version: int = VERSION) -> str:
     header[0], header[1], header[2] = MAGIC, version, arr.size
     digest = hashlib.sha256()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             data = header.tobytes()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from ..distributed import init_distributed, shutdown
 from ..errors import UserError
 from ..runtime import autocast_for, resolve_dtype
 from ..weights import load_pretrained, model_tokenizer
-from ..fileio import file_sha256, write_json_atomic, write_jsonl_atomic
+from ..fileio import file_sha256, temp_beside, write_json_atomic, write_jsonl_atomic
 
 
 def cache_dir() -> Path:
@@ -36,7 +35,7 @@ def download(urls: list[str] | str, dest: Path, sha256: dict[str, str] | None = 
     dest.parent.mkdir(parents=True, exist_ok=True)
     problems = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".tmp-{dest.name}")
+        fd, tmp = temp_beside(dest)
         try:
             with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
                 shutil.copyfileobj(r, f)

@@ -41,14 +41,13 @@ import numpy as np
 from ..errors import UserError
 from ..fileio import file_sha256, write_atomic, write_json_atomic
 from ..tokenizer import VOCAB_SHA256, Tokenizer, get_tokenizer, load_tokenizer
-from .shards import SHARD_SUFFIXES, VERSION, VERSION_U32, read_shard, write_shard
+from .shards import MANIFEST, SHARD_SUFFIXES, VERSION, VERSION_U32, load_manifest, read_shard, write_shard
 from .sources import (
     DOC_SPLITS, Chunk, HubSource, chunk_texts, expand_inputs, file_chunks, file_format, file_identity, hub_chunks,
     tokenize_texts,
 )
 from ..progress import PrepareStatus, live_wanted
 
-MANIFEST = "manifest.json"
 WORK_DIR = ".prepare"
 VAL_BLOCK = 1 << 20  # val_fraction is applied per block of this many stream tokens
 _CHECKPOINT_TOKENS = 32 * VAL_BLOCK  # also save the state this often between shards
@@ -562,38 +561,6 @@ def _limit_docs(chunks: Iterator[Chunk], left: int) -> Iterator[Chunk]:
 
 # --- checking ------------------------------------------------------------------------------
 
-
-
-def load_manifest(data_dir) -> dict | None:
-    """The manifest of a prepared directory; None when there is none (e.g. build-nanogpt shards)."""
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_bytes())
-        _check_manifest_fields(manifest)
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise UserError(f"{path}: not a valid manifest ({str(e)[:200]}); re-run gpt2lab prepare") from None
-    return manifest
-
-
-def _check_manifest_fields(manifest) -> None:
-    """The fields readers use, with their types: a hand-edited or damaged manifest fails here, in one line."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise ValueError("no shard list")
-    for i, shard in enumerate(manifest["shards"]):
-        if not isinstance(shard, dict):
-            raise ValueError(f"shard entry {i} is not an object")
-        name, tokens, sha = shard.get("name"), shard.get("tokens"), shard.get("sha256")
-        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise ValueError(f"shard entry {i} has no file name")
-        if type(tokens) is not int or tokens < 0:
-            raise ValueError(f"shard {name} has no token count")
-        if not isinstance(sha, str):
-            raise ValueError(f"shard {name} has no sha256")
-    vocab = manifest.get("vocab_size", 0)
-    if type(vocab) is not int or vocab < 0:
-        raise ValueError(f"vocab_size {vocab!r} is not a count")
 
 
 def verify(out_dir, names=None, hashes: bool = True) -> dict:

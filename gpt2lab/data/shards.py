@@ -9,11 +9,13 @@ A ``.bin`` shard is a header of 256 little-endian int32 followed by the tokens:
 
 build-nanogpt's ``.npy`` shards (a 1-D uint16 array saved with ``np.save``) are read too.
 Shards are always memory-mapped read-only, so opening even a huge one costs nothing.
+A folder written by ``gpt2lab prepare`` lists its shards in ``manifest.json`` (:func:`load_manifest`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -29,6 +31,7 @@ VERSION_U32 = 2  # uint32 tokens
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 SHARD_SUFFIXES = (".bin", ".npy")
+MANIFEST = "manifest.json"  # a prepared folder's list of its shards (names, token counts, sha256)
 
 _DTYPES = {VERSION: np.dtype("<u2"), VERSION_U32: np.dtype("<u4")}
 _WRITE_CHUNK = 1 << 22  # tokens per write; bounds the memory of a copy from a memmap
@@ -165,6 +168,38 @@ def _read_npy(path: Path) -> np.ndarray:
     return arr
 
 
+def load_manifest(data_dir) -> dict | None:
+    """The manifest of a prepared directory; None when there is none (e.g. build-nanogpt shards)."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_bytes())
+        _check_manifest_fields(manifest)
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"{path}: not a valid manifest ({str(e)[:200]}); re-run gpt2lab prepare") from None
+    return manifest
+
+
+def _check_manifest_fields(manifest) -> None:
+    """The fields readers use, with their types: a hand-edited or damaged manifest fails here, in one line."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ValueError("no shard list")
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict):
+            raise ValueError(f"shard entry {i} is not an object")
+        name, tokens, sha = shard.get("name"), shard.get("tokens"), shard.get("sha256")
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError(f"shard entry {i} has no file name")
+        if type(tokens) is not int or tokens < 0:
+            raise ValueError(f"shard {name} has no token count")
+        if not isinstance(sha, str):
+            raise ValueError(f"shard {name} has no sha256")
+    vocab = manifest.get("vocab_size", 0)
+    if type(vocab) is not int or vocab < 0:
+        raise ValueError(f"vocab_size {vocab!r} is not a count")
+
+
 def _of_split(name: str, split: str) -> bool:
     stem, suffix = os.path.splitext(name)
     return not name.startswith(".") and suffix in SHARD_SUFFIXES and split in re.split(r"[_.\-]", stem)
@@ -180,8 +215,6 @@ def find_shards(data_dir, split: str, required: bool = True) -> list[Path]:
     A shard of the split that the folder's manifest lists but the folder lacks is an error (the
     rest would train or evaluate on less data without a word); so is finding none, when ``required``.
     """
-    from .prepare import MANIFEST, load_manifest  # prepare imports this module
-
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data directory {data_dir} does not exist; run gpt2lab prepare to create it")

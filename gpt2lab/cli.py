@@ -391,7 +391,7 @@ def cmd_sample(args) -> None:
 
     outs = generate(model, prompt, args.max_new_tokens, num_samples=args.num_samples, temperature=args.temperature,
                     top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop_token=eot,
-                    on_token=on_token if stream else None, compile=args.compile)
+                    on_token=on_token if stream else None, compile=args.compile, vocab=tok.n_vocab)
     if stream:
         print()
         return

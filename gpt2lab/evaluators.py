@@ -125,7 +125,7 @@ def sample_texts(model, cfg: Config, autocast=None, tokenizer: Tokenizer | None 
     prompt = tok.encode(e.sample_prompt) or [tok.eot_token]
     outs = generate(
         model, prompt, e.sample_tokens, num_samples=e.sample_count, temperature=e.sample_temperature,
-        top_k=e.sample_top_k or None, seed=cfg.train.seed, autocast=autocast,
+        top_k=e.sample_top_k or None, seed=cfg.train.seed, autocast=autocast, vocab=tok.n_vocab,
     )
     return [e.sample_prompt + tok.decode(o) for o in outs]
 

@@ -61,7 +61,9 @@ def sample_next(
     """Pick one token per row from (B, vocab) logits. temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # from the row's maximum down: a tiny temperature then gives -inf, never inf - inf (NaN)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -353,6 +355,7 @@ def generate(
     autocast: contextlib.AbstractContextManager | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
     *,
+    vocab: int | None = None,
     use_cache: bool = True,
     pack: bool | None = None,
     compile: bool = False,
@@ -366,8 +369,9 @@ def generate(
     (not included) or after ``max_new_tokens``. ``on_token`` receives each step's (rows,)
     tokens, for streaming. ``seed`` makes sampling reproducible. ``autocast`` (e.g.
     ``torch.autocast("cpu", dtype=torch.bfloat16)``) runs the forward pass under it; packed
-    weights are then stored in its dtype. See the module docstring for ``use_cache``, ``pack``
-    and ``compile``.
+    weights are then stored in its dtype. ``vocab``: only ids below it are drawn (the tokenizer's
+    vocabulary, where the model's is larger: ids the tokenizer cannot decode). See the module
+    docstring for ``use_cache``, ``pack`` and ``compile``.
     """
     prompts = _as_prompts(prompt)
     device = model.device if isinstance(model, Decoder) else model.transformer.wte.weight.device
@@ -424,7 +428,7 @@ def generate(
             else:  # no cache, or context full: each row's last block_size tokens, recomputed
                 seqs = [r + o for r, o in zip(rows, out.tolist())]
                 logits = _prefill(dec, _Batch([s[-block:] for s in seqs], device))
-            nxt = sample_next(logits, temperature, top_k, top_p, gen)
+            nxt = sample_next(logits[:, :vocab], temperature, top_k, top_p, gen)
             if stop_token is not None:
                 nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
                 done |= nxt == stop_token

@@ -309,3 +309,20 @@ def test_decoder_of_a_training_model_decodes_without_dropout_and_leaves_it_train
     assert m.training and all(mod.training for mod in m.modules())
     shared = {id(p) for p in dec.net.parameters()}  # embeddings, LayerNorms: the model's own tensors
     assert shared and shared <= {id(p) for p in m.parameters()}
+
+
+def test_vocab_keeps_samples_to_ids_the_tokenizer_has(model):
+    """A model whose vocabulary is larger than its tokenizer's (model.vocab_size=50304 with GPT-2's
+    50,257) draws only ids the tokenizer can decode when given the tokenizer's size."""
+    limit = 250
+    outs = generate(model, [1, 2, 3], 40, num_samples=8, temperature=2.0, seed=0, vocab=limit)
+    assert max(max(o) for o in outs) < limit
+    unlimited = generate(model, [1, 2, 3], 40, num_samples=8, temperature=2.0, seed=0)
+    assert max(max(o) for o in unlimited) >= limit  # without it the last 50 of 300 ids do come up
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-30])
+def test_a_tiny_temperature_is_greedy_not_nan(temperature):
+    logits = torch.randn(4, 300) * 5
+    logits[:, 290:] = float("-inf")
+    assert torch.equal(sample_next(logits, temperature, generator=torch.Generator().manual_seed(0)), logits.argmax(-1))

@@ -307,3 +307,17 @@ def test_loss_chunk_trains_like_the_full_logits(small_shards, tmp_path, extra):
     assert len(losses[0]) == 4 and all(abs(a - b) <= 1e-5 * a for a, b in zip(*losses))
     a, b = (ckpt.load_model(runs[c])[0].state_dict() for c in (0, 24))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_a_model_vocabulary_larger_than_the_tokenizers_samples_decodable_text(small_shards, tmp_path, capsys):
+    """model.vocab_size=50304 with GPT-2's 50,257-token tokenizer (a nanoGPT habit): the samples of
+    training and of `gpt2lab sample` draw only ids the tokenizer can decode."""
+    from gpt2lab.cli import main
+
+    run = tmp_path / "run"
+    cfg = micro_cfg(small_shards, run, "model.vocab_size=50304", "train.max_steps=1", "eval.every=-1",
+                    "eval.sample_every=0", "eval.sample_count=16", "eval.sample_tokens=200", "eval.sample_top_k=0")
+    train(cfg, log=quiet)
+    assert main(["sample", str(run), "-n", "16", "--max-new-tokens", "200", "--top-k", "0", "--seed", "1",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 16

@@ -151,3 +151,19 @@ def test_training_logs_lambada_and_report(tmp_path, small_shards, original_txt):
     r = gpt2lab("report", run)
     assert r.returncode == 0 and "lambada_acc" in r.stdout.splitlines()[0], r.stderr
 
+
+
+@pytest.mark.parametrize("name", ["lambada.json", "lambada.JSONL"])
+def test_json_lines_are_read_as_such_whatever_the_suffix_case(tmp_path, original_txt, name):
+    texts = load_lambada(original_txt, "original")[:5]
+    (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    assert load_lambada(tmp_path / name, "original") == texts  # not the JSON text as passages
+
+
+def test_a_model_that_puts_nothing_on_the_words_has_infinite_perplexity(micro_ckpt, original_txt):
+    model, _ = load_model(micro_ckpt)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(1e5)  # logits of 1e5 and more: log-probabilities far below -709
+    metrics, records = evaluate_lambada(model, load_lambada(original_txt, "original")[:5])
+    assert sum(r["logprob"] for r in records) / 5 < -709
+    assert metrics["ppl"] == math.inf

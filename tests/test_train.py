@@ -321,3 +321,11 @@ def test_a_model_vocabulary_larger_than_the_tokenizers_samples_decodable_text(sm
     assert main(["sample", str(run), "-n", "16", "--max-new-tokens", "200", "--top-k", "0", "--seed", "1",
                  "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("--- sample") == 16
+
+
+def test_a_validation_split_shorter_than_one_window_is_an_error(tmp_path):
+    """Not a loss of 0/0 (NaN) reported as a result."""
+    write_shard(tmp_path / "val_000000.bin", np.arange(50))
+    assert len(eval_windows(tmp_path, "val", 49, 1000)) == 1
+    with pytest.raises(UserError, match=r"'val' shards in .* fewer than seq_len \+ 1 = 51 tokens"):
+        eval_windows(tmp_path, "val", 50, 1000)

@@ -65,7 +65,7 @@ def load_lambada(path: str | os.PathLike | None = None, variant: str = "openai")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such LAMBADA file; check the path given to --data")
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() in (".jsonl", ".json"):  # JSON lines, as lm-eval's lambada_openai
         texts = []
         for n, r in enumerate(read_jsonl(path, "LAMBADA"), 1):
             if not isinstance(r.get("text"), str):
@@ -88,6 +88,14 @@ def split_passage(text: str) -> tuple[str, str]:
     """(context, target): the target is the last space-separated word, with its leading space."""
     ctx, _, word = text.strip().rpartition(" ")
     return ctx, " " + word
+
+
+def _exp(x: float) -> float:
+    """exp, inf past float's range (a perplexity of a model that puts next to nothing on the words)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
 
 
 def evaluate_lambada(
@@ -123,8 +131,8 @@ def evaluate_lambada(
                            sum(r["tokens"] for r in records)], dtype=torch.float64, device=device)
     all_reduce_sum(totals, info)
     n, hits, lp, ntok = totals.tolist()
-    metrics = {"items": int(n), "acc": hits / max(n, 1), "ppl": math.exp(-lp / max(n, 1)),
-               "token_ppl": math.exp(-lp / max(ntok, 1))}
+    metrics = {"items": int(n), "acc": hits / max(n, 1), "ppl": _exp(-lp / max(n, 1)),
+               "token_ppl": _exp(-lp / max(ntok, 1))}
     if gather:
         records = sorted(gather_records(records, info), key=lambda r: r["index"])
     return metrics, records

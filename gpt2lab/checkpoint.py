@@ -69,7 +69,7 @@ from .distributed import (
     sharded_state,
 )
 from .errors import UserError, brief
-from .fileio import file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
+from .fileio import check_folder_path, file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
 from .model import GPT
 from .optim import group_settings, restore_group_settings
 from .runtime import device_type
@@ -496,10 +496,7 @@ class Checkpointer:
     def start(self, cfg: Config) -> None:
         """Rank 0: the run folder with its resolved config (written anew at every start and resume)."""
         if self.info.is_main:
-            for folder in (self.run_dir, self.run_dir / CHECKPOINTS_DIR):  # found now, not at the first save
-                if folder.exists() and not folder.is_dir():
-                    raise UserError(f"config key 'train.run_dir': {folder} is a file, not a folder; move it or "
-                                    "choose another train.run_dir")
+            check_folder_path(self.run_dir / CHECKPOINTS_DIR, "config key 'train.run_dir'")  # now, not at the first save
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.run_dir / RUN_CONFIG, cfg.to_yaml())

@@ -87,10 +87,27 @@ def _fsync_tree(path: Path) -> None:
         fsync_path(f)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file (``folder`` itself or the nearest of its parents that exists, when not a folder) that
+    stops ``folder`` from being made or written into; None when nothing does."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def check_folder_path(folder: Path, what: str) -> None:
+    """A one-line error, before any work, when a file stands where ``folder`` (``what``: how the
+    user named it) or one of its parents must be a folder."""
+    if (bad := file_in_the_way(Path(folder))) is not None:
+        raise UserError(f"{what}: {bad} is a file, not a folder; move it or choose another folder")
+
+
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to write over a non-empty folder (or a file) unless ``overwrite``."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out} already exists and is not empty: choose a new folder, or pass --overwrite")
+    check_folder_path(out.parent, str(out))
 
 
 @contextmanager

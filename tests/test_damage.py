@@ -208,6 +208,18 @@ def test_a_run_dir_that_is_a_file_is_an_error_before_training(small_shards, tmp_
         assert "step" not in out
 
 
+def test_an_output_path_through_a_file_is_an_error_before_the_work(run, small_data, tmp_path, capsys):
+    """eval (after scoring everything) and convert ended in a traceback when --out named a file or a path under one."""
+    (tmp_path / "results.json").write_text("{}")
+    for args in (["eval", "hellaswag", run, "--data", small_data / "hellaswag_val_120.jsonl", "--limit", "2",
+                  "--out", tmp_path / "results.json"],
+                 ["eval", "lambada", run, "--variant", "original", "--data",
+                  small_data / "lambada_test_plain_text_head.txt", "--limit", "2", "--out", tmp_path / "results.json" / "x"],
+                 ["convert", "to-hf", run, tmp_path / "results.json" / "hf"]):
+        rc, out, err = cli(capsys, *args, "--device", "cpu") if args[0] == "eval" else cli(capsys, *args)
+        assert f"{tmp_path / 'results.json'} is a file, not a folder" in one_line(rc, err)
+
+
 # --- full disk ------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from ..distributed import init_distributed, shutdown
 from ..errors import UserError
 from ..runtime import autocast_for, resolve_dtype
 from ..weights import load_pretrained, model_tokenizer
-from ..fileio import file_sha256, temp_beside, write_json_atomic, write_jsonl_atomic
+from ..fileio import check_folder_path, file_sha256, temp_beside, write_json_atomic, write_jsonl_atomic
 
 
 def cache_dir() -> Path:
@@ -98,6 +98,8 @@ def run_task(task: str, model_path, load, score, *, data_label: str, out=None, d
     Under torchrun every rank scores its share; rank 0 writes ``OUT/<task>_examples.jsonl``
     and ``OUT/<task>_summary.json`` (default OUT: ``evals/<name of the model folder>``).
     """
+    out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
+    check_folder_path(out_dir, "--out")  # now, not after the scoring
     info = init_distributed(device)
     try:
         data = load()  # data problems first: quicker to report than a model load
@@ -116,7 +118,6 @@ def run_task(task: str, model_path, load, score, *, data_label: str, out=None, d
             "definitions": {k: v for k, v in (definitions or {}).items() if k in metrics},
         }
         if info.is_main:
-            out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
             write_jsonl_atomic(out_dir / f"{task}_examples.jsonl", records)
             write_json_atomic(out_dir / f"{task}_summary.json", summary)
             summary["out"] = str(out_dir)

@@ -44,7 +44,7 @@ from lm_eval.tasks import TaskManager
 
 from ..distributed import DistInfo, init_distributed, shutdown
 from ..errors import UserError
-from ..fileio import write_atomic
+from ..fileio import check_folder_path, write_atomic
 from ..generate import Decoder, autocast_dtype, generate
 from ..runtime import autocast_for, device_type, resolve_dtype
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -202,6 +202,8 @@ def run_harness(model_path: str, tasks: list[str], out: str | None = None, devic
     if unknown:
         raise UserError(f"--tasks: unknown harness task(s) {', '.join(unknown)}; `lm-eval ls tasks` lists them, "
                         "and --include-path adds your own task YAMLs")
+    out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
+    check_folder_path(out_dir, "--out")  # now, not after the scoring
     info = init_distributed(device)
     try:
         model = load_pretrained(model_path, info.device)
@@ -219,7 +221,6 @@ def run_harness(model_path: str, tasks: list[str], out: str | None = None, devic
             raise
         if not info.is_main or results is None:
             return {}
-        out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
         write_atomic(out_dir / "harness_results.json",
                      json.dumps(results, indent=2, default=lm_utils.handle_non_serializable) + "\n")
         summary = {"task": "harness", "model": str(model_path), "dtype": str(resolve_dtype(dtype, info.device)).replace("torch.", ""),

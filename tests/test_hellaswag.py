@@ -182,6 +182,36 @@ def test_download_is_atomic_and_checked(tmp_path, hs_items):
     assert [it["ind"] for it in load_hellaswag(dest)] == [it["ind"] for it in hs_items[:3]]
 
 
+def test_a_download_cut_off_is_refused_not_cached(tmp_path, hs_items):
+    """A server that announces the whole file and drops the connection after three items (a dropped
+    connection ends the body early without an error): not kept as the validation set."""
+    import http.server
+    import threading
+
+    whole = write_jsonl(tmp_path / "src.jsonl", hs_items[:20]).read_bytes()
+
+    class CutOff(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(whole)))
+            self.end_headers()
+            self.wfile.write(b"".join(whole.splitlines(keepends=True)[:3]))
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dest = tmp_path / "cache" / "hellaswag_val.jsonl"
+    try:
+        with pytest.raises(UserError, match=rf"cut off after [\d,]+ of {len(whole):,} bytes.*--data PATH"):
+            download(f"http://127.0.0.1:{server.server_port}/hellaswag_val.jsonl", dest, timeout=10)
+    finally:
+        server.shutdown()
+    assert not dest.exists()
+
+
 @pytest.mark.slow
 def test_training_logs_hellaswag_and_report(tmp_path, small_shards, hs_items):
     data = write_jsonl(tmp_path / "hs.jsonl", hs_items[:8])

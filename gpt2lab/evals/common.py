@@ -39,6 +39,11 @@ def download(urls: list[str] | str, dest: Path, sha256: dict[str, str] | None = 
         try:
             with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
                 shutil.copyfileobj(r, f)
+                size, announced = f.tell(), r.headers.get("Content-Length")
+            # a connection dropped half way ends the body early without an error: the file would be a silent subset
+            if announced is not None and announced.isdigit() and size != int(announced):
+                problems.append(f"{url}: cut off after {size:,} of {int(announced):,} bytes")
+                continue
             if url in sha256 and file_sha256(Path(tmp)) != sha256[url]:
                 problems.append(f"{url}: checksum mismatch")
                 continue

@@ -78,6 +78,7 @@ def gpt2lab_config_from_hf(hf_config: Mapping | object) -> GPTConfig:
     n_embd, n_head = c["n_embd"], c["n_head"]
     expect("n_embd", None, lambda v: v % n_head == 0, f"not divisible by n_head={n_head}")
     expect("n_inner", None, lambda v: v is None or v == 4 * n_embd, f"expected null or 4 * n_embd = {4 * n_embd}")
+    expect("resid_pdrop", 0.0, lambda v: type(v) in (int, float) and 0 <= v < 1, "expected a probability in [0, 1)")
     return GPTConfig(
         block_size=c["n_positions"],
         vocab_size=c["vocab_size"],
@@ -223,11 +224,15 @@ def hf_state_from_gpt2lab(model: GPT, eot: int | None = None) -> tuple[dict, dic
 # --- reading transformers directories -------------------------------------------------------
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path} is missing: not a directory saved by transformers' save_pretrained()") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(obj), "a number")
+        raise UserError(f"{path} holds {kind}, not a JSON object: not a transformers config")
+    return obj
 
 
 def _load_torch_bin(path: Path) -> dict:

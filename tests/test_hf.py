@@ -211,6 +211,9 @@ class Evil:
     ("model_type", "llama"),
     ("n_inner", 100),
     ("add_cross_attention", True),
+    ("resid_pdrop", None),
+    ("resid_pdrop", "0.1x"),
+    ("resid_pdrop", 1.5),
 ])
 def test_rejects_non_gpt2_configs(tiny_hf, tmp_path, field, value):
     _, d = tiny_hf
@@ -222,6 +225,16 @@ def test_rejects_non_gpt2_configs(tiny_hf, tmp_path, field, value):
     with pytest.raises(UserError, match=field):
         import_hf(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [[1, 2], "gpt2", None, 3])
+def test_a_config_that_is_not_a_json_object_is_one_line_error(tiny_hf, tmp_path, content):
+    _, d = tiny_hf
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    (bad / "config.json").write_text(json.dumps(content))
+    with pytest.raises(UserError, match=r"config.json holds .*, not a JSON object"):
+        import_hf(bad, tmp_path / "out")
 
 
 def test_rejects_untied_head_and_wrong_shapes(tiny_hf):

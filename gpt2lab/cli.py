@@ -141,8 +141,8 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("task", choices=["loss", "hellaswag", "lambada", "harness"],
                    help="what to evaluate (harness: any lm-evaluation-harness task, with gpt2lab as the model)")
-    p.add_argument("checkpoint", metavar="MODEL", help="checkpoint folder, run folder, or (hellaswag, lambada) a "
-                   "Hugging Face GPT-2 folder")
+    p.add_argument("checkpoint", metavar="MODEL", help="checkpoint folder, run folder, or a Hugging Face GPT-2 "
+                   "folder or hub name (loss: with --data)")
     p.add_argument("--data", help="loss: shard folder (default: the run's data.dir); hellaswag: hellaswag_val.jsonl "
                    "(default: download to the cache); lambada: jsonl with 'text' or one passage per line")
     p.add_argument("--device", default="auto")
@@ -150,13 +150,13 @@ def _add_eval(sub) -> None:
     g.add_argument("--split", default="val")
     g.add_argument("--tokens", type=POSITIVE, default=None, help="tokens to score (default: eval.val_tokens of the run)")
     g.add_argument("--batch-size", type=POSITIVE, default=8)
-    g.add_argument("--seq-len", type=POSITIVE, default=None, help="default: the run's train.seq_len")
+    g.add_argument("--seq-len", type=POSITIVE, default=None, help="default: the run's train.seq_len (a Hugging Face model's: its n_positions)")
     g = p.add_argument_group("hellaswag and lambada")
     g.add_argument("--out", help="folder for the result files (default: evals/<name of MODEL>)")
     g.add_argument("--limit", type=NON_NEGATIVE, default=0, help="score only N items, a fixed subset spread evenly over the "
                    "file (as eval.hellaswag_items / eval.lambada_items in training); 0 = all")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="autocast dtype (default auto: bfloat16 where the hardware has it)")
+                   help="autocast dtype (default auto: bfloat16 where the hardware has it; loss: the run's train.dtype)")
     g.add_argument("--batch-tokens", type=POSITIVE, default=None,
                    help="tokens per forward batch (default 4096 on CPU, 16384 on CUDA)")
     p.add_argument("--tokenizer", default=None, help=TOKENIZER_HELP)
@@ -434,21 +434,28 @@ def _eval_loss(args) -> dict:
     from .checkpoint import load_model
     from .data.prepare import check_data_tokenizer, load_manifest
     from .distributed import init_distributed, shutdown
-    from .weights import model_tokenizer
+    from .config import from_dict
+    from .weights import CHECKPOINT, RUN, classify, load_pretrained, model_tokenizer
     from .evals.loss import eval_windows, evaluate_loss
     from .runtime import autocast_for, resolve_dtype
 
+    own = classify(args.checkpoint) in (CHECKPOINT, RUN)
+    if not own and not args.data:
+        raise UserError(f"{args.checkpoint} is a Hugging Face model: pass --data (a folder of shards) to score it on")
     info = init_distributed(args.device)
     try:
-        model, cfg = load_model(args.checkpoint, device=info.device)
+        # a gpt2lab run gives the defaults (data, seq_len, tokens, dtype); a Hugging Face model, the config's
+        model, cfg = load_model(args.checkpoint, device=info.device) if own else (
+            load_pretrained(args.checkpoint, info.device), from_dict({}))
         data = args.data or cfg.data.dir
         tok = model_tokenizer(args.checkpoint, model.config, args.tokenizer)
         check_data_tokenizer(data, load_manifest(data), tok, f"model {args.checkpoint}'s tokenizer")
-        T = args.seq_len or cfg.train.seq_len
+        T = args.seq_len or (cfg.train.seq_len if own else model.config.block_size)
         if T > model.config.block_size:
             raise UserError(f"--seq-len {T} is longer than the model's block_size {model.config.block_size}")
         windows = eval_windows(data, args.split, T, args.tokens or cfg.eval.val_tokens)
-        autocast = autocast_for(info.device, resolve_dtype(cfg.train.dtype, info.device))  # as the run evaluated
+        dtype = cfg.train.dtype if args.dtype == "auto" else args.dtype  # by default, as the run evaluated
+        autocast = autocast_for(info.device, resolve_dtype(dtype, info.device))
         loss = evaluate_loss(model, windows, args.batch_size, info.device, autocast, info)
     finally:
         shutdown(info)

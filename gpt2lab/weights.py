@@ -9,8 +9,9 @@ A source is, checked in this order:
   and it does not start like a path (``.``, ``/``, ``~``).
 
 Training's ``train.init_from``, ``gpt2lab eval hellaswag|lambada``, ``sample`` and ``convert``
-all go through :func:`classify` and :func:`load_pretrained`; ``eval loss`` needs a run's config
-too and takes gpt2lab folders only (:func:`gpt2lab.checkpoint.load_model`).
+all go through :func:`classify` and :func:`load_pretrained`; so does ``eval loss``, which takes its
+defaults (data folder, sequence length, dtype) from a gpt2lab run's config, and needs ``--data``
+for a Hugging Face model.
 """
 
 from __future__ import annotations

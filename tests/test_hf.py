@@ -325,3 +325,25 @@ def test_exported_own_tokenizer_encodes_identically(trained_tokenizer, tmp_path,
     assert model_tokenizer(out, own.config).sha256 == ours.sha256
     ckpt = import_hf(out, tmp_path / "back")
     assert model_tokenizer(ckpt, own.config).sha256 == ours.sha256
+
+
+def test_eval_loss_of_a_hugging_face_folder_is_transformers_loss(tiny_hf, small_shards, capsys):
+    """`eval loss` scores a Hugging Face GPT-2 on prepared shards (--data): the mean next-token loss
+    transformers' own model gives on the same windows; its sequence length defaults to n_positions."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from gpt2lab.cli import main
+    from gpt2lab.evals.loss import eval_windows
+
+    m, d = tiny_hf
+    assert main(["eval", "loss", str(d), "--data", str(small_shards), "--tokens", "640", "--device", "cpu",
+                 "--batch-size", "3", "--dtype", "float32"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    windows = torch.from_numpy(np.stack(eval_windows(small_shards, "val", 64, 640)).astype(np.int64))
+    with torch.no_grad():
+        logits = m(windows[:, :-1]).logits
+    want = F.cross_entropy(logits.reshape(-1, logits.size(-1)), windows[:, 1:].reshape(-1)).item()
+    assert got["tokens"] == 640 and abs(got["loss"] - want) < 1e-5
+    assert main(["eval", "loss", str(d), "--device", "cpu"]) == 2  # no run to take the data folder from
+    assert "pass --data" in capsys.readouterr().err

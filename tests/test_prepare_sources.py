@@ -153,6 +153,45 @@ def test_damaged_compressed_input(fineweb, tmp_path):
         assert not (tmp_path / ("o" + name) / "manifest.json").exists()
 
 
+@pytest.mark.parametrize("suffix", [".xz", ".gz"])
+def test_corrupted_compressed_input_is_one_line(tmp_path, suffix):
+    """Damaged inside (lzma and zlib raise their own error types), not only cut short."""
+    import lzma
+
+    text = "".join(f"line {i} " + "word " * 20 + "\n" for i in range(2000)).encode()
+    if suffix == ".xz":
+        data = bytearray(lzma.compress(text))
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0xFF
+    else:
+        data = bytearray(gzip.compress(text))
+        data[10] = 0xFF  # the first deflate block's header after gzip's 10 bytes: a block type that does not exist
+    bad = tmp_path / f"corpus.txt{suffix}"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=rf"corpus.txt{suffix}: cannot read .*damaged"):
+        prepare([bad], tmp_path / "o", workers=1, log=quiet)
+
+
+def test_odd_text_values_and_names(tmp_path):
+    """A JSON line with an invalid byte and a lone surrogate; a parquet column of bytes with an invalid
+    byte (counted); a parquet or hub column of numbers (refused in one line); a file named like a glob."""
+    line = b'{"text": "caf\xe9 \\ud800 ok"}\n'  # a raw 0xE9 byte, then the JSON escape of a lone surrogate
+    (tmp_path / "odd[1].jsonl").write_bytes(line)
+    (tmp_path / "odd1.jsonl").write_text(json.dumps({"text": "the other file"}) + "\n")  # matches odd[1] as a glob
+    m = prepare([tmp_path / "odd[1].jsonl"], tmp_path / "a", val_fraction=0, workers=1, log=quiet)
+    assert m["documents"] == {"kept": 1, "empty": 0, "invalid_utf8": 1}
+    _, train = split_stream(tmp_path / "a")
+    assert get_tokenizer().decode(train[1:].tolist()) == "caf\ufffd ? ok"
+    pq.write_table(pa.table({"text": [b"caf\xe9", b"fine"], "id": [1, 2]}), tmp_path / "b.parquet")
+    m = prepare([tmp_path / "b.parquet"], tmp_path / "b", val_fraction=0, workers=1, log=quiet)
+    assert m["documents"] == {"kept": 2, "empty": 0, "invalid_utf8": 1}
+    with pytest.raises(UserError, match="b.parquet: column 'id' holds int, not text"):
+        prepare([tmp_path / "b.parquet"], tmp_path / "c", text_key="id", workers=1, log=quiet)
+    hub = HubSource("parquet", None, "train", (str(tmp_path / "b.parquet"),))
+    with pytest.raises(UserError, match="column 'id' holds int, not text"):
+        prepare(hub=hub, out_dir=tmp_path / "d", text_key="id", workers=1, log=quiet)
+
+
 def test_zstd_text_cut_short_is_an_error_and_many_frames_are_read(tmp_path):
     import zstandard
 

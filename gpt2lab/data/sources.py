@@ -20,6 +20,7 @@ import io
 import json
 import lzma
 import os
+import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -56,7 +57,7 @@ class HubSource:
 
 
 class Chunk(NamedTuple):
-    kind: str  # "bytes" (text documents), "jsonl" (raw JSON lines) or "str" (texts, None = empty)
+    kind: str  # "bytes" (text documents), "jsonl" (raw JSON lines) or "str" (a column's values: texts, bytes, None = empty)
     items: list
     text_key: str
     where: str  # file name, for error messages
@@ -90,7 +91,7 @@ def expand_inputs(inputs) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         s = os.fspath(item)
-        if glob.has_magic(s):
+        if glob.has_magic(s) and not os.path.exists(s):  # wiki[en].jsonl that exists is that file, not a pattern
             matches = [m for m in sorted(glob.glob(s, recursive=True)) if os.path.isfile(m)]
             if not matches:
                 raise UserError(f"input glob {s!r} matches no files; check the pattern")
@@ -207,14 +208,11 @@ def _parquet_records(path: Path, text_key: str, skip: int) -> Iterator[str | Non
         column = batch.column(0)
         if skip:
             column, skip = column.slice(skip), 0
-        for text in column.to_pylist():
-            yield text if text is None or isinstance(text, str) else _not_text(path, text_key, text)
-
-
-def _not_text(path, text_key, value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    raise UserError(f"{path}: column {text_key!r} holds {type(value).__name__}, not text; set text_key")
+        for value in column.to_pylist():  # str, bytes (decoded in chunk_texts) or None
+            if not (value is None or isinstance(value, (str, bytes))):
+                raise UserError(f"{path}: column {text_key!r} holds {type(value).__name__}, not text; "
+                                "set text_key to the column that holds the text")
+            yield value
 
 
 def file_chunks(
@@ -259,7 +257,7 @@ def file_chunks(
                     f.close()
         except UserError:
             raise
-        except (OSError, EOFError, ValueError) as e:  # damaged gzip/zstd, unreadable file ...
+        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:  # damaged gzip/xz/zstd, unreadable file ...
             raise UserError(f"{path}: cannot read ({e}); check the file is not damaged") from None
         yield Chunk(kind, items, text_key, str(path), lines, [fi + 1, 0])  # may be empty: still a resume point
 
@@ -359,10 +357,14 @@ def chunk_texts(chunk: Chunk, counts: list) -> list[str]:
             if not isinstance(text, str):
                 raise UserError(f"{chunk.where}:{chunk.lines[i]}: {chunk.text_key!r} is a "
                                 f"{type(text).__name__}, not a string")
-            if counts[2] == bad:
-                text = _clean_surrogates(text, counts)
-        else:
+            text = _clean_surrogates(text, counts if counts[2] == bad else [0, 0, 0])  # a line counts once
+        elif isinstance(item, bytes):
+            text = _decode(item, counts)
+        elif isinstance(item, str):
             text = _clean_surrogates(item, counts)
+        else:  # a parquet or hub column of numbers, lists ...
+            raise UserError(f"{chunk.where}: column {chunk.text_key!r} holds {type(item).__name__}, not text; "
+                            "set text_key to the column that holds the text")
         if text.strip():
             counts[0] += 1
             texts.append(text)

@@ -310,11 +310,14 @@ def run_figures(run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
     records = read_metrics(run_dir) if (run_dir / METRICS_FILE).is_file() else []
     train = [r for r in records if r.get("kind") == "train"]
+    env = read_json(run_dir / ENV_FILE) or {}
+    starts = {e.get("start_step") for e in [env, *(env.get("earlier") or [])] if isinstance(e, dict)}
     seconds, last = 0.0, 0.0
-    for r in train:  # elapsed_s restarts at each start of the run
+    for r in train:  # elapsed_s restarts at each start of the run: at the step after a start's, or where it drops
         e = r.get("elapsed_s")
         if isinstance(e, (int, float)):
-            seconds += e - last if e >= last else e
+            restarted = e < last or (isinstance(r.get("step"), int) and r["step"] - 1 in starts)
+            seconds += e if restarted else e - last
             last = e
 
     def median(key):
@@ -340,8 +343,8 @@ def report_markdown(run_dir: str | os.PathLike, history: list[dict], plot: str |
              + (f" ({row['status_detail']})" if row["status_detail"] else ""), "", "## Figures", "",
              "| | |", "|---|---|"]
 
-    def num(v, fmt="{:.4f}"):
-        return "-" if v is None else fmt.format(v)
+    def num(v, fmt="{:.4f}"):  # metrics keep nan and inf as the strings "nan" and "inf"
+        return "-" if v is None else fmt.format(v) if isinstance(v, (int, float)) else str(v)
 
     figures = [("model", row["model"]), ("steps", f"{row['steps']} / {row['max_steps']}"),
                ("tokens", f"{row['tokens']:,}" if row["tokens"] else "-"),

@@ -308,3 +308,26 @@ def test_bad_wandb_install_or_labels_are_user_errors(small_shards, tmp_path, mon
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(UserError, match="pip install 'gpt2lab\\[wandb\\]'"):
         train(micro_cfg(small_shards, tmp_path / "run", "train.wandb_project=p", *QUIET_EVALS), log=quiet)
+
+
+def test_training_time_adds_up_every_start_of_a_run(tmp_path):
+    """Each start's elapsed_s begins again; a resumed start slow to its first step (compiling) has a first
+    elapsed_s above the last one of the start before, and is still a new start (environment.json's steps)."""
+    from gpt2lab.runinfo import run_figures
+
+    recs = [{"kind": "train", "step": s, "elapsed_s": float(e), "loss": 1.0}
+            for s, e in [(1, 10), (2, 12), (3, 14), (4, 16), (5, 18), (6, 30), (7, 32), (8, 34), (9, 36), (10, 38)]]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_json_atomic(tmp_path / "environment.json", {"start_step": 5, "earlier": [{"start_step": 0}]})
+    assert run_figures(tmp_path)["train_seconds"] == 18 + 38
+
+
+def test_markdown_report_of_a_run_whose_last_loss_was_not_finite(small_shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(micro_cfg(small_shards, run, "train.max_steps=2", *QUIET_EVALS), log=quiet)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "train")
+    lines[last] = json.dumps({**json.loads(lines[last]), "loss": "nan"})  # as metrics write a NaN loss
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    code, md, err = cli(capsys, "report", run, "--markdown")
+    assert code == 0 and "| last train loss | nan |" in md, err

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from .errors import UserError
-from .fileio import write_atomic
+from .fileio import check_folder_path, write_atomic
 from .metrics import METRICS_FILE, read_metrics
 from .progress import fmt_count
 
@@ -69,6 +69,15 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
         from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise UserError("plotting needs matplotlib: pip install 'gpt2lab[plot]'") from None
+    if out is not None:  # before any drawing
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        out = Path(out)
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if (out.suffix.lstrip(".").lower() or "png") not in kinds:  # no suffix: PNG
+            raise UserError(f"{out}: matplotlib cannot write {out.suffix} files; name it .png, .svg, .pdf "
+                            f"(or {', '.join('.' + k for k in sorted(kinds) if k not in ('png', 'svg', 'pdf'))})")
+        check_folder_path(out.parent, str(out))
     data = [run_curves(r) for r in runs]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # one tokens axis for all panels
     ax_loss, ax_lr, ax_hs, ax_lam = axes.flat
@@ -108,9 +117,8 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     fig.tight_layout()
     if out is not None:
-        out = Path(out)
         buf = io.BytesIO()
-        fig.savefig(buf, format=out.suffix.lstrip(".") or "png", dpi=80)
+        fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=80)
         write_atomic(out, buf.getvalue())
     return fig
 

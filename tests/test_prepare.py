@@ -163,6 +163,10 @@ def test_missing_inputs(tmp_path):
     with pytest.raises(UserError, match="x.csv: unknown input format"):
         prepare([tmp_path / "x.csv"], tmp_path / "out", log=quiet)
     assert not (tmp_path / "out").exists()
+    (tmp_path / "a.txt").write_text("some text")
+    for out in (tmp_path / "a.txt", tmp_path / "a.txt" / "out"):  # the output folder, or a parent, is a file
+        with pytest.raises(UserError, match=r"a.txt is a file, not a folder"):
+            prepare([tmp_path / "a.txt"], out, log=quiet)
 
 
 def test_refuses_existing_shards_unless_overwrite(tmp_path):

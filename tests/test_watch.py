@@ -288,6 +288,8 @@ def test_plot_two_runs_and_markdown_report(small_shards, tmp_path, capsys):
     assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, err
     assert_one_line_error(*cli(capsys, "plot", tmp_path / "nope", "--out", tmp_path / "x.png")[::2])
     assert not (tmp_path / "x.png").exists()
+    for bad in (tmp_path / "x.txt", png / "x.png"):  # a format matplotlib lacks; a folder that is a file
+        assert_one_line_error(*cli(capsys, "plot", *runs, "--out", bad)[::2])
 
     code, md, err = cli(capsys, "report", runs[0], "--markdown")
     assert code == 0, err

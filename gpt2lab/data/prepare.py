@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import UserError
-from ..fileio import file_sha256, write_atomic, write_json_atomic
+from ..fileio import check_folder_path, file_sha256, write_atomic, write_json_atomic
 from ..tokenizer import VOCAB_SHA256, Tokenizer, get_tokenizer, load_tokenizer
 from .shards import MANIFEST, SHARD_SUFFIXES, VERSION, VERSION_U32, load_manifest, read_shard, write_shard
 from .sources import (
@@ -380,8 +380,7 @@ def prepare(
     dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32  # ids up to 65,535 fit in uint16 (shard version 1)
     files = expand_inputs(inputs) if hub is None else None
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} exists and is not a directory; choose another path")
+    check_folder_path(out_dir, "output")
 
     options = {
         "val_fraction": None if val_fraction is None else float(val_fraction),

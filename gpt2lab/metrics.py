@@ -31,6 +31,8 @@ class MetricsWriter:
         self.path = self.run_dir / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)  # line-buffered: a killed run loses no whole line
+        if self._file.tell() and not _ends_a_line(self.path):  # a line torn by a crash: the next record starts anew
+            self._file.write("\n")
         self._tb = None
         if tensorboard:
             try:
@@ -131,9 +133,18 @@ def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> int:
         return 0
     records = read_metrics(run_dir)
     kept = [r for r in records if r.get("step", 0) <= after_step]
-    if len(kept) < len(records):
+    if len(kept) < len(records) or not _ends_a_line(path):  # a torn last line goes too
         write_jsonl_atomic(path, kept)
     return len(records) - len(kept)
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file is empty or its last byte ends a line."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def drop_history_after(run_dir: str | os.PathLike, step: int) -> int:

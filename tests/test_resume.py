@@ -226,6 +226,16 @@ def test_resume_trains_with_the_configs_optimizer_settings(small_shards, tmp_pat
     assert any(not torch.equal(weights["same"][k], weights["changed"][k]) for k in weights["same"])
 
 
+def test_resume_after_a_torn_metrics_line_keeps_every_record(small_shards, run_copy):
+    """A crash (or a full disk) half way through writing a record leaves a line without its end; the
+    resumed run's first record was glued onto it and lost."""
+    with open(run_copy / "metrics.jsonl", "ab") as f:
+        f.write(b'{"kind": "train", "step": 3, "lo')
+    train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
+    assert [r["step"] for r in read_metrics(run_copy, "train")] == [1, 2, 3, 4]
+    assert (run_copy / "metrics.jsonl").read_bytes().count(b'"lo\n') == 0
+
+
 def test_resume_without_checkpoint(small_shards, tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         train(short_cfg(small_shards, tmp_path / "empty"), resume=True, log=quiet)

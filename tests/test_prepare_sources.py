@@ -132,6 +132,7 @@ def test_max_docs_and_max_tokens(fineweb, tmp_path):
     m = prepare([d / "docs.jsonl.gz"], tmp_path / "toks", max_tokens=12_345, val_tokens=345, workers=1, log=quiet)
     val, train = split_stream(tmp_path / "toks")
     np.testing.assert_array_equal(np.concatenate([val, train]), expected_stream(texts)[:12_345])
+    assert m["documents"]["kept"] == np.count_nonzero(expected_stream(texts)[:12_345] == EOT_TOKEN) < len(texts)
 
 
 def test_endoftext_inside_a_document_is_plain_text(tmp_path):

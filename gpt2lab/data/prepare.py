@@ -479,11 +479,17 @@ def _run(status, log, files, hub, out_dir, work_dir, enc, dtype, identity, optio
     done = max_tokens is not None and router.position >= max_tokens
     if not done:
         for tokens, chunk_counts, position, n_docs, nbytes in _tokenized(chunks, enc, dtype, workers):
+            if max_tokens is not None and router.position + len(tokens) >= max_tokens:
+                part = tokens[: max_tokens - router.position]
+                router.add(part)
+                # the documents of the part kept: each starts with <|endoftext|> (its empty and
+                # invalid-UTF-8 counts cannot be split, and are left out)
+                n_docs = int(np.count_nonzero(part == enc.eot_token))
+                counts[0] += n_docs
+                docs_read += n_docs
+                break
             counts = [a + b for a, b in zip(counts, chunk_counts)]
             docs_read += n_docs
-            if max_tokens is not None and router.position + len(tokens) >= max_tokens:
-                router.add(tokens[: max_tokens - router.position])
-                break
             router.add(tokens)
             if any(w.finished for w in writers.values()) or router.position - last_ckpt >= _CHECKPOINT_TOKENS:
                 save_state()

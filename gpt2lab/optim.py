@@ -96,15 +96,16 @@ def group_settings(optimizer: torch.optim.Optimizer) -> list[dict]:
 def restore_group_settings(optimizer: torch.optim.Optimizer, saved: list[dict]) -> None:
     """Put ``saved`` settings (this run's, from its config) back after loading a checkpoint's optimizer
     state, which brings the checkpoint's betas, eps, weight decay, fused and Muon settings with its
-    moments and steps: a resumed run uses what its config.yaml says. A group fused now but not then
-    gets its step counts on its parameters' device, where fused kernels take them."""
+    moments and steps: a resumed run uses what its config.yaml says. Step counts go where this
+    group's kernels take them, as torch's AdamW puts them: on the parameters' device when fused (or
+    capturable), else on the CPU, whatever the checkpoint's group was."""
     for group, own in zip(optimizer.param_groups, saved):
         group.update(own)
-        if own.get("fused"):
-            for p in group["params"]:
-                state = optimizer.state.get(p, {})
-                if "step" in state:
-                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                where = p.device if own.get("fused") or own.get("capturable") else torch.device("cpu")
+                state["step"] = state["step"].to(device=where, dtype=torch.float32)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, cfg: OptimConfig) -> None:

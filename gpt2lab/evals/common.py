@@ -94,6 +94,14 @@ def gather_records(records: list, info) -> list:
     return [r for part in parts for r in part]
 
 
+def results_folder(out, model_path) -> Path:
+    """Where an evaluation writes its result files: ``out``, else ``evals/<name of the model folder>``;
+    checked before any scoring, so a file in the way is a one-line error, not a loss of the work."""
+    folder = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
+    check_folder_path(folder, "--out")
+    return folder
+
+
 def run_task(task: str, model_path, load, score, *, data_label: str, out=None, device: str = "auto",
              dtype: str = "auto", plain: bool = False, definitions: dict | None = None, tokenizer=None) -> dict:
     """The body of ``gpt2lab eval hellaswag|lambada``: load data then model, score, write the files.
@@ -103,8 +111,7 @@ def run_task(task: str, model_path, load, score, *, data_label: str, out=None, d
     Under torchrun every rank scores its share; rank 0 writes ``OUT/<task>_examples.jsonl``
     and ``OUT/<task>_summary.json`` (default OUT: ``evals/<name of the model folder>``).
     """
-    out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
-    check_folder_path(out_dir, "--out")  # now, not after the scoring
+    out_dir = results_folder(out, model_path)
     info = init_distributed(device)
     try:
         data = load()  # data problems first: quicker to report than a model load

@@ -44,11 +44,12 @@ from lm_eval.tasks import TaskManager
 
 from ..distributed import DistInfo, init_distributed, shutdown
 from ..errors import UserError
-from ..fileio import check_folder_path, write_atomic
+from ..fileio import write_atomic
 from ..generate import Decoder, autocast_dtype, generate
 from ..runtime import autocast_for, device_type, resolve_dtype
 from ..tokenizer import Tokenizer, load_tokenizer
 from ..weights import load_pretrained, model_tokenizer
+from .common import results_folder
 from .scoring import Request, score_fast
 
 TASKS_DIR = Path(lm_utils.__file__).parent / "tasks"  # the harness's own task definitions
@@ -202,8 +203,7 @@ def run_harness(model_path: str, tasks: list[str], out: str | None = None, devic
     if unknown:
         raise UserError(f"--tasks: unknown harness task(s) {', '.join(unknown)}; `lm-eval ls tasks` lists them, "
                         "and --include-path adds your own task YAMLs")
-    out_dir = Path(out) if out else Path("evals") / Path(str(model_path)).resolve().name
-    check_folder_path(out_dir, "--out")  # now, not after the scoring
+    out_dir = results_folder(out, model_path)
     info = init_distributed(device)
     try:
         model = load_pretrained(model_path, info.device)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ..data.loader import check_shards
-from ..errors import UserError
 from ..data.shards import find_shards, read_shard
 from ..distributed import DistInfo, all_reduce_sum
+from ..errors import UserError
 
 
 def eval_windows(data_dir, split: str, seq_len: int, max_tokens: int, verify: bool = True) -> list[np.ndarray]:
@@ -41,7 +41,6 @@ def eval_windows(data_dir, split: str, seq_len: int, max_tokens: int, verify: bo
     if not windows:  # else the mean loss would be 0/0
         raise UserError(f"the {split!r} shards in {data_dir} hold fewer than seq_len + 1 = {seq_len + 1} tokens: "
                         "too few for one window; prepare more text for that split or lower train.seq_len")
-    return windows
     return windows
 
 

@@ -30,7 +30,7 @@ from gpt2lab.config import MODEL_PRESETS
 from gpt2lab.evals.harness import GPT2LabLM, write_local_task
 from gpt2lab.hf import save_hf
 from gpt2lab.model import GPT, GPTConfig
-from gpt2lab.runtime import autocast_for
+from gpt2lab.device import autocast_for
 
 
 def local_task(folder: Path, items: int, data: Path) -> str:

@@ -26,7 +26,7 @@ import harness
 import torch
 from gpt2lab.bench import make_train_step, recipe_configs
 from gpt2lab.model import GPT
-from gpt2lab.runtime import autocast_for, set_backends
+from gpt2lab.device import autocast_for, set_backends
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def gpt2_step_rate() -> float:
 
     from gpt2lab.config import MODEL_PRESETS
     from gpt2lab.model import GPT, GPTConfig
-    from gpt2lab.runtime import autocast_for
+    from gpt2lab.device import autocast_for
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(**MODEL_PRESETS["gpt2"]))

@@ -190,7 +190,7 @@ def time_hellaswag(check: Check, device: str, plan: tuple, path: Path) -> None:
     from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag
     from gpt2lab.model import GPT, GPTConfig
     from gpt2lab.config import MODEL_PRESETS
-    from gpt2lab.runtime import autocast_for
+    from gpt2lab.device import autocast_for
 
     preset, items_limit = plan[0], plan[7]
     name = f"{preset} (random weights), {path.name}"

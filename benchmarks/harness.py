@@ -35,7 +35,7 @@ from gpt2lab.bench import (  # noqa: E402,F401  (re-exported for the scripts)
     warn_if_busy,
 )
 from gpt2lab.perf import best_time, time_cases, timed  # noqa: E402,F401  (re-exported for the scripts)
-from gpt2lab.runtime import resolve_device  # noqa: E402
+from gpt2lab.device import resolve_device  # noqa: E402
 
 
 def start(device: str = "cpu", **versions: str) -> dict:

@@ -31,7 +31,7 @@ import torch
 from gpt2lab.allocator import in_use as allocator_in_use
 from gpt2lab.bench import make_train_step, recipe_configs
 from gpt2lab.model import GPT
-from gpt2lab.runtime import autocast_for, device_type, resolve_dtype, set_backends
+from gpt2lab.device import autocast_for, device_type, resolve_dtype, set_backends
 
 # First match wins; names are lower-cased aten ops, or inductor's cpp_fused_* kernels named after what they fuse.
 GROUPS = [

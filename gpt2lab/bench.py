@@ -38,7 +38,7 @@ from .model import GPT, GPTConfig
 from .optim import build_optimizer
 from .perf import PEAK_SIZES, cpu_info, known_bf16_peak, matmul_peak, timed
 from .progress import fmt_bytes
-from .runtime import autocast_for, device_type, resolve_device, resolve_dtype, set_backends
+from .device import autocast_for, device_type, resolve_device, resolve_dtype, set_backends
 from .train import train_step
 
 # --- timing and the machine ------------------------------------------------------------------

@@ -72,7 +72,7 @@ from .errors import UserError, brief
 from .fileio import check_folder_path, file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
 from .model import GPT
 from .optim import group_settings, restore_group_settings
-from .runtime import device_type
+from .device import device_type
 from .tokenizer import COPY_DIR, Tokenizer, copy_folder, load_tokenizer
 
 MODEL_FILE = "model.safetensors"

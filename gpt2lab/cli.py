@@ -361,7 +361,7 @@ def cmd_sample(args) -> None:
     import torch
 
     from .generate import generate
-    from .runtime import resolve_device
+    from .device import resolve_device
     from .weights import load_pretrained, model_tokenizer
 
     device = resolve_device(args.device)
@@ -437,7 +437,7 @@ def _eval_loss(args) -> dict:
     from .config import from_dict
     from .weights import CHECKPOINT, RUN, classify, load_pretrained, model_tokenizer
     from .evals.loss import eval_windows, evaluate_loss
-    from .runtime import autocast_for, resolve_dtype
+    from .device import autocast_for, resolve_dtype
 
     own = classify(args.checkpoint) in (CHECKPOINT, RUN)
     if not own and not args.data:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import PeerFailure
-from .runtime import device_type, resolve_device
+from .device import device_type, resolve_device
 
 
 

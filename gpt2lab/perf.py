@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from .runtime import device_type, synchronize
+from .device import device_type, synchronize
 
 
 def timed(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:

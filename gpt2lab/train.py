@@ -6,7 +6,7 @@ run folder, metrics) and **run** (the loop). Per optimizer step: set the learnin
 ``accum`` micro-batches (forward under bf16 autocast where available, loss / accum, backward;
 under DDP or FSDP2 gradients are synchronised on the last micro-batch only), clip the gradient
 norm, step AdamW. Then the checkpointer and the evaluators (validation loss, HellaSwag, LAMBADA,
-samples; see evaluators.py) run when due. Only rank 0 prints and writes metrics; the parallel
+samples; see evals/during_training.py) run when due. Only rank 0 prints and writes metrics; the parallel
 wrapping (DDP, FSDP2) lives in distributed.py, the run folder's files in checkpoint.py.
 """
 
@@ -43,14 +43,14 @@ from .distributed import (
     wrap_model,
 )
 from .errors import UserError
-from .evaluators import Evaluator, ValLoss, build_evaluators, due
+from .evals.during_training import Evaluator, ValLoss, build_evaluators, due
 from .metrics import MetricsWriter, drop_history_after
 from .model import GPT
 from .optim import build_optimizer, lr_at, set_lr
 from .perf import device_name, device_peak, memory_bytes, mfu
 from .progress import Clock, SpikeWatch, TrainConsole, live_wanted
 from .runinfo import Heartbeat, environment, write_environment
-from .runtime import autocast_for, device_type, resolve_dtype, set_backends, synchronize
+from .device import autocast_for, device_type, resolve_dtype, set_backends, synchronize
 from .tokenizer import check_same, load_tokenizer
 from .weights import load_pretrained, model_tokenizer
 

@@ -23,7 +23,7 @@ from gpt2lab.generate import Decoder, generate
 from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT
 from gpt2lab.optim import build_optimizer
-from gpt2lab.runtime import autocast_for, set_backends
+from gpt2lab.device import autocast_for, set_backends
 from gpt2lab.train import train, train_step
 
 pytestmark = pytest.mark.cuda

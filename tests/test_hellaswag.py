@@ -227,7 +227,7 @@ def test_training_logs_hellaswag_and_report(tmp_path, small_shards, hs_items):
     assert saved["step"] == 3 and saved["hellaswag"] == {k: v for k, v in logged[-1].items() if k not in ("kind", "step")}
     assert math.isclose(saved["val_loss"], read_metrics(run, "val")[-1]["val_loss"])
     # the logged numbers are those of the model saved at that step, evaluated as training does (same dtype)
-    from gpt2lab.runtime import autocast_for, resolve_dtype
+    from gpt2lab.device import autocast_for, resolve_dtype
 
     model, _ = load_model(run)
     again, _ = evaluate_hellaswag(model, select_items(hs_items[:8], 6), autocast=autocast_for("cpu", resolve_dtype("auto", "cpu")))

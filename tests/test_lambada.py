@@ -127,7 +127,7 @@ def test_training_logs_lambada_and_report(tmp_path, small_shards, original_txt):
     from gpt2lab.evals.common import select_items
     from gpt2lab.evals.report import eval_history
     from gpt2lab.metrics import read_metrics
-    from gpt2lab.runtime import autocast_for, resolve_dtype
+    from gpt2lab.device import autocast_for, resolve_dtype
     from gpt2lab.train import train
 
     run = tmp_path / "run"

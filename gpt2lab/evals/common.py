@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..distributed import init_distributed, shutdown
 from ..errors import UserError
-from ..runtime import autocast_for, resolve_dtype
+from ..device import autocast_for, resolve_dtype
 from ..weights import load_pretrained, model_tokenizer
 from ..fileio import check_folder_path, file_sha256, temp_beside, write_json_atomic, write_jsonl_atomic
 

@@ -46,7 +46,7 @@ from ..distributed import DistInfo, init_distributed, shutdown
 from ..errors import UserError
 from ..fileio import write_atomic
 from ..generate import Decoder, autocast_dtype, generate
-from ..runtime import autocast_for, device_type, resolve_dtype
+from ..device import autocast_for, device_type, resolve_dtype
 from ..tokenizer import Tokenizer, load_tokenizer
 from ..weights import load_pretrained, model_tokenizer
 from .common import results_folder

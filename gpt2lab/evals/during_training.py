@@ -15,15 +15,15 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from .config import Config
-from .data.shards import find_shards
-from .distributed import DistInfo
-from .evals.common import select_items
-from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
-from .evals.lambada import evaluate_lambada, load_lambada
-from .evals.loss import eval_windows, evaluate_loss
-from .generate import generate
-from .tokenizer import Tokenizer, load_tokenizer
+from ..config import Config
+from ..data.shards import find_shards
+from ..distributed import DistInfo
+from .common import select_items
+from .hellaswag import evaluate_hellaswag, load_hellaswag
+from .lambada import evaluate_lambada, load_lambada
+from .loss import eval_windows, evaluate_loss
+from ..generate import generate
+from ..tokenizer import Tokenizer, load_tokenizer
 
 
 def due(every: int, step: int, last: bool) -> bool:

@@ -15,8 +15,10 @@ Each section is a pydantic dataclass: a field's type, limits and description sit
 and pydantic converts and checks the values. This module merges the file and the command line,
 and turns pydantic's first error into a one-line :class:`~gpt2lab.errors.UserError` naming the
 key, where it was set, and the fix. docs/config.md is generated from the field descriptions by
-``gpt2lab config --doc``. The model section is checked here and handed to the model as a plain
-:class:`~gpt2lab.model.GPTConfig`: model.py knows nothing of config files.
+``gpt2lab config --doc``. The model section, :class:`ModelConfig`, is made from the fields of
+:class:`~gpt2lab.model.GPTConfig` (a plain dataclass whose field metadata hold each description and
+limit: a model switch is added in model.py alone); it is checked here and handed to the model as a
+GPTConfig. model.py knows nothing of config files.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as section
 from pydantic_core import PydanticCustomError
 
@@ -98,31 +110,10 @@ def _relation_error(key: str, msg: str) -> PydanticCustomError:
     return PydanticCustomError("config", "{msg}", {"key": key, "msg": msg})
 
 
-# One field a line, as a table: type, default, limits, the values its description singles out
-# (examples; the tests load each), and the description that docs/config.md shows.
-@section(config=_SECTION)
-class ModelSection:
-    """The model section as config files have it; the model gets it as a GPTConfig (same fields)."""
+class _ModelRelations:
+    """The checks between model keys (ModelConfig's base class). info.data holds the fields above
+    the checked one that passed; a relation with a bad field is skipped."""
 
-    block_size: Int = Field(GPTConfig.block_size, gt=0, description="longest sequence (number of position embeddings)")
-    vocab_size: Int = Field(0, ge=0, description="real tokens; ids >= vocab_size are padding (0 = the tokenizer's, data.tokenizer: 50257 for gpt2)", examples=[0])
-    padded_vocab_size: Int = Field(0, ge=0, description="rows of the embedding (a multiple of 64 is faster); >= vocab_size (0 = vocab_size rounded up to a multiple of 64: 50304 for gpt2)", examples=[0])
-    n_layer: Int = Field(GPTConfig.n_layer, gt=0, description="transformer blocks")
-    n_head: Int = Field(GPTConfig.n_head, gt=0, description="attention heads per block")
-    n_embd: Int = Field(GPTConfig.n_embd, gt=0, description="width of the residual stream")
-    dropout: Float = Field(GPTConfig.dropout, ge=0, lt=1, description="dropout on embeddings, attention and residual branches (0 for pretraining)")
-    bias: bool = Field(GPTConfig.bias, description="biases in Linear layers and LayerNorms, as GPT-2 has")
-    # Beyond GPT-2: the speedrun switches (configs/speedrun.yaml), off by default
-    rotary: bool = Field(GPTConfig.rotary, description="rotary position embeddings on queries and keys instead of the learned position table (needs an even head dimension, n_embd / n_head)")
-    rotary_base: Float = Field(GPTConfig.rotary_base, gt=0, description="rotary: wavelength base of the rotation frequencies")
-    qk_norm: bool = Field(GPTConfig.qk_norm, description="RMS-normalise queries and keys per head before attention (QK-norm)")
-    norm: Literal["layernorm", "rmsnorm"] = Field(GPTConfig.norm, description="layernorm (GPT-2) or rmsnorm (a gain, no bias) in every block and at the end")
-    mlp: Literal["gelu", "relu2"] = Field(GPTConfig.mlp, description="the MLP's activation: gelu (tanh approximation, GPT-2) or relu2 (ReLU squared)")
-    tie_head: bool = Field(GPTConfig.tie_head, description="the LM head is the token embedding (GPT-2); false: a head of its own")
-    zero_init_proj: bool = Field(GPTConfig.zero_init_proj, description="start the output projections of attention and MLP (and an untied LM head) at zero")
-    logit_softcap: Float = Field(GPTConfig.logit_softcap, ge=0, description="logits become c * tanh(logits / c) with c this value (15-30 in the speedrun); 0 = off", examples=[0.0])
-
-    # info.data holds the fields above this one that passed; a relation with a bad field is skipped.
     @field_validator("padded_vocab_size")
     @classmethod
     def _covers_vocab(cls, v, info):
@@ -149,45 +140,99 @@ class ModelSection:
         return v
 
 
+# Config-only defaults: a vocabulary size of 0, the default, comes from data.tokenizer (see _build).
+_FROM_TOKENIZER = {
+    "vocab_size": "0 = the tokenizer's, data.tokenizer: 50257 for gpt2",
+    "padded_vocab_size": "0 = vocab_size rounded up to a multiple of 64: 50304 for gpt2",
+}
+# GPTConfig's scalar types as config keys take them (bool and Literal types stay as they are).
+_KEY_TYPES = {int: Int, float: Float, str: Str}
+
+
+def _model_section(model_cls: type) -> type:
+    """The model section made from ``model_cls`` (GPTConfig): its fields, in order, each with the description
+    and limits in its metadata (model.py), as a pydantic dataclass with :class:`_ModelRelations`' checks."""
+    types_ = typing.get_type_hints(model_cls)
+    namespace: dict = {"__annotations__": {}, "__module__": __name__, "__qualname__": "ModelConfig",
+                       "__doc__": "The model section as config files have it; the model gets it as a GPTConfig."}
+    for f in dataclasses.fields(model_cls):
+        default, meta = f.default, dict(f.metadata)
+        if f.name in _FROM_TOKENIZER:
+            default, meta = 0, dict(description=f"{meta['description']} ({_FROM_TOKENIZER[f.name]})", ge=0,
+                                    examples=[0])
+        namespace["__annotations__"][f.name] = _KEY_TYPES.get(types_[f.name], types_[f.name])
+        namespace[f.name] = Field(default, **meta)
+    return section(config=_SECTION)(type("ModelConfig", (_ModelRelations,), namespace))
+
+
+ModelConfig = _model_section(GPTConfig)
+
+
 @section(config=_SECTION)
 class DataConfig:
     dir: Str = Field("data/tinyshakespeare", description="folder of token shards made by `gpt2lab prepare`")
-    tokenizer: Str = Field("gpt2", description="gpt2 or a tokenizer folder made by `gpt2lab tokenizer train`: the one data.dir was prepared with (checked against its manifest); checkpoints keep a copy, and sampling and evaluation use it", examples=["gpt2"])
+    tokenizer: Str = Field("gpt2", examples=["gpt2"], description=(
+        "gpt2 or a tokenizer folder made by `gpt2lab tokenizer train`: the one data.dir was prepared with (checked "
+        "against its manifest); checkpoints keep a copy, and sampling and evaluation use it"))
     train_split: Str = Field("train", description="shards whose name holds this word are training data")
     val_split: Str = Field("val", description="... and these validation data")
-    shuffle: bool = Field(False, description="permute the shard order and the sequences within each shard, anew each epoch (from train.seed)")
-    verify: bool = Field(True, description="check the training and validation shards against the folder's manifest.json (sizes and sha256) before using them")
+    shuffle: bool = Field(False, description=(
+        "permute the shard order and the sequences within each shard, anew each epoch (from train.seed)"))
+    verify: bool = Field(True, description=(
+        "check the training and validation shards against the folder's manifest.json (sizes and sha256) before using "
+        "them"))
 
 
 @section(config=_SECTION)
 class TrainConfig:
     run_dir: Str = Field("runs/default", description="checkpoints, metrics.jsonl and config.yaml go here")
-    device: Str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:N", examples=["cpu", "cuda", "cuda:0", "cuda:1"])
-    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="autocast dtype: auto (bfloat16 where the hardware has it, else float32), bfloat16, float32")
+    device: Str = Field("auto", examples=["cpu", "cuda", "cuda:0", "cuda:1"], description=(
+        "auto (cuda if available, else cpu), cpu, cuda, cuda:N"))
+    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description=(
+        "autocast dtype: auto (bfloat16 where the hardware has it, else float32), bfloat16, float32"))
     compile: bool = Field(False, description="torch.compile the training forward/backward")
-    init_from: Str = Field("", description="start from these weights: a gpt2lab checkpoint or run folder, or a Hugging Face GPT-2 folder or hub name; the model shape then comes from there (model.dropout stays yours)")
+    init_from: Str = Field("", description=(
+        "start from these weights: a gpt2lab checkpoint or run folder, or a Hugging Face GPT-2 folder or hub name; the "
+        "model shape then comes from there (model.dropout stays yours)"))
     seed: Int = Field(1337, description="random seed of the weights, the data order and dropout")
     micro_batch: Int = Field(16, gt=0, description="sequences per forward/backward on each process")
     seq_len: Int = Field(0, ge=0, description="tokens per sequence (0 = model.block_size)", examples=[0])
-    total_batch_tokens: Int = Field(0, ge=0, description="tokens per optimizer step; 0 = one micro-batch on every process", examples=[0])
+    total_batch_tokens: Int = Field(0, ge=0, examples=[0], description=(
+        "tokens per optimizer step; 0 = one micro-batch on every process"))
     max_steps: Int = Field(1000, gt=0, description="optimizer steps in the whole run")
     log_every: Int = Field(1, gt=0, description="progress line and metrics every N steps")
     ckpt_every: Int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)", examples=[0])
     keep_checkpoints: Int = Field(2, ge=0, description="keep the newest N checkpoints (0 = keep all)", examples=[0])
-    loss_chunk: Int = Field(0, ge=0, description="rows of logits at a time in the training loss: 0 = the whole B x T x vocab logits at once (as GPT-2 code does); N > 0 = a fused, chunked LM head and cross-entropy that never holds them (the same loss within bf16 rounding, much less memory, faster on CPUs)", examples=[0])
+    loss_chunk: Int = Field(0, ge=0, examples=[0], description=(
+        "rows of logits at a time in the training loss: 0 = the whole B x T x vocab logits at once (as GPT-2 code "
+        "does); N > 0 = a fused, chunked LM head and cross-entropy that never holds them (the same loss within bf16 "
+        "rounding, much less memory, faster on CPUs)"))
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible resume on CPU)")
     threads: Int = Field(0, ge=0, description="torch CPU threads (0 = PyTorch's default)", examples=[0])
     tensorboard: bool = Field(False, description="also write TensorBoard events to run_dir/tb (needs tensorboard)")
-    wandb_project: Str = Field("", description='also log to Weights & Biases under this project (needs wandb); "" = off')
+    wandb_project: Str = Field("", description=(
+        'also log to Weights & Biases under this project (needs wandb); "" = off'))
     wandb_name: Str = Field("", description='the wandb run name ("" = the name of run_dir)')
-    wandb_mode: Literal["online", "offline"] = Field("online", description="online (needs `wandb login`) or offline (writes run_dir/wandb only; upload later with `wandb sync`)")
-    progress: Literal["auto", "bar", "lines"] = Field("auto", description="rank 0's status: auto (a live line when stdout is a terminal, plain lines otherwise), bar, or lines")
-    peak_tflops: Float = Field(0.0, ge=0, description="peak TFLOP/s of one device that MFU is stated against; 0 = a known GPU's dense bf16 datasheet figure, else a quick matmul measurement at start", examples=[0.0])
-    loss_spike: Float = Field(1.5, ge=0, description="log a loss_spike event when the loss exceeds this multiple of its mean over the last loss_spike_window steps (0 = off)", examples=[0.0])
+    wandb_mode: Literal["online", "offline"] = Field("online", description=(
+        "online (needs `wandb login`) or offline (writes run_dir/wandb only; upload later with `wandb sync`)"))
+    progress: Literal["auto", "bar", "lines"] = Field("auto", description=(
+        "rank 0's status: auto (a live line when stdout is a terminal, plain lines otherwise), bar, or lines"))
+    peak_tflops: Float = Field(0.0, ge=0, examples=[0.0], description=(
+        "peak TFLOP/s of one device that MFU is stated against; 0 = a known GPU's dense bf16 datasheet figure, else a "
+        "quick matmul measurement at start"))
+    loss_spike: Float = Field(1.5, ge=0, examples=[0.0], description=(
+        "log a loss_spike event when the loss exceeds this multiple of its mean over the last loss_spike_window steps "
+        "(0 = off)"))
     loss_spike_window: Int = Field(50, gt=0, description="steps the loss_spike mean is taken over")
-    skip_nonfinite: Int = Field(0, ge=0, description="0: a NaN/inf loss or gradient norm stops the run (its update is skipped); N: skip such steps without an update and go on, stopping at the (N+1)-th in a row", examples=[0])
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes (torchrun): ddp (a full copy per process) or fsdp (FSDP2: weights, gradients and optimizer state sharded; for the larger sizes)")
-    dist_timeout: Int = Field(600, gt=0, description="seconds a process waits for the others in a collective before the job stops with an error (a dead or hung rank)")
+    skip_nonfinite: Int = Field(0, ge=0, examples=[0], description=(
+        "0: a NaN/inf loss or gradient norm stops the run (its update is skipped); N: skip such steps without an "
+        "update and go on, stopping at the (N+1)-th in a row"))
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description=(
+        "with several processes (torchrun): ddp (a full copy per process) or fsdp (FSDP2: weights, gradients and "
+        "optimizer state sharded; for the larger sizes)"))
+    dist_timeout: Int = Field(600, gt=0, description=(
+        "seconds a process waits for the others in a collective before the job stops with an error (a dead or hung "
+        "rank)"))
 
     @field_validator("device")
     @classmethod
@@ -199,49 +244,74 @@ class TrainConfig:
 
 @section(config=_SECTION)
 class OptimConfig:
-    lr: Float = Field(6e-4, gt=0, description="peak learning rate, reached after warmup (optimizer muon: of the AdamW groups without a learning rate of their own)")
-    min_lr_ratio: Float = Field(0.1, ge=0, le=1, description="the schedule decays to lr * min_lr_ratio at max_steps (every group: its own lr times this)")
+    lr: Float = Field(6e-4, gt=0, description=(
+        "peak learning rate, reached after warmup (optimizer muon: of the AdamW groups without a learning rate of "
+        "their own)"))
+    min_lr_ratio: Float = Field(0.1, ge=0, le=1, description=(
+        "the schedule decays to lr * min_lr_ratio at max_steps (every group: its own lr times this)"))
     warmup_steps: Int = Field(715, ge=0, description="linear warmup from lr/warmup_steps")
-    schedule: Literal["cosine", "linear", "constant", "wsd"] = Field("cosine", description="after warmup: cosine, linear or constant; wsd (warmup-stable-decay): constant, then a linear decay over the last decay_fraction of the steps")
-    decay_fraction: Float = Field(0.2, gt=0, le=1, description="schedule wsd: the fraction of train.max_steps at the end that decays")
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = Field("cosine", description=(
+        "after warmup: cosine, linear or constant; wsd (warmup-stable-decay): constant, then a linear decay over the "
+        "last decay_fraction of the steps"))
+    decay_fraction: Float = Field(0.2, gt=0, le=1, description=(
+        "schedule wsd: the fraction of train.max_steps at the end that decays"))
     weight_decay: Float = Field(0.1, ge=0, description="applied to 2-D weights only (not biases, LayerNorms)")
     beta1: Float = Field(0.9, ge=0, lt=1, description="AdamW's first-moment decay")
     beta2: Float = Field(0.95, ge=0, lt=1, description="AdamW's second-moment decay")
     eps: Float = Field(1e-8, gt=0, description="AdamW's epsilon")
     grad_clip: Float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)", examples=[0.0])
     fused: Literal["auto"] | bool = Field("auto", description="auto (fused AdamW where available), true, false")
-    optimizer: Literal["adamw", "muon"] = Field("adamw", description="adamw (GPT-2: AdamW for every parameter) or muon (Muon for the blocks' 2-D weight matrices; AdamW for embeddings, LM head, gains and biases)")
+    optimizer: Literal["adamw", "muon"] = Field("adamw", description=(
+        "adamw (GPT-2: AdamW for every parameter) or muon (Muon for the blocks' 2-D weight matrices; AdamW for "
+        "embeddings, LM head, gains and biases)"))
     muon_lr: Float = Field(0.02, gt=0, description="optimizer muon: peak learning rate of the Muon matrices")
     muon_momentum: Float = Field(0.95, ge=0, lt=1, description="optimizer muon: Muon's momentum")
     muon_nesterov: bool = Field(True, description="optimizer muon: Nesterov momentum")
-    muon_ns_steps: Int = Field(5, gt=0, description="optimizer muon: Newton-Schulz iterations that orthogonalise each update (in bf16)")
-    muon_weight_decay: Float = Field(0.0, ge=0, description="optimizer muon: decoupled weight decay of the Muon matrices")
-    embed_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of the embeddings (the tied head too); 0 = lr", examples=[0.0])
-    head_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of an untied LM head (model.tie_head=false); 0 = lr", examples=[0.0])
-    scalar_lr: Float = Field(0.0, ge=0, description="optimizer muon: peak learning rate (AdamW) of gains and biases; 0 = lr", examples=[0.0])
+    muon_ns_steps: Int = Field(5, gt=0, description=(
+        "optimizer muon: Newton-Schulz iterations that orthogonalise each update (in bf16)"))
+    muon_weight_decay: Float = Field(0.0, ge=0, description=(
+        "optimizer muon: decoupled weight decay of the Muon matrices"))
+    embed_lr: Float = Field(0.0, ge=0, examples=[0.0], description=(
+        "optimizer muon: peak learning rate (AdamW) of the embeddings (the tied head too); 0 = lr"))
+    head_lr: Float = Field(0.0, ge=0, examples=[0.0], description=(
+        "optimizer muon: peak learning rate (AdamW) of an untied LM head (model.tie_head=false); 0 = lr"))
+    scalar_lr: Float = Field(0.0, ge=0, examples=[0.0], description=(
+        "optimizer muon: peak learning rate (AdamW) of gains and biases; 0 = lr"))
 
     @model_validator(mode="after")
     def _muon_keys_need_muon(self):
         if self.optimizer != "muon":
             for key in ("embed_lr", "head_lr", "scalar_lr"):
                 if getattr(self, key):
-                    raise _relation_error(f"optim.{key}", "applies to optim.optimizer=muon only; set optim.optimizer=muon "
-                                                          "or leave it 0")
+                    raise _relation_error(f"optim.{key}", "applies to optim.optimizer=muon only; "
+                                                          "set optim.optimizer=muon or leave it 0")
         return self
 
 
 @section(config=_SECTION)
 class EvalConfig:
-    every: Int = Field(250, ge=-1, description="validation loss every N steps (0 = only at the end; -1 = never)", examples=[0, -1])
-    val_tokens: Int = Field(10_485_760, gt=0, description="tokens of the validation split to score (capped by its size)")
-    val_batch: Int = Field(0, ge=0, description="sequences per validation forward (0 = train.micro_batch)", examples=[0])
-    hellaswag_every: Int = Field(-1, ge=-1, description="HellaSwag accuracy every N steps (0 = only at the end; -1 = never); logged as kind 'hellaswag'", examples=[0, -1])
-    hellaswag_items: Int = Field(0, ge=0, description="HellaSwag items per evaluation: 0 = all 10,042; N = a fixed subset of N spread evenly over the file", examples=[0])
-    hellaswag_data: Str = Field("", description='local hellaswag_val.jsonl; "" = the cached official file (downloaded when missing)')
-    lambada_every: Int = Field(-1, ge=-1, description="LAMBADA last-word accuracy and perplexity every N steps (0 = only at the end; -1 = never); logged as kind 'lambada'", examples=[0, -1])
-    lambada_items: Int = Field(0, ge=0, description="LAMBADA passages per evaluation: 0 = all; N = a fixed subset of N spread evenly over the file", examples=[0])
-    lambada_data: Str = Field("", description="""local LAMBADA file (jsonl with 'text', or one passage per line); "" = the cached lambada_openai (downloaded when missing)""")
-    sample_every: Int = Field(0, ge=-1, description="print samples every N steps (0 = only at the end; -1 = never)", examples=[0, -1])
+    every: Int = Field(250, ge=-1, examples=[0, -1], description=(
+        "validation loss every N steps (0 = only at the end; -1 = never)"))
+    val_tokens: Int = Field(10_485_760, gt=0, description=(
+        "tokens of the validation split to score (capped by its size)"))
+    val_batch: Int = Field(0, ge=0, examples=[0], description=(
+        "sequences per validation forward (0 = train.micro_batch)"))
+    hellaswag_every: Int = Field(-1, ge=-1, examples=[0, -1], description=(
+        "HellaSwag accuracy every N steps (0 = only at the end; -1 = never); logged as kind 'hellaswag'"))
+    hellaswag_items: Int = Field(0, ge=0, examples=[0], description=(
+        "HellaSwag items per evaluation: 0 = all 10,042; N = a fixed subset of N spread evenly over the file"))
+    hellaswag_data: Str = Field("", description=(
+        'local hellaswag_val.jsonl; "" = the cached official file (downloaded when missing)'))
+    lambada_every: Int = Field(-1, ge=-1, examples=[0, -1], description=(
+        "LAMBADA last-word accuracy and perplexity every N steps (0 = only at the end; -1 = never); logged as kind "
+        "'lambada'"))
+    lambada_items: Int = Field(0, ge=0, examples=[0], description=(
+        "LAMBADA passages per evaluation: 0 = all; N = a fixed subset of N spread evenly over the file"))
+    lambada_data: Str = Field("", description=(
+        "local LAMBADA file (jsonl with 'text', or one passage per line); \"\" = the cached lambada_openai (downloaded "
+        "when missing)"))
+    sample_every: Int = Field(0, ge=-1, examples=[0, -1], description=(
+        "print samples every N steps (0 = only at the end; -1 = never)"))
     sample_prompt: Str = Field("Hello, I'm a language model,", description="text the samples continue")
     sample_count: Int = Field(4, gt=0, description="samples each time")
     sample_tokens: Int = Field(32, gt=0, description="new tokens per sample")
@@ -253,7 +323,7 @@ class _Schema(BaseModel):
     """A whole config as pydantic checks it: the sections, then the rules between sections."""
 
     model_config = ConfigDict(extra="forbid")
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -311,7 +381,8 @@ def _expected(tp) -> str:
 
 
 # pydantic error type -> (its context key, the bound as a user reads it)
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
 
 
 def _user_error(err: dict, sources: dict[str, str]) -> UserError:
@@ -322,7 +393,7 @@ def _user_error(err: dict, sources: dict[str, str]) -> UserError:
     section_name, name = (str(p) for p in err["loc"][:2])  # past [:2]: the member of a union (optim.fused)
     key = f"{section_name}.{name}"
     info = SECTIONS[section_name].__pydantic_fields__.get(name)
-    if info is None:  # only validate() gets here (_merge refuses unknown keys): a GPTConfig field ModelSection lacks
+    if info is None:  # only validate() gets here (_merge refuses unknown keys): a field the section lacks
         return UserError(f"config key '{key}': not in gpt2lab.config.{SECTIONS[section_name].__name__}")
     if err["type"] in _BOUNDS:
         bound, op = _BOUNDS[err["type"]]
@@ -503,8 +574,9 @@ def _values(info) -> str:
 
 
 def config_doc() -> str:
-    """Markdown reference of every config key, from the field descriptions in this file."""
-    lines = ["# Configuration reference", "", "Generated by `gpt2lab config --doc` from gpt2lab/config.py.", "",
+    """Markdown reference of every config key, from the field descriptions (the model's are in model.py)."""
+    lines = ["# Configuration reference", "",
+             "Generated by `gpt2lab config --doc` from gpt2lab/config.py (the model keys: gpt2lab/model.py).", "",
              "On the command line (`key=value` or `section.key=value`) a value is read as YAML (numbers, "
              "true/false, null, lists), except for a string key, which takes the text as typed (`#`, `: ` and "
              "`- ` included) unless it is quoted.", ""]

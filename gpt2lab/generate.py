@@ -46,7 +46,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .model import GPT, KVCache, softcap
+from .model import GPT, KVCache
+from .ops import softcap
 
 PAD_ID = 0  # token id put in left padding; never seen by real tokens (masked)
 

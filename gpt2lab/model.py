@@ -17,38 +17,59 @@ from the nanoGPT speedrun (modded-nanogpt) one at a time:
 - ``zero_init_proj``: the residual branches' output projections (and an untied head) start at zero;
 - ``logit_softcap=c``: logits become ``c * tanh(logits / c)``, bounded by ``c``.
 
-The model knows nothing of training: no optimizer, no distributed code, no data.
+The model knows nothing of training: no optimizer, no distributed code, no data. Of gpt2lab it
+imports only two torch-only modules: ``ops`` (the tanh GELU and the soft-cap, whose compiled code
+differs from eager) and ``loss`` (the LM loss, three paths: :func:`~gpt2lab.loss.lm_loss`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .loss import lm_loss, padding_bias
+from .ops import gelu_tanh, softcap
+
+
+def _field(default, description: str, **limits):
+    """A GPTConfig field: its default, and the description and limits (pydantic ``Field``'s ``gt``, ``ge``,
+    ``lt``, ``le``, ``examples``) that config files check and docs/config.md shows (see gpt2lab/config.py)."""
+    return field(default=default, metadata={"description": description, **limits})
+
 
 @dataclass
 class GPTConfig:
-    block_size: int = 1024  # longest sequence (number of position embeddings)
-    vocab_size: int = 50257  # real tokens; ids >= vocab_size are padding
-    padded_vocab_size: int = 50304  # rows of the embedding (a multiple of 64 is faster); >= vocab_size
-    n_layer: int = 12  # transformer blocks
-    n_head: int = 12  # attention heads per block
-    n_embd: int = 768  # width of the residual stream
-    dropout: float = 0.0  # dropout on embeddings, attention and residual branches (0 for pretraining)
-    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has
-    # Beyond GPT-2 (see the module docstring); the defaults are GPT-2's.
-    rotary: bool = False  # rotary position embeddings instead of the learned position table (wpe)
-    rotary_base: float = 10000.0  # rotary: the wavelength base of the rotation frequencies
-    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
-    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm"
-    mlp: str = "gelu"  # the MLP's activation: "gelu" (tanh approximation, GPT-2) or "relu2" (ReLU squared)
-    tie_head: bool = True  # the LM head is the token embedding (GPT-2); False: a head of its own
-    zero_init_proj: bool = False  # output projections of attention and MLP (and an untied head) start at zero
-    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c); 0 = off (GPT-2)
+    """The model's shape and switches; the defaults are GPT-2 small's. A field added here is a config key."""
+
+    block_size: int = _field(1024, "longest sequence (number of position embeddings)", gt=0)
+    vocab_size: int = _field(50257, "real tokens; ids >= vocab_size are padding", gt=0)
+    padded_vocab_size: int = _field(50304, "rows of the embedding (a multiple of 64 is faster); >= vocab_size", gt=0)
+    n_layer: int = _field(12, "transformer blocks", gt=0)
+    n_head: int = _field(12, "attention heads per block", gt=0)
+    n_embd: int = _field(768, "width of the residual stream", gt=0)
+    dropout: float = _field(0.0, "dropout on embeddings, attention and residual branches (0 for pretraining)",
+                            ge=0, lt=1)
+    bias: bool = _field(True, "biases in Linear layers and LayerNorms, as GPT-2 has")
+    # Beyond GPT-2: the speedrun switches (the module docstring; configs/speedrun.yaml), off by default
+    rotary: bool = _field(False, "rotary position embeddings on queries and keys instead of the learned position "
+                                 "table (needs an even head dimension, n_embd / n_head)")
+    rotary_base: float = _field(10000.0, "rotary: wavelength base of the rotation frequencies", gt=0)
+    qk_norm: bool = _field(False, "RMS-normalise queries and keys per head before attention (QK-norm)")
+    norm: Literal["layernorm", "rmsnorm"] = _field(
+        "layernorm", "layernorm (GPT-2) or rmsnorm (a gain, no bias) in every block and at the end")
+    mlp: Literal["gelu", "relu2"] = _field(
+        "gelu", "the MLP's activation: gelu (tanh approximation, GPT-2) or relu2 (ReLU squared)")
+    tie_head: bool = _field(True, "the LM head is the token embedding (GPT-2); false: a head of its own")
+    zero_init_proj: bool = _field(
+        False, "start the output projections of attention and MLP (and an untied LM head) at zero")
+    logit_softcap: float = _field(
+        0.0, "logits become c * tanh(logits / c) with c this value (15-30 in the speedrun); 0 = off", ge=0,
+        examples=[0.0])
 
 
 class KVCache:
@@ -65,7 +86,7 @@ class KVCache:
         self.k, self.v, self.slots, self.kv_len = k, v, slots, kv_len
 
     @classmethod
-    def zeros(cls, cfg: GPTConfig, batch: int, length: int, dtype: torch.dtype, device) -> "KVCache":
+    def zeros(cls, cfg: GPTConfig, batch: int, length: int, dtype: torch.dtype, device) -> KVCache:
         shape = (batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
         return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)],
                    [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)])
@@ -74,7 +95,7 @@ class KVCache:
     def length(self) -> int:
         return self.k[0].size(2)
 
-    def at(self, slots: torch.Tensor, kv_len: int | None = None) -> "KVCache":
+    def at(self, slots: torch.Tensor, kv_len: int | None = None) -> KVCache:
         return KVCache(self.k, self.v, slots, kv_len)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,108 +128,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate the pairs (x[..., i], x[..., i + head_dim/2]) of ``x`` (B, n_head, T, head_dim) by the angles."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).to(x.dtype)
-
-
-def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
-    """``cap * tanh(logits / cap)``: bounded by ``cap``, near the identity for small logits; cap 0 = unchanged.
-    Compiled, written as ``cap (2 sigmoid(2 logits / cap) - 1)`` in fp32, the same function, for the
-    reason :func:`gelu_tanh` gives."""
-    if cap <= 0:
-        return logits
-    if not torch.compiler.is_compiling():
-        return cap * torch.tanh(logits / cap)
-    return (cap * (2.0 * torch.sigmoid(logits.float() * (2.0 / cap)) - 1.0)).to(logits.dtype)
-
-
-class LMCrossEntropy(torch.autograd.Function):
-    """Cross-entropy of 2-D ``logits`` over the padded vocabulary against ``targets`` (< 0 ignored),
-    counting only the first ``vocab`` columns: logsumexp minus the target's logit, in fp32, with its
-    gradient (softmax minus one-hot, zero in the padded columns) written out. What training runs
-    under ``torch.compile`` (:meth:`GPT.forward`); the same loss and gradients as ``F.cross_entropy``
-    over -inf-filled logits to fp32 rounding.
-
-    Compiled, each direction is one pass over the logits. The forward reads a view of the real
-    columns, so nothing is written into the padded ones (a -inf fill compiles to a copy of the
-    whole logits). The backward writes the gradient at the logits' full width and dtype, zeroing
-    the padded columns by adding ``vocab_bias`` (0.0 for a real column, -inf for a padded one: the
-    -inf fill, in the exponent), a tensor in memory: a slice's backward, or a mask made from column
-    indices inside the kernel, costs a second pass or twice the time of this one on the CPU. The
-    target's entry is then set from its fp32 value (one entry a row)."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, vocab_bias, vocab: int, reduction: str):
-        x = logits[:, :vocab].float()
-        keep = targets >= 0
-        safe = torch.where(keep, targets, 0)
-        lse = torch.logsumexp(x, dim=-1)
-        picked = x.gather(1, safe[:, None]).squeeze(1)
-        per_token = torch.where(keep, lse - picked, 0.0)
-        count = keep.sum()
-        ctx.save_for_backward(logits, vocab_bias, lse, picked, safe, keep, count)
-        ctx.reduction = reduction
-        if reduction == "none":
-            return per_token
-        return per_token.sum() if reduction == "sum" else per_token.sum() / count
-
-    @staticmethod
-    def backward(ctx, grad):
-        logits, vocab_bias, lse, picked, safe, keep, count = ctx.saved_tensors
-        scale = torch.where(keep, grad / count if ctx.reduction == "mean" else grad, 0.0)[:, None]
-        dlogits = (torch.exp(logits.float() + vocab_bias - lse[:, None]) * scale).to(logits.dtype)
-        at_target = ((torch.exp(picked - lse)[:, None] - 1.0) * scale).to(logits.dtype)
-        return dlogits.scatter(1, safe[:, None], at_target), None, None, None, None
-
-
-class ChunkedLMLoss(torch.autograd.Function):
-    """Mean cross-entropy of ``h @ weight.T`` (soft-capped, padded columns masked) against ``targets``,
-    ``rows`` rows of logits at a time, never holding the full (N, padded_vocab) logits.
-
-    The gradients are computed in the forward pass, chunk by chunk (the loss is a scalar: its
-    gradient only scales them), so each chunk's logits are made, used and freed while still in
-    cache; backward multiplies the stored gradients by the incoming scalar. The arithmetic is that
-    of the plain path: the matmul in the ambient autocast dtype, softmax and loss in fp32, the
-    gradient of the logits cast back to the matmul dtype, so the two agree within bf16 rounding.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, vocab_size: int, cap: float, rows: int):
-        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
-        with torch.autocast(h.device.type, enabled=False):
-            w = weight.to(dtype)
-            grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
-            loss = torch.zeros((), dtype=torch.float32, device=h.device)
-            valid_all = targets >= 0
-            count = valid_all.sum().clamp(min=1)
-            for start in range(0, h.size(0), rows):
-                hc = h[start:start + rows].to(dtype)
-                tgt = targets[start:start + rows]
-                valid = valid_all[start:start + rows]
-                logits = (hc @ w.T).float()
-                if cap > 0:
-                    t = torch.tanh(logits / cap)
-                    logits = cap * t
-                logits[:, vocab_size:] = float("-inf")
-                lse = torch.logsumexp(logits, dim=-1)
-                safe = tgt.clamp(min=0)
-                picked = logits.gather(1, safe[:, None]).squeeze(1)
-                loss += torch.where(valid, lse - picked, 0.0).sum()
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                g[torch.arange(g.size(0), device=g.device), safe] -= 1.0
-                g.mul_(valid[:, None])
-                if cap > 0:
-                    g.mul_(1 - t * t)
-                g = g.to(dtype)
-                grad_h[start:start + rows] = (g @ w).to(h.dtype)
-                grad_w += (g.T @ hc).float()
-        ctx.save_for_backward(grad_h / count, grad_w / count)
-        ctx.weight_dtype = weight.dtype
-        return loss / count
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.weight_dtype), None, None, None, None
 
 
 class CausalSelfAttention(nn.Module):
@@ -247,19 +166,6 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-_GELU_2C = 2 * math.sqrt(2 / math.pi)
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's GELU, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``. Compiled, it is written as
-    ``x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))`` in fp32, the same function (tanh z = 2 sigmoid(2z) - 1),
-    which inductor's CPU code runs about 2x faster than its tanh. Eager mode keeps aten's one kernel."""
-    if not torch.compiler.is_compiling():
-        return F.gelu(x, approximate="tanh")
-    xf = x.float()
-    return (xf * torch.sigmoid(_GELU_2C * (xf + 0.044715 * xf * xf * xf))).to(x.dtype)
-
-
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -296,7 +202,8 @@ class GPT(nn.Module):
         if cfg.padded_vocab_size < cfg.vocab_size:
             raise ValueError("padded_vocab_size must be >= vocab_size")
         if cfg.norm not in ("layernorm", "rmsnorm") or cfg.mlp not in ("gelu", "relu2"):
-            raise ValueError(f"norm must be layernorm or rmsnorm (got {cfg.norm!r}), mlp gelu or relu2 (got {cfg.mlp!r})")
+            raise ValueError(f"norm must be layernorm or rmsnorm (got {cfg.norm!r}), "
+                             f"mlp gelu or relu2 (got {cfg.mlp!r})")
         if cfg.rotary and (cfg.n_embd // cfg.n_head) % 2:
             raise ValueError(f"rotary needs an even head dimension, got n_embd / n_head = {cfg.n_embd // cfg.n_head}")
         self.config = cfg
@@ -312,24 +219,18 @@ class GPT(nn.Module):
         else:
             self.lm_head.zero_init = cfg.zero_init_proj  # type: ignore[attr-defined]  # see _init_weights
         self.apply(self._init_weights)
-        # 0.0 for the real vocabulary's columns, -inf for the padding (LMCrossEntropy's backward);
-        # not saved with the weights
-        self.register_buffer("vocab_bias", self._vocab_bias(cfg), persistent=False)
-
-    @staticmethod
-    def _vocab_bias(cfg: GPTConfig, device: torch.device | str | None = None) -> torch.Tensor:
-        bias = torch.zeros(cfg.padded_vocab_size, device=device)
-        bias[cfg.vocab_size:] = float("-inf")
-        return bias
+        # 0.0 for the real vocabulary's columns, -inf for the padding (the compiled loss); not saved
+        self.register_buffer("vocab_bias", padding_bias(cfg.vocab_size, cfg.padded_vocab_size), persistent=False)
 
     @classmethod
-    def from_state_dict(cls, cfg: GPTConfig, state: dict) -> "GPT":
+    def from_state_dict(cls, cfg: GPTConfig, state: dict) -> GPT:
         """A GPT that holds ``state``'s tensors themselves: built on the meta device (no random
         init of weights that are replaced at once), then assigned, with the LM head tied again."""
         with torch.device("meta"):
             model = cls(cfg)
         model.load_state_dict(state, strict=True, assign=True)
-        model.vocab_bias = cls._vocab_bias(cfg, model.lm_head.weight.device)  # still on meta: not in state
+        # the buffer is not in state: still on meta
+        model.vocab_bias = padding_bias(cfg.vocab_size, cfg.padded_vocab_size, model.lm_head.weight.device)
         if cfg.tie_head:
             model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied tensor
         return model
@@ -391,11 +292,11 @@ class GPT(nn.Module):
         - ``cache``: a :class:`KVCache` placed with ``cache.at(slots, kv_len)``; the tokens' keys
           and values are stored there and attention runs over the cache.
         """
-        T, cfg = idx.size(1), self.config
+        length, cfg = idx.size(1), self.config
         if pos is None:
-            if T > cfg.block_size:
-                raise ValueError(f"sequence of {T} tokens is longer than block_size {cfg.block_size}")
-            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+            if length > cfg.block_size:
+                raise ValueError(f"sequence of {length} tokens is longer than block_size {cfg.block_size}")
+            pos = torch.arange(length, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx)
         rope = None
         if cfg.rotary:  # positions enter in attention, as rotations of queries and keys
@@ -420,32 +321,10 @@ class GPT(nn.Module):
         sampled and take no probability mass in the loss. Targets < 0 are ignored in the loss.
         ``return_logits=False`` (what training passes): ``None`` for the logits, and the same loss,
         computed faster under ``torch.compile``. ``loss_chunk`` > 0 (with targets and the mean
-        reduction): the loss through :class:`ChunkedLMLoss`, that many rows of logits at a time, and
-        ``None`` for the logits.
+        reduction): the loss that many rows of logits at a time, and ``None`` for the logits.
+        The loss's paths are in gpt2lab/loss.py.
         """
-        if loss_chunk > 0 and targets is not None and reduction == "mean":
-            h = self.hidden(idx, **kw)
-            loss = ChunkedLMLoss.apply(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1),
-                                       self.config.vocab_size, self.config.logit_softcap, loss_chunk)
-            return None, loss
-        logits = self.logits(self.hidden(idx, **kw))
-        vocab = self.config.vocab_size
-        if not return_logits and torch.compiler.is_compiling():
-            # Compiled, writing -inf into the padded columns becomes a copy of the whole logits;
-            # LMCrossEntropy never writes them, and its backward is one pass (see there). Eager mode
-            # writes the -inf in place, and aten's fused cross-entropy over full, contiguous rows is
-            # the faster there.
-            if targets is None:
-                return None, None
-            return None, LMCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                              self.vocab_bias, vocab, reduction)
-        if self.config.padded_vocab_size > vocab:
-            # Through .detach(): constants need no autograd record, whose backward would copy the
-            # whole gradient to zero the padded columns that the softmax's gradient leaves at zero.
-            logits.detach()[..., vocab:] = float("-inf")
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1, reduction=reduction
-            )
-        return (logits if return_logits else None), loss
+        c = self.config
+        return lm_loss(self.hidden(idx, **kw), targets, head=self.logits, head_weight=self.lm_head.weight,
+                       vocab_size=c.vocab_size, cap=c.logit_softcap, vocab_bias=self.vocab_bias,
+                       reduction=reduction, chunk=loss_chunk, return_logits=return_logits)

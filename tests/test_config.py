@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from gpt2lab import config as config_mod
-from gpt2lab.config import (MODEL_PRESETS, SECTIONS, Config, ModelSection, config_doc, from_dict, load_config,
+from gpt2lab.config import (MODEL_PRESETS, SECTIONS, Config, ModelConfig, config_doc, from_dict, load_config,
                             parse_override, validate)
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPTConfig
@@ -441,15 +441,40 @@ def test_validate_after_the_model_is_replaced():
     assert type(cfg.model) is GPTConfig
 
 
-def test_model_section_mirrors_gptconfig():
+def test_model_config_is_made_from_gptconfig():
     # config.py checks the model keys; model.py's GPTConfig stays a plain dataclass that knows nothing of it.
-    assert [f.name for f in dataclasses.fields(ModelSection)] == [f.name for f in dataclasses.fields(GPTConfig)]
+    assert [f.name for f in dataclasses.fields(ModelConfig)] == [f.name for f in dataclasses.fields(GPTConfig)]
+    for f in dataclasses.fields(GPTConfig):  # each key's description and limits are GPTConfig's own
+        info = ModelConfig.__pydantic_fields__[f.name]
+        assert info.description.startswith(f.metadata["description"]), f.name
+        if "vocab" not in f.name:
+            assert info.default == f.default and info.examples == f.metadata.get("examples"), f.name
+            bounds = {k: getattr(m, k) for m in info.metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
+            assert bounds == {k: v for k, v in f.metadata.items() if k in ("gt", "ge", "lt", "le")}, f.name
     # the vocabulary sizes default to 0 (data.tokenizer's), which the default tokenizer, gpt2, makes GPTConfig's
     assert dataclasses.asdict(load_config().model) == dataclasses.asdict(GPTConfig())
-    section = {k: v for k, v in dataclasses.asdict(ModelSection()).items() if "vocab" not in k}
+    section = {k: v for k, v in dataclasses.asdict(ModelConfig()).items() if "vocab" not in k}
     assert section == {k: v for k, v in dataclasses.asdict(GPTConfig()).items() if "vocab" not in k}
+    assert (ModelConfig().vocab_size, ModelConfig().padded_vocab_size) == (0, 0)
     assert not hasattr(GPTConfig, "__pydantic_fields__")
     assert type(load_config().model) is GPTConfig
+
+
+def test_a_field_added_to_gptconfig_is_a_checked_config_key():
+    """Adding a model switch touches model.py alone: its type, default, description and limits become the key's."""
+
+    @dataclasses.dataclass
+    class WithSwitch(GPTConfig):
+        new_switch: float = dataclasses.field(default=0.5, metadata={"description": "a new switch", "ge": 0})
+
+    section = config_mod._model_section(WithSwitch)
+    info = section.__pydantic_fields__["new_switch"]
+    assert (info.default, info.description) == (0.5, "a new switch")
+    assert section(new_switch="2").new_switch == 2.0  # a YAML string converts as every float key's does
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        section(new_switch=-1)
+    with pytest.raises(ValueError, match="not divisible"):  # the checks between keys come along
+        section(n_head=5)
 
 
 # config.yaml as runs saved it before the sections were typed (fused a string; old versions wrote

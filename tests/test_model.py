@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt2lab.config import MODEL_PRESETS
-from gpt2lab.model import GPT, GPTConfig, KVCache, gelu_tanh, softcap
+from gpt2lab.model import GPT, GPTConfig, KVCache
+from gpt2lab.ops import gelu_tanh, softcap
 
 GPT2_124M_PARAMS = 124_439_808  # GPT-2 small as OpenAI/Hugging Face count it (tied head once)
 
@@ -280,7 +281,7 @@ def test_a_model_rebuilt_from_its_weights_masks_the_padded_columns_alike():
     assert (losses[1][1][cfg.vocab_size :] == 0).all()  # the padded rows get no gradient from the loss
 
 
-TANH_FORMS = {  # compiled through a sigmoid (model.py), against aten's tanh in fp32, rounded once (as
+TANH_FORMS = {  # compiled through a sigmoid (ops.py), against aten's tanh in fp32, rounded once (as
     # aten's GELU does inside; eager soft-capping in bf16 rounds three times); inputs reach saturation
     "gelu": (gelu_tanh, lambda t: F.gelu(t, approximate="tanh"), 3.0),
     "softcap": (lambda t: softcap(t, 30.0), lambda t: (30.0 * torch.tanh(t.float() / 30.0)).to(t.dtype), 60.0),

@@ -8,8 +8,17 @@ import pytest
 import yaml
 
 from gpt2lab import config as config_mod
-from gpt2lab.config import (MODEL_PRESETS, SECTIONS, Config, ModelConfig, config_doc, from_dict, load_config,
-                            parse_override, validate)
+from gpt2lab.config import (
+    MODEL_PRESETS,
+    SECTIONS,
+    Config,
+    ModelConfig,
+    config_doc,
+    from_dict,
+    load_config,
+    parse_override,
+    validate,
+)
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPTConfig
 
@@ -76,7 +85,8 @@ def test_cli_preset_replaces_yaml_model(tmp_path):
 
 
 def test_cli_preset_keeps_the_files_other_model_keys(tmp_path):
-    p = write_yaml(tmp_path, {"model": {"preset": "gpt2", "dropout": 0.1, "vocab_size": 1000, "padded_vocab_size": 1024}})
+    p = write_yaml(tmp_path,
+                   {"model": {"preset": "gpt2", "dropout": 0.1, "vocab_size": 1000, "padded_vocab_size": 1024}})
     cfg = load_config(p, ["preset=micro"])
     assert (cfg.model.dropout, cfg.model.vocab_size, cfg.model.padded_vocab_size) == (0.1, 1000, 1024)
     assert cfg.model.n_layer == MODEL_PRESETS["micro"]["n_layer"]
@@ -157,7 +167,8 @@ def test_bad_type_in_yaml_names_key(tmp_path):
 
 
 def test_value_coercion():
-    cfg = load_config(None, ["total_batch_tokens=5e5", "compile=yes", "lr=6e-4", "sample_prompt=123", "deterministic=1"])
+    cfg = load_config(None, ["total_batch_tokens=5e5", "compile=yes", "lr=6e-4", "sample_prompt=123",
+                             "deterministic=1"])
     assert cfg.train.total_batch_tokens == 500_000 and isinstance(cfg.train.total_batch_tokens, int)
     assert cfg.train.compile is True and cfg.train.deterministic is True
     assert cfg.optim.lr == 6e-4
@@ -283,7 +294,8 @@ def test_gpt2_124m_config():
 
 # Every key of every section, with pydantic's metadata (type, default, description, examples).
 FIELDS = [(section, name, info) for section, cls in SECTIONS.items() for name, info in cls.__pydantic_fields__.items()]
-BOOL_SPELLINGS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "True": True, "False": False}
+BOOL_SPELLINGS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "True": True,
+                  "False": False}
 
 
 def type_args(tp) -> tuple:
@@ -318,7 +330,8 @@ def test_fields_are_found():
 @pytest.mark.parametrize("section, key, text, value", DOCUMENTED, ids=[f"{s}.{k}={t}" for s, k, t, _ in DOCUMENTED])
 def test_every_documented_value_loads(tmp_path, section, key, text, value):
     resolved = {("train", "seq_len", 0): GPTConfig().block_size,  # 0 = block_size
-                ("model", "vocab_size", 0): 50257, ("model", "padded_vocab_size", 0): 50304}  # 0 = data.tokenizer's (gpt2)
+                # 0 = data.tokenizer's (gpt2)
+                ("model", "vocab_size", 0): 50257, ("model", "padded_vocab_size", 0): 50304}
     expected = resolved.get((section, key, value), value)
     on_cli = load_config(None, [f"{section}.{key}={text}"])
     in_yaml = load_config(write_yaml(tmp_path, f"{section}:\n  {key}: {text}\n"))  # as a user writes it, unquoted
@@ -327,11 +340,12 @@ def test_every_documented_value_loads(tmp_path, section, key, text, value):
         assert got == expected and type(got) is type(expected), (got, expected)
 
 
-@pytest.mark.parametrize("text, value", [("true", True), ("false", False), ("auto", "auto"), ("yes", True), ("Off", False),
-                                         ("1", True), ("'true'", True), ("'false'", False)])
+@pytest.mark.parametrize("text, value", [("true", True), ("false", False), ("auto", "auto"), ("yes", True),
+                                         ("Off", False), ("1", True), ("'true'", True), ("'false'", False)])
 def test_optim_fused_is_auto_or_a_boolean(tmp_path, text, value):
     # It was a str: fused=true and `fused: true` both failed with "expected str, got True".
-    for cfg in (load_config(None, [f"optim.fused={text}"]), load_config(write_yaml(tmp_path, f"optim:\n  fused: {text}\n"))):
+    for cfg in (load_config(None, [f"optim.fused={text}"]),
+                load_config(write_yaml(tmp_path, f"optim:\n  fused: {text}\n"))):
         assert cfg.optim.fused == value and type(cfg.optim.fused) is type(value)
     assert yaml.safe_load(cfg.to_yaml())["optim"]["fused"] == value  # written back as a YAML boolean (or auto)
 
@@ -381,25 +395,29 @@ def test_wrong_type_in_yaml_names_key_type_and_file(tmp_path):
 
 
 def test_str_keys_take_the_text_typed_on_the_command_line():
-    cfg = load_config(None, ["data.train_split=yes", "val_split=off", "sample_prompt=on", "run_dir=1e3", "init_from=0x10"])
+    cfg = load_config(None, ["data.train_split=yes", "val_split=off", "sample_prompt=on", "run_dir=1e3",
+                             "init_from=0x10"])
     assert (cfg.data.train_split, cfg.data.val_split, cfg.eval.sample_prompt) == ("yes", "off", "on")
     assert (cfg.train.run_dir, cfg.train.init_from) == ("1e3", "0x10")  # not "1000.0" and "16"
     assert parse_override("sample_prompt=true") == ("eval", "sample_prompt", "true")
 
 
-@pytest.mark.parametrize("override", ["optim.lr=nan", "optim.lr=.inf", "optim.lr=-.inf", "optim.eps=inf", "model.dropout=nan",
-                                      "train.max_steps=nan", "train.max_steps=inf", "eval.sample_temperature=.nan"])
+@pytest.mark.parametrize("override", ["optim.lr=nan", "optim.lr=.inf", "optim.lr=-.inf", "optim.eps=inf",
+                                      "model.dropout=nan", "train.max_steps=nan", "train.max_steps=inf",
+                                      "eval.sample_temperature=.nan"])
 def test_nan_and_inf_are_refused(override, tmp_path):
     key, _, text = override.partition("=")
     section, name = key.split(".")
-    for load in (lambda: load_config(None, [override]), lambda: load_config(write_yaml(tmp_path, f"{section}:\n  {name}: {text}\n"))):
+    for load in (lambda: load_config(None, [override]),
+                 lambda: load_config(write_yaml(tmp_path, f"{section}:\n  {name}: {text}\n"))):
         with pytest.raises(UserError, match=rf"config key '{key}'.*: expected (a finite )?(float|int)"):
             load()
 
 
 @pytest.mark.parametrize("text", ["5e5", "5.0e+5", "500000.0", "'5e5'", "500_000"])
 def test_ints_take_integral_numbers(text, tmp_path):
-    assert load_config(write_yaml(tmp_path, f"train:\n  total_batch_tokens: {text}\n")).train.total_batch_tokens == 500_000
+    cfg = load_config(write_yaml(tmp_path, f"train:\n  total_batch_tokens: {text}\n"))
+    assert cfg.train.total_batch_tokens == 500_000
     assert load_config(None, [f"total_batch_tokens={text}"]).train.total_batch_tokens == 500_000
 
 
@@ -419,9 +437,11 @@ def test_bound_errors_name_the_bound_and_what_the_key_means():
 def test_relations_between_keys():
     with pytest.raises(UserError, match=r"^config key 'model.n_embd': 768 is not divisible by model.n_head=5$"):
         load_config(None, ["model.n_head=5"])  # n_embd is a default: checked all the same
-    with pytest.raises(UserError, match=r"'model.padded_vocab_size' on the command line: 1000 is smaller than model.vocab_size=1024"):
+    with pytest.raises(UserError, match=r"'model.padded_vocab_size' on the command line: 1000 is smaller than "
+                                        r"model.vocab_size=1024"):
         load_config(None, ["vocab_size=1024", "padded_vocab_size=1000"])
-    with pytest.raises(UserError, match=r"'train.seq_len' on the command line: 256 is longer than model.block_size=128"):
+    with pytest.raises(UserError,
+                       match=r"'train.seq_len' on the command line: 256 is longer than model.block_size=128"):
         load_config(None, ["preset=micro", "seq_len=256"])
     assert load_config(None, ["preset=micro", "seq_len=128", "n_head=4", "vocab_size=1000", "padded_vocab_size=1000"])
 
@@ -480,11 +500,12 @@ def test_a_field_added_to_gptconfig_is_a_checked_config_key():
 # config.yaml as runs saved it before the sections were typed (fused a string; old versions wrote
 # the 'true' they were given quoted). It must load, into the config the same keys give today.
 SAVED_BEFORE = """\
-model: {block_size: 128, vocab_size: 50257, padded_vocab_size: 50304, n_layer: 2, n_head: 2, n_embd: 64, dropout: 0.1, bias: true}
+model: {block_size: 128, vocab_size: 50257, padded_vocab_size: 50304, n_layer: 2, n_head: 2, n_embd: 64, dropout: 0.1,
+  bias: true}
 data: {dir: data/tinyshakespeare, train_split: train, val_split: val, shuffle: false, verify: true}
-train: {run_dir: runs/old, device: auto, dtype: auto, compile: true, init_from: '', seed: 1337, micro_batch: 16, seq_len: 128,
-  total_batch_tokens: 500000, max_steps: 1000, log_every: 1, ckpt_every: 0, keep_checkpoints: 2, deterministic: false,
-  threads: 0, tensorboard: false, parallel: ddp, dist_timeout: 600}
+train: {run_dir: runs/old, device: auto, dtype: auto, compile: true, init_from: '', seed: 1337, micro_batch: 16,
+  seq_len: 128, total_batch_tokens: 500000, max_steps: 1000, log_every: 1, ckpt_every: 0, keep_checkpoints: 2,
+  deterministic: false, threads: 0, tensorboard: false, parallel: ddp, dist_timeout: 600}
 optim: {lr: 0.001, min_lr_ratio: 0.1, warmup_steps: 715, schedule: cosine, weight_decay: 0.1, beta1: 0.9, beta2: 0.95,
   eps: 1.0e-08, grad_clip: 1.0, fused: 'true'}
 eval: {every: 250, val_tokens: 10485760, val_batch: 0, hellaswag_every: -1, hellaswag_items: 0, hellaswag_data: '',

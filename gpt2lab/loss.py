@@ -14,7 +14,7 @@ tests/test_model.py bounds the differences: plain against compiled to fp32 round
 (``test_loss_without_logits_equals_the_loss_with_them``), plain against chunked to bf16 rounding
 (``test_chunked_loss_equals_the_full_logits_loss``).
 
-Torch only: nothing of gpt2lab is imported here (model.py imports this module).
+Torch only, and the soft-cap of gpt2lab/ops.py (model.py imports both).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .ops import softcap
 
 
 def padding_bias(vocab_size: int, padded_vocab_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -37,8 +39,9 @@ def lm_loss(h: torch.Tensor, targets: torch.Tensor | None, *, head: Callable[[to
             reduction: str = "mean", chunk: int = 0, return_logits: bool = True):
     """``(logits, loss)`` of hidden states ``h`` (B, T, C) against ``targets`` (B, T) (< 0 ignored).
 
-    ``head`` maps hidden states to logits over the padded vocabulary (soft-capped by ``cap``); the
-    chunked path does its work itself, with ``head_weight`` and ``cap``. ``vocab_bias`` is
+    ``head`` maps hidden states to raw logits over the padded vocabulary (the LM head module); each
+    path applies the soft-cap ``cap`` itself (compiled, inside the loss's one pass; the chunked
+    path, chunk by chunk, with ``head_weight``). ``vocab_bias`` is
     :func:`padding_bias`. Logits come back with -inf in the padded columns, or ``None`` when
     ``return_logits`` is False or ``chunk`` > 0; the loss is ``None`` without targets.
     ``chunk`` only applies with targets and the mean reduction.
@@ -51,7 +54,8 @@ def lm_loss(h: torch.Tensor, targets: torch.Tensor | None, *, head: Callable[[to
         if targets is None:
             return None, None
         return None, LMCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                          vocab_bias, vocab_size, reduction)
+                                          vocab_bias, vocab_size, reduction, cap)
+    logits = softcap(logits, cap)
     if logits.size(-1) > vocab_size:
         # Through .detach(): constants need no autograd record, whose backward would copy the
         # whole gradient to zero the padded columns that the softmax's gradient leaves at zero.
@@ -77,11 +81,18 @@ class LMCrossEntropy(torch.autograd.Function):
     the padded columns by adding ``vocab_bias`` (0.0 for a real column, -inf for a padded one: the
     -inf fill, in the exponent), a tensor in memory: a slice's backward, or a mask made from column
     indices inside the kernel, costs a second pass or twice the time of this one on the CPU. The
-    target's entry is then set from its fp32 value (one entry a row)."""
+    target's entry is then set from its fp32 value (one entry a row).
+
+    ``cap`` > 0: the logits are soft-capped here, ``cap tanh(logits / cap)`` written through a
+    sigmoid as :func:`~gpt2lab.ops.softcap` does, and the backward multiplies by the cap's
+    derivative, recomputed from the raw logits it keeps anyway: the cap adds no pass over the
+    logits and no tensor of their size (a separate soft-cap costs two, each way)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, vocab_bias, vocab: int, reduction: str):
+    def forward(ctx, logits, targets, vocab_bias, vocab: int, reduction: str, cap: float = 0.0):
         x = logits[:, :vocab].float()
+        if cap > 0:
+            x = cap * (2.0 * torch.sigmoid(x * (2.0 / cap)) - 1.0)
         keep = targets >= 0
         safe = torch.where(keep, targets, 0)
         lse = torch.logsumexp(x, dim=-1)
@@ -89,7 +100,7 @@ class LMCrossEntropy(torch.autograd.Function):
         per_token = torch.where(keep, lse - picked, 0.0)
         count = keep.sum()
         ctx.save_for_backward(logits, vocab_bias, lse, picked, safe, keep, count)
-        ctx.reduction = reduction
+        ctx.reduction, ctx.cap = reduction, cap
         if reduction == "none":
             return per_token
         return per_token.sum() if reduction == "sum" else per_token.sum() / count
@@ -98,9 +109,15 @@ class LMCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         logits, vocab_bias, lse, picked, safe, keep, count = ctx.saved_tensors
         scale = torch.where(keep, grad / count if ctx.reduction == "mean" else grad, 0.0)[:, None]
-        dlogits = (torch.exp(logits.float() + vocab_bias - lse[:, None]) * scale).to(logits.dtype)
-        at_target = ((torch.exp(picked - lse)[:, None] - 1.0) * scale).to(logits.dtype)
-        return dlogits.scatter(1, safe[:, None], at_target), None, None, None, None
+        x, cap = logits.float(), ctx.cap
+        at_target = (torch.exp(picked - lse)[:, None] - 1.0) * scale
+        if cap > 0:  # d cap tanh(x / cap) / dx = 1 - tanh^2 = 4 s (1 - s), s = sigmoid(2 x / cap)
+            s = torch.sigmoid(x * (2.0 / cap))
+            x, scale = cap * (2.0 * s - 1.0), scale * (4.0 * s * (1.0 - s))
+            s_t = torch.sigmoid(logits.gather(1, safe[:, None]).float() * (2.0 / cap))
+            at_target = at_target * (4.0 * s_t * (1.0 - s_t))
+        dlogits = (torch.exp(x + vocab_bias - lse[:, None]) * scale).to(logits.dtype)
+        return dlogits.scatter(1, safe[:, None], at_target.to(logits.dtype)), None, None, None, None, None
 
 
 class ChunkedLMLoss(torch.autograd.Function):

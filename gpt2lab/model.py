@@ -325,6 +325,6 @@ class GPT(nn.Module):
         The loss's paths are in gpt2lab/loss.py.
         """
         c = self.config
-        return lm_loss(self.hidden(idx, **kw), targets, head=self.logits, head_weight=self.lm_head.weight,
+        return lm_loss(self.hidden(idx, **kw), targets, head=self.lm_head, head_weight=self.lm_head.weight,
                        vocab_size=c.vocab_size, cap=c.logit_softcap, vocab_bias=self.vocab_bias,
                        reduction=reduction, chunk=loss_chunk, return_logits=return_logits)

@@ -24,9 +24,10 @@ import statistics
 
 import harness
 import torch
+
 from gpt2lab.bench import make_train_step, recipe_configs
-from gpt2lab.model import GPT
 from gpt2lab.device import autocast_for, set_backends
+from gpt2lab.model import GPT
 
 
 def main() -> None:
@@ -53,8 +54,9 @@ def main() -> None:
     steps, counters = {}, {}
     for name, (dtype, ctx, ocfg) in cases.items():
         model = GPT(cfg).to(dtype)
-        steps[name] = make_train_step(model, ocfg, cfg.vocab_size, args.batch, args.seq_len, "cpu", ctx,
-                                      compiled, seed=1337, n_batches=8)
+        steps[name] = make_train_step(model, ocfg, vocab_size=cfg.vocab_size, batch=args.batch,
+                                      seq_len=args.seq_len, device="cpu", autocast=ctx, compile=compiled,
+                                      seed=1337, n_batches=8)
         counters[name] = 0
 
     def runner(name):

@@ -26,7 +26,16 @@ import sys
 
 import harness
 import peers as peer_models
-from gpt2lab.bench import COMPILE_MODES, add_compile_ratios, add_peer_ratios, bench_train, format_table, measure_peaks, set_peaks
+
+from gpt2lab.bench import (
+    COMPILE_MODES,
+    add_compile_ratios,
+    add_peer_ratios,
+    bench_train,
+    format_table,
+    measure_peaks,
+    set_peaks,
+)
 from gpt2lab.device import DTYPES
 
 # name -> (preset, micro-batch, seq_len, timed steps, warm-up steps eager, warm-up steps compiled)
@@ -98,9 +107,10 @@ def main(argv=None) -> int:
         for compiled in COMPILE_MODES[args.compile]:
             warmup = args.warmup if args.warmup is not None else (warm_compiled if compiled else warm_eager)
             for peer, make_model in who.items():
-                r = bench_train(preset, batch, seq_len, args.dtype, compiled, args.steps or steps, warmup,
-                                args.device, peer=peer, make_model=make_model, peaks=peaks,
-                                retry_busy=args.retry_busy, log=log)
+                r = bench_train(preset, batch=batch, seq_len=seq_len, dtype=args.dtype, compile=compiled,
+                                steps=args.steps or steps, warmup=warmup, device=args.device, peer=peer,
+                                make_model=make_model, peaks=peaks, retry=harness.retry_while_busy(args.retry_busy),
+                                log=log)
                 doc["results"].append(r)
                 add_peer_ratios(add_compile_ratios(doc["results"]))
                 harness.write_results(out, machine, doc)  # after each case: an interrupted run keeps what it finished

@@ -33,7 +33,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import harness
-from gpt2lab.bench import add_peer_ratios, bench_train, machine_line, measure_peaks
+
+from gpt2lab.bench import add_peer_ratios, bench_train, measure_peaks
 from gpt2lab.progress import fmt_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,9 +157,9 @@ def run_throughput(check: Check, device: str, plan: tuple, peaks: dict) -> None:
         name = f"{peer}{' speedrun' if recipe else ''} {preset} B={batch}"
         if check.over_budget(stage, name):
             return None
-        r = check.run(stage, name, lambda: bench_train(preset, batch, seq_len, "bfloat16", compiled, steps, warmup,
-                                                       device, peer=peer, recipe=recipe, peaks=peaks,
-                                                       log=harness.log))
+        r = check.run(stage, name, lambda: bench_train(preset, batch=batch, seq_len=seq_len, dtype="bfloat16",
+                                                       compile=compiled, steps=steps, warmup=warmup, device=device,
+                                                       peer=peer, recipe=recipe, peaks=peaks, log=harness.log))
         if r is not None:
             results[(peer, recipe, batch)] = r
         return r
@@ -187,10 +188,10 @@ def run_throughput(check: Check, device: str, plan: tuple, peaks: dict) -> None:
 def time_hellaswag(check: Check, device: str, plan: tuple, path: Path) -> None:
     import torch
 
-    from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag
-    from gpt2lab.model import GPT, GPTConfig
     from gpt2lab.config import MODEL_PRESETS
     from gpt2lab.device import autocast_for
+    from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag
+    from gpt2lab.model import GPT, GPTConfig
 
     preset, items_limit = plan[0], plan[7]
     name = f"{preset} (random weights), {path.name}"
@@ -250,10 +251,10 @@ def main(argv=None) -> int:
     text = table(check.rows)
     failed = sum(r["result"] == "FAILED" for r in check.rows)
     summary = f"{len(check.rows)} rows, {failed} failed, {check.elapsed():.0f} s in all on {machine['device_name']}"
-    print(machine_line(machine))
+    print(harness.machine_line(machine))
     print(text)
     print(summary)
-    (out / "gpu_check.md").write_text(f"{machine_line(machine)}\n\n{text}\n\n{summary}\n")
+    (out / "gpu_check.md").write_text(f"{harness.machine_line(machine)}\n\n{text}\n\n{summary}\n")
     harness.write_results(out / "gpu_check.json", machine, {"dry": args.dry, "peaks": peaks, "rows": check.rows})
     return 1 if failed else 0
 

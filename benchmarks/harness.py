@@ -1,16 +1,18 @@
 """What the benchmark scripts share: timing, the machine description, the busy-machine warning,
-and writing a results file.
+retrying busy cases, and writing a results file.
 
 The timer, the machine description and the warning are also what ``gpt2lab bench`` needs, and
-the package cannot import this folder, so they live in :mod:`gpt2lab.perf` (the timer) and
-:mod:`gpt2lab.bench` and are re-exported
-here; a script imports everything from this one module:
+the package cannot import this folder, so they live in :mod:`gpt2lab.perf` and are re-exported
+here; a script imports everything from this one module (a script runs as ``python benchmarks/x.py``,
+so this folder is on its path; tests/test_bench.py puts it there for the tests):
 
 - ``timed(fn, device)`` -> (seconds, fn()); ``time_cases({name: fn}, repeats, warmup, device)`` ->
   each case's timed seconds, rounds alternating the cases; ``best_time(fn, repeats, warmup, device)``.
   GPU work is waited for inside every timing.
 - ``start(device, **versions)``: describe the machine (CPU model and flags or GPU, threads, cores,
   torch, host, load average), log it and warn when other work runs on it; returns the description.
+- ``retry_while_busy(times)``: for ``gpt2lab.bench.bench_train``'s ``retry``: time a case's steps
+  again, up to ``times`` more times, while other processes took the CPU from them.
 - ``write_results(path, machine, doc)``: the JSON file, written atomically, with the command line
   and the machine description in front of ``doc``.
 """
@@ -28,14 +30,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))  # benchmark this checkout's gpt2lab, not whichever one is installed
 
-from gpt2lab.bench import (  # noqa: E402,F401  (re-exported for the scripts)
+from gpt2lab.bench import BUSY_CPU_SHARE  # noqa: E402
+from gpt2lab.bench import stderr_log as log  # noqa: E402,F401  (re-exported for the scripts)
+from gpt2lab.device import resolve_device  # noqa: E402
+from gpt2lab.perf import (  # noqa: E402,F401  (re-exported for the scripts)
+    best_time,
     describe_machine,
     machine_line,
-    stderr_log as log,
+    time_cases,
+    timed,
     warn_if_busy,
 )
-from gpt2lab.perf import best_time, time_cases, timed  # noqa: E402,F401  (re-exported for the scripts)
-from gpt2lab.device import resolve_device  # noqa: E402
 
 
 def start(device: str = "cpu", **versions: str) -> dict:
@@ -46,6 +51,18 @@ def start(device: str = "cpu", **versions: str) -> dict:
     log(machine_line(machine) + "".join(f" | {k} {v}" for k, v in versions.items()))
     warn_if_busy(device, log)
     return machine
+
+
+def retry_while_busy(times: int, min_cpu_share: float = BUSY_CPU_SHARE):
+    """A ``retry`` for ``bench_train``: why to time the steps again while the last attempt's cpu share
+    (CPU time / (wall time x threads)) is below ``min_cpu_share``, at most ``times`` more times."""
+    def retry(attempts: list[dict]) -> str | None:
+        share = attempts[-1]["cpu_share"]
+        if share is None or share >= min_cpu_share or len(attempts) > times:
+            return None
+        return f"cpu share {share:.2f} < {min_cpu_share}: other processes took CPU"
+
+    return retry
 
 
 def data_dir() -> Path:

@@ -28,10 +28,11 @@ import time
 import harness
 import peers as peer_models
 import torch
+
 from gpt2lab.allocator import in_use as allocator_in_use
 from gpt2lab.bench import make_train_step, recipe_configs
-from gpt2lab.model import GPT
 from gpt2lab.device import autocast_for, device_type, resolve_dtype, set_backends
+from gpt2lab.model import GPT
 
 # First match wins; names are lower-cased aten ops, or inductor's cpp_fused_* kernels named after what they fuse.
 GROUPS = [
@@ -52,7 +53,7 @@ def group_of(name: str) -> str:
     return "elementwise and other"
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="gpt2")
     ap.add_argument("-B", "--batch", type=int, default=4)
@@ -68,8 +69,34 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--top", type=int, default=15, help="operators listed by self time (default 15)")
     ap.add_argument("--out", default=None, help="JSON file for the figures")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
+
+def profile(step, warmup: int, steps: int) -> dict:
+    """``warmup`` untimed steps, then ``steps`` under the profiler: wall seconds, each operator's and
+    each group's self seconds, minor page faults and system CPU seconds."""
+    for i in range(warmup):
+        harness.log(f"warm-up step {i + 1}/{warmup}: {step(i)[0]:.2f} s")
+    ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(warmup + i)
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    ops: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.self_cpu_time_total > 0:
+            ops[e.key] = ops.get(e.key, 0.0) + e.self_cpu_time_total / 1e6
+    groups: dict[str, float] = {}
+    for name, s in ops.items():
+        groups[group_of(name)] = groups.get(group_of(name), 0.0) + s
+    groups["outside operators"] = max(wall - sum(groups.values()), 0.0)
+    return {"wall_s": wall, "groups_s": groups, "minor_faults": ru1.ru_minflt - ru0.ru_minflt,
+            "system_cpu_s": ru1.ru_stime - ru0.ru_stime, "ops_s": ops}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     machine = harness.start("cpu")
     if args.compile == "on":
         import torch._inductor.config as inductor_config
@@ -79,46 +106,28 @@ def main() -> None:
     cfg, optim_cfg = recipe_configs(args.preset, args.seq_len, args.recipe)
     autocast = autocast_for(device_type(device), resolve_dtype(args.dtype, "cpu"))
     model = peer_models.peer_model(args.peer, args.peer_file)(cfg) if args.peer else GPT(cfg)
-    step = make_train_step(model, optim_cfg, cfg.vocab_size, args.batch, args.seq_len, device, autocast,
-                           args.compile == "on", seed=1337, n_batches=args.warmup + args.steps)
-    for i in range(args.warmup):
-        harness.log(f"warm-up step {i + 1}/{args.warmup}: {step(i)[0]:.2f} s")
+    step = make_train_step(model, optim_cfg, vocab_size=cfg.vocab_size, batch=args.batch, seq_len=args.seq_len,
+                           device=device, autocast=autocast, compile=args.compile == "on", seed=1337,
+                           n_batches=args.warmup + args.steps)
+    p = profile(step, args.warmup, args.steps)
+    wall, n = p["wall_s"], args.steps
 
-    ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for i in range(args.steps):
-            step(args.warmup + i)
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-
-    ops = {}
-    for e in prof.key_averages():
-        if e.self_cpu_time_total > 0:
-            ops[e.key] = ops.get(e.key, 0.0) + e.self_cpu_time_total / 1e6
-    groups: dict[str, float] = {}
-    for name, s in ops.items():
-        groups[group_of(name)] = groups.get(group_of(name), 0.0) + s
-    in_ops = sum(groups.values())
-    groups["outside operators"] = max(wall - in_ops, 0.0)
-    faults = ru1.ru_minflt - ru0.ru_minflt
-    sys_s = ru1.ru_stime - ru0.ru_stime
-
-    title = (f"{args.peer or 'gpt2lab'} {args.preset}{' (' + args.recipe + ')' if args.recipe else ''}, B={args.batch} x T={args.seq_len}, {args.dtype}, compile {args.compile}, "
-             f"allocator {allocator_in_use()}: {wall / args.steps:.2f} s a step ({args.steps} profiled)")
+    recipe = f" ({args.recipe})" if args.recipe else ""
+    title = (f"{args.peer or 'gpt2lab'} {args.preset}{recipe}, B={args.batch} x T={args.seq_len}, {args.dtype}, "
+             f"compile {args.compile}, allocator {allocator_in_use()}: {wall / n:.2f} s a step ({n} profiled)")
     print(f"\n{title}\n")
     print("| group | s a step | share |\n|---|---|---|")
-    for g, s in sorted(groups.items(), key=lambda kv: -kv[1]):
-        print(f"| {g} | {s / args.steps:.3f} | {s / wall:.1%} |")
-    print(f"\nminor page faults a step: {faults / args.steps:,.0f}; system CPU a step: {sys_s / args.steps:.2f} s "
-          f"(of {wall / args.steps:.2f} s wall, {torch.get_num_threads()} threads)\n")
+    for g, s in sorted(p["groups_s"].items(), key=lambda kv: -kv[1]):
+        print(f"| {g} | {s / n:.3f} | {s / wall:.1%} |")
+    print(f"\nminor page faults a step: {p['minor_faults'] / n:,.0f}; system CPU a step: "
+          f"{p['system_cpu_s'] / n:.2f} s (of {wall / n:.2f} s wall, {torch.get_num_threads()} threads)\n")
     print("| top operators by self time | group | s a step |\n|---|---|---|")
-    for name, s in sorted(ops.items(), key=lambda kv: -kv[1])[:args.top]:
-        print(f"| `{name[:70]}` | {group_of(name)} | {s / args.steps:.3f} |")
+    for name, s in sorted(p["ops_s"].items(), key=lambda kv: -kv[1])[:args.top]:
+        print(f"| `{name[:70]}` | {group_of(name)} | {s / n:.3f} |")
     if args.out:
         harness.write_results(args.out, machine, {
             "preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "dtype": args.dtype,
-            "compile": args.compile, "allocator": allocator_in_use(), "steps": args.steps, "wall_s": wall,
-            "groups_s": groups, "minor_faults": faults, "system_cpu_s": sys_s, "ops_s": ops})
+            "compile": args.compile, "allocator": allocator_in_use(), "steps": n, **p})
 
 
 if __name__ == "__main__":

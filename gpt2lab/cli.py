@@ -253,17 +253,17 @@ def _add_bench(sub) -> None:
         "matmul peak measured in the same run on the same device.",
     )
     p.add_argument("--preset", default="tiny",
-                   help="model preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, micro (default tiny)")
-    p.add_argument("--batch", "-B", type=POSITIVE, default=16, help="micro-batch (default 16)")
-    p.add_argument("--seq-len", "-T", type=POSITIVE, default=256, help="sequence length (default 256)")
+                   help="model preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, micro (default %(default)s)")
+    p.add_argument("--batch", "-B", type=POSITIVE, default=16, help="micro-batch (default %(default)s)")
+    p.add_argument("--seq-len", "-T", type=POSITIVE, default=256, help="sequence length (default %(default)s)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="autocast dtype; auto = bfloat16 where the hardware has it (default auto)")
+                   help="autocast dtype; auto = bfloat16 where the hardware has it (default %(default)s)")
     p.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                   help="torch.compile the model: off, on, or both side by side with their ratio (default off)")
-    p.add_argument("--steps", type=POSITIVE, default=5, help="timed steps, after --warmup (default 5)")
+                   help="torch.compile the model: off, on, or both side by side with their ratio (default %(default)s)")
+    p.add_argument("--steps", type=POSITIVE, default=5, help="timed steps, after --warmup (default %(default)s)")
     p.add_argument("--warmup", type=NON_NEGATIVE, default=2,
-                   help="untimed steps first; compilation happens here and its time is reported (default 2)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+                   help="untimed steps first; compilation happens here and its time is reported (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--compare", choices=["hf"], default=None,
                    help="also time transformers' GPT2LMHeadModel of the same shape, same step and protocol, "
                    "right after each case, and print gpt2lab's ratio to it")
@@ -272,7 +272,7 @@ def _add_bench(sub) -> None:
                    "(e.g. configs/speedrun.yaml) instead of the GPT-2 recipe; --preset sets the size")
     p.add_argument("--loss-chunk", type=NON_NEGATIVE, default=0, metavar="ROWS",
                    help="the chunked LM head and loss, ROWS rows of logits at a time, as train.loss_chunk "
-                   "(default 0: the whole logits)")
+                   "(default %(default)s: the whole logits)")
     p.add_argument("--json", action="store_true", help="print one JSON object per result instead of a table")
 
 

@@ -7,7 +7,10 @@
 - :func:`device_peak`: the peak a training run states its MFU against: ``train.peak_tflops`` when
   set, else the datasheet dense bf16 figure of a known GPU (:data:`KNOWN_BF16_PEAKS`) for a bf16 run,
   else a quick matmul measurement in the run's dtype (CPUs, other GPUs, fp32 runs);
-- :func:`memory_bytes`: what the process holds now (CUDA: allocated and its peak; CPU: RSS).
+- :func:`memory_bytes`: what the process holds now (CUDA: allocated and its peak; CPU: RSS);
+  :func:`reset_peak_memory` and :func:`peak_memory`: the high-water mark over a measurement;
+- :func:`describe_machine`, :func:`machine_line`, :func:`warn_if_busy`: where figures were measured,
+  recorded beside them (``gpt2lab bench`` and every script in ``benchmarks/``).
 
 MFU (model FLOPs utilisation) = ``model.flops_per_token(seq_len) * tokens/s / peak``.
 """
@@ -15,11 +18,13 @@ MFU (model FLOPs utilisation) = ``model.flops_per_token(seq_len) * tokens/s / pe
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import resource
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -85,6 +90,47 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name(device) if device_type(device) == "cuda" else cpu_info()[0]
 
 
+# Above this 1-minute load average other processes are likely to take CPU from a CPU benchmark.
+BUSY_LOAD = 0.5
+
+
+def load_average() -> float | None:
+    """1-minute load average of the machine (None where the OS has none): other work skews CPU timings."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def warn_if_busy(device: str, log: Callable[[str], None]) -> None:
+    """Say so when other work on the machine will lower CPU figures (a GPU benchmark barely notices)."""
+    load = load_average()
+    if device_type(device) == "cpu" and load is not None and load > BUSY_LOAD:
+        log(f"warning: 1-minute load average is {load:.2f}: if other processes are using the CPU, "
+            "the figures will be lower than this machine can do")
+
+
+def describe_machine(device: str = "cpu") -> dict:
+    """Where figures were measured: the device (a GPU's name, or the CPU's model and flags), threads,
+    cores, torch, host, and the load average now (so call it when the measurement starts)."""
+    if device_type(device) == "cuda":
+        about: dict = {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
+    else:
+        name, features = cpu_info()
+        about = {"device_name": name, "cpu_features": features}
+    return {"device": device, **about, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "host": platform.node(), "load_avg_1m_at_start": load_average()}
+
+
+def machine_line(m: dict) -> str:
+    """One line of :func:`describe_machine`'s answer, to print above figures."""
+    features = f" [{', '.join(m['cpu_features'])}]" if m.get("cpu_features") else ""
+    load = m.get("load_avg_1m_at_start")
+    load_text = f" | load avg {load:.2f} at start" if load is not None else ""
+    return (f"device: {m['device']} ({m['device_name']}){features}, {m['threads']} threads | torch {m['torch']} "
+            f"| host {m['host']}{load_text}")
+
+
 # --- matmul peak -----------------------------------------------------------------------------
 
 # Square matmul sizes tried for the peak; the best rate over all of them counts. On 2 Sapphire
@@ -140,7 +186,7 @@ def known_bf16_peak(device_name: str) -> tuple[float, str] | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _measured(device: str, dtype: torch.dtype) -> tuple[float, int]:
     return matmul_peak(device, dtype, QUICK_SIZES[device_type(device)], QUICK_REPEATS)
 
@@ -170,7 +216,8 @@ def memory_bytes(device: str) -> dict:
     """Memory of this process now: CUDA ``mem_bytes`` (allocated) and ``mem_peak_bytes`` (its high-water
     mark); CPU ``mem_bytes`` (resident set) and ``mem_peak_bytes`` (max resident set)."""
     if device_type(device) == "cuda":
-        return {"mem_bytes": torch.cuda.memory_allocated(device), "mem_peak_bytes": torch.cuda.max_memory_allocated(device)}
+        return {"mem_bytes": torch.cuda.memory_allocated(device),
+                "mem_peak_bytes": torch.cuda.max_memory_allocated(device)}
     rss = 0
     try:
         with open("/proc/self/statm") as f:
@@ -179,3 +226,33 @@ def memory_bytes(device: str) -> dict:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return {"mem_bytes": rss or peak, "mem_peak_bytes": peak}
+
+
+def reset_peak_memory(device: str) -> bool:
+    """Count the memory high-water mark from here (CUDA; on a CPU, Linux's peak RSS, reset through
+    /proc/self/clear_refs). False where it cannot be reset: :func:`peak_memory` then gives the process's."""
+    if device_type(device) == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(device: str, reset: bool) -> tuple[int, str]:
+    """(bytes, what they are): the high-water mark since :func:`reset_peak_memory` (which gave ``reset``)."""
+    if device_type(device) == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+    if reset:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024, "process peak RSS during this benchmark (VmHWM)"
+        except (OSError, ValueError, IndexError):
+            pass
+    return memory_bytes("cpu")["mem_peak_bytes"], "process max RSS since start (getrusage)"

@@ -343,8 +343,8 @@ def make_train_step(model: torch.nn.Module, optim_cfg: OptimConfig, vocab_size: 
 
     def one_step(i: int) -> tuple[float, float]:
         def step() -> float:
-            loss, norm = train_step(train_model, model, optimizer, iter([batches[i % n_batches]]), 1, autocast,
-                                    clip, info, loss_chunk)
+            loss, norm = train_step(train_model, model, optimizer, iter([batches[i % n_batches]]), accum=1,
+                                    autocast=autocast, clip=clip, info=info, loss_chunk=loss_chunk)
             norm.item()  # the training loop reads both back every step too
             return loss.item()
         return timed(step, device)

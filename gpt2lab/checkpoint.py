@@ -1,19 +1,9 @@
-"""Checkpoints and the layout of a run folder: written atomically, loaded without unpickling code.
+"""Checkpoints: written atomically, verified by their checksums, loaded without unpickling code.
 
-This module owns every file and folder name of a run::
-
-    RUN_DIR/config.yaml            the resolved config (RUN_CONFIG)
-    RUN_DIR/metrics.jsonl          one record per line (METRICS_FILE; metrics.py writes it)
-    RUN_DIR/environment.json       what the run ran on: packages, git commit, device and peak, command (ENV_FILE)
-    RUN_DIR/status.json            running/finished/stopped, pid and host, heartbeat time (STATUS_FILE)
-    RUN_DIR/plot.png               the plot of `gpt2lab report --markdown` (PLOT_FILE)
-    RUN_DIR/tb/                    TensorBoard events (TB_DIR)
-    RUN_DIR/wandb/                 Weights & Biases files, and the wandb run id (WANDB_DIR, WANDB_ID_FILE)
-    RUN_DIR/evals/step_N.json      what was evaluated at step N (EVALS_DIR)
-    RUN_DIR/checkpoints/step_N/    the checkpoints (CHECKPOINTS_DIR)
-
-and :class:`Checkpointer` is what the training loop asks "save now?" and what restores all
-training state (model, optimizer, data position, RNG) on resume.
+This module is the only one that writes checkpoints (tests/test_imports.py checks); the names of
+their files, and of everything else in a run folder, are in layout.py. :class:`Checkpointer` is
+what the training loop asks "save now?" and what restores all training state (model, optimizer,
+data position, RNG) on resume.
 
 A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
 
@@ -44,20 +34,19 @@ import errno
 import json
 import math
 import os
-import re
 import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-import numpy as np
-
 from .config import Config, from_dict
+from .device import device_type
 from .distributed import (
     DistInfo,
     broadcast_object,
@@ -70,29 +59,23 @@ from .distributed import (
 )
 from .errors import UserError, brief
 from .fileio import check_folder_path, file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
+from .layout import (
+    CHECKPOINTS_DIR,
+    CHECKSUMS_FILE,
+    CONFIG_FILE,
+    DAMAGED_PREFIX,
+    DCP_DIR,
+    MODEL_FILE,
+    RUN_CONFIG,
+    STATE_FILE,
+    checkpoint_name,
+    step_of,
+)
 from .model import GPT
 from .optim import group_settings, restore_group_settings
-from .device import device_type
 from .tokenizer import COPY_DIR, Tokenizer, copy_folder, load_tokenizer
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
-STATE_FILE = "train_state.pt"
-DCP_DIR = "dcp"
-CHECKSUMS_FILE = "checksums.json"
-CHECKPOINTS_DIR = "checkpoints"  # in a run folder
-RUN_CONFIG = CONFIG_FILE  # a run folder's resolved config has a checkpoint's config's name
-METRICS_FILE = "metrics.jsonl"
-TB_DIR = "tb"
-ENV_FILE = "environment.json"
-STATUS_FILE = "status.json"
-PLOT_FILE = "plot.png"  # written by `gpt2lab report --markdown`
-WANDB_DIR = "wandb"
-WANDB_ID_FILE = "gpt2lab_run_id"
-EVALS_DIR = "evals"
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight (unless model.tie_head is false)
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-DAMAGED_PREFIX = "damaged-"  # a checkpoint --resume found damaged is renamed to damaged-step_N
 
 
 class DamagedCheckpoint(UserError):
@@ -120,7 +103,8 @@ def read_model_file(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path), device=device)
     except (SafetensorError, OSError) as e:
-        raise UserError(f"{path}: cannot read model weights ({e}); the file is damaged or not a gpt2lab checkpoint") from None
+        raise UserError(f"{path}: cannot read model weights ({e}); the file is damaged or not a gpt2lab "
+                        "checkpoint") from None
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise UserError(f"{path}: the weights hold NaN or Inf values ({name}); this checkpoint is unusable: "
@@ -148,6 +132,7 @@ def save_checkpoint(
     model: GPT | dict,
     cfg: Config,
     train_state: dict,
+    *,
     keep: int = 0,
     sharded_state: dict | None = None,
     dist_info=None,
@@ -162,43 +147,19 @@ def save_checkpoint(
     main = dist_info is None or dist_info.is_main
     together = dist_info is not None and dist_info.enabled
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
-    final = ckpt_root / f"step_{step:08d}"
-    tmp = ckpt_root / f".tmp-step_{step:08d}"
+    tmp = ckpt_root / f".tmp-{checkpoint_name(step)}"
     failed = None  # what went wrong on rank 0, told to every rank so that all stop together
     try:
         if main:
-            ckpt_root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
+            _empty_folder(tmp)
         if together:
             dist.barrier()  # the temporary folder exists before anyone writes into it
         if sharded_state is not None:
-            import torch.distributed.checkpoint as dcp
-
-            with warnings.catch_warnings():  # one process: DCP warns that it saves without a process group, as meant
-                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-                # a collective when several processes run; the files are fsynced
-                dcp.save(sharded_state, checkpoint_id=str(tmp / DCP_DIR), no_dist=not dist.is_initialized())
+            _save_shards(sharded_state, tmp / DCP_DIR)
         if main:
-            try:
-                save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
-                (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
-                torch.save({**train_state, "step": step}, tmp / STATE_FILE)
-                copy_folder(load_tokenizer(cfg.data.tokenizer), tmp / COPY_DIR)
-                for path in [tmp / MODEL_FILE, tmp / CONFIG_FILE, tmp / STATE_FILE, *sorted((tmp / COPY_DIR).glob("*"))]:
-                    fsync_path(path)
-                write_checksums(tmp)  # last: a folder with checksums has all its files
-            except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a full disk as RuntimeError
-                failed = _save_failure(tmp, e, model, train_state)
-            else:
-                replace_dir(tmp, final, aside=ckpt_root / f".old-step_{step:08d}")  # re-saving a step replaces it whole
-                fsync_path(ckpt_root)
-                if keep > 0:  # the newest is the one just written, verified: an intact one always stays
-                    for old in list_checkpoints(run_dir)[:-keep]:
-                        shutil.rmtree(old, ignore_errors=True)
-                for stale in ckpt_root.glob(".tmp-*"):  # left by a run killed while saving
-                    shutil.rmtree(stale, ignore_errors=True)
+            failed = _write_files(tmp, step, model, cfg, train_state)
+            if failed is None:
+                _put_in_place(tmp, Path(run_dir), step, keep)
     except BaseException:  # interrupted (a second signal) or failed elsewhere: never leave a partial folder
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -207,7 +168,63 @@ def save_checkpoint(
         failed = broadcast_object(failed, dist_info)
     if failed:
         raise UserError(failed)
-    return final if main else None
+    return ckpt_root / checkpoint_name(step) if main else None
+
+
+def _empty_folder(folder: Path) -> None:
+    """``folder`` created empty (what a save killed half way left there is removed)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+
+
+def _save_shards(state: dict, folder: Path) -> None:
+    """Every process writes its shards of ``state`` into ``folder`` with torch.distributed.checkpoint (a collective
+    when several processes run; the files are fsynced)."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # one process: DCP warns that it saves without a process group, as meant
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
+
+
+def _write_files(tmp: Path, step: int, model: GPT | dict, cfg: Config, train_state: dict) -> str | None:
+    """Rank 0: a checkpoint's files into ``tmp``, fsynced, checksums last (a folder with checksums has all its
+    files). None when written, else what failed (the folder is then removed)."""
+    try:
+        save_model_file(model, tmp / MODEL_FILE, {"format": "gpt2lab", "step": str(step)})
+        (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
+        torch.save({**train_state, "step": step}, tmp / STATE_FILE)
+        copy_folder(load_tokenizer(cfg.data.tokenizer), tmp / COPY_DIR)
+        for path in [tmp / MODEL_FILE, tmp / CONFIG_FILE, tmp / STATE_FILE, *sorted((tmp / COPY_DIR).glob("*"))]:
+            fsync_path(path)
+        write_checksums(tmp)
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a full disk as RuntimeError
+        return _save_failure(tmp, e, model, train_state)
+    return None
+
+
+def _put_in_place(tmp: Path, run_dir: Path, step: int, keep: int) -> None:
+    """Rename the written ``tmp`` to checkpoint ``step`` (re-saving a step replaces it whole), then drop the
+    checkpoints past the newest ``keep`` (0: none) and the temporary folders of killed saves."""
+    ckpt_root = run_dir / CHECKPOINTS_DIR
+    replace_dir(tmp, ckpt_root / checkpoint_name(step), aside=ckpt_root / f".old-{checkpoint_name(step)}")
+    fsync_path(ckpt_root)
+    if keep > 0:  # the newest is the one just written, verified: an intact one always stays
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob(".tmp-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def save_model_checkpoint(folder: Path, model: GPT, cfg: Config, metadata: dict[str, str]) -> None:
+    """A checkpoint of weights only (no training state; what ``convert from-hf`` makes) into ``folder``, which
+    the caller renames into place: the model file, the config, then the checksums of every file in the folder
+    (a tokenizer copy put there first included)."""
+    save_model_file(model, folder / MODEL_FILE, metadata)
+    (folder / CONFIG_FILE).write_text(cfg.to_yaml())
+    write_checksums(folder)
 
 
 def _save_failure(tmp: Path, err: Exception, model, train_state: dict) -> str:
@@ -269,7 +286,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(step, p) for p in root.iterdir() if (step := step_of(p.name)) is not None and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
@@ -361,9 +378,9 @@ def check_train_state(state, ckpt: Path) -> None:
     step = state["step"]
     if type(step) is not int or step < 0:
         raise bad(f"step {brief(step)} is not a count of steps")
-    m = _STEP_DIR.match(Path(ckpt).name)
-    if m and int(m.group(1)) != step:
-        raise bad(f"step {step} differs from the folder's step {int(m.group(1))}")
+    folder_step = step_of(Path(ckpt).name)
+    if folder_step is not None and folder_step != step:
+        raise bad(f"step {step} differs from the folder's step {folder_step}")
     if not isinstance(state["loader"], dict):
         raise bad("the data loader state is not a dict")
     rng = state["rng"]
@@ -382,7 +399,8 @@ def _label(v) -> str:
 
 
 def _is_rng(t, numel: int | None = None) -> bool:
-    return isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 and (numel is None or t.numel() == numel)
+    return (isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
+            and (numel is None or t.numel() == numel))
 
 
 def check_optimizer_state(saved, optimizer, path: Path) -> None:
@@ -421,16 +439,6 @@ def check_optimizer_state(saved, optimizer, path: Path) -> None:
                     raise bad(f"{_label(name)} of parameter {brief(pid)} holds NaN or Inf")
 
 
-def eval_record_path(run_dir: str | os.PathLike, step: int) -> Path:
-    return Path(run_dir) / EVALS_DIR / f"step_{step:08d}.json"
-
-
-def eval_record_step(path: Path) -> int | None:
-    """The step of an eval record file, or None for a file of another name."""
-    text = path.stem.partition("_")[2]
-    return int(text) if path.stem.startswith("step_") and text.isdigit() else None
-
-
 def _rng_state(device: str) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device_type(device) == "cuda":
@@ -462,8 +470,7 @@ class Checkpointer:
     @property
     def saved_step(self) -> int | None:
         """The step of the checkpoint this run last wrote or resumed from."""
-        m = _STEP_DIR.match(self.last_saved.name) if self.last_saved else None
-        return int(m.group(1)) if m else None
+        return step_of(self.last_saved.name) if self.last_saved else None
 
     def checkpoints(self) -> list[Path]:
         """The run's complete checkpoints, oldest first, as rank 0 sees them (the same list on every rank)."""
@@ -496,7 +503,8 @@ class Checkpointer:
     def start(self, cfg: Config) -> None:
         """Rank 0: the run folder with its resolved config (written anew at every start and resume)."""
         if self.info.is_main:
-            check_folder_path(self.run_dir / CHECKPOINTS_DIR, "config key 'train.run_dir'")  # now, not at the first save
+            # now, not at the first save
+            check_folder_path(self.run_dir / CHECKPOINTS_DIR, "config key 'train.run_dir'")
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.run_dir / RUN_CONFIG, cfg.to_yaml())
@@ -549,13 +557,15 @@ class Checkpointer:
         """
         path = self.resume_point(log)
         saved = load_checkpoint_config(path)
-        if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:  # dropout may change; shape may not
+        # dropout may change; the shape may not
+        if dataclasses.replace(saved.model, dropout=cfg.model.dropout) != cfg.model:
             raise UserError(f"--resume: {path} holds a different model ({saved.model}); set the same model.* keys")
         state = load_train_state(path)
         check_train_state(state, path)
         dcp_dir = path / DCP_DIR
         if not dcp_dir.is_dir() and "optimizer" not in state:
-            raise UserError(f"--resume: {path} has neither {DCP_DIR}/ nor optimizer state; the checkpoint is incomplete")
+            raise UserError(f"--resume: {path} has neither {DCP_DIR}/ nor optimizer state; the checkpoint is "
+                            "incomplete")
         if "optimizer" in state:
             check_optimizer_state(state["optimizer"], optimizer, path / STATE_FILE)
         own = group_settings(optimizer)

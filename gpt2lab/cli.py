@@ -333,7 +333,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .checkpoint import RUN_CONFIG
+    from .layout import RUN_CONFIG
     from .config import load_config
     from .train import train
 
@@ -478,7 +478,7 @@ def cmd_tokenizer(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .checkpoint import ENV_FILE, PLOT_FILE
+    from .layout import ENV_FILE, PLOT_FILE
     from .evals.report import eval_history, format_history
     from .runinfo import environment_lines, read_json, report_markdown, run_row
 

@@ -15,9 +15,9 @@ import os
 import secrets
 from pathlib import Path
 
-from .checkpoint import EVALS_DIR, METRICS_FILE, TB_DIR, WANDB_DIR, WANDB_ID_FILE, eval_record_path, eval_record_step
 from .errors import UserError
 from .fileio import write_atomic, write_json_atomic, write_jsonl_atomic
+from .layout import EVALS_DIR, METRICS_FILE, TB_DIR, WANDB_DIR, WANDB_ID_FILE, eval_record_path, eval_record_step
 
 
 class MetricsWriter:
@@ -30,7 +30,8 @@ class MetricsWriter:
         self.console = console
         self.path = self.run_dir / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", buffering=1)  # line-buffered: a killed run loses no whole line
+        # line-buffered: a killed run loses no whole line; open for the run's life, closed by close()
+        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
         if self._file.tell() and not _ends_a_line(self.path):  # a line torn by a crash: the next record starts anew
             self._file.write("\n")
         self._tb = None
@@ -88,7 +89,8 @@ def _start_wandb(run_dir: Path, kwargs: dict):
         return wandb.init(dir=str(run_dir), id=run_id, resume="allow", **kwargs)
     except wandb.errors.Error as e:  # not logged in, bad project name, no network in online mode
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"wandb could not start ({first}); check train.wandb_* or set train.wandb_mode=offline") from None
+        raise UserError(f"wandb could not start ({first}); check train.wandb_* or set "
+                        "train.wandb_mode=offline") from None
 
 
 def _jsonable(v):

@@ -184,7 +184,7 @@ class MuonAdamW(torch.optim.Optimizer):
     on every rank alike, and each rank keeps its own rows of it.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
+    def __init__(self, params, *, lr: float = 1e-3, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5, fused: bool = False):
         # fused is a group setting, as in torch's AdamW: load_state_dict puts a fused group's step
         # counts on the parameters' device by it
@@ -220,7 +220,8 @@ class MuonAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - mom)  # buf = mom * buf + (1 - mom) * grad
             update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
-            if isinstance(update, DTensor):  # FSDP2 holds a shard: gather the whole matrix (in the same order on every rank)
+            # FSDP2 holds a shard: gather the whole matrix (in the same order on every rank)
+            if isinstance(update, DTensor):
                 update = update.full_tensor()
             by_shape[tuple(p.shape)].append((p, update))
         for (rows, cols), items in by_shape.items():

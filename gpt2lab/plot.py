@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .errors import UserError
 from .fileio import check_folder_path, write_atomic
-from .metrics import METRICS_FILE, read_metrics
+from .layout import METRICS_FILE
+from .metrics import read_metrics
 from .progress import fmt_count
 
 # (label, accuracy): HellaSwag acc_norm figures the panel draws as horizontal lines.
@@ -61,38 +62,66 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
     labels = list(labels) if labels else _labels(runs)
     if len(labels) != len(runs):
         raise UserError(f"{len(labels)} labels for {len(runs)} runs")
+    plt = _pyplot()
+    out = _checked_out(out) if out is not None else None  # before any drawing
+    data = [run_curves(r) for r in runs]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # one tokens axis for all panels
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, curves) in enumerate(zip(labels, data)):
+        _draw_run(axes.flat, curves, label, colors[i % len(colors)])
+    _finish_panels(axes.flat, log_x)
+    fig.tight_layout()
+    if out is not None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=80)
+        write_atomic(out, buf.getvalue())
+    return fig
+
+
+def _pyplot():
+    """matplotlib.pyplot with the Agg backend (no display needed); a UserError when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
     except ImportError:
         raise UserError("plotting needs matplotlib: pip install 'gpt2lab[plot]'") from None
-    if out is not None:  # before any drawing
-        from matplotlib.backend_bases import FigureCanvasBase
+    return plt
 
-        out = Path(out)
-        kinds = FigureCanvasBase.get_supported_filetypes()
-        if (out.suffix.lstrip(".").lower() or "png") not in kinds:  # no suffix: PNG
-            raise UserError(f"{out}: matplotlib cannot write {out.suffix} files; name it .png, .svg, .pdf "
-                            f"(or {', '.join('.' + k for k in sorted(kinds) if k not in ('png', 'svg', 'pdf'))})")
-        check_folder_path(out.parent, str(out))
-    data = [run_curves(r) for r in runs]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # one tokens axis for all panels
-    ax_loss, ax_lr, ax_hs, ax_lam = axes.flat
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, c) in enumerate(zip(labels, data)):
-        color = colors[i % len(colors)]
-        if c["train"]:
-            ax_loss.plot(*zip(*c["train"]), color=color, lw=0.8, alpha=0.6, label=f"{label} train")
-        if c["val"]:
-            ax_loss.plot(*zip(*c["val"]), color=color, lw=1.8, marker="o", ms=4, label=f"{label} val")
-        if c["lr"]:
-            ax_lr.plot(*zip(*c["lr"]), color=color, lw=1.5, label=label)
-        for ax, key in ((ax_hs, "hellaswag"), (ax_lam, "lambada")):
-            if c[key]:
-                ax.plot(*zip(*c[key]), color=color, lw=1.5, marker="o", ms=4, label=label)
+
+def _checked_out(out: str | os.PathLike) -> Path:
+    """``out`` as a Path, refused when matplotlib cannot write its kind of file or its folder cannot be made."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out)
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if (out.suffix.lstrip(".").lower() or "png") not in kinds:  # no suffix: PNG
+        raise UserError(f"{out}: matplotlib cannot write {out.suffix} files; name it .png, .svg, .pdf "
+                        f"(or {', '.join('.' + k for k in sorted(kinds) if k not in ('png', 'svg', 'pdf'))})")
+    check_folder_path(out.parent, str(out))
+    return out
+
+
+def _draw_run(axes, curves: dict, label: str, color) -> None:
+    """One run's curves into the four panels (loss, lr, hellaswag, lambada), in one colour."""
+    ax_loss, ax_lr, ax_hs, ax_lam = axes
+    if curves["train"]:
+        ax_loss.plot(*zip(*curves["train"]), color=color, lw=0.8, alpha=0.6, label=f"{label} train")
+    if curves["val"]:
+        ax_loss.plot(*zip(*curves["val"]), color=color, lw=1.8, marker="o", ms=4, label=f"{label} val")
+    if curves["lr"]:
+        ax_lr.plot(*zip(*curves["lr"]), color=color, lw=1.5, label=label)
+    for ax, key in ((ax_hs, "hellaswag"), (ax_lam, "lambada")):
+        if curves[key]:
+            ax.plot(*zip(*curves[key]), color=color, lw=1.5, marker="o", ms=4, label=label)
+
+
+def _finish_panels(axes, log_x: bool) -> None:
+    """Reference lines, titles, axes and legends of the four panels, once every run is drawn."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax_loss, ax_lr, ax_hs, ax_lam = axes
     for name, value in HELLASWAG_REFERENCES:
         ax_hs.axhline(value, color="gray", lw=1, ls="--" if "GPT-2" in name else ":", label=f"{name} ({value})")
     ax_hs.axhline(0.25, color="lightgray", lw=1, label="chance (0.25)")
@@ -115,12 +144,6 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
     for ax in (ax_hs, ax_lam):
         ax.set_xlabel("tokens seen")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    fig.tight_layout()
-    if out is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=80)
-        write_atomic(out, buf.getvalue())
-    return fig
 
 
 def _labels(runs) -> list[str]:

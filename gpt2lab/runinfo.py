@@ -18,6 +18,7 @@ host (a shared filesystem), running means a heartbeat younger than STALE_S secon
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -32,11 +33,11 @@ from pathlib import Path
 
 from . import __version__
 from .allocator import in_use as allocator_in_use
-from .checkpoint import (CHECKPOINTS_DIR, ENV_FILE, METRICS_FILE, RUN_CONFIG, STATUS_FILE, list_checkpoints,
-                         load_checkpoint_config)
+from .checkpoint import list_checkpoints, load_checkpoint_config
 from .config import MODEL_PRESETS
 from .errors import UserError
 from .fileio import file_sha256, write_json_atomic
+from .layout import CHECKPOINTS_DIR, ENV_FILE, METRICS_FILE, RUN_CONFIG, STATUS_FILE, step_of
 from .metrics import read_metrics
 from .progress import fmt_count, fmt_time
 
@@ -53,10 +54,8 @@ def package_versions() -> dict:
     """Installed versions of gpt2lab's dependencies (those not installed are left out)."""
     out = {"python": platform.python_version(), "gpt2lab": __version__}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # not installed: left out
             out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -123,14 +122,16 @@ def read_json(path: Path) -> dict | None:
 def environment_lines(env: dict) -> list[str]:
     """The environment as ``key: value`` lines for ``gpt2lab report``."""
     git = env.get("git")
-    git_text = "not a git checkout" if not git else git["commit"][:12] + (" (uncommitted changes)" if git.get("dirty") else "")
+    git_text = "not a git checkout" if not git else (
+        git["commit"][:12] + (" (uncommitted changes)" if git.get("dirty") else ""))
     pk = env.get("packages", {})
     lines = [
         f"command: {env.get('command')}",
         f"started: {env.get('started')} at step {env.get('start_step')} on {env.get('host')} (cwd {env.get('cwd')})",
         f"gpt2lab: {pk.get('gpt2lab')}, git {git_text}",
         "packages: " + ", ".join(f"{k} {v}" for k, v in pk.items() if k != "gpt2lab"),
-        f"device: {env.get('device')} ({env.get('device_name')}), {env.get('dtype')}, world size {env.get('world_size')}"
+        f"device: {env.get('device')} ({env.get('device_name')}), {env.get('dtype')}, "
+        f"world size {env.get('world_size')}"
         + (f", allocator {env['allocator']}" if env.get("allocator") else ""),
         f"MFU peak: {env.get('peak_source')}",
         f"data: {env.get('data_dir')} (manifest sha256 {env.get('data_manifest_sha256')})",
@@ -170,10 +171,8 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._done.wait(self.every):
-            try:
+            with contextlib.suppress(OSError):  # a full disk: the training will say so itself
                 self._write()
-            except OSError:  # a full disk: the training will say so itself
-                pass
 
     def update(self, step: int) -> None:
         self.state["step"] = step
@@ -326,7 +325,7 @@ def run_figures(run_dir: str | os.PathLike) -> dict:
 
     val = {r["step"]: r.get("val_loss") for r in records if r.get("kind") == "val"}
     kept = list_checkpoints(run_dir)
-    scored = [(val[int(p.name.split("_")[1])], p) for p in kept if isinstance(val.get(int(p.name.split("_")[1])), float)]
+    scored = [(val[step_of(p.name)], p) for p in kept if isinstance(val.get(step_of(p.name)), float)]
     best = min(scored)[1] if scored else (kept[-1] if kept else None)
     return {"train_seconds": seconds, "tok_per_s": median("tok_per_s"), "mfu": median("mfu"),
             "best_checkpoint": str(best) if best else None,

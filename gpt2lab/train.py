@@ -7,7 +7,8 @@ run folder, metrics) and **run** (the loop). Per optimizer step: set the learnin
 under DDP or FSDP2 gradients are synchronised on the last micro-batch only), clip the gradient
 norm, step AdamW. Then the checkpointer and the evaluators (validation loss, HellaSwag, LAMBADA,
 samples; see evals/during_training.py) run when due. Only rank 0 prints and writes metrics; the parallel
-wrapping (DDP, FSDP2) lives in distributed.py, the run folder's files in checkpoint.py.
+wrapping (DDP, FSDP2) lives in distributed.py, checkpoints in checkpoint.py, the run folder's file names in
+layout.py.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,7 @@ from .checkpoint import Checkpointer, load_checkpoint_config
 from .config import Config, validate
 from .data.loader import TokenLoader
 from .data.prepare import check_data_tokenizer
+from .device import autocast_for, device_type, resolve_dtype, set_backends, synchronize
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -50,7 +52,6 @@ from .optim import build_optimizer, lr_at, set_lr
 from .perf import device_name, device_peak, memory_bytes, mfu
 from .progress import Clock, SpikeWatch, TrainConsole, live_wanted
 from .runinfo import Heartbeat, environment, write_environment
-from .device import autocast_for, device_type, resolve_dtype, set_backends, synchronize
 from .tokenizer import check_same, load_tokenizer
 from .weights import load_pretrained, model_tokenizer
 
@@ -251,7 +252,8 @@ class Trainer:
             summary["tok_per_s"] = self.tokens_per_step * clock.timed_steps / clock.timed_seconds
         if self.skipped:
             summary["skipped_steps"] = self.skipped
-        self.close(stopped=f"stopped by {summary['stopped']} after step {summary['steps']}" if "stopped" in summary else "")
+        stopped = f"stopped by {summary['stopped']} after step {summary['steps']}" if "stopped" in summary else ""
+        self.close(stopped=stopped)
         if self.info.enabled:  # rank 0 may still be sampling or (FSDP2) scoring alone: the group must outlive that
             dist.barrier()
         return summary
@@ -264,8 +266,9 @@ class Trainer:
                    for _ in range(self.accum))
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         try:
-            loss, norm = train_step(self.train_model, self.model, self.optimizer, batches, self.accum,
-                                    self.train_autocast, clip, self.info, cfg.train.loss_chunk)
+            loss, norm = train_step(self.train_model, self.model, self.optimizer, batches, accum=self.accum,
+                                    autocast=self.train_autocast, clip=clip, info=self.info,
+                                    loss_chunk=cfg.train.loss_chunk)
         except Exception as e:
             if cfg.train.compile and step == self.start_step and type(e).__module__.startswith(
                     ("torch._dynamo", "torch._inductor")):
@@ -385,7 +388,7 @@ class StopSignals:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -425,7 +428,7 @@ class Aborted(KeyboardInterrupt):
                 "is discarded, the previous one is intact")
 
 
-def train_step(train_model, model, optimizer, batches, accum: int, autocast, clip: float, info: DistInfo,
+def train_step(train_model, model, optimizer, batches, *, accum: int, autocast, clip: float, info: DistInfo,
                loss_chunk: int = 0):
     """One optimizer step over ``accum`` micro-batches; returns (mean loss, grad norm before clipping).
 
@@ -438,7 +441,8 @@ def train_step(train_model, model, optimizer, batches, accum: int, autocast, cli
     optimizer.zero_grad(set_to_none=True)
     loss_sum = None
     for micro, (x, y) in enumerate(batches):
-        sync = not info.enabled or micro == accum - 1  # all-reduce/reduce-scatter gradients on the last micro-batch only
+        # all-reduce/reduce-scatter gradients on the last micro-batch only
+        sync = not info.enabled or micro == accum - 1
         with grad_sync(train_model, sync):
             with autocast:
                 _, loss = train_model(x, y, loss_chunk=loss_chunk, return_logits=False)

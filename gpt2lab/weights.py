@@ -101,14 +101,11 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
     model = load_pretrained(src)
     tok = recorded_tokenizer(src)
     with atomic_dir(out, overwrite) as tmp:
-        checkpoint.save_model_file(model, tmp / checkpoint.MODEL_FILE,
-                                   {"format": "gpt2lab", "source": f"transformers:{src}"})
         cfg = Config(model=model.config)
         if tok is not None and tok.folder is not None:
             copy_folder(tok, tmp / COPY_DIR)  # the checkpoint's copy is the one it uses (checkpoint.checkpoint_tokenizer)
             cfg.data.tokenizer = str(Path(out).resolve() / COPY_DIR)
-        (tmp / checkpoint.CONFIG_FILE).write_text(cfg.to_yaml())
-        checkpoint.write_checksums(tmp)
+        checkpoint.save_model_checkpoint(tmp, model, cfg, {"format": "gpt2lab", "source": f"transformers:{src}"})
     return Path(out)
 
 

@@ -49,8 +49,9 @@ def one_step(model: GPT, x, y, device: str, autocast, train_model=None) -> tuple
     """One real training step (gpt2lab.train.train_step); (loss, grad norm, gradients by name)."""
     model.train()
     opt = build_optimizer(model, from_dict({}).optim, device)
-    loss, norm = train_step(model if train_model is None else train_model, model, opt, iter([(x.to(device), y.to(device))]), 1, autocast, 1.0,
-                            DistInfo(device=device))
+    loss, norm = train_step(model if train_model is None else train_model, model, opt,
+                            iter([(x.to(device), y.to(device))]), accum=1, autocast=autocast, clip=1.0,
+                            info=DistInfo(device=device))
     grads = {n: p.grad.float().cpu() for n, p in model.named_parameters() if p.grad is not None}
     return loss.item(), norm.item(), grads
 
@@ -164,8 +165,10 @@ def test_fsdp2_mixed_precision_on_one_device(process_group, tmp_path):
     info = DistInfo(device=DEVICE)
     for step in range(3):
         x, y = (t.to(DEVICE) for t in batch(plain, seed=step))
-        lp, _ = train_step(plain, plain, opts[0], iter([(x, y)]), 1, autocast_for(DEVICE, BF16), 1.0, info)
-        ls, _ = train_step(sharded, sharded, opts[1], iter([(x, y)]), 1, contextlib.nullcontext(), 1.0, info)
+        lp, _ = train_step(plain, plain, opts[0], iter([(x, y)]), accum=1, autocast=autocast_for(DEVICE, BF16), clip=1.0,
+                           info=info)
+        ls, _ = train_step(sharded, sharded, opts[1], iter([(x, y)]), accum=1, autocast=contextlib.nullcontext(),
+                           clip=1.0, info=info)
         assert abs(ls.item() - lp.item()) < 0.01 * lp.item(), (step, ls.item(), lp.item())
     full, ref = full_state_dict(sharded), plain.state_dict()
     assert all(full[k].dtype == torch.float32 for k in full)  # master weights stay fp32

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt2lab import checkpoint as ckpt
+from gpt2lab import layout
 from gpt2lab.cli import main
 from gpt2lab.errors import UserError
 from gpt2lab.train import train
@@ -62,12 +63,12 @@ def one_line(rc: int, err: str) -> str:
 
 def test_every_checkpoint_file_has_a_checksum(run):
     for folder in ckpt.list_checkpoints(run):
-        sums = json.loads((folder / ckpt.CHECKSUMS_FILE).read_text())["sha256"]
-        assert sorted(sums) == sorted([ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.STATE_FILE])
+        sums = json.loads((folder / layout.CHECKSUMS_FILE).read_text())["sha256"]
+        assert sorted(sums) == sorted([layout.MODEL_FILE, layout.CONFIG_FILE, layout.STATE_FILE])
         assert ckpt.verify_checkpoint(folder) is True
 
 
-@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE, ckpt.CHECKSUMS_FILE])
+@pytest.mark.parametrize("name", [layout.MODEL_FILE, layout.STATE_FILE, layout.CONFIG_FILE, layout.CHECKSUMS_FILE])
 def test_a_flipped_byte_in_any_file_is_found(run, name):
     folder = ckpt.list_checkpoints(run)[-1]
     flip_byte(folder / name)
@@ -77,7 +78,7 @@ def test_a_flipped_byte_in_any_file_is_found(run, name):
 
 
 def test_sample_and_eval_refuse_flipped_weights(run, small_shards, capsys):
-    path = ckpt.list_checkpoints(run)[-1] / ckpt.MODEL_FILE
+    path = ckpt.list_checkpoints(run)[-1] / layout.MODEL_FILE
     flip_byte(path)  # safetensors still parses it: only the checksum tells
     assert load_file(str(path))  # readable: without checksums the altered weights would be used
     for args in (["sample", run, "--max-new-tokens", "2", "--device", "cpu"],
@@ -86,7 +87,7 @@ def test_sample_and_eval_refuse_flipped_weights(run, small_shards, capsys):
         assert f"{path} differs from its sha256" in line
 
 
-@pytest.mark.parametrize("damaged, init_from", [(ckpt.STATE_FILE, False), ("config.yaml", True)],
+@pytest.mark.parametrize("damaged, init_from", [(layout.STATE_FILE, False), ("config.yaml", True)],
                          ids=["state", "config-with-init_from"])
 def test_resume_skips_a_damaged_newest_checkpoint(run, small_shards, done_run, damaged, init_from):
     """With train.init_from too, whose resume reads the newest checkpoint's config.yaml for the model's shape."""
@@ -110,7 +111,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(run, small_shards, done_run, d
 def test_a_checkpoint_without_checksums_still_loads(run):
     """Checkpoints written before checksums existed (and hand-made folders) are read as before."""
     folder = ckpt.list_checkpoints(run)[-1]
-    (folder / ckpt.CHECKSUMS_FILE).unlink()
+    (folder / layout.CHECKSUMS_FILE).unlink()
     assert ckpt.verify_checkpoint(folder) is False
     model, _ = ckpt.load_model(folder)
     assert model.num_params() > 0
@@ -120,9 +121,9 @@ def test_a_checkpoint_without_checksums_still_loads(run):
 
 
 def rewrite_state(folder: Path, change):
-    state = torch.load(folder / ckpt.STATE_FILE, weights_only=True)
+    state = torch.load(folder / layout.STATE_FILE, weights_only=True)
     change(state)
-    torch.save(state, folder / ckpt.STATE_FILE)
+    torch.save(state, folder / layout.STATE_FILE)
     ckpt.write_checksums(folder)
 
 
@@ -142,16 +143,16 @@ def test_crafted_training_state_is_refused_in_one_line(run, small_shards, change
     rewrite_state(folder, change)
     with pytest.raises(UserError) as e:
         train(short_cfg(small_shards, run, "train.max_steps=6"), resume=True, log=quiet)
-    assert message in str(e.value) and str(folder / ckpt.STATE_FILE) in str(e.value)
+    assert message in str(e.value) and str(folder / layout.STATE_FILE) in str(e.value)
     assert "\n" not in str(e.value)
     assert not list((run / "checkpoints").glob("step_-*"))  # nothing trained on it
 
 
 def test_non_finite_weights_are_an_error_at_load(run, small_shards, capsys):
     folder = ckpt.list_checkpoints(run)[-1]
-    tensors = load_file(str(folder / ckpt.MODEL_FILE))
+    tensors = load_file(str(folder / layout.MODEL_FILE))
     tensors["transformer.h.0.attn.c_attn.weight"][0, 0] = float("nan")
-    save_file(tensors, str(folder / ckpt.MODEL_FILE), metadata={"format": "gpt2lab"})
+    save_file(tensors, str(folder / layout.MODEL_FILE), metadata={"format": "gpt2lab"})
     ckpt.write_checksums(folder)
     with pytest.raises(UserError, match=rf"{folder}.*NaN or Inf values \(transformer.h.0.attn.c_attn.weight\)"):
         ckpt.load_model(run)
@@ -268,10 +269,10 @@ def test_non_utf8_config_files(tmp_path, run, capsys):
     bad.write_bytes(b"train:\n  max_steps: 3\n  run_dir: \xff\xfe\n")
     assert f"config file {bad} is not UTF-8" in one_line(*cli(capsys, "train", "--config", bad)[::2])
     folder = ckpt.list_checkpoints(run)[-1]
-    (folder / ckpt.CONFIG_FILE).write_bytes(b"model:\n  n_layer: \xff\n")
+    (folder / layout.CONFIG_FILE).write_bytes(b"model:\n  n_layer: \xff\n")
     ckpt.write_checksums(folder)
     line = one_line(*cli(capsys, "sample", folder, "--device", "cpu")[::2])
-    assert f"{folder / ckpt.CONFIG_FILE} is not UTF-8" in line
+    assert f"{folder / layout.CONFIG_FILE} is not UTF-8" in line
 
 
 def test_yaml_tag_in_an_override_is_refused(tmp_path, capsys):

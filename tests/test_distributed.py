@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from cli_helpers import socket_port
 from gpt2lab import checkpoint as ckpt
+from gpt2lab import layout
 from gpt2lab.cli import main as cli_main
 from gpt2lab.config import load_config
 from gpt2lab.data import TokenLoader
@@ -66,7 +67,7 @@ def run_ok(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
 
 
 def weights(run: Path, step: int = STEPS) -> dict:
-    return load_file(str(run / "checkpoints" / f"step_{step:08d}" / ckpt.MODEL_FILE))
+    return load_file(str(run / "checkpoints" / f"step_{step:08d}" / layout.MODEL_FILE))
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -131,7 +132,7 @@ def test_fsdp_two_processes_equal_one_with_accumulation(runs):
     assert logs["fsdp"].count("sample: ") == 1
     # sharded checkpoint (one file per rank) beside the consolidated model file that sampling reads
     last = ckpt.list_checkpoints(paths["fsdp"])[-1]
-    assert sorted(p.name for p in (last / ckpt.DCP_DIR).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (last / layout.DCP_DIR).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert "optimizer" not in ckpt.load_train_state(last)
     model, _ = ckpt.load_model(paths["fsdp"])
     assert model.lm_head.weight is model.transformer.wte.weight
@@ -222,7 +223,7 @@ def test_ddp_checkpoint_resumes_as_fsdp_on_one_process(runs, small_shards, tmp_p
     shutil.copytree(paths["ddp"], run)
     summary = train(cfg_for(small_shards, run, "train.parallel=fsdp", "train.max_steps=7"), resume=True,
                     log=lambda _m: None)
-    assert summary["steps"] == 7 and (ckpt.list_checkpoints(run)[-1] / ckpt.DCP_DIR).is_dir()
+    assert summary["steps"] == 7 and (ckpt.list_checkpoints(run)[-1] / layout.DCP_DIR).is_dir()
 
 
 def test_loader_gives_no_token_twice_across_ranks(tmp_path):
@@ -382,7 +383,7 @@ def test_sigterm_to_torchrun_checkpoints_on_every_rank(small_shards, tmp_path):
     step = int(stops[0])
     assert [p.name for p in ckpt.list_checkpoints(run)] == [f"step_{step:08d}"]
     assert ckpt.verify_checkpoint(run / "checkpoints" / f"step_{step:08d}")
-    state = torch.load(run / "checkpoints" / f"step_{step:08d}" / ckpt.STATE_FILE, weights_only=True)
+    state = torch.load(run / "checkpoints" / f"step_{step:08d}" / layout.STATE_FILE, weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # both ranks' RNG: both took part
     summary = train(load_config(None, [*LONG, f"train.max_steps={step + 1}", f"data.dir={small_shards}",
                                        f"train.run_dir={run}"]), resume=True, log=lambda _m: None)
@@ -432,7 +433,7 @@ def test_speedrun_ddp_equals_accumulation_and_fsdp_equals_ddp(small_shards, tmp_
     run = tmp_path / "resumed"
     shutil.copytree(tmp_path / "fsdp", run)
     shutil.rmtree(run / "checkpoints" / f"step_{STEPS:08d}")
-    assert (run / "checkpoints" / "step_00000003" / ckpt.DCP_DIR).is_dir()
+    assert (run / "checkpoints" / "step_00000003" / layout.DCP_DIR).is_dir()
     lines = []
     train(cfg_for(small_shards, run, *SPEEDRUN, "train.parallel=fsdp"), resume=True, log=lines.append)
     assert any("resumed from" in line and "(step 3)" in line for line in lines)

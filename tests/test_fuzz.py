@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpt2lab import checkpoint as ckpt
+from gpt2lab import layout
 from gpt2lab.cli import main
 from gpt2lab.config import SECTIONS, load_config
 from gpt2lab.data.loader import TokenLoader, check_shards
@@ -141,7 +142,7 @@ def state_run(small_shards, tmp_path_factory):
                     "eval.sample_every=-1")
     train(cfg, log=quiet)
     folder = ckpt.list_checkpoints(run)[-1]
-    return cfg, folder, torch.load(folder / ckpt.STATE_FILE, weights_only=True)
+    return cfg, folder, torch.load(folder / layout.STATE_FILE, weights_only=True)
 
 
 STATE_KEYS = ["step", "loader", "rng", "world_size", "parallel", "optimizer"]
@@ -164,7 +165,7 @@ def test_training_states(state_run, key, value, sub, sub_value):
     else:
         state[key] = value
     run = folder.parent.parent  # one run for all examples: each writes its state (checksums anew, as crafted)
-    torch.save(state, folder / ckpt.STATE_FILE)
+    torch.save(state, folder / layout.STATE_FILE)
     ckpt.write_checksums(folder)
     model = GPT(cfg.model)
     optimizer = build_optimizer(model, cfg.optim, "cpu")

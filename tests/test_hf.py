@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 transformers = pytest.importorskip("transformers")
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from gpt2lab.checkpoint import CHECKSUMS_FILE, CONFIG_FILE, MODEL_FILE, STATE_FILE, load_model  # noqa: E402
+from gpt2lab.checkpoint import load_model  # noqa: E402
+from gpt2lab.layout import CHECKSUMS_FILE, CONFIG_FILE, MODEL_FILE, STATE_FILE  # noqa: E402
 from gpt2lab.errors import UserError  # noqa: E402
 from gpt2lab.generate import generate  # noqa: E402
 from gpt2lab.hf import gpt2lab_state_from_hf, hf_state_from_gpt2lab, load_hf, save_hf  # noqa: E402

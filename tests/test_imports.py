@@ -227,3 +227,139 @@ def test_walker_on_a_small_package(tmp_path):
     assert find_cycles({"x": {"y": [1]}, "y": {}}) == []
     assert find_cycles({"x": {"x": [3]}}) == [["x", "x"]]
     assert find_cycles({"x": {"y": [1]}, "y": {"x": [2]}, "z": {"z": [1]}}) == [["x", "y", "x"], ["z", "z"]]
+
+
+# --- who writes checkpoints, and where the run folder's names come from ---------------------
+
+
+# What writes a checkpoint's files: torch's and safetensors' savers, DCP's, and checkpoint.py's own writers
+# (these two relative to the package).
+WRITERS = {
+    "torch.save", "torch.distributed.checkpoint.save", "torch.distributed.checkpoint.async_save",
+    "torch.distributed.checkpoint.state_dict_saver.save", "safetensors.torch.save_file", "safetensors.torch.save",
+    "safetensors.torch.save_model", "safetensors.numpy.save_file",
+}
+OWN_WRITERS = {"checkpoint.save_model_file", "checkpoint.write_checksums"}
+# The files inside a checkpoint folder (layout.py names them): only checkpoint.py reads or writes them.
+CHECKPOINT_FILES = {"MODEL_FILE", "CONFIG_FILE", "STATE_FILE", "DCP_DIR", "CHECKSUMS_FILE"}
+# (module relative to the package, writer): hf.py writes a transformers folder's model.safetensors, not a checkpoint.
+WRITERS_ALLOWED = {("hf", "safetensors.torch.save_file")}
+
+
+def _from_base(node: ast.ImportFrom, mod: str, is_pkg: bool) -> str:
+    """The absolute module a ``from ... import`` statement in ``mod`` imports from."""
+    if not node.level:
+        return node.module
+    parts = (mod if is_pkg else mod.rpartition(".")[0]).split(".")
+    base = ".".join(parts[: len(parts) - (node.level - 1)])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def references(path: Path, mod: str) -> list[tuple[str, int]]:
+    """(qualified name, line) of everything a module names through its imports: ``from x import y as z`` then
+    ``z.w`` gives ``x.y`` and ``x.y.w``; ``import torch.distributed.checkpoint as dcp`` then ``dcp.save`` gives
+    ``torch.distributed.checkpoint.save``. Names bound otherwise (locals, attributes of objects) are not followed."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    aliases: dict[str, str] = {}
+    refs: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            base = _from_base(node, mod, path.name == "__init__.py")
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{base}.{a.name}"
+                refs.append((f"{base}.{a.name}", node.lineno))
+
+    def qualified(node: ast.expr) -> str | None:
+        if isinstance(node, ast.Name):
+            return aliases.get(node.id)
+        if isinstance(node, ast.Attribute):
+            base = qualified(node.value)
+            return f"{base}.{node.attr}" if base else None
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Name, ast.Attribute)) and (name := qualified(node)):
+            refs.append((name, node.lineno))
+    return refs
+
+
+def checkpoint_writers(root: Path = ROOT, package: str = PACKAGE) -> dict[str, list[str]]:
+    """module -> ["what (line)"] for every module but checkpoint.py (and layout.py, which only names) that uses a
+    writer of checkpoint files or names a file inside a checkpoint folder."""
+    writers = WRITERS | {f"{package}.{w}" for w in OWN_WRITERS}
+    found: dict[str, list[str]] = {}
+    for mod, path in module_names(root, package).items():
+        if mod in (f"{package}.checkpoint", f"{package}.layout"):
+            continue
+        for name, line in sorted(references(path, mod), key=lambda r: (r[1], r[0])):
+            module, _, attr = name.rpartition(".")
+            writer = name in writers and (mod.removeprefix(f"{package}."), name) not in WRITERS_ALLOWED
+            inside = module in (f"{package}.checkpoint", f"{package}.layout") and attr in CHECKPOINT_FILES
+            if writer or inside:
+                found.setdefault(mod, []).append(f"{name} (line {line})")
+    return found
+
+
+def names_from_checkpoint(root: Path = ROOT, package: str = PACKAGE) -> dict[str, list[str]]:
+    """module -> the names it takes from checkpoint that are the run layout's (layout.py defines them), for every
+    module that takes any, or that takes nothing but constants from checkpoint (a name, not a checkpoint)."""
+    modules = module_names(root, package)
+    layout_tree = ast.parse(modules[f"{package}.layout"].read_text(encoding="utf-8"))
+    layout_names = {t.id for n in layout_tree.body if isinstance(n, ast.Assign) for t in n.targets
+                    if isinstance(t, ast.Name)}
+    layout_names |= {n.name for n in layout_tree.body if isinstance(n, ast.FunctionDef)}
+    found: dict[str, list[str]] = {}
+    prefix = f"{package}.checkpoint."
+    for mod, path in modules.items():
+        if mod == f"{package}.checkpoint":
+            continue
+        used = {name[len(prefix):].split(".")[0] for name, _ in references(path, mod) if name.startswith(prefix)}
+        bad = sorted(used & layout_names) or (sorted(used) if used and all(n.isupper() for n in used) else [])
+        if bad:
+            found[mod] = bad
+    return found
+
+
+def test_only_checkpoint_writes_checkpoints():
+    found = checkpoint_writers()
+    assert not found, ("only gpt2lab/checkpoint.py writes checkpoints (torch.save, safetensors, DCP, the files of a "
+                       f"checkpoint folder); move the writing there (module: what, line): {found}")
+
+
+def test_file_names_come_from_layout():
+    found = names_from_checkpoint()
+    assert not found, f"import the run folder's file names from gpt2lab.layout, not checkpoint (module: names): {found}"
+
+
+def test_writer_and_name_checks_on_a_small_package(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    files = {
+        "__init__.py": "",
+        "layout.py": "RUN_CONFIG = 'config.yaml'\nMODEL_FILE = 'model.safetensors'\ndef step_of(name):\n    pass\n",
+        "checkpoint.py": "import torch\nfrom .layout import MODEL_FILE, RUN_CONFIG\nTIED = 'x'\n"
+                         "def save_model_file(m, p):\n    torch.save(m, p)\ndef load_model(p):\n    pass\n",
+        "hf.py": "from safetensors.torch import save_file\ndef save_hf(s, p):\n    save_file(s, p)\n",
+        "aliased.py": "import torch.distributed.checkpoint as dcp\nfrom safetensors.torch import save_file as sf\n"
+                      "def f(s):\n    dcp.save(s)\n    g = sf\n",
+        "dotted.py": "import torch\nimport torch.distributed\ndef f(s, p):\n    torch.save(s, p)\n",
+        "inside.py": "from . import checkpoint\nfrom . import layout\ndef f(d, m):\n"
+                     "    checkpoint.save_model_file(m, d / layout.MODEL_FILE)\n",
+        "names.py": "from .checkpoint import RUN_CONFIG, load_model\n",
+        "only_const.py": "from . import checkpoint\nx = checkpoint.TIED\n",
+        "fine.py": "from .checkpoint import load_model\nfrom .layout import RUN_CONFIG\nimport torch\n"
+                   "def f(x):\n    return torch.load(x), x.save()\n",
+    }
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    writers = checkpoint_writers(pkg, "pkg")
+    assert writers == {  # not hf.py (allowed), nor fine.py (torch.load; .save of an object)
+        "pkg.aliased": ["safetensors.torch.save_file (line 2)", "torch.distributed.checkpoint.save (line 4)",
+                        "safetensors.torch.save_file (line 5)"],
+        "pkg.dotted": ["torch.save (line 4)"],
+        "pkg.inside": ["pkg.checkpoint.save_model_file (line 4)", "pkg.layout.MODEL_FILE (line 4)"],
+    }, writers
+    assert names_from_checkpoint(pkg, "pkg") == {"pkg.names": ["RUN_CONFIG"], "pkg.only_const": ["TIED"]}

@@ -134,3 +134,38 @@ def test_full_disk_gives_one_line_and_no_partial_shard(wiki, tmp_path):
     assert "continuing an interrupted prepare" in done.stdout
     prepare([wiki], tmp_path / "ref", workers=2, log=quiet, val_tokens=50_000, shard_tokens=300_000)
     assert files_of(out) == files_of(tmp_path / "ref")
+
+
+def test_state_file_keeps_its_format(wiki, tmp_path):
+    """state.json is what earlier versions wrote and read, so that a prepare interrupted by one continues with
+    another: these keys in this order, the document counts as [kept, empty, invalid_utf8]."""
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        prepare([wiki], out, workers=1, log=stop_after(3), **OPTS_FIRST)
+    state = json.loads((out / WORK_DIR / "state.json").read_text())
+    assert list(state) == ["version", "identity", "position", "docs_read", "counts", "router_position", "pending",
+                           "writers"]
+    assert state["version"] == 1 and sorted(state["identity"]) == ["inputs", "options", "source", "tokenizer",
+                                                                    "vocab_sha256"]
+    kept, empty, invalid = state["counts"]
+    assert 0 < kept <= state["docs_read"] and empty >= 0 and invalid >= 0
+    assert all(list(w) == ["index", "count", "shards"] for w in state["writers"].values())
+    assert state["router_position"] > 0 and len(state["position"]) == 2
+
+
+@pytest.mark.parametrize("damage", ["a list", "identity not a dict", "no writers"])
+def test_damaged_state_file_is_one_line(wiki, tmp_path, damage):
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        prepare([wiki], out, workers=1, log=stop_after(2), **OPTS_FIRST)
+    path = out / WORK_DIR / "state.json"
+    state = json.loads(path.read_text())
+    if damage == "a list":
+        state = [state]
+    elif damage == "identity not a dict":
+        state["identity"] = 3
+    else:
+        del state["writers"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"state.json: not the state gpt2lab writes; pass --overwrite to start over"):
+        prepare([wiki], out, workers=1, log=quiet, **OPTS_FIRST)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from gpt2lab import checkpoint as ckpt
+from gpt2lab import layout
 from gpt2lab.errors import UserError
 from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT, GPTConfig
@@ -50,7 +51,7 @@ def gpt2lab(args, log: Path, cwd: Path) -> subprocess.Popen:
 def final_tensors(run_dir: Path) -> dict:
     last = ckpt.list_checkpoints(run_dir)[-1]
     assert last.name == f"step_{MAX_STEPS:08d}"
-    return load_file(str(last / ckpt.MODEL_FILE))
+    return load_file(str(last / layout.MODEL_FILE))
 
 
 @pytest.mark.slow
@@ -138,7 +139,7 @@ def test_signal_checkpoints_the_step_and_resume_is_bitwise_identical(small_shard
     assert proc_a.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()
     assert proc_b2.wait(timeout=300) == 0, (tmp_path / "b2.log").read_text()
     assert f"(step {stopped_at})" in (tmp_path / "b2.log").read_text()
-    a, b = (load_file(str(ckpt.list_checkpoints(r)[-1] / ckpt.MODEL_FILE)) for r in (run_a, run_b))
+    a, b = (load_file(str(ckpt.list_checkpoints(r)[-1] / layout.MODEL_FILE)) for r in (run_a, run_b))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ after signal + resume"
     assert [r["loss"] for r in read_metrics(run_b, "train")] == [r["loss"] for r in read_metrics(run_a, "train")]
 
@@ -222,7 +223,7 @@ def test_resume_trains_with_the_configs_optimizer_settings(small_shards, tmp_pat
             assert max(g["weight_decay"] for g in groups) == 0.5
             assert all(g["momentum"] == 0.8 for g in groups if g.get("kind") == "muon")
         assert trainer.run()["steps"] == 4
-        weights[name] = load_file(str(run / "checkpoints" / "step_00000004" / ckpt.MODEL_FILE))
+        weights[name] = load_file(str(run / "checkpoints" / "step_00000004" / layout.MODEL_FILE))
     assert any(not torch.equal(weights["same"][k], weights["changed"][k]) for k in weights["same"])
 
 
@@ -244,7 +245,7 @@ def test_resume_without_checkpoint(small_shards, tmp_path):
 def test_resume_ignores_half_written_checkpoint(small_shards, run_copy):
     stale = run_copy / "checkpoints" / ".tmp-step_00000003"
     stale.mkdir()
-    (stale / ckpt.MODEL_FILE).write_bytes(b"half a file")
+    (stale / layout.MODEL_FILE).write_bytes(b"half a file")
     lines = []
     train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=lines.append)
     assert any("step_00000002" in line and "resumed" in line for line in lines)
@@ -258,7 +259,7 @@ def test_resume_with_different_model_is_user_error(small_shards, run_copy, overr
 
 
 def test_weights_of_another_shape_are_user_error(run_copy):
-    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.MODEL_FILE
+    path = ckpt.list_checkpoints(run_copy)[-1] / layout.MODEL_FILE
     other = GPT(GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=32))
     with pytest.raises(UserError) as e:
         ckpt.load_model_weights(other, path)
@@ -293,7 +294,7 @@ def _drop_tail(p: Path):
 @pytest.mark.parametrize("damage", [_truncate_half, _truncate_header, _garbage, _empty, _drop_tail])
 def test_corrupt_model_file_is_user_error(small_shards, run_copy, damage):
     folder = ckpt.list_checkpoints(run_copy)[-1]
-    path = folder / ckpt.MODEL_FILE
+    path = folder / layout.MODEL_FILE
     damage(path)
     with pytest.raises(UserError) as e:  # sample, eval: refused, naming the file
         ckpt.load_model(run_copy)
@@ -311,16 +312,16 @@ def _sign_again(folder: Path):
 
 def test_corrupt_train_state_is_user_error(small_shards, run_copy):
     folder = ckpt.list_checkpoints(run_copy)[-1]
-    _truncate_half(folder / ckpt.STATE_FILE)
+    _truncate_half(folder / layout.STATE_FILE)
     _sign_again(folder)  # the checksums match: the reader itself must refuse it
     with pytest.raises(UserError) as e:
         train(short_cfg(small_shards, run_copy, "train.max_steps=4"), resume=True, log=quiet)
-    assert str(folder / ckpt.STATE_FILE) in str(e.value)
+    assert str(folder / layout.STATE_FILE) in str(e.value)
 
 
 def test_unreadable_train_state_says_why_without_calling_it_damaged(small_shards, run_copy):
     folder = ckpt.list_checkpoints(run_copy)[-1]
-    path = folder / ckpt.STATE_FILE
+    path = folder / layout.STATE_FILE
     path.unlink()
     path.mkdir()  # readable as nothing: an I/O error, not damage
     _sign_again(folder)
@@ -330,7 +331,7 @@ def test_unreadable_train_state_says_why_without_calling_it_damaged(small_shards
 
 def test_train_state_without_rng_is_user_error(small_shards, run_copy):
     folder = ckpt.list_checkpoints(run_copy)[-1]
-    path = folder / ckpt.STATE_FILE
+    path = folder / layout.STATE_FILE
     state = torch.load(path, weights_only=True)
     del state["rng"]
     torch.save(state, path)
@@ -340,7 +341,7 @@ def test_train_state_without_rng_is_user_error(small_shards, run_copy):
 
 
 def test_unknown_key_in_checkpoint_config_names_the_file(run_copy):
-    path = ckpt.list_checkpoints(run_copy)[-1] / ckpt.CONFIG_FILE
+    path = ckpt.list_checkpoints(run_copy)[-1] / layout.CONFIG_FILE
     path.write_text(path.read_text().replace("model:\n", "model:\n  foo: 1\n", 1))
     _sign_again(path.parent)
     with pytest.raises(UserError, match=rf"'model.foo'.* in {re.escape(str(path))}"):
@@ -358,7 +359,7 @@ def test_fresh_start_after_a_run_without_checkpoints_drops_its_history(small_sha
 
 def test_missing_checkpoint_config_is_user_error(run_copy):
     last = ckpt.list_checkpoints(run_copy)[-1]
-    (last / ckpt.CONFIG_FILE).unlink()
+    (last / layout.CONFIG_FILE).unlink()
     with pytest.raises(UserError, match="config.yaml"):
         ckpt.load_model(run_copy)
 

@@ -42,7 +42,7 @@ def test_overfits_one_batch():
     x, y = batch[:, :-1], batch[:, 1:]
     losses = []
     for _ in range(80):
-        loss, norm = train_step(model, model, opt, [(x, y)], 1, NO_AUTOCAST, 1.0, DistInfo())
+        loss, norm = train_step(model, model, opt, [(x, y)], accum=1, autocast=NO_AUTOCAST, clip=1.0, info=DistInfo())
         assert torch.isfinite(norm)
         losses.append(loss.item())
     assert losses[0] == pytest.approx(math.log(SMALL.vocab_size), abs=0.3)
@@ -68,9 +68,9 @@ def test_grad_accumulation_equals_full_batch():
     for _ in range(2):
         data = torch.randint(0, SMALL.vocab_size, (B, T + 1), generator=g)
         x, y = data[:, :-1], data[:, 1:]
-        loss_a, norm_a = train_step(a, a, opt_a, [(x, y)], 1, NO_AUTOCAST, 1.0, DistInfo())
+        loss_a, norm_a = train_step(a, a, opt_a, [(x, y)], accum=1, autocast=NO_AUTOCAST, clip=1.0, info=DistInfo())
         micro = [(x[i : i + B // 4], y[i : i + B // 4]) for i in range(0, B, B // 4)]
-        loss_b, norm_b = train_step(b, b, opt_b, iter(micro), 4, NO_AUTOCAST, 1.0, DistInfo())
+        loss_b, norm_b = train_step(b, b, opt_b, iter(micro), accum=4, autocast=NO_AUTOCAST, clip=1.0, info=DistInfo())
         torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(norm_b, norm_a, rtol=1e-5, atol=1e-7)
         for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
@@ -88,7 +88,7 @@ def test_non_finite_step_skips_update():
     with torch.no_grad():
         model.transformer.ln_f.weight[0] = float("nan")
     before["transformer.ln_f.weight"] = model.transformer.ln_f.weight.detach().clone()
-    loss, norm = train_step(model, model, opt, [(x, x)], 1, NO_AUTOCAST, 1.0, DistInfo())
+    loss, norm = train_step(model, model, opt, [(x, x)], accum=1, autocast=NO_AUTOCAST, clip=1.0, info=DistInfo())
     assert not torch.isfinite(loss)
     for k, v in model.state_dict().items():
         assert torch.equal(v.isnan(), before[k].isnan()), k

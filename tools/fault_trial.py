@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from gpt2lab import checkpoint as ckpt  # noqa: E402
+from gpt2lab import layout  # noqa: E402
 from gpt2lab.data.prepare import prepare  # noqa: E402
 from gpt2lab.metrics import read_metrics  # noqa: E402
 
@@ -66,7 +67,7 @@ def wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> bool:
 def final(run: Path) -> tuple[dict, list]:
     last = ckpt.list_checkpoints(run)[-1]
     assert last.name == f"step_{STEPS:08d}", last
-    return load_file(str(last / ckpt.MODEL_FILE)), [r["loss"] for r in read_metrics(run, "train")]
+    return load_file(str(last / layout.MODEL_FILE)), [r["loss"] for r in read_metrics(run, "train")]
 
 
 def same(run: Path, ref) -> bool:
@@ -76,7 +77,7 @@ def same(run: Path, ref) -> bool:
 
 
 def leftovers(run: Path) -> int:
-    return len(list((run / ckpt.CHECKPOINTS_DIR).glob(".tmp-*"))) if (run / ckpt.CHECKPOINTS_DIR).is_dir() else 0
+    return len(list((run / layout.CHECKPOINTS_DIR).glob(".tmp-*"))) if (run / layout.CHECKPOINTS_DIR).is_dir() else 0
 
 
 def resume(data: Path, run: Path, tmp: Path) -> bool:
@@ -125,7 +126,7 @@ class Trial:
         run = tmp / "run"
         proc = start(args_for(self.data, run), tmp / "log")
         nth = random.randint(1, STEPS // 4 - 1)  # the 1st..3rd checkpoint, while it is being written
-        root = run / ckpt.CHECKPOINTS_DIR
+        root = run / layout.CHECKPOINTS_DIR
         caught = wait_for(lambda: (root / f".tmp-step_{4 * nth:08d}").exists(), proc)
         proc.kill()
         proc.wait()

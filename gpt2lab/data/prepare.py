@@ -27,31 +27,43 @@ of workers or on interruptions.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..errors import UserError
 from ..fileio import check_folder_path, file_sha256, write_atomic, write_json_atomic
+from ..progress import PrepareStatus, live_wanted
 from ..tokenizer import VOCAB_SHA256, Tokenizer, get_tokenizer, load_tokenizer
 from .shards import MANIFEST, SHARD_SUFFIXES, VERSION, VERSION_U32, load_manifest, read_shard, write_shard
 from .sources import (
-    DOC_SPLITS, Chunk, HubSource, chunk_texts, expand_inputs, file_chunks, file_format, file_identity, hub_chunks,
+    DOC_SPLITS,
+    Chunk,
+    HubSource,
+    chunk_texts,
+    expand_inputs,
+    file_chunks,
+    file_format,
+    file_identity,
+    hub_chunks,
     tokenize_texts,
 )
-from ..progress import PrepareStatus, live_wanted
 
 WORK_DIR = ".prepare"
 VAL_BLOCK = 1 << 20  # val_fraction is applied per block of this many stream tokens
 _CHECKPOINT_TOKENS = 32 * VAL_BLOCK  # also save the state this often between shards
 _STATE_VERSION = 1
+STATE_FILE = "state.json"  # in WORK_DIR
 
 
 # --- tokenizers ----------------------------------------------------------------------------
@@ -113,6 +125,165 @@ def vocab_sha256(enc) -> str:
     return h.hexdigest()
 
 
+# --- the job and its state -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DocCounts:
+    """Documents read: kept (tokenized), empty (skipped), invalid_utf8 (kept, the bad bytes replaced)."""
+
+    kept: int = 0
+    empty: int = 0
+    invalid_utf8: int = 0
+
+    def __add__(self, other: DocCounts) -> DocCounts:
+        return DocCounts(self.kept + other.kept, self.empty + other.empty, self.invalid_utf8 + other.invalid_utf8)
+
+    def to_list(self) -> list[int]:
+        """[kept, empty, invalid_utf8]: the form of state.json (and of sources.chunk_texts' counts)."""
+        return [self.kept, self.empty, self.invalid_utf8]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareJob:
+    """One prepare, its options checked (:meth:`create`), and what follows from them."""
+
+    out_dir: Path
+    files: list[Path] | None  # the inputs, globs expanded; None for a hub dataset
+    hub: HubSource | None
+    enc: Any  # the tiktoken Encoding
+    tok_folder: Path | None  # the tokenizer's folder (None for GPT-2's and other tiktoken encodings)
+    val_fraction: float | None  # exactly one of val_fraction and val_tokens is set (see the module doc)
+    val_tokens: int | None
+    shard_tokens: int
+    doc_split: str
+    text_key: str
+    max_docs: int | None
+    max_tokens: int | None
+    workers: int
+
+    @classmethod
+    def create(cls, inputs, out_dir, *, hub, val_fraction, val_tokens, shard_tokens, doc_split, text_key, tokenizer,
+               max_docs, max_tokens, workers) -> PrepareJob:
+        """prepare()'s arguments checked (a UserError names the first wrong one), with their defaults filled in."""
+        if (inputs is None) == (hub is None):
+            raise UserError("give either input files or a hub dataset to prepare, not both or neither")
+        if doc_split not in DOC_SPLITS:
+            raise UserError(f"doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
+        val_fraction, val_tokens = _val_split(val_fraction, val_tokens, shard_tokens, hub is not None)
+        for name, value in (("shard_tokens", shard_tokens), ("max_docs", max_docs), ("max_tokens", max_tokens)):
+            if value is not None and int(value) < 1:
+                raise UserError(f"{name} must be a positive number, got {value}")
+        workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
+        if workers < 1:
+            raise UserError(f"workers must be at least 1, got {workers}")
+        enc, tok_folder = _resolve(tokenizer)
+        files = expand_inputs(inputs) if hub is None else None
+        out_dir = Path(out_dir)
+        check_folder_path(out_dir, "output")
+        return cls(out_dir=out_dir, files=files, hub=hub, enc=enc, tok_folder=tok_folder, val_fraction=val_fraction,
+                   val_tokens=val_tokens, shard_tokens=int(shard_tokens), doc_split=doc_split, text_key=text_key,
+                   max_docs=max_docs, max_tokens=max_tokens, workers=workers)
+
+    @property
+    def work_dir(self) -> Path:
+        """Where the work in progress lives: partial shards, the pending tokens and state.json."""
+        return self.out_dir / WORK_DIR
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The shards' token type: ids up to 65,535 fit in uint16 (shard version 1), larger ones need uint32."""
+        return np.dtype(np.uint16 if self.enc.n_vocab <= 1 << 16 else np.uint32)
+
+    @property
+    def options(self) -> dict:
+        """The options as the manifest records them (and as state.json's identity compares them)."""
+        return {
+            "val_fraction": self.val_fraction, "val_tokens": self.val_tokens,
+            "shard_tokens": self.shard_tokens, "doc_split": self.doc_split, "text_key": self.text_key,
+            "max_docs": self.max_docs, "max_tokens": self.max_tokens,
+        }
+
+    @property
+    def source(self) -> dict:
+        return {"files": [str(f) for f in self.files]} if self.files is not None else {"hub": self.hub.describe()}
+
+    @functools.cached_property
+    def identity(self) -> dict:
+        """What makes two prepares the same job: only the same job continues an interrupted one."""
+        return {
+            "tokenizer": self.enc.name, "vocab_sha256": vocab_sha256(self.enc), "source": self.source,
+            "options": self.options, "inputs": file_identity(self.files) if self.files is not None else None,
+        }
+
+
+def _val_split(val_fraction, val_tokens, shard_tokens, from_hub: bool) -> tuple[float | None, int | None]:
+    """(val_fraction, val_tokens), checked, one of them None: the default is the first shard for a hub dataset
+    (as build-nanogpt does with FineWeb-Edu), a tenth for local files."""
+    if val_tokens is not None and val_fraction is not None:
+        raise UserError("give val_tokens or val_fraction, not both")
+    if val_tokens is None and val_fraction is None:
+        if from_hub:
+            val_tokens = int(shard_tokens)
+        else:
+            val_fraction = 0.1
+    if val_fraction is not None and not 0.0 <= float(val_fraction) < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_tokens is not None and int(val_tokens) < 0:
+        raise UserError(f"val_tokens must be >= 0, got {val_tokens}")
+    return (None if val_fraction is None else float(val_fraction)), (None if val_tokens is None else int(val_tokens))
+
+
+@dataclasses.dataclass
+class PrepareState:
+    """How far a prepare got: saved as OUT/.prepare/state.json after every finished shard (and every
+    _CHECKPOINT_TOKENS tokens), with the job's identity, so that running the same job again continues it."""
+
+    position: list  # where the next chunk starts: [file index, item in it] (local files) or [rows] (hub)
+    docs_read: int  # documents (items) taken from the inputs, for max_docs
+    counts: DocCounts
+    router_position: int  # stream tokens routed to the two splits
+    pending: dict | None  # {"file", "tokens"}: the tokens of the val_fraction block in progress, in work_dir
+    writers: dict  # each split's shard writer (_ShardWriter.state)
+
+    def to_json(self, identity: dict) -> dict:
+        return {
+            "version": _STATE_VERSION, "identity": identity, "position": self.position, "docs_read": self.docs_read,
+            "counts": self.counts.to_list(), "router_position": self.router_position, "pending": self.pending,
+            "writers": self.writers,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict) -> PrepareState:
+        return cls(position=raw["position"], docs_read=raw["docs_read"], counts=DocCounts(*raw["counts"]),
+                   router_position=raw["router_position"], pending=raw["pending"], writers=raw["writers"])
+
+
+def _load_state(out_dir: Path, identity: dict) -> PrepareState | None:
+    """The saved state of an interrupted prepare of the same job in out_dir, if there is one."""
+    path = out_dir / WORK_DIR / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); pass --overwrite to start over") from None
+    damaged = UserError(f"{path}: not the state gpt2lab writes; pass --overwrite to start over")
+    if not isinstance(raw, dict) or not isinstance(raw.get("identity", {}), dict):
+        raise damaged
+    old = raw.get("identity", {})
+    if old != identity:
+        keys = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        raise UserError(
+            f"{out_dir} holds an interrupted prepare whose {', '.join(keys)} differ from this command's (an input "
+            "file changed since, or other options were given): pass --overwrite to start over with this command"
+        )
+    try:
+        return PrepareState.from_json(raw)
+    except (KeyError, TypeError):
+        raise damaged from None
+
+
 # --- the worker side -----------------------------------------------------------------------
 
 _worker: dict = {}  # in each pool process: the encoding and token dtype, set once by the pool initializer
@@ -123,18 +294,28 @@ def _init_worker(enc, dtype) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which stops the pool
 
 
-def _work(chunk: Chunk, enc, dtype):
-    counts = [0, 0, 0]
-    texts = chunk_texts(chunk, counts)
-    nbytes = sum(len(x) for x in chunk.items if x is not None)  # bytes (str: characters) of text read
-    return tokenize_texts(enc, texts, dtype), counts, chunk.position, len(chunk.items), nbytes
+class _Tokenized(NamedTuple):
+    """A chunk tokenized (by a worker)."""
+
+    tokens: np.ndarray  # its token stream: EOT doc1 EOT doc2 ...
+    counts: DocCounts
+    position: list  # where the inputs stand after it
+    items: int  # its documents, empty ones included
+    nbytes: int  # bytes (str: characters) of text read
 
 
-def _pool_work(chunk: Chunk):
+def _work(chunk: Chunk, enc, dtype) -> _Tokenized:
+    raw = [0, 0, 0]  # chunk_texts adds its documents to [kept, empty, invalid_utf8]
+    texts = chunk_texts(chunk, raw)
+    nbytes = sum(len(x) for x in chunk.items if x is not None)
+    return _Tokenized(tokenize_texts(enc, texts, dtype), DocCounts(*raw), chunk.position, len(chunk.items), nbytes)
+
+
+def _pool_work(chunk: Chunk) -> _Tokenized:
     return _work(chunk, _worker["enc"], _worker["dtype"])
 
 
-def _tokenized(chunks: Iterator[Chunk], enc, dtype, workers: int) -> Iterator[tuple]:
+def _tokenized(chunks: Iterator[Chunk], enc, dtype, workers: int) -> Iterator[_Tokenized]:
     """Tokenize chunks in ``workers`` processes, in input order, with bounded read-ahead."""
     if workers <= 1:
         for chunk in chunks:
@@ -174,7 +355,7 @@ class _ShardWriter:
     def add(self, tokens: np.ndarray) -> None:
         while len(tokens):
             if self._file is None:
-                self._file = open(self._part(self.index), "ab")
+                self._file = open(self._part(self.index), "ab")  # noqa: SIM115 (open across calls; closed by close)
             take = min(self.shard_tokens - self.count, len(tokens))
             self._file.write(tokens[:take].tobytes())
             self.count += take
@@ -275,6 +456,11 @@ class _Router:
     def pending_tokens(self, dtype) -> np.ndarray:
         return np.concatenate(self.pending) if self.pending else np.empty(0, dtype=dtype)
 
+    def restore(self, position: int, pending: np.ndarray) -> None:
+        """Continue after ``position`` stream tokens, with ``pending`` the tokens of the block in progress."""
+        self.position = position
+        self.pending, self.pending_count = ([pending] if len(pending) else []), len(pending)
+
 
 # --- the output directory ------------------------------------------------------------------
 
@@ -311,25 +497,6 @@ def _check_tokenizer(out_dir: Path, identity: dict) -> None:
         )
 
 
-def _load_state(out_dir: Path, identity: dict) -> dict | None:
-    """The saved state of an interrupted prepare of the same job in out_dir, if there is one."""
-    path = out_dir / WORK_DIR / "state.json"
-    if not path.is_file():
-        return None
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); pass --overwrite to start over") from None
-    old = state.get("identity", {})
-    if old != identity:
-        keys = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-        raise UserError(
-            f"{out_dir} holds an interrupted prepare whose {', '.join(keys)} differ from this command's (an input "
-            "file changed since, or other options were given): pass --overwrite to start over with this command"
-        )
-    return state
-
-
 # --- prepare -------------------------------------------------------------------------------
 
 
@@ -354,196 +521,205 @@ def prepare(
 
     A prepare interrupted in ``out_dir`` is continued when the same job is run again.
     """
-    if (inputs is None) == (hub is None):
-        raise UserError("give either input files or a hub dataset to prepare, not both or neither")
-    if doc_split not in DOC_SPLITS:
-        raise UserError(f"doc_split must be one of {', '.join(DOC_SPLITS)}, got {doc_split!r}")
-    if val_tokens is not None and val_fraction is not None:
-        raise UserError("give val_tokens or val_fraction, not both")
-    if val_tokens is None and val_fraction is None:
-        if hub is not None:
-            val_tokens = int(shard_tokens)  # the first shard, as build-nanogpt does with FineWeb-Edu
-        else:
-            val_fraction = 0.1
-    if val_fraction is not None and not 0.0 <= float(val_fraction) < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if val_tokens is not None and int(val_tokens) < 0:
-        raise UserError(f"val_tokens must be >= 0, got {val_tokens}")
-    for name, value in (("shard_tokens", shard_tokens), ("max_docs", max_docs), ("max_tokens", max_tokens)):
-        if value is not None and int(value) < 1:
-            raise UserError(f"{name} must be a positive number, got {value}")
-    shard_tokens = int(shard_tokens)
-    workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
-    if workers < 1:
-        raise UserError(f"workers must be at least 1, got {workers}")
-    enc, tok_folder = _resolve(tokenizer)
-    dtype = np.uint16 if enc.n_vocab <= 1 << 16 else np.uint32  # ids up to 65,535 fit in uint16 (shard version 1)
-    files = expand_inputs(inputs) if hub is None else None
-    out_dir = Path(out_dir)
-    check_folder_path(out_dir, "output")
-
-    options = {
-        "val_fraction": None if val_fraction is None else float(val_fraction),
-        "val_tokens": None if val_tokens is None else int(val_tokens),
-        "shard_tokens": shard_tokens, "doc_split": doc_split, "text_key": text_key,
-        "max_docs": max_docs, "max_tokens": max_tokens,
-    }
-    source = {"files": [str(f) for f in files]} if files is not None else {"hub": hub.describe()}
-    identity = {
-        "tokenizer": enc.name, "vocab_sha256": vocab_sha256(enc), "source": source, "options": options,
-        "inputs": file_identity(files) if files is not None else None,
-    }
-    _check_tokenizer(out_dir, identity)
-    state = None if overwrite else _load_state(out_dir, identity)
-    if overwrite:
-        _clear(out_dir)
-    elif state is None and (_old_outputs(out_dir) or (out_dir / MANIFEST).is_file()):
-        raise UserError(
-            f"{out_dir} already holds shards ({len(_old_outputs(out_dir))} files); pass --overwrite to "
-            "replace them or choose another output directory"
-        )
-    work_dir = out_dir / WORK_DIR
-    new_dir = not out_dir.exists()
-    work_dir.mkdir(parents=True, exist_ok=True)
-
-    # the status: a live line on a terminal, else a line every 30 s; the ETA when the size is known
-    plain = files is not None and all(file_format(f)[1] == "" and file_format(f)[0] != ".parquet" for f in files)
-    status = PrepareStatus(log, live_wanted("auto", log), sum(f.stat().st_size for f in files) if plain else None,
-                           max_tokens)
-    log = status.write
+    job = PrepareJob.create(inputs, out_dir, hub=hub, val_fraction=val_fraction, val_tokens=val_tokens,
+                            shard_tokens=shard_tokens, doc_split=doc_split, text_key=text_key, tokenizer=tokenizer,
+                            max_docs=max_docs, max_tokens=max_tokens, workers=workers)
+    saved = _claim_output(job, overwrite)
+    new_dir = not job.out_dir.exists()
+    job.work_dir.mkdir(parents=True, exist_ok=True)
+    status = _status(job, log)
     try:
-        return _run(status, log, files, hub, out_dir, work_dir, enc, dtype, identity, options, state, source, workers,
-                    shard_tokens, doc_split, text_key, max_docs, max_tokens, val_fraction, val_tokens, tok_folder)
+        return _Preparation(job, status, saved).run()
     except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
-        if state is None and not _old_outputs(out_dir):
-            _clear(out_dir)
-            if new_dir and not any(out_dir.iterdir()):
-                out_dir.rmdir()
+        if saved is None and not _old_outputs(job.out_dir):
+            _clear(job.out_dir)
+            if new_dir and not any(job.out_dir.iterdir()):
+                job.out_dir.rmdir()
         raise
     finally:
         status.close()
 
 
-def _run(status, log, files, hub, out_dir, work_dir, enc, dtype, identity, options, state, source, workers,
-         shard_tokens, doc_split, text_key, max_docs, max_tokens, val_fraction, val_tokens, tok_folder) -> dict:
-    """prepare()'s work once the options are checked: tokenize, write shards and the manifest."""
-    writers = {s: _ShardWriter(out_dir, work_dir, s, shard_tokens, dtype, log) for s in ("val", "train")}
-    router = _Router(writers["val"], writers["train"], options["val_tokens"], options["val_fraction"] or 0.0)
-    counts, docs_read, position = [0, 0, 0], 0, [0, 0] if files is not None else [0]
-    if state is not None:
-        for d in (out_dir, work_dir):  # temp files of writes that were killed half way
-            _drop_except(d, ".tmp-*", None)
-        for s, w in writers.items():
-            w.restore(state["writers"][s])
-        router.position = state["router_position"]
-        pending = np.empty(0, dtype)
-        if state["pending"]:
-            path = work_dir / state["pending"]["file"]
-            pending = np.fromfile(path, dtype=dtype) if path.is_file() else pending
-            if len(pending) != state["pending"]["tokens"]:
-                raise UserError(f"{path} does not match the saved state; pass --overwrite to start over")
-        _drop_except(work_dir, "pending-*.bin", state["pending"] and state["pending"]["file"])
-        router.pending, router.pending_count = ([pending] if len(pending) else []), len(pending)
-        counts, docs_read, position = state["counts"], state["docs_read"], state["position"]
-        log(f"continuing an interrupted prepare in {out_dir}: {router.position:,} tokens done, "
-            f"{sum(len(w.shards) for w in writers.values())} shards written")
+def _claim_output(job: PrepareJob, overwrite: bool) -> PrepareState | None:
+    """Make the output folder this job's: the saved state of this job's interrupted prepare to continue (None: start
+    anew), after clearing the folder (``overwrite``) or refusing one that holds other shards."""
+    _check_tokenizer(job.out_dir, job.identity)
+    saved = None if overwrite else _load_state(job.out_dir, job.identity)
+    if overwrite:
+        _clear(job.out_dir)
+    elif saved is None and (_old_outputs(job.out_dir) or (job.out_dir / MANIFEST).is_file()):
+        raise UserError(
+            f"{job.out_dir} already holds shards ({len(_old_outputs(job.out_dir))} files); pass --overwrite to "
+            "replace them or choose another output directory"
+        )
+    return saved
 
-    def save_state() -> None:
-        for w in writers.values():
+
+def _status(job: PrepareJob, log: Callable[[str], None]) -> PrepareStatus:
+    """The status: a live line on a terminal, else a line every 30 s; the ETA when the size is known (plain files)."""
+    files = job.files
+    plain = files is not None and all(file_format(f)[1] == "" and file_format(f)[0] != ".parquet" for f in files)
+    return PrepareStatus(log, live_wanted("auto", log), sum(f.stat().st_size for f in files) if plain else None,
+                         job.max_tokens)
+
+
+class _Preparation:
+    """One run of a job: tokenize the inputs, route the tokens into the val and train shard writers, save the
+    state as it goes (continuing from ``saved``), then check the splits and write the manifest."""
+
+    def __init__(self, job: PrepareJob, status: PrepareStatus, saved: PrepareState | None):
+        self.job, self.status, self.log = job, status, status.write
+        self.writers = {s: _ShardWriter(job.out_dir, job.work_dir, s, job.shard_tokens, job.dtype, self.log)
+                        for s in ("val", "train")}
+        self.router = _Router(self.writers["val"], self.writers["train"], job.val_tokens, job.val_fraction or 0.0)
+        self.position: list = [0, 0] if job.files is not None else [0]  # see PrepareState
+        self.docs_read = 0
+        self.counts = DocCounts()
+        if saved is not None:
+            self._restore(saved)
+        else:
+            self._save()  # from now on, this folder holds a prepare that can be continued
+
+    @property
+    def shards(self) -> int:
+        return sum(len(w.shards) for w in self.writers.values())
+
+    def run(self) -> dict:
+        job = self.job
+        what = f"{len(job.files)} file(s)" if job.files is not None else f"hub dataset {job.hub.name}"
+        self.log(f"tokenizing {what} with {job.workers} worker(s) into {job.out_dir}")
+        start_tokens = self.router.position
+        if job.max_tokens is None or self.router.position < job.max_tokens:
+            self._tokenize(start_tokens)
+        return self._finish(start_tokens)
+
+    def _tokenize(self, start_tokens: int) -> None:
+        """Tokenize and route the inputs from where the state stands, saving it after every finished shard."""
+        job, router = self.job, self.router
+        if job.files is not None:
+            chunks = file_chunks(job.files, job.doc_split, job.text_key, start=tuple(self.position))
+        else:
+            chunks = hub_chunks(job.hub, job.text_key, skip=self.position[0])
+        if job.max_docs is not None:
+            chunks = _limit_docs(chunks, job.max_docs - self.docs_read)
+        last_saved = router.position
+        for done in _tokenized(chunks, job.enc, job.dtype, job.workers):
+            self.position = done.position
+            if job.max_tokens is not None and router.position + len(done.tokens) >= job.max_tokens:
+                self._take_last(done.tokens[: job.max_tokens - router.position])
+                break
+            self.counts += done.counts
+            self.docs_read += done.items
+            router.add(done.tokens)
+            if any(w.finished for w in self.writers.values()) or router.position - last_saved >= _CHECKPOINT_TOKENS:
+                self._save()
+                last_saved = router.position
+            self.status.update(self.docs_read, router.position, start_tokens, done.nbytes, self.shards)
+
+    def _take_last(self, part: np.ndarray) -> None:
+        """The tokens up to max_tokens. Its documents are those that start in it (each with <|endoftext|>); their
+        empty and invalid-UTF-8 counts cannot be split, and are left out."""
+        self.router.add(part)
+        n_docs = int(np.count_nonzero(part == self.job.enc.eot_token))
+        self.counts.kept += n_docs
+        self.docs_read += n_docs
+
+    def _finish(self, start_tokens: int) -> dict:
+        """The last shards and the manifest, once the splits are checked; the work folder goes."""
+        job, total = self.job, self.router.position
+        if total == 0:
+            _clear(job.out_dir)
+            raise UserError(f"inputs hold no text ({self.counts.empty} empty documents); check the files"
+                            + ("" if job.doc_split == "file" else f" and doc_split={job.doc_split!r}"))
+        self.router.finish()
+        n_val = self.writers["val"].tokens
+        self._check_splits(n_val, total)
+        for w in self.writers.values():
+            w.close()
+        self.status.update(self.docs_read, total, start_tokens, 0, self.shards, force=True)
+        manifest = self._manifest(n_val, total)
+        write_json_atomic(job.out_dir / MANIFEST, manifest)
+        shutil.rmtree(job.work_dir, ignore_errors=True)
+        self.log(f"done: {total:,} tokens from {self.counts.kept:,} documents ({n_val:,} val, {total - n_val:,} "
+                 f"train) in {job.out_dir}")
+        if self.counts.empty or self.counts.invalid_utf8:
+            self.log(f"skipped {self.counts.empty} empty documents; {self.counts.invalid_utf8} had invalid UTF-8 "
+                     "(replaced)")
+        return manifest
+
+    def _check_splits(self, n_val: int, total: int) -> None:
+        """Refuse (and clear the folder) when a split asked for is empty; warn when none was asked for."""
+        split = self.job.val_fraction or self.job.val_tokens
+        problem = None
+        if split and n_val == 0:
+            problem = f"only {total} tokens: too few for a validation split of {split}; " \
+                      "use more text or a larger val_fraction"
+        elif n_val >= total:
+            problem = f"only {total} tokens: nothing left for training after the validation split of " \
+                      f"{split}; use more text or a smaller val split"
+        if problem:
+            _clear(self.job.out_dir)
+            raise UserError(problem)
+        if n_val == 0:
+            self.log("warning: the validation split is empty (val_fraction/val_tokens 0), so no validation shards "
+                     "are written")
+
+    def _manifest(self, n_val: int, total: int) -> dict:
+        job = self.job
+        return {
+            "format": "gpt2lab-shards",
+            "format_version": 2,
+            "tokenizer": job.enc.name,
+            **({"tokenizer_path": str(job.tok_folder)} if job.tok_folder is not None else {}),
+            "vocab_sha256": job.identity["vocab_sha256"],
+            "vocab_size": job.enc.n_vocab,
+            "token_dtype": job.dtype.name,
+            "eot_token": job.enc.eot_token,
+            "eot_position": "before_each_document",
+            "source": job.source,
+            "options": job.options,
+            "documents": dataclasses.asdict(self.counts),  # kept, empty, invalid_utf8
+            "tokens": {"val": n_val, "train": total - n_val, "total": total},
+            "shards": self.writers["val"].shards + self.writers["train"].shards,
+        }
+
+    def _save(self) -> None:
+        """Save the state: the partial shards synced, the pending block in a new file (the previous state's stays
+        valid until state.json is replaced), then state.json; what the new state no longer names goes."""
+        job, router = self.job, self.router
+        for w in self.writers.values():
             w.sync()
-        pending, saved = router.pending_tokens(dtype), None
-        if len(pending):  # a new file each time: the previous state's one stays valid until the state is replaced
-            saved = {"file": f"pending-{router.position:015d}.bin", "tokens": len(pending)}
-            write_atomic(work_dir / saved["file"], pending.tobytes())
-        write_json_atomic(work_dir / "state.json", {
-            "version": _STATE_VERSION, "identity": identity, "position": position, "docs_read": docs_read,
-            "counts": counts, "router_position": router.position, "pending": saved,
-            "writers": {s: w.state() for s, w in writers.items()},
-        })
-        _drop_except(work_dir, "pending-*.bin", saved and saved["file"])
-        for w in writers.values():
+        tokens, pending = router.pending_tokens(job.dtype), None
+        if len(tokens):
+            pending = {"file": f"pending-{router.position:015d}.bin", "tokens": len(tokens)}
+            write_atomic(job.work_dir / pending["file"], tokens.tobytes())
+        state = PrepareState(position=self.position, docs_read=self.docs_read, counts=self.counts,
+                             router_position=router.position, pending=pending,
+                             writers={s: w.state() for s, w in self.writers.items()})
+        write_json_atomic(job.work_dir / STATE_FILE, state.to_json(job.identity))
+        _drop_except(job.work_dir, "pending-*.bin", pending and pending["file"])
+        for w in self.writers.values():
             w.drop_old_parts()
             w.finished = 0
 
-    if state is None:
-        save_state()  # from now on, this folder holds a prepare that can be continued
-    what = f"{len(files)} file(s)" if files is not None else f"hub dataset {hub.name}"
-    log(f"tokenizing {what} with {workers} worker(s) into {out_dir}")
-    if files is not None:
-        chunks = file_chunks(files, doc_split, text_key, start=tuple(position))
-    else:
-        chunks = hub_chunks(hub, text_key, skip=position[0])
-    if max_docs is not None:
-        chunks = _limit_docs(chunks, max_docs - docs_read)
-    last_ckpt, start_tokens = router.position, router.position
-    done = max_tokens is not None and router.position >= max_tokens
-    if not done:
-        for tokens, chunk_counts, position, n_docs, nbytes in _tokenized(chunks, enc, dtype, workers):
-            if max_tokens is not None and router.position + len(tokens) >= max_tokens:
-                part = tokens[: max_tokens - router.position]
-                router.add(part)
-                # the documents of the part kept: each starts with <|endoftext|> (its empty and
-                # invalid-UTF-8 counts cannot be split, and are left out)
-                n_docs = int(np.count_nonzero(part == enc.eot_token))
-                counts[0] += n_docs
-                docs_read += n_docs
-                break
-            counts = [a + b for a, b in zip(counts, chunk_counts)]
-            docs_read += n_docs
-            router.add(tokens)
-            if any(w.finished for w in writers.values()) or router.position - last_ckpt >= _CHECKPOINT_TOKENS:
-                save_state()
-                last_ckpt = router.position
-            status.update(docs_read, router.position, start_tokens, nbytes,
-                          sum(len(w.shards) for w in writers.values()))
-
-    total = router.position
-    if total == 0:
-        _clear(out_dir)
-        raise UserError(
-            f"inputs hold no text ({counts[1]} empty documents); check the files"
-            + ("" if doc_split == "file" else f" and doc_split={doc_split!r}")
-        )
-    router.finish()
-    n_val = writers["val"].tokens
-    problem = None
-    if (options["val_fraction"] or options["val_tokens"]) and n_val == 0:
-        problem = f"only {total} tokens: too few for a validation split of {val_fraction or val_tokens}; " \
-                  "use more text or a larger val_fraction"
-    elif n_val >= total:
-        problem = f"only {total} tokens: nothing left for training after the validation split of " \
-                  f"{val_fraction or val_tokens}; use more text or a smaller val split"
-    if problem:
-        _clear(out_dir)
-        raise UserError(problem)
-    if n_val == 0:
-        log("warning: the validation split is empty (val_fraction/val_tokens 0), so no validation shards are written")
-    for w in writers.values():
-        w.close()
-    status.update(docs_read, total, start_tokens, 0, sum(len(w.shards) for w in writers.values()), force=True)
-
-    manifest = {
-        "format": "gpt2lab-shards",
-        "format_version": 2,
-        "tokenizer": enc.name,
-        **({"tokenizer_path": str(tok_folder)} if tok_folder is not None else {}),
-        "vocab_sha256": identity["vocab_sha256"],
-        "vocab_size": enc.n_vocab,
-        "token_dtype": np.dtype(dtype).name,
-        "eot_token": enc.eot_token,
-        "eot_position": "before_each_document",
-        "source": source,
-        "options": options,
-        "documents": {"kept": counts[0], "empty": counts[1], "invalid_utf8": counts[2]},
-        "tokens": {"val": n_val, "train": total - n_val, "total": total},
-        "shards": writers["val"].shards + writers["train"].shards,
-    }
-    write_json_atomic(out_dir / MANIFEST, manifest)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    log(f"done: {total:,} tokens from {counts[0]:,} documents ({n_val:,} val, {total - n_val:,} train) in {out_dir}")
-    if counts[1] or counts[2]:
-        log(f"skipped {counts[1]} empty documents; {counts[2]} had invalid UTF-8 (replaced)")
-    return manifest
+    def _restore(self, saved: PrepareState) -> None:
+        """Continue from ``saved``: the writers, the router and its pending block, the position in the inputs."""
+        job = self.job
+        for d in (job.out_dir, job.work_dir):  # temp files of writes that were killed half way
+            _drop_except(d, ".tmp-*", None)
+        for s, w in self.writers.items():
+            w.restore(saved.writers[s])
+        pending = np.empty(0, job.dtype)
+        if saved.pending:
+            path = job.work_dir / saved.pending["file"]
+            pending = np.fromfile(path, dtype=job.dtype) if path.is_file() else pending
+            if len(pending) != saved.pending["tokens"]:
+                raise UserError(f"{path} does not match the saved state; pass --overwrite to start over")
+        _drop_except(job.work_dir, "pending-*.bin", saved.pending and saved.pending["file"])
+        self.router.restore(saved.router_position, pending)
+        self.position, self.docs_read, self.counts = saved.position, saved.docs_read, saved.counts
+        self.log(f"continuing an interrupted prepare in {job.out_dir}: {self.router.position:,} tokens done, "
+                 f"{self.shards} shards written")
 
 
 def _drop_except(directory: Path, pattern: str, keep: str | None) -> None:
@@ -591,5 +767,5 @@ def verify(out_dir, names=None, hashes: bool = True) -> dict:
     return manifest
 
 
-__all__ = ["prepare", "verify", "load_manifest", "resolve_tokenizer", "check_data_tokenizer", "vocab_sha256", "HubSource",
-           "MANIFEST", "VAL_BLOCK", "expand_inputs"]
+__all__ = ["prepare", "verify", "load_manifest", "resolve_tokenizer", "check_data_tokenizer", "vocab_sha256",
+           "HubSource", "MANIFEST", "VAL_BLOCK", "expand_inputs", "PrepareJob", "PrepareState", "DocCounts"]

@@ -77,7 +77,7 @@ class ValLoss(Evaluator):
 class Task(Evaluator):
     """A downstream task scored on all ranks (items split over them), or on rank 0's full copy under FSDP2."""
 
-    def __init__(self, kind: str, data: list, evaluate: Callable, every: int, describe: Callable[[dict], str],
+    def __init__(self, kind: str, data: list, evaluate: Callable, *, every: int, describe: Callable[[dict], str],
                  device: str, autocast, info: DistInfo, sharded: bool):
         self.kind, self.data, self.evaluate, self.every, self.describe = kind, data, evaluate, every, describe
         self.device, self.autocast, self.info, self.needs_full = device, autocast, info, sharded
@@ -146,13 +146,14 @@ def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded
     common = dict(device=device, autocast=autocast, info=info, sharded=sharded)
     if e.hellaswag_every >= 0:
         out.append(Task("hellaswag", select_items(load_hellaswag(e.hellaswag_data or None), e.hellaswag_items),
-                        functools.partial(evaluate_hellaswag, gather=False, tokenizer=tok), e.hellaswag_every,
-                        lambda m: f"hellaswag acc_norm {m['completion_acc_norm']:.4f} "
-                                  f"(lm-eval {m['lm_eval_acc_norm']:.4f}, {m['items']:,} items)", **common))
+                        functools.partial(evaluate_hellaswag, gather=False, tokenizer=tok), every=e.hellaswag_every,
+                        describe=lambda m: f"hellaswag acc_norm {m['completion_acc_norm']:.4f} "
+                                           f"(lm-eval {m['lm_eval_acc_norm']:.4f}, {m['items']:,} items)", **common))
     if e.lambada_every >= 0:
         out.append(Task("lambada", select_items(load_lambada(e.lambada_data or None), e.lambada_items),
-                        functools.partial(evaluate_lambada, gather=False, tokenizer=tok), e.lambada_every,
-                        lambda m: f"lambada acc {m['acc']:.4f} ppl {m['ppl']:.2f} ({m['items']:,} passages)", **common))
+                        functools.partial(evaluate_lambada, gather=False, tokenizer=tok), every=e.lambada_every,
+                        describe=lambda m: f"lambada acc {m['acc']:.4f} ppl {m['ppl']:.2f} "
+                                           f"({m['items']:,} passages)", **common))
     if e.sample_every >= 0:
         out.append(Samples(cfg, device, autocast, info, tok))
     return out

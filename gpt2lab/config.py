@@ -49,6 +49,7 @@ from pydantic.dataclasses import dataclass as section
 from pydantic_core import PydanticCustomError
 
 from .errors import UserError
+from .data.shards import data_tokenizer
 from .model import GPTConfig
 from .tokenizer import VOCAB_SIZE, load_tokenizer, pad_vocab
 
@@ -172,8 +173,9 @@ ModelConfig = _model_section(GPTConfig)
 class DataConfig:
     dir: Str = Field("data/tinyshakespeare", description="folder of token shards made by `gpt2lab prepare`")
     tokenizer: Str = Field("gpt2", examples=["gpt2"], description=(
-        "gpt2 or a tokenizer folder made by `gpt2lab tokenizer train`: the one data.dir was prepared with (checked "
-        "against its manifest); checkpoints keep a copy, and sampling and evaluation use it"))
+        "gpt2 or a tokenizer folder made by `gpt2lab tokenizer train`. Not given (or \"\"): the one data.dir was "
+        "prepared with, as its manifest records (gpt2 when there is none); one given that differs from the data's "
+        "is an error. Checkpoints keep a copy, and sampling and evaluation use it"))
     train_split: Str = Field("train", description="shards whose name holds this word are training data")
     val_split: Str = Field("val", description="... and these validation data")
     shuffle: bool = Field(False, description=(
@@ -352,6 +354,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # What loading decided for the user (a scaled warm-up, the data's tokenizer), for the start line:
+    # a plain attribute, not a config key (load_config sets it).
+    notes: typing.ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -522,8 +527,25 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
         for key in set().union(*MODEL_PRESETS.values()):
             merged.get("model", {}).pop(key, None)
             sources.pop(f"model.{key}", None)
+    file_steps = merged.get("train", {}).get("max_steps", TrainConfig.max_steps)
     _merge(merged, sources, cli, " on the command line")
-    return _build(merged, sources)
+    cfg = _build(merged, sources)
+    if "max_steps" in cli.get("train", {}) and "warmup_steps" not in cli.get("optim", {}):
+        _keep_warmup_share(cfg, _to_int(file_steps))
+    return cfg
+
+
+def _keep_warmup_share(cfg: Config, file_steps) -> None:
+    """A run made longer or shorter on the command line keeps its config's warm-up share: the warm-up
+    steps scale with train.max_steps (at least 1 when there was a warm-up), as cosine and wsd decays
+    already do, so the recipe keeps its shape at any length."""
+    steps, warmup = cfg.train.max_steps, cfg.optim.warmup_steps
+    if type(file_steps) is not int or file_steps <= 0 or file_steps == steps or warmup == 0:
+        return
+    cfg.optim.warmup_steps = max(1, round(warmup * steps / file_steps))
+    cfg.notes += (f"optim.warmup_steps {warmup:,} -> {cfg.optim.warmup_steps:,}: the config's warm-up share "
+                     f"({warmup:,} of {file_steps:,} steps) kept for train.max_steps={steps:,} "
+                     "(set optim.warmup_steps to choose)",)
 
 
 def from_dict(raw: dict, where: str = "") -> Config:
@@ -537,6 +559,11 @@ def from_dict(raw: dict, where: str = "") -> Config:
 
 def _build(merged: dict, sources: dict[str, str]) -> Config:
     s = _check(merged, sources)
+    notes = []
+    if "data.tokenizer" not in sources or not s.data.tokenizer:  # the data's own
+        s.data.tokenizer, how = data_tokenizer(s.data.dir)
+        if s.data.tokenizer != "gpt2":
+            notes.append(f"tokenizer {s.data.tokenizer}: {how}")
     model = dataclasses.asdict(s.model)
     if not model["vocab_size"]:  # the tokenizer's
         model["vocab_size"] = _tokenizer_vocab(s.data.tokenizer, sources)
@@ -546,7 +573,9 @@ def _build(merged: dict, sources: dict[str, str]) -> Config:
         raise UserError(f"config key 'model.padded_vocab_size'{sources.get('model.padded_vocab_size', '')}: "
                         f"{model['padded_vocab_size']} is smaller than the vocab_size {model['vocab_size']} of "
                         f"tokenizer {s.data.tokenizer!r}; make it >= vocab_size (or 0)")
-    return Config(model=GPTConfig(**model), data=s.data, train=s.train, optim=s.optim, eval=s.eval)
+    cfg = Config(model=GPTConfig(**model), data=s.data, train=s.train, optim=s.optim, eval=s.eval)
+    cfg.notes = tuple(notes)
+    return cfg
 
 
 def _tokenizer_vocab(spec: str, sources: dict[str, str]) -> int:

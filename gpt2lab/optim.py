@@ -119,18 +119,20 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay to lr * min_lr_ratio.
 
     ``wsd`` (warmup-stable-decay, trapezoidal) holds lr after warmup and decays linearly over the
-    last ``decay_fraction`` of the steps, reaching lr * min_lr_ratio at the last step.
+    last ``decay_fraction`` of the steps, reaching lr * min_lr_ratio at the last step, also when the
+    warm-up reaches into that window (the lower of the two then: a run always ends annealed).
     """
     min_lr = cfg.lr * cfg.min_lr_ratio
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    warm = cfg.lr * (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else cfg.lr
     if cfg.schedule == "wsd":
         decay_steps = max(1, round(cfg.decay_fraction * max_steps))
-        start = max(cfg.warmup_steps, max_steps - decay_steps)
+        start = max_steps - decay_steps
         if step < start:
-            return cfg.lr
-        progress = min(1.0, (step + 1 - start) / max(1, max_steps - start))
-        return cfg.lr - progress * (cfg.lr - min_lr)
+            return warm
+        progress = min(1.0, (step + 1 - start) / decay_steps)
+        return min(warm, cfg.lr - progress * (cfg.lr - min_lr))
+    if step < cfg.warmup_steps:
+        return warm
     if cfg.schedule == "constant" or max_steps <= cfg.warmup_steps:
         return cfg.lr
     progress = min(1.0, (step - cfg.warmup_steps) / (max_steps - cfg.warmup_steps))

@@ -110,7 +110,9 @@ def _live_bar(total: int | None, initial: int, desc: str):
 
 def train_fields(v: dict) -> list[str]:
     """The status fields of a train record (see :meth:`gpt2lab.train.Trainer._log_step`)."""
-    fields = [f"tokens {fmt_count(v['tokens'])}", f"loss {v['loss']:.4f}", f"lr {v['lr']:.2e}",
+    # optim.lr's scheduled value; with Muon, its matrices' rate beside it (the AdamW groups' is lr)
+    lr = f"lr {v['lr']:.2e}" + (f" muon {v['lr_muon']:.2e}" if v.get("lr_muon") is not None else "")
+    fields = [f"tokens {fmt_count(v['tokens'])}", f"loss {v['loss']:.4f}", lr,
               f"norm {v['grad_norm']:.3f}", f"{v['tok_per_s']:,.0f} tok/s"]
     if v.get("mfu") is not None and math.isfinite(v["mfu"]):
         fields.append(f"MFU {100 * v['mfu']:.1f}%")

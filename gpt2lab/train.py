@@ -188,10 +188,12 @@ class Trainer:
             f"batch {self.tokens_per_step:,} tokens = {t.micro_batch} x {t.seq_len} x {self.accum} accum x "
             f"{info.world_size} | steps {self.start_step}..{t.max_steps} | compile {t.compile}"
         )
+        for note in cfg.notes:  # what loading decided: a warm-up scaled to the run, the data's tokenizer
+            self.log(note)
         o = cfg.optim
         if o.warmup_steps >= t.max_steps / 2:
-            self.log(f"warning: optim.warmup_steps={o.warmup_steps} is {o.warmup_steps / t.max_steps:.0%} of "
-                     f"train.max_steps={t.max_steps}; the recipe warms up for ~4% (715 of 19,073 steps)")
+            self.log(f"warning: optim.warmup_steps={o.warmup_steps:,} is {o.warmup_steps / t.max_steps:.0%} of "
+                     f"train.max_steps={t.max_steps:,}: most of the run is warm-up")
 
     def _open_record(self) -> None:
         """Rank 0: the metrics stream with its sinks (file, TensorBoard, wandb, the status line),
@@ -311,7 +313,9 @@ class Trainer:
     def _log_step(self, done: int, loss: float, lr: float, norm: float, dt: float, eta: float) -> None:
         if self.metrics:  # the console (status line), metrics.jsonl, TensorBoard and wandb: one record
             tok_s = self.tokens_per_step / dt
-            self.metrics.log("train", done, loss=loss, lr=lr, grad_norm=norm, tokens=done * self.tokens_per_step,
+            muon = [g["lr"] for g in self.optimizer.param_groups if g.get("kind") == "muon"]
+            self.metrics.log("train", done, loss=loss, lr=lr, **({"lr_muon": muon[0]} if muon else {}), grad_norm=norm,
+                             tokens=done * self.tokens_per_step,
                              tok_per_s=tok_s, step_time=dt,
                              mfu=mfu(self.flops_per_token, tok_s, self.peak * self.info.world_size),
                              **memory_bytes(self.device), elapsed_s=self.clock.elapsed, eta_s=eta)

@@ -347,6 +347,12 @@ def test_speedrun_training_checkpoints_both_optimizers_and_refuses_another_optim
     cfg = ckpt_cfg(small_shards, tmp_path / "run", 2, *switches, *muon)
     summary = train(cfg, log=quiet)
     assert summary["steps"] == 2 and summary["train_loss"] < 11
+    from gpt2lab.metrics import read_metrics
+    from gpt2lab.progress import train_fields
+
+    record = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"][-1]
+    muon_peak = cfg.optim.muon_lr * record["lr"] / cfg.optim.lr  # Muon's rate follows the same schedule
+    assert record["lr_muon"] == pytest.approx(muon_peak) and f"muon {muon_peak:.2e}" in " ".join(train_fields(record))
     state = load_train_state(list_checkpoints(tmp_path / "run")[-1])["optimizer"]
     assert [g["kind"] for g in state["param_groups"]] == ["muon", "embed", "head", "scalar"]
     muon_ids, adam_ids = state["param_groups"][0]["params"], state["param_groups"][1]["params"]

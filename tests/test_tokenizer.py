@@ -362,16 +362,20 @@ def test_end_to_end_own_tokenizer(tmp_path):
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["vocab_sha256"] == load_tokenizer(tmp_path / "tok").sha256 and manifest["vocab_size"] == 8192
     assert manifest["tokenizer"] == "tok" and manifest["token_dtype"] == "uint16"
-    r = gpt2lab("train", "data.dir=data", "data.tokenizer=tok", "train.run_dir=run", "model.preset=micro",
-                "train.device=cpu", "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32",
-                "train.max_steps=4", "optim.warmup_steps=2", "eval.every=2", "eval.val_tokens=1024",
-                "eval.sample_count=1", "eval.sample_tokens=4", "eval.lambada_every=0", "eval.lambada_items=4",
-                f"eval.lambada_data={DATA / 'lambada_original_test_head.jsonl'}", cwd=tmp_path)
+    (tmp_path / "tok").rename(tmp_path / "tok-moved")  # the data keeps its own copy, the checkpoint too
+    train = ["train", "data.dir=data", "train.run_dir=run", "model.preset=micro", "train.device=cpu",
+             "train.dtype=float32", "train.micro_batch=4", "train.seq_len=32", "train.max_steps=4",
+             "optim.warmup_steps=2", "eval.every=2", "eval.val_tokens=1024", "eval.sample_count=1",
+             "eval.sample_tokens=4", "eval.lambada_every=0", "eval.lambada_items=4",
+             f"eval.lambada_data={DATA / 'lambada_original_test_head.jsonl'}"]
+    line = one_line_error(gpt2lab(*train, "data.tokenizer=gpt2", cwd=tmp_path))  # given, and not the data's
+    assert "tokenizer mismatch" in line and "/tok'" in line and "'gpt2'" in line
+    r = gpt2lab(*train, cwd=tmp_path)  # no data.tokenizer: the data's manifest knows it
     assert r.returncode == 0, r.stderr
+    assert f"tokenizer {(tmp_path / 'data' / 'tokenizer').resolve()}: the one data/manifest.json records" in r.stdout
     assert "val loss" in r.stdout and "sample: " in r.stdout and "lambada acc" in r.stdout
     ckpt = next((tmp_path / "run" / "checkpoints").iterdir())
-    assert (ckpt / "tokenizer" / RANKS_FILE).read_bytes() == (tmp_path / "tok" / RANKS_FILE).read_bytes()
-    (tmp_path / "tok").rename(tmp_path / "tok-moved")  # the checkpoint has its own copy
+    assert (ckpt / "tokenizer" / RANKS_FILE).read_bytes() == (tmp_path / "tok-moved" / RANKS_FILE).read_bytes()
     r = gpt2lab("sample", "run", "--prompt", "First Citizen:", "--max-new-tokens", 8, "--seed", 1,
                 "--temperature", 0, "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -443,3 +447,23 @@ def test_evaluations_use_the_checkpoint_tokenizer(trained_tokenizer, tmp_path):
     with pytest.raises(UserError, match="tokenizer mismatch: model .* but --tokenizer is 'gpt2'"):
         run_lambada(tmp_path / "run", variant="original", data=data, limit=2, device="cpu", out=tmp_path / "ev",
                     tokenizer="gpt2")
+
+
+def test_training_takes_the_datas_tokenizer_when_none_is_given(trained_tokenizer, tmp_path):
+    """No data.tokenizer: the prepared folder's own copy (or the folder its manifest names), with the model's
+    vocabulary following it; a folder tokenizer found nowhere is a one-line error saying what to pass."""
+    from gpt2lab.config import load_config
+    from gpt2lab.data.prepare import prepare
+
+    tok = tmp_path / "tok"
+    shutil.copytree(trained_tokenizer, tok)
+    prepare([DATA / "tinyshakespeare_head.txt"], tmp_path / "data", tokenizer=str(tok), workers=1, log=lambda _m: None)
+    cfg = load_config(None, [f"data.dir={tmp_path / 'data'}", "preset=micro"])
+    assert cfg.data.tokenizer == str((tmp_path / "data" / "tokenizer").resolve())
+    assert cfg.model.vocab_size == 8192 and any("the one" in n and "manifest.json records" in n for n in cfg.notes)
+    shutil.rmtree(tmp_path / "data" / "tokenizer")  # then the folder the manifest names
+    assert load_config(None, [f"data.dir={tmp_path / 'data'}"]).data.tokenizer == str(tok.resolve())
+    shutil.rmtree(tok)
+    with pytest.raises(UserError, match=r"prepared with tokenizer 'tok8k' .* give its folder as data.tokenizer=FOLDER"):
+        load_config(None, [f"data.dir={tmp_path / 'data'}"])
+    assert load_config(None, [f"data.dir={tmp_path / 'nothing'}"]).data.tokenizer == "gpt2"  # no data yet

@@ -42,9 +42,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import UserError
-from ..fileio import check_folder_path, file_sha256, write_atomic, write_json_atomic
+from ..fileio import check_folder_path, file_sha256, replace_dir, write_atomic, write_json_atomic
 from ..progress import PrepareStatus, live_wanted
-from ..tokenizer import VOCAB_SHA256, Tokenizer, get_tokenizer, load_tokenizer
+from ..tokenizer import COPY_DIR, VOCAB_SHA256, Tokenizer, copy_folder, get_tokenizer, load_tokenizer
 from .shards import MANIFEST, SHARD_SUFFIXES, VERSION, VERSION_U32, load_manifest, read_shard, write_shard
 from .sources import (
     DOC_SPLITS,
@@ -476,8 +476,12 @@ def _clear(out_dir: Path) -> None:
         p.unlink()
     (out_dir / MANIFEST).unlink(missing_ok=True)
     shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
+    shutil.rmtree(out_dir / COPY_DIR, ignore_errors=True)
     for p in out_dir.glob(".tmp-*"):  # left by a write killed half way
-        p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _check_tokenizer(out_dir: Path, identity: dict) -> None:
@@ -638,6 +642,11 @@ class _Preparation:
             w.close()
         self.status.update(self.docs_read, total, start_tokens, 0, self.shards, force=True)
         manifest = self._manifest(n_val, total)
+        if job.tok_folder is not None:  # the data keeps its tokenizer, so training finds it (shards.data_tokenizer)
+            tmp = job.out_dir / f".tmp-{COPY_DIR}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            copy_folder(load_tokenizer(job.tok_folder), tmp)
+            replace_dir(tmp, job.out_dir / COPY_DIR, job.out_dir / f".old-{COPY_DIR}")
         write_json_atomic(job.out_dir / MANIFEST, manifest)
         shutil.rmtree(job.work_dir, ignore_errors=True)
         self.log(f"done: {total:,} tokens from {self.counts.kept:,} documents ({n_val:,} val, {total - n_val:,} "

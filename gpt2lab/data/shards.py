@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import temp_beside
+from ..tokenizer import COPY_DIR, VOCAB_SHA256, load_tokenizer
 
 MAGIC = 20240520
 VERSION = 1  # uint16 tokens
@@ -179,6 +180,31 @@ def load_manifest(data_dir) -> dict | None:
     except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise UserError(f"{path}: not a valid manifest ({str(e)[:200]}); re-run gpt2lab prepare") from None
     return manifest
+
+
+def data_tokenizer(data_dir) -> tuple[str, str]:
+    """The tokenizer spec that ``data_dir`` was prepared with, and how that was found: the copy of its
+    folder that prepare keeps in ``data_dir/tokenizer``, else the folder its manifest names, else
+    ``"gpt2"`` (GPT-2's, or no manifest: build-nanogpt shards, or no data yet). A folder tokenizer
+    that is in neither place is a one-line error saying to pass ``data.tokenizer``."""
+    manifest = load_manifest(data_dir)
+    recorded = manifest.get("vocab_sha256") if manifest else None
+    if not isinstance(recorded, str) or (recorded == VOCAB_SHA256 and "tokenizer_path" not in manifest):
+        return "gpt2", "GPT-2's" + (f", as {Path(data_dir) / MANIFEST} records" if manifest else "")
+    where = [Path(data_dir) / COPY_DIR]
+    if isinstance(manifest.get("tokenizer_path"), str):
+        where.append(Path(manifest["tokenizer_path"]))
+    for folder in where:
+        if folder.is_dir():
+            try:
+                if load_tokenizer(folder).sha256 == recorded:
+                    return str(folder.resolve()), f"the one {Path(data_dir) / MANIFEST} records"
+            except UserError:
+                continue
+    raise UserError(f"{data_dir} was prepared with tokenizer {manifest.get('tokenizer')!r} "
+                    f"(sha256 {recorded[:12]}), which is neither in {where[0]} nor at "
+                    f"{manifest.get('tokenizer_path', 'a recorded path')}; "
+                    "give its folder as data.tokenizer=FOLDER")
 
 
 def _check_manifest_fields(manifest) -> None:

@@ -399,13 +399,12 @@ def _hub_source(args):
 
 
 def cmd_train(args) -> int | None:
-    from .config import load_config
     from .train import train
 
-    config, overrides, resume = _train_config(args)
-    cfg = load_config(config, overrides)
+    cfg, resume = _train_config(args)
     if args.print_config:
-        return print(cfg.to_yaml(), end="")
+        print(cfg.to_yaml(), end="")
+        return None
     summary = train(cfg, resume=resume)
     if summary.get("stopped"):  # SIGTERM/SIGINT: checkpoint written; exit as a signalled process would
         return 128 + signal.Signals[summary["stopped"]].value
@@ -413,10 +412,11 @@ def cmd_train(args) -> int | None:
         print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, run in {summary['run_dir']}")
 
 
-def _train_config(args) -> tuple[str | None, list[str], bool]:
-    """(config file, overrides, resume) as train's options give them: ``--resume RUN_DIR`` resumes that run, with
-    its config.yaml unless --config is given; in ``--resume lr=1e-4`` the override follows a plain --resume."""
+def _train_config(args):
+    """(config, resume) as train's options give them: ``--resume RUN_DIR`` resumes that run, with its config.yaml
+    unless --config is given; in ``--resume lr=1e-4`` the override follows a plain --resume."""
     from .checkpoint import RUN_CONFIG
+    from .config import load_config
 
     config, overrides, resume = args.config, list(args.overrides), args.resume
     if isinstance(resume, str) and "=" in resume:
@@ -426,7 +426,7 @@ def _train_config(args) -> tuple[str | None, list[str], bool]:
         if config is None:
             config = os.path.join(resume, RUN_CONFIG)
         overrides.append(f"train.run_dir={resume}")
-    return config, overrides, bool(resume)
+    return load_config(config, overrides), bool(resume)
 
 
 def cmd_sample(args) -> None:

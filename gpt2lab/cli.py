@@ -104,19 +104,16 @@ def _text_inputs(p, nargs: str, column: str = "jsonl key / parquet column") -> N
     p.add_argument("--text-key", help=f"{column} holding the text")
 
 
-def _add_prepare(sub) -> None:
+def _add_prepare(p) -> None:
     from .data.prepare import prepare
     from .data.sources import HubSource
 
-    p = sub.add_parser(
-        "prepare", help="tokenize a corpus (local files or a Hugging Face dataset) into token shards",
-        description="Tokenize local .txt/.jsonl/.parquet files (globs allowed; .gz/.zst/.bz2/.xz ok) or a Hugging "
-        "Face hub dataset (--hub, streamed) with the GPT-2 BPE (or --tokenizer) into llm.c-compatible .bin shards "
-        "(val_*.bin, train_*.bin) plus manifest.json. An interrupted prepare continues when the same command is "
-        "run again.",
-        epilog="examples:\n  gpt2lab prepare corpus/*.jsonl.zst --out data/mycorpus\n"
-        f"  gpt2lab prepare --hub --out data/fineweb-edu-10B     # {HubSource.name} {HubSource.config}, val = the "
-        "first shard")
+    p.description = ("Tokenize local .txt/.jsonl/.parquet files (globs allowed; .gz/.zst/.bz2/.xz ok) or a Hugging "
+                     "Face hub dataset (--hub, streamed) with the GPT-2 BPE (or --tokenizer) into llm.c-compatible "
+                     ".bin shards (val_*.bin, train_*.bin) plus manifest.json. An interrupted prepare continues when "
+                     "the same command is run again.")
+    p.epilog = ("examples:\n  gpt2lab prepare corpus/*.jsonl.zst --out data/mycorpus\n  gpt2lab prepare --hub --out "
+                f"data/fineweb-edu-10B     # {HubSource.name} {HubSource.config}, val = the first shard")
     p.add_argument("--out", "-o", dest="out_dir", metavar="OUT", required=True, help="output folder for the shards")
     _text_inputs(p, "*", "jsonl key / parquet or hub column")
     p.add_argument("--hub", nargs="?", const=HubSource.name, metavar="NAME",
@@ -140,10 +137,8 @@ def _add_prepare(sub) -> None:
     _defaults(p, prepare)
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model (CPU, one GPU, or torchrun)",
-                       description="Train a GPT. Config = defaults < --config YAML < key=value overrides.",
-                       epilog=EPILOG_TRAIN)
+def _add_train(p) -> None:
+    p.description, p.epilog = "Train a GPT. Config = defaults < --config YAML < key=value overrides.", EPILOG_TRAIN
     p.add_argument("--config", "-c", help="YAML config file (see configs/)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue from the newest checkpoint of train.run_dir (or of RUN_DIR, using its config.yaml)")
@@ -151,12 +146,11 @@ def _add_train(sub) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value")
 
 
-def _add_sample(sub) -> None:
+def _add_sample(p) -> None:
     from .generate import generate_text
 
-    p = sub.add_parser("sample", help="generate text from a checkpoint",
-                       description="Generate text from a checkpoint folder, a run folder (its newest checkpoint), "
-                                   "or a Hugging Face GPT-2 folder or hub name.")
+    p.description = ("Generate text from a checkpoint folder, a run folder (its newest checkpoint), or a Hugging "
+                     "Face GPT-2 folder or hub name.")
     p.add_argument("model_path", metavar="checkpoint", help="checkpoint folder (…/checkpoints/step_N), run folder, "
                    "or Hugging Face GPT-2 folder or hub name")
     p.add_argument("--prompt", help="text to continue (default: the start of a document)")
@@ -175,14 +169,12 @@ def _add_sample(sub) -> None:
     _defaults(p, generate_text)
 
 
-def _add_convert(sub) -> None:
-    p = sub.add_parser(
-        "convert", help="import GPT-2 weights from Hugging Face transformers, or export to it",
-        description="from-hf SRC OUT: SRC is a directory saved by transformers' save_pretrained() (safetensors or "
-        "pytorch_model.bin) or a hub name such as openai-community/gpt2 (needs gpt2lab[hf] and a connection); OUT "
-        "becomes a gpt2lab checkpoint folder that `gpt2lab sample` loads. to-hf CHECKPOINT OUT: OUT becomes a "
-        "directory that transformers' GPT2LMHeadModel and AutoTokenizer load offline.",
-    )
+def _add_convert(p) -> None:
+    p.description = ("from-hf SRC OUT: SRC is a directory saved by transformers' save_pretrained() (safetensors or "
+                     "pytorch_model.bin) or a hub name such as openai-community/gpt2 (needs gpt2lab[hf] and a "
+                     "connection); OUT becomes a gpt2lab checkpoint folder that `gpt2lab sample` loads. to-hf "
+                     "CHECKPOINT OUT: OUT becomes a directory that transformers' GPT2LMHeadModel and AutoTokenizer "
+                     "load offline.")
     p.add_argument("direction", choices=["from-hf", "to-hf"],
                    help="from-hf: transformers -> gpt2lab; to-hf: the reverse")
     p.add_argument("src", help="from-hf: transformers directory or hub name; to-hf: checkpoint or run folder")
@@ -190,21 +182,19 @@ def _add_convert(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
-def _add_eval(sub) -> None:
+def _add_eval(p) -> None:
     from .config import TrainConfig
     from .evals.hellaswag import STYLES, run_hellaswag
     from .evals.lambada import VARIANTS, run_lambada
     from .evals.loss import run_loss
     from .evals.scoring import BATCH_TOKENS
 
-    p = sub.add_parser(
-        "eval", help="evaluate a model: validation loss, HellaSwag, LAMBADA",
-        description="Evaluate a model. MODEL is a gpt2lab checkpoint or run folder; hellaswag and lambada also take "
-        "a Hugging Face GPT-2 folder. Tasks: loss (validation loss over prepared shards), hellaswag (4-way "
-        "completion accuracy, build-nanogpt and lm-eval-harness definitions), lambada (last-word accuracy and "
-        "perplexity). All of them also run under torchrun, sharded over the processes. hellaswag and lambada "
-        "write OUT/<task>_examples.jsonl and OUT/<task>_summary.json and print the summary.",
-    )
+    p.description = ("Evaluate a model. MODEL is a gpt2lab checkpoint or run folder; hellaswag and lambada also "
+                     "take a Hugging Face GPT-2 folder. Tasks: loss (validation loss over prepared shards), hellaswag "
+                     "(4-way completion accuracy, build-nanogpt and lm-eval-harness definitions), lambada (last-word "
+                     "accuracy and perplexity). All of them also run under torchrun, sharded over the processes. "
+                     "hellaswag and lambada write OUT/<task>_examples.jsonl and OUT/<task>_summary.json and print "
+                     "the summary.")
     p.add_argument("task", choices=["loss", "hellaswag", "lambada", "harness"],
                    help="what to evaluate (harness: any lm-evaluation-harness task, with gpt2lab as the model)")
     p.add_argument("model_path", metavar="MODEL", help="checkpoint folder, run folder, or a Hugging Face GPT-2 "
@@ -241,14 +231,13 @@ def _add_eval(sub) -> None:
     _defaults(p, run_loss, run_hellaswag, run_lambada)
 
 
-def _add_tokenizer(sub) -> None:
+def _add_tokenizer(p) -> None:
     from .tokenizer import PATTERNS
     from .tokenizer_train import tokenizer_stats, train_tokenizer
 
-    p = sub.add_parser("tokenizer", help="train your own byte-level BPE tokenizer, or compare tokenizers",
-                       description="train: a byte-level BPE on your corpus (the Hugging Face tokenizers library; pip "
-                       "install 'gpt2lab[tokenizer]'), saved as a folder that --tokenizer and data.tokenizer take. "
-                       "stats: bytes per token and encode speed of tokenizers on your text.")
+    p.description = ("train: a byte-level BPE on your corpus (the Hugging Face tokenizers library; pip install "
+                     "'gpt2lab[tokenizer]'), saved as a folder that --tokenizer and data.tokenizer take. stats: bytes "
+                     "per token and encode speed of tokenizers on your text.")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     t = tsub.add_parser("train", help="train a byte-level BPE on a corpus",
                         description="Train a byte-level BPE (GPT-2's pre-tokenisation pattern by default, "
@@ -277,10 +266,9 @@ def _add_tokenizer(sub) -> None:
     _defaults(st, tokenizer_stats)
 
 
-def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="print a run's evaluation history, status and environment",
-                       description="Print the validation loss, HellaSwag and LAMBADA history of a training run (from "
-                       "its metrics.jsonl) as a table, then its status and what it ran on (environment.json).")
+def _add_report(p) -> None:
+    p.description = ("Print the validation loss, HellaSwag and LAMBADA history of a training run (from its "
+                     "metrics.jsonl) as a table, then its status and what it ran on (environment.json).")
     p.add_argument("run_dir", help="training run folder (train.run_dir)")
     p.add_argument("--plot", metavar="FILE", help="also plot the run to FILE (.png, .svg, ...; needs matplotlib)")
     p.add_argument("--json", dest="as_json", action="store_true", help="print the rows as JSON instead of a table")
@@ -289,21 +277,19 @@ def _add_report(sub) -> None:
                    "environment, config, and the plot (--plot FILE, or RUN_DIR/plot.png when matplotlib is installed)")
 
 
-def _add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list training runs and whether they are running, finished or stopped",
-                       description="List the run folders in DIR (DIR itself, or up to two levels below it): model, "
-                       "steps done/total, tokens, last train and val loss, best HellaSwag, status, last update. "
-                       "Status comes from RUN_DIR/status.json: running while the training process is alive (on "
-                       "another host: while its heartbeat, rewritten every 30 s, is younger than 3 minutes).")
+def _add_runs(p) -> None:
+    p.description = ("List the run folders in DIR (DIR itself, or up to two levels below it): model, steps "
+                     "done/total, tokens, last train and val loss, best HellaSwag, status, last update. Status comes "
+                     "from RUN_DIR/status.json: running while the training process is alive (on another host: while "
+                     "its heartbeat, rewritten every 30 s, is younger than 3 minutes).")
     p.add_argument("dir", nargs="?", default="runs", help="folder of runs")
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
 
 
-def _add_plot(sub) -> None:
-    p = sub.add_parser("plot", help="plot loss, learning rate, HellaSwag and LAMBADA of runs against tokens",
-                       description="Plot one or more runs overlaid: train and validation loss, learning rate, "
-                       "HellaSwag (with GPT-2 124M's 0.2955 and GPT-3 Small's 0.337) and LAMBADA, against tokens "
-                       "seen. Needs matplotlib (pip install 'gpt2lab[plot]').")
+def _add_plot(p) -> None:
+    p.description = ("Plot one or more runs overlaid: train and validation loss, learning rate, HellaSwag (with "
+                     "GPT-2 124M's 0.2955 and GPT-3 Small's 0.337) and LAMBADA, against tokens seen. Needs matplotlib "
+                     "(pip install 'gpt2lab[plot]').")
     p.add_argument("runs", nargs="+", metavar="RUN", help="training run folders")
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="image file to write (.png, .svg, .pdf)")
     p.add_argument("--log-x", action="store_true", help="logarithmic tokens axis")
@@ -342,38 +328,58 @@ def _add_bench(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per result instead of a table")
 
 
-def _add_quickstart(sub) -> None:
+def _add_quickstart(p) -> None:
     from .quickstart import quickstart
 
-    p = sub.add_parser(
-        "quickstart", help="prepare the shipped tinyshakespeare, train a small model on CPU, sample",
-        description="The whole loop on the corpus shipped inside gpt2lab: prepare tinyshakespeare, train the "
-        "quickstart model (under 4 minutes on 2 CPU cores with tcmalloc), report validation loss, save a checkpoint, "
-        "print samples.",
-    )
+    p.description = ("The whole loop on the corpus shipped inside gpt2lab: prepare tinyshakespeare, train the "
+                     "quickstart model (under 4 minutes on 2 CPU cores with tcmalloc), report validation loss, save a "
+                     "checkpoint, print samples.")
     p.add_argument("--out", dest="run_dir", metavar="OUT", help="run folder")
     p.add_argument("overrides", nargs="*", help="key=value overrides of configs/quickstart.yaml, e.g. max_steps=50")
     _defaults(p, quickstart)
 
 
-def _add_config(sub) -> None:
-    p = sub.add_parser("config", help="show config options",
-                       description="Print the config reference or a resolved config.")
+def _add_config(p) -> None:
+    p.description = "Print the config reference or a resolved config."
     p.add_argument("--doc", action="store_true", help="print the Markdown reference of every key")
     p.add_argument("--config", "-c", help="YAML config to resolve")
     p.add_argument("overrides", nargs="*", help="section.key=value")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The commands, in `gpt2lab --help`'s order: the summary it shows, and the function adding the options.
+PARSERS = {
+    "quickstart": ("prepare the shipped tinyshakespeare, train a small model on CPU, sample", _add_quickstart),
+    "prepare": ("tokenize a corpus (local files or a Hugging Face dataset) into token shards", _add_prepare),
+    "tokenizer": ("train your own byte-level BPE tokenizer, or compare tokenizers", _add_tokenizer),
+    "train": ("train a model (CPU, one GPU, or torchrun)", _add_train),
+    "sample": ("generate text from a checkpoint", _add_sample),
+    "eval": ("evaluate a model: validation loss, HellaSwag, LAMBADA", _add_eval),
+    "report": ("print a run's evaluation history, status and environment", _add_report),
+    "runs": ("list training runs and whether they are running, finished or stopped", _add_runs),
+    "plot": ("plot loss, learning rate, HellaSwag and LAMBADA of runs against tokens", _add_plot),
+    "bench": (None, _add_bench),  # adds its parser, summary and all, itself
+    "convert": ("import GPT-2 weights from Hugging Face transformers, or export to it", _add_convert),
+    "config": ("show config options", _add_config),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``gpt2lab`` parser. Adding a command's options imports its library (their defaults are its functions'),
+    so given ``command``, the one on the command line, only its options are added; every command is listed by
+    name and summary in ``gpt2lab --help``."""
     from . import __version__
 
     parser = _Parser(prog="gpt2lab",
                      description="Pretrain GPT-2-class language models from scratch: prepare, train, eval, sample.")
     parser.add_argument("--version", action="version", version=f"gpt2lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_prepare, _add_tokenizer, _add_train, _add_sample, _add_eval, _add_report,
-                _add_runs, _add_plot, _add_bench, _add_convert, _add_config):
-        add(sub)
+    for name, (summary, add_options) in PARSERS.items():
+        if summary is None:
+            add_options(sub)
+        elif command in (None, name):
+            add_options(sub.add_parser(name, help=summary))
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
@@ -542,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         from .allocator import reexec_with_tcmalloc
 
         reexec_with_tcmalloc(sys.argv[1:])
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((w for w in words if not w.startswith("-")), "")).parse_args(argv)
     try:
         rc = COMMANDS[args.command](args)
     except UserError as e:

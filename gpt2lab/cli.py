@@ -421,8 +421,8 @@ def cmd_train(args) -> int | None:
 def _train_config(args):
     """(config, resume) as train's options give them: ``--resume RUN_DIR`` resumes that run, with its config.yaml
     unless --config is given; in ``--resume lr=1e-4`` the override follows a plain --resume."""
-    from .layout import RUN_CONFIG
     from .config import load_config
+    from .layout import RUN_CONFIG
 
     config, overrides, resume = args.config, list(args.overrides), args.resume
     if isinstance(resume, str) and "=" in resume:

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..layout import ENV_FILE, METRICS_FILE, PLOT_FILE
 from ..errors import UserError
+from ..layout import ENV_FILE, METRICS_FILE, PLOT_FILE
 from ..metrics import read_metrics
 from ..plot import plot_runs
 from ..runinfo import environment_lines, read_json, report_markdown, run_row

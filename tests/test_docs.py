@@ -188,8 +188,9 @@ PLACEHOLDER_WORDS = ("", "...", "key=value", "section.key=value")
 
 
 def is_placeholder(token: str) -> bool:
+    """``MODEL``, ``FILES...``, ``[DIR]``, ``key=value``, ``TASK=FILE``: a word that stands for a value."""
     t = token.strip("[]")
-    return t in PLACEHOLDER_WORDS or bool(PLACEHOLDER.fullmatch(t))
+    return t in PLACEHOLDER_WORDS or all(PLACEHOLDER.fullmatch(part) for part in t.split("="))
 
 
 def _choices_in(message: str) -> list[str]:
@@ -629,7 +630,7 @@ def fill(argv: list[str], line: int) -> list[str] | None:
     for tok in argv:
         optional = optional or tok.startswith("[")
         if not optional:
-            fresh = f"inline/{line}-{tok.replace('.', '_')}{Path(tok).suffix}" if tok in FRESH else None
+            fresh = f"inline/{line}-{tok}" if tok in FRESH else None
             out.append(fresh or FILL_INS.get(tok, tok))
         optional = optional and not tok.endswith("]")
     return None if any(is_placeholder(t) for t in out) else out
@@ -759,7 +760,8 @@ def test_doc_commands_run(docs_run):
     print("\n".join(f"{'ok  ' if r.ok else 'FAIL'} {r.snippet.doc}:{r.snippet.line}: "
                     + (f"gpt2lab {shlex.join(r.argv)}" if r.argv else f"{r.snippet.text}  [not run: {r.output}]")
                     for r in commands))
-    assert all(r.ok for r in commands), "doc commands that fail on the test data:\n" + _failures(commands)
+    assert all(r.ok for r in commands), ("doc commands that fail on the test data (a file the docs name that the "
+                                         "workspace lacks goes in WORKSPACE_FILES):\n" + _failures(commands))
     ran = {w for r in commands if r.argv for w in (r.argv[0], " ".join(r.argv[:2]))}
     wanted = {"quickstart", "prepare", "train", "sample", "eval loss", "eval hellaswag", "eval lambada",
               "convert to-hf", "convert from-hf", "tokenizer train", "tokenizer stats", "runs", "report", "plot"}

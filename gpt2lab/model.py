@@ -235,13 +235,13 @@ class GPT(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         else:
             self.lm_head.zero_init = cfg.zero_init_proj  # type: ignore[attr-defined]  # see _init_weights
-        # registered last: initialised after the others, which so start the same with these switches on
-        if cfg.value_embeds:
-            self.value_embeds = nn.ModuleList(nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
-                                              for _ in range(cfg.value_embeds))
         if cfg.unet_skips and cfg.n_layer // 2:
             self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2))
         self.apply(self._init_weights)
+        if cfg.value_embeds:  # made and initialised after the others, which so start the same with them
+            self.value_embeds = nn.ModuleList(nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
+                                              for _ in range(cfg.value_embeds))
+            self.value_embeds.apply(self._init_weights)
         # 0.0 for the real vocabulary's columns, -inf for the padding (the compiled loss); not saved
         self.register_buffer("vocab_bias", padding_bias(cfg.vocab_size, cfg.padded_vocab_size), persistent=False)
 

@@ -315,10 +315,6 @@ class OptimConfig:
                 if getattr(self, key):
                     raise _relation_error(f"optim.{key}", "applies to optim.optimizer=muon only; "
                                                           "set optim.optimizer=muon or leave it 0")
-            for key, off in (("muon_ns", "quintic"), ("muon_normuon", False)):
-                if getattr(self, key) != off:
-                    raise _relation_error(f"optim.{key}", f"applies to optim.optimizer=muon only; set "
-                                                          f"optim.optimizer=muon or leave it {str(off).lower()}")
         return self
 
 

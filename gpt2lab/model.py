@@ -137,9 +137,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def value_table(cfg: GPTConfig, layer: int) -> int | None:
-    """The value-embedding table block ``layer`` mixes in: table j serves blocks j and n_layer - N + j."""
+    """The value-embedding table block ``layer`` mixes in, or None: table j serves blocks j and n_layer - N + j."""
+    if layer < cfg.value_embeds:
+        return layer
     first_of_last = cfg.n_layer - cfg.value_embeds
-    return layer if layer < cfg.value_embeds else layer - first_of_last if layer >= first_of_last else None
+    return layer - first_of_last if layer >= first_of_last else None
 
 
 class CausalSelfAttention(nn.Module):
@@ -154,7 +156,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual_scale = True  # type: ignore[attr-defined]  # see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        if value_table(cfg, layer) is not None:  # v = a v + b ve, from modded-nanogpt's a = b = 0.5
+        if value_table(cfg, layer) is not None:  # v = a v + b ve; a and b start at 0.5, as in modded-nanogpt
             self.ve_mix = nn.Parameter(torch.full((2,), 0.5))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -217,8 +219,7 @@ class GPT(nn.Module):
         if cfg.padded_vocab_size < cfg.vocab_size:
             raise ValueError("padded_vocab_size must be >= vocab_size")
         if cfg.norm not in ("layernorm", "rmsnorm") or cfg.mlp not in ("gelu", "relu2"):
-            raise ValueError(f"norm must be layernorm or rmsnorm (got {cfg.norm!r}), "
-                             f"mlp gelu or relu2 (got {cfg.mlp!r})")
+            raise ValueError(f"norm must be layernorm or rmsnorm, mlp gelu or relu2 (got {cfg.norm!r}, {cfg.mlp!r})")
         if cfg.rotary and (cfg.n_embd // cfg.n_head) % 2:
             raise ValueError(f"rotary needs an even head dimension, got n_embd / n_head = {cfg.n_embd // cfg.n_head}")
         if cfg.value_embeds > cfg.n_layer:
@@ -328,9 +329,9 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         ves = [table(idx) for table in self.value_embeds] if cfg.value_embeds else []
-        skips, n, half = [], cfg.n_layer, cfg.n_layer // 2 if cfg.unet_skips else 0
+        skips, n, half = [], cfg.n_layer, (cfg.n_layer // 2 if cfg.unet_skips else 0)
         for i, block in enumerate(self.transformer.h):
-            if i >= n - half:  # U-net: block n-1-j takes block j's output, the last one kept first
+            if i >= n - half:  # U-net: block n-1-j takes block j's output (the first half's last output first)
                 x = x + self.skip_weights[n - 1 - i] * skips.pop()
             j = value_table(cfg, i)
             x = block(x, mask, cache, rope, None if j is None else ves[j])

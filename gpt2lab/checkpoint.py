@@ -432,7 +432,8 @@ def check_optimizer_state(saved, optimizer, path: Path) -> None:
             for name, t in entry.items():
                 if not isinstance(t, torch.Tensor):
                     raise bad(f"{_label(name)} of parameter {brief(pid)} is not a tensor")
-                if t.dim() and tuple(t.shape) != tuple(param.shape):
+                # the parameter's shape, or (NorMuon's second moment) its rows' or columns' statistic
+                if t.dim() and (t.dim() != param.dim() or any(n not in (m, 1) for n, m in zip(t.shape, param.shape))):
                     raise bad(f"{_label(name)} of parameter {brief(pid)} has shape {tuple(t.shape)}, the model's is "
                               f"{tuple(param.shape)}")
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):

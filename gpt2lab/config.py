@@ -48,8 +48,8 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as section
 from pydantic_core import PydanticCustomError
 
-from .errors import UserError
 from .data.shards import data_tokenizer
+from .errors import UserError
 from .model import GPTConfig
 from .tokenizer import VOCAB_SIZE, load_tokenizer, pad_vocab
 
@@ -140,6 +140,15 @@ class _ModelRelations:
                              f"= {width // heads} must be even")
         return v
 
+    @field_validator("value_embeds")
+    @classmethod
+    def _tables_fit_blocks(cls, v, info):
+        layers = info.data.get("n_layer")
+        if layers and v > layers:
+            raise ValueError(f"{v} tables are more than the model.n_layer={layers} blocks (table j serves blocks j and "
+                             "n_layer - N + j); use at most n_layer, n_layer // 2 to give each block one table")
+        return v
+
 
 # Config-only defaults: a vocabulary size of 0, the default, comes from data.tokenizer (see _build).
 _FROM_TOKENIZER = {
@@ -183,6 +192,10 @@ class DataConfig:
     verify: bool = Field(True, description=(
         "check the training and validation shards against the folder's manifest.json (sizes and sha256) before using "
         "them"))
+    align_docs: bool = Field(False, description=(
+        "every training row starts at a document's start (its EOT token): the documents after it fill the row as they "
+        "come, the last one cut at the row's end (its rest is skipped), and the next row starts at the next document; "
+        "validation keeps its fixed windows"))
 
 
 @section(config=_SECTION)
@@ -209,6 +222,11 @@ class TrainConfig:
         "rows of logits at a time in the training loss: 0 = the whole B x T x vocab logits at once (as GPT-2 code "
         "does); N > 0 = a fused, chunked LM head and cross-entropy that never holds them (the same loss within bf16 "
         "rounding, much less memory, faster on CPUs)"))
+    seq_len_warmup_steps: Int = Field(0, ge=0, examples=[0], description=(
+        "sequence-length warm-up: over the first N steps each row of seq_len tokens is cut into shorter sequences, "
+        "seq_len / 2^k long (k falling in equal shares of the N steps), the same tokens per step; 0 = off"))
+    seq_len_warmup_min: Int = Field(64, gt=0, description=(
+        "seq_len_warmup_steps: the shortest length (seq_len is halved while it divides evenly and stays >= this)"))
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible resume on CPU)")
     threads: Int = Field(0, ge=0, description="torch CPU threads (0 = PyTorch's default)", examples=[0])
     tensorboard: bool = Field(False, description="also write TensorBoard events to run_dir/tb (needs tensorboard)")
@@ -279,6 +297,16 @@ class OptimConfig:
         "optimizer muon: peak learning rate (AdamW) of an untied LM head (model.tie_head=false); 0 = lr"))
     scalar_lr: Float = Field(0.0, ge=0, examples=[0.0], description=(
         "optimizer muon: peak learning rate (AdamW) of gains and biases; 0 = lr"))
+    muon_ns: Literal["quintic", "polar_express"] = Field("quintic", description=(
+        "optimizer muon: the Newton-Schulz iteration: quintic (one fixed polynomial, Keller Jordan's) or polar_express "
+        "(a polynomial per iteration, Amsel et al. 2025, as modded-nanogpt runs it: singular values closer to 1)"))
+    muon_normuon: bool = Field(False, description=(
+        "optimizer muon: NorMuon (Li et al. 2025): each neuron's row of the orthogonalised update divided by its RMS "
+        "over recent steps (a second moment), then scaled back to the update's norm; not under train.parallel=fsdp"))
+    muon_beta2: Float = Field(0.95, ge=0, lt=1, description="optim.muon_normuon: decay of NorMuon's second moment")
+    cautious_wd: bool = Field(False, description=(
+        "cautious weight decay (Chen et al. 2025): decoupled weight decay only where the update and the weight have "
+        "the same sign (every group with weight decay, AdamW and Muon)"))
 
     @model_validator(mode="after")
     def _muon_keys_need_muon(self):
@@ -338,6 +366,17 @@ class _Schema(BaseModel):
             t.seq_len = m.block_size  # 0 = the model's whole context
         elif t.seq_len > m.block_size:
             raise _relation_error("train.seq_len", f"{t.seq_len} is longer than model.block_size={m.block_size}")
+        if t.seq_len_warmup_steps and (t.seq_len % 2 or t.seq_len // 2 < t.seq_len_warmup_min):
+            raise _relation_error("train.seq_len_warmup_steps", (
+                f"train.seq_len={t.seq_len} has no half length >= train.seq_len_warmup_min={t.seq_len_warmup_min} "
+                "to warm up with; lower seq_len_warmup_min or set seq_len_warmup_steps=0"))
+        return self
+
+    @model_validator(mode="after")
+    def _normuon_is_not_sharded(self):
+        if self.optim.muon_normuon and self.train.parallel == "fsdp":  # its per-neuron state is not a shard
+            raise _relation_error("optim.muon_normuon", "does not run under train.parallel=fsdp; use ddp, or leave it "
+                                                        "false")
         return self
 
 

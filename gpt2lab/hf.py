@@ -184,7 +184,7 @@ def non_gpt2_features(cfg: GPTConfig) -> list[str]:
     """The model keys, as ``key=value``, by which ``cfg`` computes something transformers' GPT-2 cannot
     (the speedrun switches; ``bias=false`` exports as zero biases and is not one of them)."""
     gpt2 = GPTConfig()
-    keys = ("rotary", "qk_norm", "norm", "mlp", "tie_head", "logit_softcap")
+    keys = ("rotary", "qk_norm", "norm", "mlp", "tie_head", "logit_softcap", "value_embeds", "unet_skips")
     return [f"model.{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k) != getattr(gpt2, k)]
 
 

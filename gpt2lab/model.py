@@ -15,7 +15,9 @@ from the nanoGPT speedrun (modded-nanogpt) one at a time:
 - ``bias=False``: no biases in Linear layers and norms;
 - ``tie_head=False``: an LM head of its own instead of the token embedding;
 - ``zero_init_proj``: the residual branches' output projections (and an untied head) start at zero;
-- ``logit_softcap=c``: logits become ``c * tanh(logits / c)``, bounded by ``c``.
+- ``logit_softcap=c``: logits become ``c * tanh(logits / c)``, bounded by ``c``;
+- ``value_embeds=N``: N more token tables, mixed into the attention values of the first and last N blocks;
+- ``unet_skips``: the first half's block outputs are added, in reverse order, to the second half's inputs.
 
 The model knows nothing of training: no optimizer, no distributed code, no data. Of gpt2lab it
 imports only two torch-only modules: ``ops`` (the tanh GELU and the soft-cap, whose compiled code
@@ -70,6 +72,10 @@ class GPTConfig:
     logit_softcap: float = _field(
         0.0, "logits become c * tanh(logits / c) with c this value (15-30 in the speedrun); 0 = off", ge=0,
         examples=[0.0])
+    value_embeds: int = _field(0, "value embeddings: N token tables, table j mixed into the attention values of "
+                                  "blocks j and n_layer - N + j with learned weights; 0 = off, at most n_layer", ge=0)
+    unet_skips: bool = _field(False, "U-net skips: block j's output (j < n_layer // 2) is added, with a learned "
+                                     "weight, to the input of block n_layer - 1 - j")
 
 
 class KVCache:
@@ -130,6 +136,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).to(x.dtype)
 
 
+def value_table(cfg: GPTConfig, layer: int) -> int | None:
+    """The value-embedding table block ``layer`` mixes in, or None: table j serves blocks j and n_layer - N + j."""
+    if layer < cfg.value_embeds:
+        return layer
+    first_of_last = cfg.n_layer - cfg.value_embeds
+    return layer - first_of_last if layer >= first_of_last else None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
@@ -142,11 +156,15 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual_scale = True  # type: ignore[attr-defined]  # see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        if value_table(cfg, layer) is not None:  # v = a v + b ve; a and b start at 0.5, as in modded-nanogpt
+            self.ve_mix = nn.Parameter(torch.full((2,), 0.5))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, ve: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
+        if ve is not None:  # value embeddings: each token's own vector mixed into its value (before the cache)
+            v = (self.ve_mix[0] * v + self.ve_mix[1] * ve).to(v.dtype)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm:
@@ -190,10 +208,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache, rope)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, ve: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, rope, ve)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -202,10 +219,11 @@ class GPT(nn.Module):
         if cfg.padded_vocab_size < cfg.vocab_size:
             raise ValueError("padded_vocab_size must be >= vocab_size")
         if cfg.norm not in ("layernorm", "rmsnorm") or cfg.mlp not in ("gelu", "relu2"):
-            raise ValueError(f"norm must be layernorm or rmsnorm (got {cfg.norm!r}), "
-                             f"mlp gelu or relu2 (got {cfg.mlp!r})")
+            raise ValueError(f"norm must be layernorm or rmsnorm, mlp gelu or relu2 (got {cfg.norm!r}, {cfg.mlp!r})")
         if cfg.rotary and (cfg.n_embd // cfg.n_head) % 2:
             raise ValueError(f"rotary needs an even head dimension, got n_embd / n_head = {cfg.n_embd // cfg.n_head}")
+        if cfg.value_embeds > cfg.n_layer:
+            raise ValueError(f"value_embeds {cfg.value_embeds} is more than n_layer {cfg.n_layer}")
         self.config = cfg
         layers = dict(wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd))
         if not cfg.rotary:
@@ -218,7 +236,13 @@ class GPT(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         else:
             self.lm_head.zero_init = cfg.zero_init_proj  # type: ignore[attr-defined]  # see _init_weights
+        if cfg.unet_skips and cfg.n_layer // 2:
+            self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2))
         self.apply(self._init_weights)
+        if cfg.value_embeds:  # made and initialised after the others, which so start the same with them
+            self.value_embeds = nn.ModuleList(nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
+                                              for _ in range(cfg.value_embeds))
+            self.value_embeds.apply(self._init_weights)
         # 0.0 for the real vocabulary's columns, -inf for the padding (the compiled loss); not saved
         self.register_buffer("vocab_bias", padding_bias(cfg.vocab_size, cfg.padded_vocab_size), persistent=False)
 
@@ -258,16 +282,16 @@ class GPT(nn.Module):
         """Parameters as GPT-2 counts them: tied weights once, padded vocabulary rows not at all.
 
         ``non_embedding`` leaves out the position embedding (the token embedding stays when it
-        is also the output layer, as nanoGPT reports; an untied one, a lookup, goes too).
+        is also the output layer, as nanoGPT reports; an untied one, a lookup, goes too, and so do
+        the value embeddings).
         """
         c = self.config
-        padded_rows = 1 if c.tie_head else 2  # the embedding's, and an untied head's
-        n = sum(p.numel() for p in self.parameters()) - padded_rows * (c.padded_vocab_size - c.vocab_size) * c.n_embd
+        lookups = (0 if c.tie_head else 1) + c.value_embeds  # vocabulary tables besides the one of the head
+        n = sum(p.numel() for p in self.parameters()) - (1 + lookups) * (c.padded_vocab_size - c.vocab_size) * c.n_embd
         if non_embedding:
             if "wpe" in self.transformer:
                 n -= self.transformer.wpe.weight.numel()
-            if not c.tie_head:
-                n -= c.vocab_size * c.n_embd
+            n -= lookups * c.vocab_size * c.n_embd
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -304,8 +328,15 @@ class GPT(nn.Module):
         else:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, mask, cache, rope)
+        ves = [table(idx) for table in self.value_embeds] if cfg.value_embeds else []
+        skips, n, half = [], cfg.n_layer, (cfg.n_layer // 2 if cfg.unet_skips else 0)
+        for i, block in enumerate(self.transformer.h):
+            if i >= n - half:  # U-net: block n-1-j takes block j's output (the first half's last output first)
+                x = x + self.skip_weights[n - 1 - i] * skips.pop()
+            j = value_table(cfg, i)
+            x = block(x, mask, cache, rope, None if j is None else ves[j])
+            if i < half:
+                skips.append(x)
         return self.transformer.ln_f(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

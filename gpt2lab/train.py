@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from .checkpoint import Checkpointer, load_checkpoint_config
 from .config import Config, validate
-from .data.loader import TokenLoader
+from .data.loader import TokenLoader, seq_len_at, split_rows
 from .data.prepare import check_data_tokenizer
 from .device import autocast_for, device_type, resolve_dtype, set_backends, synchronize
 from .distributed import (
@@ -121,7 +121,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, device_type(self.device))
         self.loader = TokenLoader(cfg.data.dir, cfg.data.train_split, t.micro_batch, t.seq_len, rank=info.rank,
                                   world_size=info.world_size, shuffle=cfg.data.shuffle, seed=t.seed,
-                                  verify=cfg.data.verify)
+                                  verify=cfg.data.verify,
+                                  doc_start=self.tokenizer.eot_token if cfg.data.align_docs else None)
         check_data_tokenizer(cfg.data.dir, self.loader.manifest, self.tokenizer, "config key 'data.tokenizer'")
         data_vocab = (self.loader.manifest or {}).get("vocab_size", 0)
         if data_vocab > cfg.model.vocab_size:
@@ -264,7 +265,9 @@ class Trainer:
         """One optimizer step at learning rate ``lr``; returns (loss, grad norm), refusing NaN/inf."""
         cfg = self.cfg
         set_lr(self.optimizer, lr, cfg.optim)  # each group's own peak, scaled by the schedule
-        batches = (_checked_batch(self.loader, cfg.model.vocab_size, cfg.data.dir, self.device)
+        t = cfg.train  # a sequence-length warm-up cuts the rows shorter: the same tokens
+        length = seq_len_at(step, t.seq_len, t.seq_len_warmup_steps, t.seq_len_warmup_min)
+        batches = (split_rows(*_checked_batch(self.loader, cfg.model.vocab_size, cfg.data.dir, self.device), length)
                    for _ in range(self.accum))
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         try:

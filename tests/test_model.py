@@ -357,3 +357,31 @@ def test_chunked_loss_equals_the_full_logits_loss(switches, rows):
         for k in g_full:
             scale = g_full[k].abs().max().item()
             assert (g_full[k] - g_chunk[k]).abs().max().item() <= grad_tol * scale + 1e-12, k
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_value_embeddings_and_unet_skips_trace_as_one_graph(autocast):
+    """The walk with value embeddings and U-net skips (3 blocks: table 0 in blocks 0 and 2, block 0's output
+    into block 2) compiles as one graph (fullgraph; aot_eager traces without inductor's code generation) to the
+    eager loss and gradients. Under bf16 autocast a table's fp32 lookup mixed into the bf16 values keeps them bf16."""
+    import contextlib
+
+    cfg = tiny_cfg(n_layer=3, value_embeds=1, unet_skips=True)
+    model = make(cfg).train()
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(2)
+    idx, targets = (torch.randint(0, cfg.vocab_size, (3, 16), generator=g) for _ in range(2))
+    results = []
+    for run in (model, torch.compile(model, backend="aot_eager", fullgraph=True)):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            _, loss = run(idx, targets, return_logits=False)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert abs(loss_a - loss_b) <= 1e-5 * loss_a and math.isfinite(loss_a)
+    assert {"value_embeds.0.weight", "skip_weights", "transformer.h.2.attn.ve_mix"} <= set(grads_a)
+    assert "transformer.h.1.attn.ve_mix" not in grads_a
+    for name in grads_a:
+        scale = grads_a[name].abs().max().item()
+        assert scale > 0 and (grads_b[name] - grads_a[name]).abs().max().item() <= (2e-2 if autocast else 1e-5) * scale

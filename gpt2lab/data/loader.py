@@ -15,6 +15,18 @@ that many sequences, and the last ``(L - 1) % T`` tokens of each shard, are left
 
 The loader's position is a count of sequences into the epoch, the same on every rank, so a
 run can resume with another number of ranks or another micro-batch size.
+
+With ``doc_start`` (``data.align_docs``: the EOT id, which gpt2lab's shards put before every
+document) every sequence starts at a document instead: a sequence is the window of T + 1 tokens
+from a ``doc_start`` token, the documents after it filling the row as they come, the last one cut
+at the row's end; the next sequence starts at the first document start at or after that end (the
+rest of a cut document is skipped, as modded-nanogpt and nanochat skip it). Those windows, fixed
+per shard when the loader opens, are the shard's sequences: shuffling, the rank split and the
+position work on them as on the fixed windows.
+
+A sequence-length warm-up (``train.seq_len_warmup_steps``) cuts each row of a batch into shorter
+sequences early in training (:func:`seq_len_at`, :func:`split_rows`): the same tokens, so the
+loader and its position are the same whatever the step.
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ class TokenLoader:
         shuffle: bool = False,
         seed: int = 0,
         verify: bool = True,
+        doc_start: int | None = None,
     ):
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("world_size", world_size)):
             if not _is_int(value) or value < 1:
@@ -63,17 +76,23 @@ class TokenLoader:
         self.B, self.T = int(batch_size), int(seq_len)
         self.rank, self.world_size = int(rank), int(world_size)
         self.shuffle, self.seed = bool(shuffle), int(seed)
+        self.doc_start = None if doc_start is None else int(doc_start)
         self.shards = find_shards(self.data_dir, split)
         self.manifest = check_shards(self.data_dir, self.shards, verify)
         self._tokens = [read_shard(p) for p in self.shards]
-        self._counts = [max(0, (len(t) - 1) // self.T) for t in self._tokens]  # sequences per shard
+        # where each sequence of a shard starts: i * T (None), or at documents (an array)
+        self._starts_at = [None if self.doc_start is None else doc_windows(t, self.T, self.doc_start)
+                           for t in self._tokens]
+        self._counts = [max(0, (len(t) - 1) // self.T) if at is None else len(at)  # sequences per shard
+                        for t, at in zip(self._tokens, self._starts_at)]
         self.sequences_per_epoch = sum(self._counts)
         per_step = self.B * self.world_size
         if self.sequences_per_epoch < per_step:
             ranks = f" x world_size {self.world_size}" if self.world_size > 1 else ""
+            docs = f" starting at a document (token {self.doc_start})" if self.doc_start is not None else ""
             raise UserError(
                 f"split {split!r} in {self.data_dir} is too small for batch_size {self.B}{ranks} at seq_len {self.T}: "
-                f"one step needs {per_step} sequences of {self.T + 1} tokens, the split holds "
+                f"one step needs {per_step} sequences of {self.T + 1} tokens{docs}, the split holds "
                 f"{self.sequences_per_epoch} ({self.num_tokens} tokens); lower batch_size/seq_len or prepare more data"
             )
         self._epoch = 0
@@ -124,7 +143,10 @@ class TokenLoader:
             i = j - self._starts[pos]
             n = min(count - row, self._starts[pos + 1] - j)  # how many of them lie in this shard
             tokens = self._tokens[shard]
-            if self.shuffle:
+            if self._starts_at[shard] is not None:  # document-aligned windows: gathered by their starts
+                rows = self._perm(shard)[i : i + n] if self.shuffle else np.arange(i, i + n)
+                out[row : row + n] = tokens[self._starts_at[shard][rows][:, None] + np.arange(self.T + 1)]
+            elif self.shuffle:
                 for r, s in enumerate(self._perm(shard)[i : i + n]):
                     out[row + r] = tokens[s * self.T : s * self.T + self.T + 1]
             else:  # consecutive sequences: one contiguous read of n*T + 1 tokens
@@ -148,10 +170,14 @@ class TokenLoader:
         """Where the next batch comes from, as plain values, the same on every rank.
 
         ``sequence`` counts sequences into the epoch, so a run can resume with a different
-        number of ranks or micro-batch size; ``seq_len``, ``shuffle`` and ``seed`` must match.
+        number of ranks or micro-batch size; ``seq_len``, ``shuffle``, ``seed`` and ``align_docs``
+        (present when True) must match.
         """
-        return {"epoch": self._epoch, "sequence": self._next, "seq_len": self.T,
-                "shuffle": self.shuffle, "seed": self.seed}
+        state = {"epoch": self._epoch, "sequence": self._next, "seq_len": self.T,
+                 "shuffle": self.shuffle, "seed": self.seed}
+        if self.doc_start is not None:  # the fixed windows' state stays what it was
+            state["align_docs"] = True
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         try:
@@ -168,6 +194,10 @@ class TokenLoader:
         if (shuffle, seed) != (self.shuffle, self.seed):
             raise UserError(f"the checkpoint was written with data.shuffle={shuffle} and seed {seed}, this run has "
                             f"{self.shuffle} and {self.seed}; resume with the same settings")
+        aligned = bool(state.get("align_docs", False))
+        if aligned != (self.doc_start is not None):
+            raise UserError(f"the checkpoint's data position is in sequences {'at' if aligned else 'not at'} document "
+                            f"starts; resume with data.align_docs={str(aligned).lower()}")
         if epoch < 0 or not 0 <= sequence <= self.sequences_per_epoch:
             raise UserError(
                 f"data loader state {brief(state, 200)} does not match the {self.sequences_per_epoch} sequences of the "
@@ -181,6 +211,39 @@ class TokenLoader:
             f"rank={self.rank}/{self.world_size}, shards={len(self.shards)}, tokens={self.num_tokens}, "
             f"shuffle={self.shuffle})"
         )
+
+
+def doc_windows(tokens: np.ndarray, seq_len: int, doc_start: int) -> np.ndarray:
+    """The start of every document-aligned sequence of a shard (int64): the first ``doc_start`` token with
+    ``seq_len`` tokens after it, then each time the first one at or after the previous start + ``seq_len``
+    (so x tokens never repeat); a document start too close to the shard's end for a whole window is left out."""
+    starts = np.flatnonzero(np.asarray(tokens) == doc_start)
+    starts = starts[starts + seq_len + 1 <= len(tokens)]
+    after = np.searchsorted(starts, starts + seq_len).tolist()  # the first start at or after each window's end
+    chosen, k = [], 0
+    while k < len(starts):
+        chosen.append(k)
+        k = after[k]
+    return starts[chosen].astype(np.int64)
+
+
+def seq_len_at(step: int, seq_len: int, warmup_steps: int, shortest: int) -> int:
+    """The sequence length of optimizer step ``step`` (0-based) under a sequence-length warm-up: seq_len halved
+    k times while it divides evenly and stays >= ``shortest``, the shortest first, each for an equal share of
+    the first ``warmup_steps`` steps; seq_len from then on (and when it has no such half)."""
+    lengths, n = [], seq_len
+    while n % 2 == 0 and n // 2 >= shortest:
+        n //= 2
+        lengths.insert(0, n)  # the shortest first
+    if step >= warmup_steps or not lengths:
+        return seq_len
+    return lengths[step * len(lengths) // warmup_steps]
+
+
+def split_rows(x: torch.Tensor, y: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's (B, T) rows cut into (B * T / length, length) sequences: the same tokens and targets (a
+    piece's last target is the next piece's first input), each piece attending from position 0."""
+    return x.reshape(-1, length), y.reshape(-1, length)
 
 
 def check_shards(data_dir, shards: list[Path], hashes: bool = True) -> dict | None:

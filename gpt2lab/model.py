@@ -5,19 +5,9 @@ language-model head tied to the token embedding, as in OpenAI's GPT-2. Parameter
 Hugging Face's ``GPT2LMHeadModel`` (``transformer.h.0.attn.c_attn.weight``, ...), stored in
 ``nn.Linear`` layout, so weight conversion is a transpose and nothing else.
 
-Switches of :class:`GPTConfig`, all off by default (GPT-2 as it is, bit for bit), take changes
-from the nanoGPT speedrun (modded-nanogpt) one at a time:
-
-- ``rotary``: rotary position embeddings on queries and keys (RoFormer), no learned position table;
-- ``qk_norm``: queries and keys RMS-normalised per head before attention (no parameters);
-- ``norm="rmsnorm"``: RMSNorm (a gain, no mean, no bias) in place of every LayerNorm;
-- ``mlp="relu2"``: the MLP's activation is ReLU squared instead of GELU;
-- ``bias=False``: no biases in Linear layers and norms;
-- ``tie_head=False``: an LM head of its own instead of the token embedding;
-- ``zero_init_proj``: the residual branches' output projections (and an untied head) start at zero;
-- ``logit_softcap=c``: logits become ``c * tanh(logits / c)``, bounded by ``c``;
-- ``value_embeds=N``: N more token tables, mixed into the attention values of the first and last N blocks;
-- ``unet_skips``: the first half's block outputs are added, in reverse order, to the second half's inputs.
+The fields of :class:`GPTConfig` after ``bias`` are switches that take changes from the nanoGPT
+speedrun (modded-nanogpt) one at a time, each described on its field and off by default (GPT-2 as
+it is, bit for bit).
 
 The model knows nothing of training: no optimizer, no distributed code, no data. Of gpt2lab it
 imports only two torch-only modules: ``ops`` (the tanh GELU and the soft-cap, whose compiled code

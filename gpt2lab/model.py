@@ -289,13 +289,8 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * seq_len
 
-    def hidden(
-        self,
-        idx: torch.Tensor,
-        pos: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               cache: KVCache | None = None) -> torch.Tensor:
         """The hidden states after the final LayerNorm, (B, T, n_embd): the one walk over the blocks.
 
         - ``pos``: the position of each token, (T,) or (B, T); default 0..T-1. Packed scoring

@@ -325,6 +325,87 @@ def test_damaged_folder_is_user_error(trained_tokenizer, tmp_path):
         load_tokenizer(tmp_path / "nowhere")
 
 
+def edited_copy(folder: Path, dest: Path, **changes) -> Path:
+    """A copy of a tokenizer folder with fields of its gpt2lab-tokenizer.json changed (None: removed)."""
+    shutil.copytree(folder, dest)
+    meta = json.loads((dest / META_FILE).read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    (dest / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    return dest
+
+
+DROPS_TEXT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\s+(?!\S)|\s+"""  # GPT-2's without digits and punctuation
+
+
+@pytest.mark.parametrize("pat_str", [r"(a+)+$", DROPS_TEXT, tk.PATTERNS["cl100k"]], ids=["redos", "drops", "cl100k"])
+def test_an_edited_pattern_is_refused(trained_tokenizer, tmp_path, pat_str):
+    """pat_str changes what the tokenizer outputs: an edit is refused on load, whatever else was edited with it."""
+    d = edited_copy(trained_tokenizer, tmp_path / "a", pat_str=pat_str)  # 'pattern' still names gpt2's
+    with pytest.raises(UserError, match=rf"{d / META_FILE}: 'pat_str' is not the pre-tokenisation pattern 'gpt2'"):
+        load_tokenizer(d)
+    d = edited_copy(trained_tokenizer, tmp_path / "b", pat_str=pat_str, pattern="custom")  # recorded sha256 differs
+    with pytest.raises(UserError, match=rf"{d / META_FILE}: its recorded identity 'sha256' differs .* edited"):
+        load_tokenizer(d)
+    d = edited_copy(trained_tokenizer, tmp_path / "c", pat_str=pat_str, pattern="custom", sha256=None)  # as before
+    if pat_str == tk.PATTERNS["cl100k"]:  # a pattern that keeps all text: another tokenizer
+        assert load_tokenizer(d).sha256 != load_tokenizer(trained_tokenizer).sha256
+    else:
+        with pytest.raises(UserError, match=rf"{d / META_FILE}: 'pat_str' loses text"):
+            load_tokenizer(d)
+
+
+def test_identity_covers_ranks_pattern_and_special_tokens(trained_tokenizer, tmp_path):
+    from gpt2lab.data.prepare import vocab_sha256
+
+    own = load_tokenizer(trained_tokenizer)
+    meta = json.loads((trained_tokenizer / META_FILE).read_text(encoding="utf-8"))
+    assert meta["sha256"] == own.sha256 == meta["ranks_sha256"]  # GPT-2's pattern: the ranks' sha256, as before
+    assert load_tokenizer("gpt2").sha256 == VOCAB_SHA256 == vocab_sha256(get_tokenizer())
+    import tiktoken
+
+    gpt2 = get_tokenizer()
+    copy = tiktoken.Encoding(name="copy", pat_str=gpt2._pat_str, mergeable_ranks=gpt2._mergeable_ranks,
+                             special_tokens={EOT_STRING: EOT_TOKEN})
+    assert vocab_sha256(copy) == VOCAB_SHA256  # the same tokenizer, however it was made
+    other = edited_copy(trained_tokenizer, tmp_path / "cl", pattern="cl100k", pat_str=tk.PATTERNS["cl100k"], sha256=None)
+    tok = load_tokenizer(other)
+    assert tok.sha256 not in (own.sha256, meta["ranks_sha256"]) and tok.sha256 == vocab_sha256(tok.enc)
+    with pytest.raises(UserError, match="tokenizer mismatch"):
+        tk.check_same(own, tok, "the data", "data.tokenizer")
+    assert tk.identity(own.sha256, r50k_pat(), {EOT_STRING: 8191, "<|pad|>": 8192}, 8191) != own.sha256
+    d = edited_copy(trained_tokenizer, tmp_path / "sp", special_tokens={EOT_STRING: 8191, "<|pad|>": 8192})
+    with pytest.raises(UserError, match="'special_tokens' must be <|endoftext|> alone"):
+        load_tokenizer(d)
+    d = edited_copy(trained_tokenizer, tmp_path / "sha", sha256=["not", "a", "string"])
+    with pytest.raises(UserError, match="'sha256' is not a string"):
+        load_tokenizer(d)
+
+
+def r50k_pat() -> str:
+    return get_tokenizer()._pat_str
+
+
+def test_training_refuses_data_of_the_tokenizer_before_its_pattern_changed(trained_tokenizer, tmp_path):
+    """Data prepared with a folder, then its pattern edited (and its record dropped): another tokenizer."""
+    from gpt2lab.config import load_config
+    from gpt2lab.data.prepare import prepare
+    from gpt2lab.train import train
+    from cli_helpers import micro_cfg
+
+    tok = tmp_path / "tok"
+    shutil.copytree(trained_tokenizer, tok)
+    prepare([DATA / "tinyshakespeare_head.txt"], tmp_path / "data", tokenizer=str(tok), workers=1, log=lambda _m: None)
+    edited_copy(trained_tokenizer, tmp_path / "edited", pattern="cl100k", pat_str=tk.PATTERNS["cl100k"], sha256=None)
+    cfg = micro_cfg(tmp_path / "data", tmp_path / "run", f"data.tokenizer={tmp_path / 'edited'}")
+    with pytest.raises(UserError, match="tokenizer mismatch"):
+        train(cfg, log=lambda _m: None)
+    assert load_config(None, [f"data.dir={tmp_path / 'data'}"]).data.tokenizer.endswith("tokenizer")
+
+
 def test_config_vocab_follows_tokenizer(trained_tokenizer):
     from gpt2lab.config import load_config
 

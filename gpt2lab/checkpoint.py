@@ -77,6 +77,7 @@ from .layout import (
 )
 from .model import GPT
 from .optim import group_settings, restore_group_settings
+from .sizes import check_fits
 from .tokenizer import COPY_DIR, Tokenizer, copy_folder, load_tokenizer
 
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight (unless model.tie_head is false)
@@ -393,6 +394,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
     ckpt = resolve_checkpoint(path)
     verify_checkpoint(ckpt, unverified=unverified)
     cfg = load_checkpoint_config(ckpt)
+    check_fits(cfg.model, str(device), str(ckpt / CONFIG_FILE))
     model = GPT(cfg.model).to(device)
     load_model_weights(model, ckpt / MODEL_FILE)
     model.eval()

@@ -386,7 +386,8 @@ def test_hostile_run_files_never_break_runs_report_or_plot(finished_run, tmp_pat
     assert f"{bad / 'status.json'} is damaged ('updated' is 'soon'" in err
     assert f"skipped 4 damaged line(s) of {bad / 'metrics.jsonl'} (line {len(lines) + 1}, " in err
     assert [r["train_loss"] for r in list_runs(root)] == [last["loss"]] * 2  # the damaged records left out
-    for args in (["report", bad], ["report", bad, "--markdown", "--plot", tmp_path / "p.png"], ["report", bad, "--json"]):
+    for args in (["report", bad], ["report", bad, "--markdown", "--plot", tmp_path / "p.png"],
+                 ["report", bad, "--json"]):
         code, out, err = cli(capsys, *args)
         assert code == 0 and out and "Traceback" not in err, (args, err)
     code, md, err = cli(capsys, "report", copy_run(bad, tmp_path / "again"), "--markdown")

@@ -1,5 +1,6 @@
 import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -404,6 +405,62 @@ def test_training_refuses_data_of_the_tokenizer_before_its_pattern_changed(train
     with pytest.raises(UserError, match="tokenizer mismatch"):
         train(cfg, log=lambda _m: None)
     assert load_config(None, [f"data.dir={tmp_path / 'data'}"]).data.tokenizer.endswith("tokenizer")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab1 ,.'\n\t\ré日🙂")), max_size=300), limit=st.integers(4, 40))
+def test_long_documents_train_in_pieces_that_split_as_the_whole(text, limit):
+    """split_long's pieces: each at most ``limit`` long, together the text, and the pattern's pieces of them are
+    those of the whole text (GPT-2's and cl100k's patterns), unless a piece had to be cut hard (no word start)."""
+    pytest.importorskip("tokenizers")
+    from gpt2lab.tokenizer_train import split_long
+
+    pieces = list(split_long(text, limit))
+    assert "".join(pieces) == text and all(len(p) <= limit for p in pieces) and len(pieces) >= 1
+    cuts = list(itertools.accumulate(len(p) for p in pieces[:-1]))
+    word_starts = [c for c in cuts if text[c] == " " and not text[c - 1].isspace() and not text[c + 1].isspace()]
+    assert all(len(p) == limit for p, c in zip(pieces, cuts) if c not in word_starts)  # hard cuts: only when full
+    if word_starts == cuts:
+        for pattern in ("gpt2", "cl100k"):
+            split = hf_split(pattern)
+            assert [w for p in pieces for w in split(p)] == split(text), (pattern, pieces)
+
+
+@functools.lru_cache(maxsize=2)
+def hf_split(pattern):
+    from gpt2lab.tokenizer_train import hf_bpe
+
+    tok = hf_bpe(tk.PATTERNS[pattern])
+    return lambda t: [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(t)]
+
+
+def test_a_long_run_without_spaces_is_cut_at_the_limit():
+    from gpt2lab.tokenizer_train import split_long
+
+    assert list(split_long("x" * 10, 4)) == ["xxxx", "xxxx", "xx"]
+    assert list(split_long("aaaa bbbb cccc", 8)) == ["aaaa", " bbbb", " cccc"]
+    assert list(split_long("short", 8)) == ["short"] and list(split_long("", 8)) == [""]
+
+
+@pytest.mark.slow
+def test_training_on_one_long_line_holds_a_few_times_the_line_in_memory(tmp_path):
+    """One 8 MB line: the trainer held ~90 bytes per character at once (a 50 MB line peaked at 4.4 GB); fed in pieces
+    it holds a few copies of the text. Measured as the process's own peak resident memory."""
+    pytest.importorskip("tokenizers")
+    line = tmp_path / "line.txt"
+    words = (DATA / "tinyshakespeare_head.txt").read_text(encoding="utf-8").split()
+    line.write_text(" ".join(words * (8_000_000 // sum(len(w) + 1 for w in words) + 1))[:8_000_000], encoding="utf-8")
+    code = ("import resource, sys\n"
+            "from gpt2lab.tokenizer_train import train_tokenizer\n"
+            "import tokenizers, tiktoken\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"train_tokenizer([{str(line)!r}], 600, {str(tmp_path / 'tok')!r}, log=lambda m: None)\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "RAYON_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr
+    grown = int(r.stdout.split()[-1])
+    assert grown < 150 * 2**20, f"peak memory grew by {grown / 2**20:.0f} MiB for an 8 MB line"
 
 
 def test_config_vocab_follows_tokenizer(trained_tokenizer):

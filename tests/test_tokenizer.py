@@ -372,7 +372,8 @@ def test_identity_covers_ranks_pattern_and_special_tokens(trained_tokenizer, tmp
     copy = tiktoken.Encoding(name="copy", pat_str=gpt2._pat_str, mergeable_ranks=gpt2._mergeable_ranks,
                              special_tokens={EOT_STRING: EOT_TOKEN})
     assert vocab_sha256(copy) == VOCAB_SHA256  # the same tokenizer, however it was made
-    other = edited_copy(trained_tokenizer, tmp_path / "cl", pattern="cl100k", pat_str=tk.PATTERNS["cl100k"], sha256=None)
+    other = edited_copy(trained_tokenizer, tmp_path / "cl", pattern="cl100k", pat_str=tk.PATTERNS["cl100k"],
+                        sha256=None)
     tok = load_tokenizer(other)
     assert tok.sha256 not in (own.sha256, meta["ranks_sha256"]) and tok.sha256 == vocab_sha256(tok.enc)
     with pytest.raises(UserError, match="tokenizer mismatch"):
@@ -394,8 +395,8 @@ def test_training_refuses_data_of_the_tokenizer_before_its_pattern_changed(train
     """Data prepared with a folder, then its pattern edited (and its record dropped): another tokenizer."""
     from gpt2lab.config import load_config
     from gpt2lab.data.prepare import prepare
-    from gpt2lab.train import train
     from cli_helpers import micro_cfg
+    from gpt2lab.train import train
 
     tok = tmp_path / "tok"
     shutil.copytree(trained_tokenizer, tok)

@@ -393,9 +393,10 @@ def r50k_pat() -> str:
 
 def test_training_refuses_data_of_the_tokenizer_before_its_pattern_changed(trained_tokenizer, tmp_path):
     """Data prepared with a folder, then its pattern edited (and its record dropped): another tokenizer."""
+    from cli_helpers import micro_cfg
+
     from gpt2lab.config import load_config
     from gpt2lab.data.prepare import prepare
-    from cli_helpers import micro_cfg
     from gpt2lab.train import train
 
     tok = tmp_path / "tok"

@@ -34,7 +34,9 @@ from pathlib import Path
 
 import harness
 
-from gpt2lab.bench import add_peer_ratios, bench_train, measure_peaks
+from gpt2lab.bench import bench_train
+from gpt2lab.bench_table import add_peer_ratios
+from gpt2lab.perf import measure_peaks
 from gpt2lab.progress import fmt_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

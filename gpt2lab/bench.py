@@ -5,10 +5,11 @@ What is timed is one optimizer step of the real training loop, :func:`gpt2lab.tr
 gradient norm back as the loop does, on random token ids made before timing starts. MFU =
 ``model.flops_per_token(seq_len) * tokens/s`` / the best dense square-matmul rate measured in the
 same process on the same device (bf16, and fp32 with TF32 allowed on CUDA as training allows it):
-"MFU against what this machine's matmul reaches"; the timer, peaks and MFU are :mod:`gpt2lab.perf`'s.
+"MFU against what this machine's matmul reaches"; the timer, peaks and MFU are :mod:`gpt2lab.perf`'s,
+the table and the ratios :mod:`gpt2lab.bench_table`'s.
 
-The scripts in ``benchmarks/`` build on this module (:func:`bench_train`, :func:`make_train_step`,
-:func:`measure_peaks`); their own tools (results files, retrying busy cases, peers fetched from
+The scripts in ``benchmarks/`` build on this module (:func:`bench_train`, :func:`make_train_step`)
+and on perf (:func:`~gpt2lab.perf.measure_peaks`); their own tools (results files, retrying busy cases, peers fetched from
 GitHub) live there. Timings are what they are: nothing here rounds towards an expected speed.
 """
 
@@ -16,37 +17,34 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import sys
 from collections.abc import Callable
 
 import torch
 
+from .bench_table import add_compile_ratios, add_peer_ratios, format_table
 from .config import MODEL_PRESETS, OptimConfig, load_config
-from .device import autocast_for, device_type, resolve_device, resolve_dtype, set_backends
+from .device import autocast_for, device_type, resolve_dtype
 from .distributed import DistInfo
 from .errors import UserError
 from .model import GPT, GPTConfig
 from .optim import build_optimizer
 from .perf import (
-    PEAK_SIZES,
     describe_machine,
-    known_bf16_peak,
-    machine_line,
-    matmul_peak,
-    mfu,
+    measure_peaks,
     peak_memory,
+    prepare_device,
     reset_peak_memory,
+    set_peaks,
+    time_steps,
     timed,
     warn_if_busy,
 )
-from .progress import fmt_bytes
 from .train import train_step
 
 COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}  # --compile -> the settings run, in order
 PEERS = ("gpt2lab", "hf")  # who trains: gpt2lab's model, or transformers' of the same shape
-BUSY_CPU_SHARE = 0.85  # below this cpu share (see _time_steps) other processes took a noticeable part of the CPU
 Log = Callable[[str], None]
 
 
@@ -57,28 +55,6 @@ def _quiet(_msg: str) -> None:
 def stderr_log(msg: str) -> None:
     """Progress and warnings: stderr, so that stdout holds only the figures."""
     print(msg, file=sys.stderr, flush=True)
-
-
-def _device(device: str) -> str:
-    device = resolve_device(device)
-    set_backends(device)  # as in training: TF32 for any fp32 matmul left outside autocast
-    return device
-
-
-def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...] | None = None) -> dict:
-    """bf16 and fp32 matmul peaks on one device, measured one after the other in this process: each the
-    best rate over the sizes of PEAK_SIZES (or ``sizes``, for both dtypes); a known GPU's datasheet peak too."""
-    device = _device(device)
-    peaks: dict = {"device": device}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        flops, n = matmul_peak(device, dtype, sizes or PEAK_SIZES[device_type(device), dtype], repeats)
-        peaks[f"peak_{name}_flops"], peaks[f"peak_{name}_n"] = flops, n
-    peaks["fp32_tf32"] = device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
-    known = known_bf16_peak(torch.cuda.get_device_name(device)) if device_type(device) == "cuda" else None
-    if known is not None:  # MFU against the datasheet too, as llm.c and others report it
-        peaks["datasheet_bf16_flops"], peaks["datasheet_name"] = known
-    peaks["matmul_repeats"] = repeats
-    return peaks
 
 
 # --- the models and the step ----------------------------------------------------------------
@@ -155,41 +131,6 @@ def make_train_step(model: torch.nn.Module, optim_cfg: OptimConfig, *, vocab_siz
     return one_step
 
 
-def _process_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _time_steps(one_step, device: str, steps: int, warmup: int, retry, log: Log):
-    """Warm-up steps, then ``steps`` timed ones, again while ``retry`` (of the attempts so far) gives a
-    reason; returns (warm-up times, the last attempt's step times, its last loss, the attempts)."""
-    warmup_times = []
-    for i in range(warmup):
-        dt, _ = one_step(i)
-        warmup_times.append(dt)
-        log(f"warm-up step {i + 1}/{warmup} {dt:.2f} s")
-    attempts: list[dict] = []
-    while True:
-        step_times, loss_value = [], float("nan")
-        cpu0 = _process_cpu_seconds()
-        for i in range(steps):
-            dt, loss_value = one_step(warmup + len(attempts) * steps + i)
-            step_times.append(dt)
-            log(f"step {i + 1}/{steps} {dt * 1000:.0f} ms")
-        total = sum(step_times)
-        # CPU time this process got / (wall time x torch threads) over the timed steps. On a quiet CPU
-        # it sits near 1 (PyTorch's threads spin while they wait); well below that, other processes
-        # took CPU from the benchmark and the timings are low.
-        cpu_share = None
-        if device_type(device) == "cpu":
-            cpu_share = (_process_cpu_seconds() - cpu0) / (total * torch.get_num_threads())
-        attempts.append({"ms_per_step": 1000 * total / steps, "cpu_share": cpu_share})
-        reason = retry(attempts) if retry is not None else None
-        if reason is None:
-            return warmup_times, step_times, loss_value, attempts
-        log(f"{reason}; timing again")
-
-
 # --- one case --------------------------------------------------------------------------------
 
 
@@ -214,7 +155,7 @@ def bench_train(preset: str = "tiny", *, batch: int = 16, seq_len: int = 256, dt
     if steps < 1 or warmup < 0:
         raise UserError("--steps must be >= 1 and --warmup >= 0")
     log = log or _quiet
-    device = _device(device)
+    device = prepare_device(device)
     if make_model is None:
         _check_peer(peer)
     loss_chunk = loss_chunk if peer == "gpt2lab" else 0  # a peer computes its loss its own way
@@ -234,7 +175,7 @@ def bench_train(preset: str = "tiny", *, batch: int = 16, seq_len: int = 256, dt
     case = {"model": name, "peer": peer, "recipe": recipe, "preset": preset, "batch": batch, "seq_len": seq_len,
             "tokens_per_step": batch * seq_len, "dtype": str(amp_dtype).replace("torch.", ""), "compile": bool(compile)}
     tag = f"{name} {preset} B={batch} T={seq_len} {case['dtype']} compile={'on' if compile else 'off'}"
-    warmup_times, step_times, loss, attempts = _time_steps(one_step, device, steps, warmup, retry,
+    warmup_times, step_times, loss, attempts = time_steps(one_step, device, steps, warmup, retry,
                                                           lambda msg: log(f"{tag}: {msg}"))
     result = {**case, **describe_machine(device), **_figures(cfg, case, warmup_times, step_times),
               "cpu_share": attempts[-1]["cpu_share"], "attempts": attempts}
@@ -266,130 +207,6 @@ def _figures(cfg: GPTConfig, case: dict, warmup_times: list[float], step_times: 
     }
 
 
-def set_peaks(result: dict, peaks: dict) -> dict:
-    """(Re)compute a result's MFU figures against ``peaks`` (from :func:`measure_peaks`)."""
-    def of(peak: float) -> float:
-        return mfu(result["flops_per_token"], result["tokens_per_s"], peak)
-
-    result["peak_bf16_tflops"] = peaks["peak_bf16_flops"] / 1e12
-    result["peak_fp32_tflops"] = peaks["peak_fp32_flops"] / 1e12
-    result["mfu"] = of(peaks["peak_bf16_flops"])  # the headline: training runs under bf16 autocast
-    result["mfu_fp32"] = of(peaks["peak_fp32_flops"])
-    if peaks.get("datasheet_bf16_flops"):
-        result["mfu_datasheet"] = of(peaks["datasheet_bf16_flops"])
-    return result
-
-
-# --- ratios and the table --------------------------------------------------------------------
-
-
-def _shape_key(r: dict) -> tuple:
-    return (r["preset"], r["batch"], r["seq_len"], r["dtype"], r["device"])
-
-
-def _busy(r: dict) -> bool:
-    return r.get("cpu_share") is not None and r["cpu_share"] < BUSY_CPU_SHARE
-
-
-def add_compile_ratios(results: list[dict]) -> list[dict]:
-    """Set ``compiled_vs_eager`` (tokens/s compiled / tokens/s eager) on compiled results that have an eager twin."""
-    eager = {(_shape_key(r), r.get("model")): r for r in results if not r["compile"]}
-    for r in results:
-        twin = eager.get((_shape_key(r), r.get("model")))
-        if r["compile"] and twin is not None:
-            r["compiled_vs_eager"] = r["tokens_per_s"] / twin["tokens_per_s"]
-            # Not comparable when either side shared the CPU with other processes.
-            r["compiled_vs_eager_busy"] = any(_busy(x) for x in (r, twin))
-    return results
-
-
-def add_peer_ratios(results: list[dict]) -> list[dict]:
-    """Set ``vs_peer`` (gpt2lab tokens/s / the best peer's, same shape and compile setting) on gpt2lab's results."""
-    peers: dict = {}
-    for r in results:
-        key = (_shape_key(r), r["compile"])
-        if r.get("peer", "gpt2lab") != "gpt2lab" and r["tokens_per_s"] > peers.get(key, {}).get("tokens_per_s", 0):
-            peers[key] = r
-    for r in results:
-        twin = peers.get((_shape_key(r), r["compile"]))
-        if r.get("peer", "gpt2lab") == "gpt2lab" and twin is not None:
-            r["vs_peer"], r["peer_name"] = r["tokens_per_s"] / twin["tokens_per_s"], twin["peer"]
-            r["vs_peer_busy"] = any(_busy(x) for x in (r, twin))
-    return results
-
-
-def _ratio(r: dict, key: str, suffix: str = "") -> str:
-    value = r.get(key)
-    return "-" if value is None else f"{value:.2f}x{suffix}" + (" (busy)" if r.get(f"{key}_busy") else "")
-
-
-def _share(r: dict) -> str:
-    tries = len(r.get("attempts", ()))
-    return ("-" if r.get("cpu_share") is None else f"{r['cpu_share']:.2f}") + (f" ({tries} tries)" if tries > 1 else "")
-
-
-def _columns(results: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
-    """The table's columns, (title, cell of a result); datasheet MFU, peer ratio and cpu share only
-    where some result has them."""
-    def pct(key: str) -> Callable[[dict], str]:
-        return lambda r: "-" if r.get(key) is None else f"{100 * r[key]:.1f}%"
-
-    cols = [("model", lambda r: r.get("model", "gpt2lab")), ("preset", lambda r: r["preset"]),
-            ("params", lambda r: f"{r['params'] / 1e6:.1f}M"), ("B x T", lambda r: f"{r['batch']} x {r['seq_len']}"),
-            ("dtype", lambda r: r["dtype"]), ("compile", lambda r: "on" if r["compile"] else "off"),
-            ("tok/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
-            ("ms/step (min)", lambda r: f"{r['ms_per_step']:,.1f} ({r['ms_per_step_min']:,.1f})"),
-            ("TFLOP/s", lambda r: f"{r['achieved_tflops']:.3f}"), ("MFU bf16", pct("mfu"))]
-    if any("mfu_datasheet" in r for r in results):
-        cols.append(("MFU datasheet", pct("mfu_datasheet")))
-    cols += [("MFU fp32", pct("mfu_fp32")), ("warm-up s", lambda r: f"{r['warmup_s']:.1f}"),
-             ("peak mem", lambda r: fmt_bytes(r["peak_mem_bytes"])),
-             ("compiled/eager", lambda r: _ratio(r, "compiled_vs_eager"))]
-    if any("vs_peer" in r for r in results):
-        cols.append(("vs peer", lambda r: _ratio(r, "vs_peer", f" {r.get('peer_name')}")))
-    if any(r.get("cpu_share") is not None for r in results):
-        cols.append(("cpu share", _share))
-    return cols
-
-
-def _notes(results: list[dict], peaks: dict, titles: list[str]) -> list[str]:
-    """What the table's figures mean, below it."""
-    steps = sorted({(r["steps"], r["warmup"]) for r in results})
-    notes = ["timed steps / warm-up steps: " + ", ".join(f"{s}/{w}" for s, w in steps)
-             + "; tok/s = B*T*steps / timed seconds (mean step; fastest step in brackets); "
-             "MFU = model FLOPs/token * tok/s / matmul peak", f"peak mem = {results[0]['peak_mem_kind']}"]
-    if "MFU datasheet" in titles:
-        notes.append(f"MFU datasheet = against the {peaks['datasheet_name']} dense bf16 datasheet peak, "
-                     f"{peaks['datasheet_bf16_flops'] / 1e12:g} TFLOP/s")
-    if "vs peer" in titles:
-        notes.append("vs peer = gpt2lab tok/s / the peer's, same shape and compile setting, in this run; "
-                     "the peer's FLOPs are counted as gpt2lab's model of the same shape")
-    if "cpu share" in titles:
-        notes.append("cpu share = CPU time of this process / (wall time x threads) in the timed steps; "
-                     "well below 1 means other processes took CPU and the timings are low "
-                     "(N tries: the timed steps were run again after a busy attempt)")
-    return notes
-
-
-def format_table(results: list[dict], peaks: dict) -> str:
-    """A plain-text table of results, with the machine and the measured peaks above it."""
-    tf32 = " (TF32 allowed)" if peaks.get("fp32_tf32") else ""
-    lines = [machine_line(results[0])] if results else []
-    lines.append(f"matmul peak (best of {peaks['matmul_repeats']}, measured in this run): "
-                 f"bf16 {peaks['peak_bf16_flops'] / 1e12:.3f} TFLOP/s (n={peaks['peak_bf16_n']}), "
-                 f"fp32{tf32} {peaks['peak_fp32_flops'] / 1e12:.3f} TFLOP/s (n={peaks['peak_fp32_n']})")
-    cols = _columns(results)
-    rows = [[title for title, _ in cols]] + [[cell(r) for _, cell in cols] for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    left = {"model", "preset", "params", "dtype", "compile"}
-
-    def fmt(row: list[str]) -> str:
-        return "  ".join(x.ljust(w) if title in left else x.rjust(w) for x, w, (title, _) in zip(row, widths, cols))
-
-    lines += [fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(row) for row in rows[1:]]
-    return "\n".join(lines + (_notes(results, peaks, rows[0]) if results else []))
-
-
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -410,7 +227,7 @@ def run_bench(*, preset: str = "tiny", batch: int = 16, seq_len: int = 256, dtyp
     if compile_mode not in COMPILE_MODES:
         raise UserError(f"--compile: {compile_mode!r}; choose off, on or both")
     out = out or sys.stdout
-    device = _device(device)
+    device = prepare_device(device)
     recipe_configs(preset, seq_len, recipe)  # fail on a bad preset or config before spending time on the peaks
     if compare is not None:
         _check_peer(compare, PEERS[1:])

@@ -2,7 +2,8 @@
 
 ``generate`` runs the model's own forward pass (``GPT.hidden``), with dropout off, giving it
 what batching prompts of different lengths needs: a position per row, a key-padding mask and a
-preallocated ``KVCache``.
+preallocated ``KVCache``. ``generate_text`` is ``gpt2lab sample``: a model source and a text
+prompt in, texts out (streamed to a terminal piece by piece).
 
 - **Batches of prompts of different lengths** are left-padded to the longest. Each row gets
   positions counted from its own first real token, and an attention mask that hides its pad
@@ -41,13 +42,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
+from .device import resolve_device
+from .errors import UserError
 from .model import GPT, KVCache
 from .ops import softcap
+from .tokenizer import Tokenizer
+from .weights import load_pretrained, model_tokenizer
 
 PAD_ID = 0  # token id put in left padding; never seen by real tokens (masked)
 
@@ -347,6 +352,7 @@ def generate(
     model: GPT | Decoder,
     prompt: Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
+    *,
     num_samples: int = 1,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -355,7 +361,6 @@ def generate(
     stop_token: int | None = None,
     autocast: contextlib.AbstractContextManager | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
-    *,
     vocab: int | None = None,
     use_cache: bool = True,
     pack: bool | None = None,
@@ -375,75 +380,151 @@ def generate(
     docstring for ``use_cache``, ``pack`` and ``compile``.
     """
     prompts = _as_prompts(prompt)
-    device = model.device if isinstance(model, Decoder) else model.transformer.wte.weight.device
-    ac_dtype = autocast_dtype(autocast, device.type)
-    if isinstance(model, Decoder):
-        if pack is not None or compile:
-            raise ValueError("pack and compile are set when the Decoder is built: Decoder(model, pack=..., compile=...)")
-        if ac_dtype is not None and ac_dtype != model.dtype:
-            raise ValueError(f"autocast runs {ac_dtype} but the Decoder was built for {model.dtype}: "
-                             f"build it with Decoder(model, dtype={ac_dtype})")
-        dec = model
-        dec.sync()
-    else:
-        B = len(prompts) * num_samples
-        if pack is None:  # a one-call Decoder: packing must pay for itself within this call
-            fp32 = (ac_dtype or model.transformer.wte.weight.dtype) == torch.float32
-            pack = device.type == "cpu" and max_new_tokens >= 16 and (
-                (fp32 and B >= 2) if compile else (B >= 2 or not fp32))
-        dec = Decoder(model, pack=pack, dtype=ac_dtype, batch=B, compile=compile)
-    block = dec.block_size
-    rows = [p[-block:] for p in prompts for _ in range(num_samples)]
-    B = len(rows)
-    gen = torch.Generator(device=device)
+    dec = _decoder_for(model, len(prompts) * num_samples, max_new_tokens, autocast, pack, compile)
+    rows = [p[-dec.block_size :] for p in prompts for _ in range(num_samples)]
+    gen = torch.Generator(device=dec.device)
     if seed is not None:
         gen.manual_seed(seed)
     else:
         gen.seed()
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        return sample_next(logits[:, :vocab], temperature, top_k, top_p, gen)
+
     with autocast or contextlib.nullcontext():
-        first = _Batch(rows, device)
-        # the cache holds the prompt and every generated token but the last (never fed back);
-        # its length is rounded up so that a reused compiled step meets few distinct shapes
-        need = first.length + max(max_new_tokens - 1, 0)
-        cache_len = min(block, -(-need // 64) * 64) if use_cache else block
-        dec.allocate(B, cache_len)
-        compiled = dec.step if use_cache else None
-        out = torch.empty(B, 0, dtype=torch.long, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        all_slots = torch.arange(cache_len, device=device)
-        key_real = all_slots[None, :] >= first.pad[:, None]  # (B, cache_len)
-        t = first.length  # cache slot of the next token fed back
-        logits = nxt = None
-        for step in range(max_new_tokens):
-            if step == 0:
-                logits = _prefill(dec, first)
-            elif use_cache and t < cache_len:
-                pos = (t - first.pad)[:, None]
-                if compiled is not None:  # static shapes: attend to the whole cache, unwritten slots masked
-                    mask = (key_real & (all_slots <= t)[None])[:, None, None, :]
-                    logits = compiled(nxt[:, None], pos, all_slots[t : t + 1], mask, None)
-                else:
-                    mask = key_real[:, None, None, : t + 1] if first.ragged else None
-                    logits = dec(nxt[:, None], pos, all_slots[t : t + 1], mask, t + 1)
-                t += 1
-            else:  # no cache, or context full: each row's last block_size tokens, recomputed
-                seqs = [r + o for r, o in zip(rows, out.tolist())]
-                logits = _prefill(dec, _Batch([s[-block:] for s in seqs], device))
-            nxt = sample_next(logits[:, :vocab], temperature, top_k, top_p, gen)
-            if stop_token is not None:
-                nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
-                done |= nxt == stop_token
-            out = torch.cat([out, nxt[:, None]], dim=1)
-            if on_token is not None:
-                on_token(nxt)
-            if stop_token is not None and bool(done.all()):
-                break
+        out = _decode(dec, rows, max_new_tokens, pick, stop_token, on_token, use_cache)
     result = []
     for row in out.tolist():
         if stop_token is not None and stop_token in row:
             row = row[: row.index(stop_token)]
         result.append(row)
     return result
+
+
+def generate_text(
+    model_path,
+    prompt: str = "",
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    int8: bool = False,
+    tokenizer: str | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> list[str]:
+    """``gpt2lab sample``: continue ``prompt`` (empty: the start of a document) ``num_samples`` times with the
+    model at ``model_path`` (a checkpoint or run folder, or a Hugging Face GPT-2 folder or hub name) and its
+    tokenizer; returns the continuations' texts. ``top_k`` 0 is off; ``int8`` quantizes the Linear layers
+    (CPU only). ``on_text`` receives the text of the first row as it is generated, piece by piece (streaming
+    one sample to a terminal)."""
+    dev = resolve_device(device)
+    model = load_pretrained(model_path, dev)
+    tok = model_tokenizer(model_path, model.config, tokenizer)
+    if int8:
+        if dev != "cpu":
+            raise UserError("--int8 runs on CPU only: add --device cpu")
+        from .quantize import quantize_int8
+
+        model = quantize_int8(model)
+    ids = tok.encode(prompt) if prompt else [tok.eot_token]
+    if len(ids) >= model.config.block_size:
+        raise UserError(f"--prompt is {len(ids)} tokens; the model's block_size is {model.config.block_size}")
+    outs = generate(model, ids, max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k or None,
+                    top_p=top_p, seed=seed, stop_token=tok.eot_token, compile=compile, vocab=tok.n_vocab,
+                    on_token=None if on_text is None else _text_stream(tok, on_text))
+    return [tok.decode(out) for out in outs]
+
+
+def _text_stream(tok: Tokenizer, write: Callable[[str], None]) -> Callable[[torch.Tensor], None]:
+    """An ``on_token`` that passes the first row's text to ``write`` as it comes (not its end-of-text token)."""
+    pieces: list[int] = []
+
+    def on_token(t: torch.Tensor) -> None:
+        if int(t[0]) == tok.eot_token:  # the end of the sample, not text
+            return
+        pieces.append(int(t[0]))
+        text = tok.decode(pieces)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            write(text)
+            pieces.clear()
+
+    return on_token
+
+
+def _decoder_for(model: GPT | Decoder, rows: int, max_new_tokens: int, autocast, pack: bool | None,
+                 compile: bool) -> Decoder:
+    """The Decoder ``generate`` runs: ``model`` itself when it is one (its weights re-copied where they changed),
+    else one built for this call of ``rows`` rows."""
+    device = model.device if isinstance(model, Decoder) else model.transformer.wte.weight.device
+    ac_dtype = autocast_dtype(autocast, device.type)
+    if isinstance(model, Decoder):
+        if pack is not None or compile:
+            raise ValueError("pack and compile are set when the Decoder is built: "
+                             "Decoder(model, pack=..., compile=...)")
+        if ac_dtype is not None and ac_dtype != model.dtype:
+            raise ValueError(f"autocast runs {ac_dtype} but the Decoder was built for {model.dtype}: "
+                             f"build it with Decoder(model, dtype={ac_dtype})")
+        model.sync()
+        return model
+    if pack is None:  # a one-call Decoder: packing must pay for itself within this call
+        fp32 = (ac_dtype or model.transformer.wte.weight.dtype) == torch.float32
+        pack = device.type == "cpu" and max_new_tokens >= 16 and (
+            (fp32 and rows >= 2) if compile else (rows >= 2 or not fp32))
+    return Decoder(model, pack=pack, dtype=ac_dtype, batch=rows, compile=compile)
+
+
+def _decode(dec: Decoder, rows: list[list[int]], max_new_tokens: int, pick: Callable[[torch.Tensor], torch.Tensor],
+            stop_token: int | None, on_token, use_cache: bool) -> torch.Tensor:
+    """The (rows, n <= max_new_tokens) new tokens: prefill the prompts, then one token per step, through the KV
+    cache while it has room, else recomputing each row's last block_size tokens. ``pick`` draws from logits."""
+    device, block, B = dec.device, dec.block_size, len(rows)
+    first = _Batch(rows, device)
+    # the cache holds the prompt and every generated token but the last (never fed back);
+    # its length is rounded up so that a reused compiled step meets few distinct shapes
+    need = first.length + max(max_new_tokens - 1, 0)
+    cache_len = min(block, -(-need // 64) * 64) if use_cache else block
+    dec.allocate(B, cache_len)
+    out = torch.empty(B, 0, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    all_slots = torch.arange(cache_len, device=device)
+    key_real = all_slots[None, :] >= first.pad[:, None]  # (B, cache_len)
+    t = first.length  # cache slot of the next token fed back
+    nxt = None
+    for step in range(max_new_tokens):
+        if step == 0:
+            logits = _prefill(dec, first)
+        elif use_cache and t < cache_len:
+            logits = _cached_step(dec, first, nxt, t, all_slots, key_real)
+            t += 1
+        else:  # no cache, or context full: each row's last block_size tokens, recomputed
+            seqs = [r + o for r, o in zip(rows, out.tolist())]
+            logits = _prefill(dec, _Batch([s[-block:] for s in seqs], device))
+        nxt = pick(logits)
+        if stop_token is not None:
+            nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
+            done |= nxt == stop_token
+        out = torch.cat([out, nxt[:, None]], dim=1)
+        if on_token is not None:
+            on_token(nxt)
+        if stop_token is not None and bool(done.all()):
+            break
+    return out
+
+
+def _cached_step(dec: Decoder, first: _Batch, nxt: torch.Tensor, t: int, all_slots: torch.Tensor,
+                 key_real: torch.Tensor) -> torch.Tensor:
+    """Feed ``nxt`` (one token per row) back at cache slot ``t``; returns the next logits."""
+    pos = (t - first.pad)[:, None]
+    if dec.step is not None:  # compiled, static shapes: attend to the whole cache, unwritten slots masked
+        mask = (key_real & (all_slots <= t)[None])[:, None, None, :]
+        return dec.step(nxt[:, None], pos, all_slots[t : t + 1], mask, None)
+    mask = key_real[:, None, None, : t + 1] if first.ragged else None
+    return dec(nxt[:, None], pos, all_slots[t : t + 1], mask, t + 1)
 
 
 def _prefill(dec: Decoder, batch: _Batch) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .device import device_type, synchronize
+from .device import device_type, resolve_device, set_backends, synchronize
 
 
 def timed(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:
@@ -256,3 +256,80 @@ def peak_memory(device: str, reset: bool) -> tuple[int, str]:
         except (OSError, ValueError, IndexError):
             pass
     return memory_bytes("cpu")["mem_peak_bytes"], "process max RSS since start (getrusage)"
+
+
+# --- measuring training steps (gpt2lab bench, benchmarks/) ------------------------------------
+
+BUSY_CPU_SHARE = 0.85  # below this cpu share (see time_steps) other processes took a noticeable part of the CPU
+
+
+def prepare_device(device: str) -> str:
+    """The device a measurement runs on, with training's backend settings."""
+    device = resolve_device(device)
+    set_backends(device)  # as in training: TF32 for any fp32 matmul left outside autocast
+    return device
+
+
+def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...] | None = None) -> dict:
+    """bf16 and fp32 matmul peaks on one device, measured one after the other in this process: each the
+    best rate over the sizes of PEAK_SIZES (or ``sizes``, for both dtypes); a known GPU's datasheet peak too."""
+    device = prepare_device(device)
+    peaks: dict = {"device": device}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        flops, n = matmul_peak(device, dtype, sizes or PEAK_SIZES[device_type(device), dtype], repeats)
+        peaks[f"peak_{name}_flops"], peaks[f"peak_{name}_n"] = flops, n
+    peaks["fp32_tf32"] = device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+    known = known_bf16_peak(torch.cuda.get_device_name(device)) if device_type(device) == "cuda" else None
+    if known is not None:  # MFU against the datasheet too, as llm.c and others report it
+        peaks["datasheet_bf16_flops"], peaks["datasheet_name"] = known
+    peaks["matmul_repeats"] = repeats
+    return peaks
+
+
+def set_peaks(result: dict, peaks: dict) -> dict:
+    """(Re)compute a result's MFU figures against ``peaks`` (from :func:`measure_peaks`)."""
+    def of(peak: float) -> float:
+        return mfu(result["flops_per_token"], result["tokens_per_s"], peak)
+
+    result["peak_bf16_tflops"] = peaks["peak_bf16_flops"] / 1e12
+    result["peak_fp32_tflops"] = peaks["peak_fp32_flops"] / 1e12
+    result["mfu"] = of(peaks["peak_bf16_flops"])  # the headline: training runs under bf16 autocast
+    result["mfu_fp32"] = of(peaks["peak_fp32_flops"])
+    if peaks.get("datasheet_bf16_flops"):
+        result["mfu_datasheet"] = of(peaks["datasheet_bf16_flops"])
+    return result
+
+
+def _process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_steps(one_step, device: str, steps: int, warmup: int, retry, log: Callable[[str], None]):
+    """Warm-up steps, then ``steps`` timed ones, again while ``retry`` (of the attempts so far) gives a
+    reason; returns (warm-up times, the last attempt's step times, its last loss, the attempts)."""
+    warmup_times = []
+    for i in range(warmup):
+        dt, _ = one_step(i)
+        warmup_times.append(dt)
+        log(f"warm-up step {i + 1}/{warmup} {dt:.2f} s")
+    attempts: list[dict] = []
+    while True:
+        step_times, loss_value = [], float("nan")
+        cpu0 = _process_cpu_seconds()
+        for i in range(steps):
+            dt, loss_value = one_step(warmup + len(attempts) * steps + i)
+            step_times.append(dt)
+            log(f"step {i + 1}/{steps} {dt * 1000:.0f} ms")
+        total = sum(step_times)
+        # CPU time this process got / (wall time x torch threads) over the timed steps. On a quiet CPU
+        # it sits near 1 (PyTorch's threads spin while they wait); well below that, other processes
+        # took CPU from the benchmark and the timings are low.
+        cpu_share = None
+        if device_type(device) == "cpu":
+            cpu_share = (_process_cpu_seconds() - cpu0) / (total * torch.get_num_threads())
+        attempts.append({"ms_per_step": 1000 * total / steps, "cpu_share": cpu_share})
+        reason = retry(attempts) if retry is not None else None
+        if reason is None:
+            return warmup_times, step_times, loss_value, attempts
+        log(f"{reason}; timing again")

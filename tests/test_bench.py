@@ -12,7 +12,9 @@ import torch
 from cli_helpers import gpt2lab
 
 from gpt2lab import perf
-from gpt2lab.bench import add_peer_ratios, bench_train, format_table, measure_peaks, run_bench
+from gpt2lab.bench import bench_train, run_bench
+from gpt2lab.bench_table import add_peer_ratios, format_table
+from gpt2lab.perf import measure_peaks
 from gpt2lab.config import MODEL_PRESETS
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPT

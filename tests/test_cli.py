@@ -5,12 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import gpt2lab
+from cli_helpers import one_line_error as assert_one_line_error
 
 from gpt2lab.checkpoint import list_checkpoints, load_model
 from gpt2lab.config import config_doc
 from gpt2lab.evals.loss import eval_windows, evaluate_loss
 from gpt2lab.metrics import read_metrics
-from cli_helpers import gpt2lab, one_line_error as assert_one_line_error
 
 pytestmark = pytest.mark.slow  # every test runs the gpt2lab command
 
@@ -31,6 +32,25 @@ def test_subcommand_help(cmd):
     r = gpt2lab(cmd, "--help")
     assert r.returncode == 0, r.stderr
     assert f"usage: gpt2lab {cmd}" in r.stdout and not r.stderr
+
+
+def test_help_defaults_come_from_the_code():
+    """--help shows each option's default, the library function's own; choices are the config's."""
+    import inspect
+    import typing
+
+    from gpt2lab.cli import build_parser
+    from gpt2lab.config import TrainConfig
+    from gpt2lab.data.prepare import prepare
+    from gpt2lab.generate import generate_text
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    sample, prep, ev = (" ".join(commands[c].format_help().split()) for c in ("sample", "prepare", "eval"))
+    for name in ("num_samples", "max_new_tokens", "temperature", "top_k", "top_p", "device"):
+        assert f"(default: {inspect.signature(generate_text).parameters[name].default})" in sample, name
+    assert f"(default: {inspect.signature(prepare).parameters['shard_tokens'].default})" in prep
+    assert "{" + ",".join(typing.get_args(typing.get_type_hints(TrainConfig)["dtype"])) + "}" in ev
+    assert commands["sample"].parse_args(["run"]).max_new_tokens == 100  # the default reaches the command
 
 
 def test_console_script_installed():

@@ -10,12 +10,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
+from ..device import autocast_for, resolve_dtype
 from ..distributed import init_distributed, shutdown
 from ..errors import UserError
-from ..device import autocast_for, resolve_dtype
-from ..weights import load_pretrained, model_tokenizer
 from ..fileio import check_folder_path, file_sha256, temp_beside, write_json_atomic, write_jsonl_atomic
+from ..weights import load_pretrained, model_tokenizer
 
 
 def cache_dir() -> Path:
@@ -54,7 +53,8 @@ def download(urls: list[str] | str, dest: Path, sha256: dict[str, str] | None = 
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise UserError(f"cannot download {what} to {dest} ({'; '.join(problems)}); download it yourself and pass --data PATH")
+    raise UserError(f"cannot download {what} to {dest} ({'; '.join(problems)}); download it yourself and pass "
+                    "--data PATH")
 
 
 def read_jsonl(path: Path, what: str) -> list[dict]:
@@ -71,7 +71,8 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise UserError(f"{path} line {n}: not valid JSON ({e.msg}); is this a {what} jsonl file?") from None
+                    raise UserError(f"{path} line {n}: not valid JSON ({e.msg}); is this a {what} jsonl "
+                                    "file?") from None
                 if not isinstance(obj, dict):
                     raise UserError(f"{path} line {n}: expected a JSON object; is this a {what} jsonl file?")
                 records.append(obj)

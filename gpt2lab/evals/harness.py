@@ -42,11 +42,11 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.tasks import TaskManager
 
+from ..device import autocast_for, device_type, resolve_dtype
 from ..distributed import DistInfo, init_distributed, shutdown
 from ..errors import UserError
 from ..fileio import write_atomic
 from ..generate import Decoder, autocast_dtype, generate
-from ..device import autocast_for, device_type, resolve_dtype
 from ..tokenizer import Tokenizer, load_tokenizer
 from ..weights import load_pretrained, model_tokenizer
 from .common import results_folder
@@ -122,7 +122,8 @@ class GPT2LabLM(TemplateLM):
         """The whole text's log-likelihood, in the harness's disjoint windows of max_length tokens."""
         windows, owner = [], []
         for n, (text,) in enumerate(r.args for r in requests):
-            for w in lm_utils.get_rolling_token_windows(token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+            for w in lm_utils.get_rolling_token_windows(token_list=self.tok_encode(text),
+                                                        prefix_token=self.prefix_token_id,
                                                         max_seq_len=self.max_length, context_len=1):
                 windows.append(lm_utils.make_disjoint_window(w))
                 owner.append(n)
@@ -185,9 +186,9 @@ def _data_error(e: BaseException, tasks: list[str]) -> UserError:
         "gpt2lab/evals/harness.py)")
 
 
-def run_harness(model_path: str, tasks: list[str], out: str | None = None, device: str = "auto", dtype: str = "auto",
-                limit: int | None = None, num_fewshot: int | None = None, include_path: str | None = None,
-                batch_tokens: int | None = None, tokenizer: str | None = None) -> dict:
+def run_harness(model_path: str, tasks: list[str], *, out: str | None = None, device: str = "auto",
+                dtype: str = "auto", limit: int | None = None, num_fewshot: int | None = None,
+                include_path: str | None = None, batch_tokens: int | None = None, tokenizer: str | None = None) -> dict:
     """``gpt2lab eval harness``: run harness ``tasks`` on a gpt2lab model; rank 0 writes
     ``OUT/harness_results.json`` (default OUT: ``evals/<name of MODEL>``) and gets {task: metrics}."""
     if include_path and not Path(include_path).is_dir():
@@ -223,7 +224,8 @@ def run_harness(model_path: str, tasks: list[str], out: str | None = None, devic
             return {}
         write_atomic(out_dir / "harness_results.json",
                      json.dumps(results, indent=2, default=lm_utils.handle_non_serializable) + "\n")
-        summary = {"task": "harness", "model": str(model_path), "dtype": str(resolve_dtype(dtype, info.device)).replace("torch.", ""),
+        summary = {"task": "harness", "model": str(model_path),
+                   "dtype": str(resolve_dtype(dtype, info.device)).replace("torch.", ""),
                    "world_size": info.world_size, "out": str(out_dir)}
         summary["results"] = {t: {k: v for k, v in m.items() if isinstance(v, (int, float)) and k != "alias"}
                               for t, m in results["results"].items()}

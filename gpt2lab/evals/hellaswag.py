@@ -47,10 +47,10 @@ DEFINITIONS = {
     "completion_acc": "build-nanogpt text (ctx + ' ' + ending); argmax of the summed log-likelihood of the ending",
     "completion_acc_norm": "build-nanogpt text; argmin of the mean loss per ending token (build-nanogpt's acc_norm)",
     "lm_eval_acc": "lm-eval-harness text (activity label, preprocessing); argmax of the summed log-likelihood",
-    "lm_eval_acc_norm": "lm-eval-harness text; argmax of the log-likelihood divided by the preprocessed ending's length "
-                        "in characters, without the leading space (the harness's acc_norm)",
-    "lm_eval_acc_bytes": "lm-eval-harness text; argmax of the log-likelihood divided by the preprocessed ending's length "
-                         "in UTF-8 bytes, without the leading space (the harness's acc_bytes)",
+    "lm_eval_acc_norm": "lm-eval-harness text; argmax of the log-likelihood divided by the preprocessed ending's "
+                        "length in characters, without the leading space (the harness's acc_norm)",
+    "lm_eval_acc_bytes": "lm-eval-harness text; argmax of the log-likelihood divided by the preprocessed ending's "
+                         "length in UTF-8 bytes, without the leading space (the harness's acc_bytes)",
 }
 
 
@@ -68,17 +68,20 @@ def load_hellaswag(path: str | os.PathLike | None = None) -> list[dict]:
     items = read_jsonl(path, "HellaSwag")
     for n, it in enumerate(items, 1):
         where = f"{path} item {n}"
-        has_ctx = isinstance(it.get("ctx"), str) or (isinstance(it.get("ctx_a"), str) and isinstance(it.get("ctx_b"), str))
+        has_ctx = isinstance(it.get("ctx"), str) or (isinstance(it.get("ctx_a"), str)
+                                                     and isinstance(it.get("ctx_b"), str))
         if not has_ctx:
             raise UserError(f"{where}: no 'ctx' (or 'ctx_a' and 'ctx_b') text field; is this HellaSwag jsonl?")
         endings = it.get("endings")
-        if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) and e.strip() for e in endings)):
+        if not (isinstance(endings, list) and len(endings) == 4
+                and all(isinstance(e, str) and e.strip() for e in endings)):
             raise UserError(f"{where}: 'endings' must be a list of 4 non-empty strings")
         label = it.get("label")
         if isinstance(label, str) and label.strip().isdigit():
             label = int(label)
         if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label < 4):
-            raise UserError(f"{where}: 'label' must be 0..3, got {label!r} (the test split has no labels; use the val split)")
+            raise UserError(f"{where}: 'label' must be 0..3, got {label!r} (the test split has no labels; use the "
+                            "val split)")
         it["label"] = label
     return items
 
@@ -125,6 +128,7 @@ def evaluate_hellaswag(
     device: str = "cpu",
     autocast=None,
     dist_info: DistInfo | None = None,
+    *,
     styles: tuple[str, ...] = STYLES,
     batch_tokens: int | None = None,
     plain: bool = False,
@@ -180,6 +184,7 @@ def evaluate_hellaswag(
 
 def run_hellaswag(
     model_path: str,
+    *,
     data: str | None = None,
     out: str | None = None,
     limit: int = 0,
@@ -197,7 +202,8 @@ def run_hellaswag(
     return run_task(
         "hellaswag", model_path, lambda: select_items(load_hellaswag(data), limit),
         lambda model, items, info, autocast, tok: evaluate_hellaswag(
-            model, items, info.device, autocast, info, styles, batch_tokens, plain, tokenizer=tok),
+            model, items, info.device, autocast, info, styles=styles, batch_tokens=batch_tokens, plain=plain,
+            tokenizer=tok),
         data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain, tokenizer=tokenizer,
         definitions=DEFINITIONS,
     )

@@ -104,6 +104,7 @@ def evaluate_lambada(
     device: str = "cpu",
     autocast=None,
     dist_info: DistInfo | None = None,
+    *,
     batch_tokens: int | None = None,
     plain: bool = False,
     gather: bool = True,
@@ -125,8 +126,8 @@ def evaluate_lambada(
     else:
         scores = score_fast(model, reqs, device, autocast, batch_tokens=batch_tokens)
     model.train(was_training)
-    records = [{"index": i, "target": w.strip(), "logprob": s[0].logprob, "tokens": s[0].n_tokens, "greedy": s[0].greedy}
-               for i, (_, w), s in zip(mine, pairs, scores)]
+    records = [{"index": i, "target": w.strip(), "logprob": s[0].logprob, "tokens": s[0].n_tokens,
+                "greedy": s[0].greedy} for i, (_, w), s in zip(mine, pairs, scores)]
     totals = torch.tensor([len(records), sum(r["greedy"] for r in records), sum(r["logprob"] for r in records),
                            sum(r["tokens"] for r in records)], dtype=torch.float64, device=device)
     all_reduce_sum(totals, info)
@@ -140,6 +141,7 @@ def evaluate_lambada(
 
 def run_lambada(
     model_path: str,
+    *,
     variant: str = "openai",
     data: str | None = None,
     out: str | None = None,
@@ -157,7 +159,7 @@ def run_lambada(
     return run_task(
         f"lambada_{variant}", model_path, load,
         lambda model, texts, info, autocast, tok: evaluate_lambada(
-            model, texts, info.device, autocast, info, batch_tokens, plain, tokenizer=tok),
+            model, texts, info.device, autocast, info, batch_tokens=batch_tokens, plain=plain, tokenizer=tok),
         data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain, tokenizer=tokenizer,
         definitions={"acc": "greedy: every token of the last word is the argmax",
                      "ppl": "exp(-mean log-likelihood of the last word), per passage",

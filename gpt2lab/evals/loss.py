@@ -4,6 +4,7 @@ The first ``max_tokens`` tokens of the split are cut into windows of ``seq_len +
 (stride ``seq_len``, crossing shard boundaries only by starting a new window in the next shard).
 Rank r scores windows r, r + world, ...; per-token losses are summed and all-reduced, so the
 result is the mean loss over exactly the same tokens for any world size or batch size.
+``run_loss`` is ``gpt2lab eval loss``: a model source in, the loss over its run's validation windows out.
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import contextlib
 import numpy as np
 import torch
 
+from ..checkpoint import load_model
+from ..config import from_dict
 from ..data.loader import check_shards
+from ..data.prepare import check_data_tokenizer, load_manifest
 from ..data.shards import find_shards, read_shard
-from ..distributed import DistInfo, all_reduce_sum
+from ..device import autocast_for, resolve_dtype
+from ..distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from ..errors import UserError
+from ..weights import CHECKPOINT, RUN, classify, load_pretrained, model_tokenizer
 
 
 def eval_windows(data_dir, split: str, seq_len: int, max_tokens: int, verify: bool = True) -> list[np.ndarray]:
@@ -83,3 +89,34 @@ def evaluate_loss(
     model.train(was_training)
     all_reduce_sum(total, info)
     return (total[0] / total[1]).item()
+
+
+def run_loss(model_path, *, data=None, split: str = "val", tokens: int | None = None, batch_size: int = 8,
+             seq_len: int | None = None, device: str = "auto", dtype: str = "auto",
+             tokenizer: str | None = None) -> dict:
+    """``gpt2lab eval loss``: the mean loss of the model at ``model_path`` over the first ``tokens`` tokens of
+    ``split`` in the shard folder ``data``, in windows of ``seq_len``. A gpt2lab run or checkpoint gives the defaults
+    (its data.dir, train.seq_len, eval.val_tokens and train.dtype, for ``dtype="auto"``); a Hugging Face model needs
+    ``data`` and defaults to its block_size and the config defaults. Runs under torchrun too, sharded."""
+    own = classify(model_path) in (CHECKPOINT, RUN)
+    if not own and not data:
+        raise UserError(f"{model_path} is a Hugging Face model: pass --data (a folder of shards) to score it on")
+    info = init_distributed(device)
+    try:
+        # a gpt2lab run gives the defaults (data, seq_len, tokens, dtype); a Hugging Face model, the config's
+        model, cfg = load_model(model_path, device=info.device) if own else (
+            load_pretrained(model_path, info.device), from_dict({}))
+        data = data or cfg.data.dir
+        tok = model_tokenizer(model_path, model.config, tokenizer)
+        check_data_tokenizer(data, load_manifest(data), tok, f"model {model_path}'s tokenizer")
+        seq_len = seq_len or (cfg.train.seq_len if own else model.config.block_size)
+        if seq_len > model.config.block_size:
+            raise UserError(f"--seq-len {seq_len} is longer than the model's block_size {model.config.block_size}")
+        windows = eval_windows(data, split, seq_len, tokens or cfg.eval.val_tokens)
+        dtype = cfg.train.dtype if dtype == "auto" else dtype  # by default, as the run evaluated
+        autocast = autocast_for(info.device, resolve_dtype(dtype, info.device))
+        loss = evaluate_loss(model, windows, batch_size, info.device, autocast, info)
+    finally:
+        shutdown(info)
+    return {"task": "loss", "split": split, "data": str(data), "tokenizer": tok.spec, "tokens": len(windows) * seq_len,
+            "loss": loss}

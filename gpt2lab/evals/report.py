@@ -1,20 +1,27 @@
 """A run's evaluation history: validation loss and HellaSwag by step, from its metrics.jsonl.
 
-``gpt2lab report RUN_DIR`` prints it as a table (``--plot`` draws the run with
+``gpt2lab report RUN_DIR`` (:func:`run_report`) prints it as a table with the run's status and
+environment, as JSON, or as a Markdown report (``--plot`` draws the run with
 :func:`gpt2lab.plot.plot_runs`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..metrics import METRICS_FILE, read_metrics
+from ..layout import ENV_FILE, METRICS_FILE, PLOT_FILE
+from ..metrics import read_metrics
+from ..plot import plot_runs
+from ..runinfo import environment_lines, read_json, report_markdown, run_row
 
-COLUMNS = ("step", "tokens", "train_loss", "val_loss", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
-           "lm_eval_acc_bytes", "hellaswag_items", "lambada_acc", "lambada_ppl")
+COLUMNS = ("step", "tokens", "train_loss", "val_loss", "completion_acc", "completion_acc_norm", "lm_eval_acc",
+           "lm_eval_acc_norm", "lm_eval_acc_bytes", "hellaswag_items", "lambada_acc", "lambada_ppl")
 
 
 def eval_history(run_dir: str | os.PathLike, bad_lines: list[int] | None = None) -> list[dict]:
@@ -40,7 +47,8 @@ def eval_history(run_dir: str | os.PathLike, bad_lines: list[int] | None = None)
             elif kind == "lambada":
                 row.update(lambada_acc=r.get("acc"), lambada_ppl=r.get("ppl"))
             else:
-                row.update({f"hellaswag_{k}" if k == "items" else k: v for k, v in r.items() if k not in ("kind", "step")})
+                row.update({f"hellaswag_{k}" if k == "items" else k: v for k, v in r.items()
+                            if k not in ("kind", "step")})
     return [rows[s] for s in sorted(rows)]
 
 
@@ -61,3 +69,33 @@ def format_history(rows: list[dict]) -> str:
     lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def run_report(run_dir: str | os.PathLike, *, plot: str | None = None, as_json: bool = False,
+               markdown: bool = False) -> str:
+    """``gpt2lab report``: the run's evaluation history as a table followed by its status and environment, or as
+    JSON, or a Markdown report (which shows ``plot``, by default RUN_DIR/plot.png when matplotlib is installed).
+    ``plot`` is drawn first; damaged lines of metrics.jsonl are skipped with a warning on stderr."""
+    bad: list[int] = []
+    rows = eval_history(run_dir, bad)
+    if bad:
+        print(f"warning: skipped {len(bad)} damaged line(s) of {os.path.join(run_dir, METRICS_FILE)} "
+              f"(line {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})", file=sys.stderr)
+    drawn = plot
+    if markdown and plot is None and importlib.util.find_spec("matplotlib") is not None:
+        drawn = os.path.join(run_dir, PLOT_FILE)
+    if drawn:
+        plot_runs([run_dir], drawn)
+    if markdown:
+        return report_markdown(run_dir, rows, drawn)
+    if as_json:
+        return json.dumps(rows) + "\n"
+    status = run_row(Path(run_dir))
+    lines = [format_history(rows), f"\nstatus: {status['status']}"
+             + (f" ({status['status_detail']})" if status["status_detail"] else "")
+             + f", step {status['steps']}/{status['max_steps']}"]
+    env = read_json(Path(run_dir) / ENV_FILE)
+    lines += environment_lines(env) if env else ["environment: no environment.json (a run of an older gpt2lab)"]
+    if plot:
+        lines.append(f"wrote {plot}")
+    return "\n".join(lines) + "\n"

@@ -112,7 +112,8 @@ def _plain_loop(model, requests: list[Request], device: str) -> list[list[Score]
             pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(c), device=logp.device)
             t = torch.tensor(c, device=logp.device)
             lp = logp[i, pos]
-            scores.append(Score(float(lp.gather(1, t[:, None]).double().sum()), len(c), bool((lp.argmax(-1) == t).all())))
+            logprob = float(lp.gather(1, t[:, None]).double().sum())
+            scores.append(Score(logprob, len(c), bool((lp.argmax(-1) == t).all())))
         out.append(scores)
     return out
 

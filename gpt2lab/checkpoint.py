@@ -276,12 +276,24 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p != sums)
 
 
-def verify_checkpoint(folder: str | os.PathLike, *, unverified: bool = False) -> bool:
+_accept_unverified = False  # accept_unverified(): the command line's --unverified
+
+
+def accept_unverified(accept: bool = True) -> None:
+    """Let this process use checkpoints without a complete checksums.json (``--unverified``: the user named them
+    as unverified), wherever verify_checkpoint is not told otherwise."""
+    global _accept_unverified
+    _accept_unverified = accept
+
+
+def verify_checkpoint(folder: str | os.PathLike, *, unverified: bool | None = None) -> bool:
     """Check the files of a checkpoint against its ``checksums.json``; raise DamagedCheckpoint naming
     the first that differs. A checkpoint whose checksums.json is missing, empty or does not list every file
     (written before checksums existed, or edited) is an UnverifiedCheckpoint naming the command that writes
-    them (:func:`add_checksums`), unless ``unverified`` (the user said to use it as it is): then False."""
+    them (:func:`add_checksums`), unless ``unverified`` (the user said to use it as it is; None: as
+    :func:`accept_unverified` set, by default not): then False."""
     folder = Path(folder)
+    unverified = _accept_unverified if unverified is None else unverified
     path = folder / CHECKSUMS_FILE
     if not path.exists():
         return _unverified(folder, f"has no {CHECKSUMS_FILE}", unverified)
@@ -314,7 +326,8 @@ def _unverified(folder: Path, why: str, allowed: bool) -> bool:
         return False
     raise UnverifiedCheckpoint(f"{folder}: {why}, so nothing shows that its files are the ones gpt2lab wrote (a "
                                f"checkpoint of an older gpt2lab, or one that was edited); if you trust its files, "
-                               f"write their checksums with `{CHECKSUMS_COMMAND} {folder}`")
+                               f"write their checksums with `{CHECKSUMS_COMMAND} {folder}` (or use it as it is with "
+                               "--unverified)")
 
 
 def add_checksums(path: str | os.PathLike) -> list[tuple[Path, str]]:
@@ -388,7 +401,7 @@ def load_checkpoint_config(ckpt: Path) -> Config:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
-               unverified: bool = False) -> tuple[GPT, Config]:
+               unverified: bool | None = None) -> tuple[GPT, Config]:
     """Load a trained model from a checkpoint or run folder, for sampling or evaluation; ``unverified``: also
     one without a complete checksums.json (see verify_checkpoint)."""
     ckpt = resolve_checkpoint(path)

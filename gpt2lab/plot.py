@@ -26,6 +26,14 @@ PANELS = ("loss", "lr", "hellaswag", "lambada")
 READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what writing into a folder one may not write to raises
 
 
+class PlotNotWritten(UserError):
+    """The figure is drawn but its file cannot be written there (a read-only folder)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cannot write {path} ({reason}); choose a folder this user can write to")
+        self.path, self.reason = path, reason
+
+
 def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
     """A run's series as (tokens, value) points: train, val, lr, hellaswag, lambada."""
     path = Path(run_dir) / METRICS_FILE
@@ -87,7 +95,7 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
         except OSError as e:  # a read-only folder (a full disk is the command's one-line error already)
             if e.errno not in READ_ONLY:
                 raise
-            raise UserError(f"cannot write {out} ({e.strerror}); choose a folder this user can write to") from None
+            raise PlotNotWritten(out, e.strerror) from None
     return fig
 
 

@@ -54,9 +54,9 @@ def classify(source: str | os.PathLike) -> str:
 
 
 def load_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu", *,
-                    unverified: bool = False) -> GPT:
+                    unverified: bool | None = None) -> GPT:
     """The model of any source (see the module docstring), in eval mode on ``device``; ``unverified``: a gpt2lab
-    checkpoint without a complete checksums.json too (checkpoint.verify_checkpoint)."""
+    checkpoint without a complete checksums.json too (None: as checkpoint.accept_unverified set)."""
     kind = classify(source)
     if kind in (CHECKPOINT, RUN):
         model = checkpoint.load_model(source, unverified=unverified)[0]
@@ -112,7 +112,7 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
 
 
 def export_hf(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, *,
-              unverified: bool = False) -> Path:
+              unverified: bool | None = None) -> Path:
     """Write any model source (a gpt2lab run or checkpoint, typically) as a transformers folder."""
     check_out_dir(Path(out), overwrite)
     model = load_pretrained(source, unverified=unverified)

@@ -167,6 +167,28 @@ def test_checksums_command_gives_older_checkpoints_their_checksums(run, tmp_path
         ckpt.add_checksums(tmp_path)
 
 
+def test_the_checksums_command_and_unverified_from_the_command_line(run, small_shards, capsys, monkeypatch):
+    """`gpt2lab checkpoint checksums` is what the refusal names; --unverified uses a checkpoint as it is."""
+    monkeypatch.setattr(ckpt, "_accept_unverified", False)  # whatever a command in this process sets, for the others
+    for folder in ckpt.list_checkpoints(run):
+        (folder / layout.CHECKSUMS_FILE).unlink()
+    newest = ckpt.list_checkpoints(run)[-1]
+    line = one_line(*cli(capsys, "sample", run, "--max-new-tokens", "2", "--device", "cpu")[::2])
+    assert f"`gpt2lab checkpoint checksums {newest}`" in line and "--unverified" in line
+    for args in (["sample", run, "--max-new-tokens", "2", "--device", "cpu", "--unverified"],
+                 ["eval", "loss", run, "--data", small_shards, "--device", "cpu", "--tokens", "256", "--unverified"]):
+        rc, out, err = cli(capsys, *args)
+        assert rc == 0 and out, err
+    line = one_line(*cli(capsys, "sample", run, "--max-new-tokens", "2", "--device", "cpu")[::2])  # not --unverified
+    assert "gpt2lab checkpoint checksums" in line
+    rc, out, err = cli(capsys, "checkpoint", "checksums", run)
+    assert rc == 0 and out.splitlines() == [f"{p}: checksums written" for p in ckpt.list_checkpoints(run)], err
+    rc, out, err = cli(capsys, "sample", run, "--max-new-tokens", "2", "--device", "cpu")
+    assert rc == 0, err
+    assert "already complete" in cli(capsys, "checkpoint", "checksums", newest)[1]
+    assert "not a checkpoint folder" in one_line(*cli(capsys, "checkpoint", "checksums", small_shards)[::2])
+
+
 # --- crafted training states and weights (their checksums made anew, as a tool would) ----------------
 
 

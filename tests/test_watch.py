@@ -411,3 +411,38 @@ def test_a_plot_into_a_folder_one_may_not_write_is_one_line(finished_run, tmp_pa
     code, _, err = cli(capsys, "plot", finished_run, "--out", tmp_path / "ro" / "p.png")
     assert_one_line_error(code, err)
     assert f"cannot write {tmp_path / 'ro' / 'p.png'} (Permission denied)" in err
+
+
+def test_a_markdown_report_of_a_folder_one_may_not_write_shows_no_plot(finished_run, tmp_path, capsys, monkeypatch):
+    """report --markdown raised OSError on .tmp-plot.png in a read-only run folder: now the report comes without
+    the plot and one warning says so; a --plot FILE that cannot be written is the user's one-line error."""
+    import errno
+
+    pytest.importorskip("matplotlib")
+    from gpt2lab import plot
+
+    run = copy_run(finished_run, tmp_path / "run")
+
+    def refuse(path, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(plot, "write_atomic", refuse)  # as a read-only folder does (tests may run as root)
+    code, md, err = cli(capsys, "report", run, "--markdown")
+    assert code == 0 and "## Figures" in md and "![" not in md, err
+    assert err.strip() == (f"warning: cannot write {run / 'plot.png'} (Permission denied): the report shows no plot; "
+                           "--plot FILE writes it elsewhere")
+    assert_one_line_error(*cli(capsys, "report", run, "--markdown", "--plot", tmp_path / "x.png")[::2])
+    monkeypatch.undo()
+    if os.geteuid() != 0:  # a real read-only folder
+        os.chmod(run, 0o555)
+        try:
+            code, md, err = cli(capsys, "report", run, "--markdown")
+            assert code == 0 and "![" not in md and "the report shows no plot" in err, err
+        finally:
+            os.chmod(run, 0o755)
+
+
+def test_a_sample_seed_out_of_range_is_a_usage_error(finished_run, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(capsys, "sample", finished_run, "--seed", "100000000000000000000000")
+    assert e.value.code == 2 and "must be >= 0 and <= 9223372036854775807" in capsys.readouterr().err

@@ -420,7 +420,8 @@ def test_long_documents_train_in_pieces_that_split_as_the_whole(text, limit):
     pieces = list(split_long(text, limit))
     assert "".join(pieces) == text and all(len(p) <= limit for p in pieces) and len(pieces) >= 1
     cuts = list(itertools.accumulate(len(p) for p in pieces[:-1]))
-    word_starts = [c for c in cuts if text[c] == " " and not text[c - 1].isspace() and not text[c + 1].isspace()]
+    word_starts = [c for c in cuts if text[c] == " " and not text[c - 1].isspace() and c + 1 < len(text)
+                   and not text[c + 1].isspace()]
     assert all(len(p) == limit for p, c in zip(pieces, cuts) if c not in word_starts)  # hard cuts: only when full
     if word_starts == cuts:
         for pattern in ("gpt2", "cl100k"):

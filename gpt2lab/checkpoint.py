@@ -14,7 +14,11 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step_00001000/`` holding
 - ``train_state.pt``: optimizer state, step, data-loader position and RNG states, read back
   with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers;
 - ``checksums.json``: the sha256 of every other file of the folder, written last; checked on every
-  load, so a damaged file is refused (and skipped on ``--resume``) instead of used silently;
+  load, so a damaged file is refused (and skipped on ``--resume``) instead of used silently. A
+  checkpoint whose checksums.json is missing, empty or does not list every file is refused in one
+  line (an UnverifiedCheckpoint: not moved aside), naming ``gpt2lab checkpoint checksums DIR``
+  (:func:`add_checksums`), which gives a checkpoint of an older gpt2lab its checksums; a command's
+  ``--unverified`` uses it as it is;
 - ``dcp/`` (FSDP runs, ``train.parallel=fsdp``): model and optimizer state written shard by shard
   by every process with ``torch.distributed.checkpoint``, which reshards on load, so a run can
   resume on another number of processes. ``model.safetensors`` is then a consolidated copy for
@@ -73,6 +77,7 @@ from .layout import (
 )
 from .model import GPT
 from .optim import group_settings, restore_group_settings
+from .sizes import check_fits
 from .tokenizer import COPY_DIR, Tokenizer, copy_folder, load_tokenizer
 
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight (unless model.tie_head is false)
@@ -80,6 +85,13 @@ TIED = "lm_head.weight"  # same tensor as transformer.wte.weight (unless model.t
 
 class DamagedCheckpoint(UserError):
     """A checkpoint's files differ from its checksums, or one is missing."""
+
+
+class UnverifiedCheckpoint(UserError):
+    """A checkpoint without a complete checksums.json: missing, empty, or not listing every file."""
+
+
+CHECKSUMS_COMMAND = "gpt2lab checkpoint checksums"  # what gives a checkpoint of an older gpt2lab its checksums
 
 
 def save_model_file(model: GPT | dict, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -254,31 +266,91 @@ def _tensors(obj):
 
 def write_checksums(folder: Path) -> None:
     """Write ``folder/checksums.json``: the sha256 of every other file in it (sub-folders too)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
-    sums = {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
+    sums = {name: file_sha256(folder / name) for name in _files(folder)}
     write_json_atomic(folder / CHECKSUMS_FILE, {"sha256": sums})
 
 
-def verify_checkpoint(folder: str | os.PathLike) -> bool:
+def _files(folder: Path) -> list[str]:
+    """The files a checkpoint's checksums.json must list: every file in it but that one, as relative paths."""
+    sums = folder / CHECKSUMS_FILE
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p != sums)
+
+
+_accept_unverified = False  # accept_unverified(): the command line's --unverified
+
+
+def accept_unverified(accept: bool = True) -> None:
+    """Let this process use checkpoints without a complete checksums.json (``--unverified``: the user named them
+    as unverified), wherever verify_checkpoint is not told otherwise."""
+    global _accept_unverified
+    _accept_unverified = accept
+
+
+def verify_checkpoint(folder: str | os.PathLike, *, unverified: bool | None = None) -> bool:
     """Check the files of a checkpoint against its ``checksums.json``; raise DamagedCheckpoint naming
-    the first that differs. Returns False for a folder without checksums (written before they existed)."""
+    the first that differs. A checkpoint whose checksums.json is missing, empty or does not list every file
+    (written before checksums existed, or edited) is an UnverifiedCheckpoint naming the command that writes
+    them (:func:`add_checksums`), unless ``unverified`` (the user said to use it as it is; None: as
+    :func:`accept_unverified` set, by default not): then False."""
     folder = Path(folder)
+    unverified = _accept_unverified if unverified is None else unverified
     path = folder / CHECKSUMS_FILE
     if not path.exists():
-        return False
-    try:
-        sums = json.loads(path.read_bytes())["sha256"]
-        if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sums.items()):
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise DamagedCheckpoint(f"{path} is damaged (not the list of sha256 sums gpt2lab writes)") from None
+        return _unverified(folder, f"has no {CHECKSUMS_FILE}", unverified)
+    sums = _read_checksums(path)
     for name, digest in sums.items():
         f = folder / name
         if ".." in Path(name).parts or not f.is_file():
             raise DamagedCheckpoint(f"{f} is missing (listed in {CHECKSUMS_FILE})")
         if file_sha256(f) != digest:
             raise DamagedCheckpoint(f"{f} differs from its sha256 in {CHECKSUMS_FILE}: the file is damaged")
+    unlisted = [name for name in _files(folder) if name not in sums]
+    if not sums or unlisted:
+        what = "lists no file" if not sums else f"does not list {unlisted[0]}"
+        return _unverified(folder, f"{CHECKSUMS_FILE} {what}", unverified)
     return True
+
+
+def _read_checksums(path: Path) -> dict[str, str]:
+    try:
+        sums = json.loads(path.read_bytes())["sha256"]
+        if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sums.items()):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise DamagedCheckpoint(f"{path} is damaged (not the list of sha256 sums gpt2lab writes)") from None
+    return sums
+
+
+def _unverified(folder: Path, why: str, allowed: bool) -> bool:
+    if allowed:
+        return False
+    raise UnverifiedCheckpoint(f"{folder}: {why}, so nothing shows that its files are the ones gpt2lab wrote (a "
+                               f"checkpoint of an older gpt2lab, or one that was edited); if you trust its files, "
+                               f"write their checksums with `{CHECKSUMS_COMMAND} {folder}` (or use it as it is with "
+                               "--unverified)")
+
+
+def add_checksums(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """``gpt2lab checkpoint checksums PATH``: give a checkpoint (or every checkpoint of a run folder) whose
+    checksums.json is missing or incomplete the sha256 of all its files. Files already listed must still match
+    (a damaged one is a DamagedCheckpoint: nothing is written). Returns (folder, "written" or "already complete")."""
+    p = Path(path)
+    if is_run(p):  # before is_checkpoint: a run folder holds a config.yaml too
+        folders = list_checkpoints(p)
+        if not folders:
+            raise UserError(f"{p}: a run folder without checkpoints")
+    elif is_checkpoint(p):
+        folders = [p]
+    else:
+        raise UserError(f"{p}: not a checkpoint folder ({CONFIG_FILE} inside) or a run folder ({CHECKPOINTS_DIR}/)")
+    done = []
+    for folder in folders:
+        if verify_checkpoint(folder, unverified=True):
+            done.append((folder, "already complete"))
+        else:
+            write_checksums(folder)
+            done.append((folder, "written"))
+    return done
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -328,11 +400,14 @@ def load_checkpoint_config(ckpt: Path) -> Config:
     return from_dict(raw or {}, f" in {path}")
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, Config]:
-    """Load a trained model from a checkpoint or run folder, for sampling or evaluation."""
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
+               unverified: bool | None = None) -> tuple[GPT, Config]:
+    """Load a trained model from a checkpoint or run folder, for sampling or evaluation; ``unverified``: also
+    one without a complete checksums.json (see verify_checkpoint)."""
     ckpt = resolve_checkpoint(path)
-    verify_checkpoint(ckpt)
+    verify_checkpoint(ckpt, unverified=unverified)
     cfg = load_checkpoint_config(ckpt)
+    check_fits(cfg.model, str(device), str(ckpt / CONFIG_FILE))
     model = GPT(cfg.model).to(device)
     load_model_weights(model, ckpt / MODEL_FILE)
     model.eval()
@@ -521,11 +596,14 @@ class Checkpointer:
         resuming and of retention), with a warning naming what failed."""
         if self._intact is not None:
             return self._intact
-        chosen, failures = None, []
+        chosen, failures, refused = None, [], ""
         if self.info.is_main:
             for path in reversed(list_checkpoints(self.run_dir)):
                 try:
                     verify_checkpoint(path)
+                except UnverifiedCheckpoint as e:  # neither damaged nor known intact: the user decides
+                    refused = str(e)
+                    break
                 except DamagedCheckpoint as e:
                     aside = path.with_name(DAMAGED_PREFIX + path.name)
                     shutil.rmtree(aside, ignore_errors=True)
@@ -534,7 +612,9 @@ class Checkpointer:
                     continue
                 chosen = path.name
                 break
-        chosen, failures = broadcast_object((chosen, failures), self.info)
+        chosen, failures, refused = broadcast_object((chosen, failures, refused), self.info)
+        if refused:  # on every rank, so that all stop
+            raise UnverifiedCheckpoint(f"--resume: {refused}")
         root = self.run_dir / CHECKPOINTS_DIR
         if chosen is None:
             if failures:

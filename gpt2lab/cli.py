@@ -143,10 +143,12 @@ def _add_train(p) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue from the newest checkpoint of train.run_dir (or of RUN_DIR, using its config.yaml)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _unverified(p)
     p.add_argument("overrides", nargs="*", help="section.key=value")
 
 
 def _add_sample(p) -> None:
+    from .config import MAX_SEED
     from .generate import generate_text
 
     p.description = ("Generate text from a checkpoint folder, a run folder (its newest checkpoint), or a Hugging "
@@ -159,13 +161,14 @@ def _add_sample(p) -> None:
     p.add_argument("--temperature", type=_number(float, 0), help="0 = greedy")
     p.add_argument("--top-k", type=NON_NEGATIVE, help="sample from the k likeliest tokens; 0 = off")
     p.add_argument("--top-p", type=_number(float, 0, low_ok=False, high=1), help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, help="makes the samples reproducible")
+    p.add_argument("--seed", type=_number(int, 0, high=MAX_SEED), help="makes the samples reproducible")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (compiles first, faster after)")
     p.add_argument("--int8", action="store_true",
                    help="CPU only: int8 dynamic quantization of the Linear layers (faster, ~1%% higher perplexity)")
     p.add_argument("--tokenizer", help=TOKENIZER_HELP)
+    _unverified(p)
     _defaults(p, generate_text)
 
 
@@ -180,6 +183,7 @@ def _add_convert(p) -> None:
     p.add_argument("src", help="from-hf: transformers directory or hub name; to-hf: checkpoint or run folder")
     p.add_argument("out", help="output folder (written atomically; must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _unverified(p)
 
 
 def _add_eval(p) -> None:
@@ -203,6 +207,7 @@ def _add_eval(p) -> None:
                    "(default: download to the cache); lambada: jsonl with 'text' or one passage per line")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--tokenizer", help=TOKENIZER_HELP)
+    _unverified(p)
     g = p.add_argument_group("loss")
     g.add_argument("--split", help="the shards' split to score")
     g.add_argument("--tokens", type=POSITIVE, help="tokens to score (default: eval.val_tokens of the run)")
@@ -339,6 +344,23 @@ def _add_quickstart(p) -> None:
     _defaults(p, quickstart)
 
 
+def _unverified(p) -> None:
+    p.add_argument("--unverified", action="store_true",
+                   help="use a gpt2lab checkpoint whose checksums.json is missing or incomplete as it is (nothing "
+                   "shows that its files are the ones written; `gpt2lab checkpoint checksums DIR` gives an older "
+                   "checkpoint its checksums)")
+
+
+def _add_checkpoint(p) -> None:
+    p.description = ("checksums PATH: give a checkpoint of an older gpt2lab (or every checkpoint of a run folder) "
+                     "the checksums.json that sample, eval, convert and train --resume check: the sha256 of every "
+                     "file in it. A file that checksums.json already lists must still match it.")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = csub.add_parser("checksums", help="write the checksums of checkpoints that lack them",
+                        description=p.description)
+    c.add_argument("path", help="checkpoint folder, or run folder (all its checkpoints)")
+
+
 def _add_config(p) -> None:
     p.description = "Print the config reference or a resolved config."
     p.add_argument("--doc", action="store_true", help="print the Markdown reference of every key")
@@ -359,6 +381,7 @@ PARSERS = {
     "plot": ("plot loss, learning rate, HellaSwag and LAMBADA of runs against tokens", _add_plot),
     "bench": (None, _add_bench),  # adds its parser, summary and all, itself
     "convert": ("import GPT-2 weights from Hugging Face transformers, or export to it", _add_convert),
+    "checkpoint": ("give checkpoints of an older gpt2lab their checksums", _add_checkpoint),
     "config": ("show config options", _add_config),
 }
 
@@ -520,6 +543,13 @@ def cmd_convert(args) -> None:
         print(f"wrote transformers directory {out} (GPT2LMHeadModel.from_pretrained({str(out)!r}))")
 
 
+def cmd_checkpoint(args) -> None:
+    from .checkpoint import add_checksums
+
+    for folder, what in add_checksums(args.path):
+        print(f"{folder}: checksums {what}")
+
+
 def cmd_quickstart(args) -> None:
     from .quickstart import quickstart
 
@@ -535,7 +565,7 @@ def cmd_config(args) -> None:
 COMMANDS = {
     "prepare": cmd_prepare, "tokenizer": cmd_tokenizer, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
     "report": cmd_report, "bench": cmd_bench, "quickstart": cmd_quickstart, "config": cmd_config,
-    "convert": cmd_convert, "runs": cmd_runs, "plot": cmd_plot,
+    "convert": cmd_convert, "runs": cmd_runs, "plot": cmd_plot, "checkpoint": cmd_checkpoint,
 }
 
 
@@ -551,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     args = build_parser(next((w for w in words if not w.startswith("-")), "")).parse_args(argv)
     try:
+        if hasattr(args, "unverified"):  # the commands that load checkpoints
+            from .checkpoint import accept_unverified
+
+            accept_unverified(args.unverified)
         rc = COMMANDS[args.command](args)
     except UserError as e:
         print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # one line, whatever a message quotes

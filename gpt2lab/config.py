@@ -65,6 +65,8 @@ MODEL_PRESETS: dict[str, dict] = {
 }
 
 
+MAX_SEED = 2**63 - 1  # train.seed's largest value (see TrainConfig.seed)
+
 # Scalar types: pydantic's strict types behind a small conversion of what YAML hands over. Lax
 # pydantic would take `true` as 1 for an int or a float, yet refuse "5e5" for an int.
 def _to_int(v):
@@ -209,7 +211,8 @@ class TrainConfig:
     init_from: Str = Field("", description=(
         "start from these weights: a gpt2lab checkpoint or run folder, or a Hugging Face GPT-2 folder or hub name; the "
         "model shape then comes from there (model.dropout stays yours)"))
-    seed: Int = Field(1337, description="random seed of the weights, the data order and dropout")
+    # torch seeds take up to 2^64 - 1 and numpy's no negative ones; a process adds its rank to the seed
+    seed: Int = Field(1337, ge=0, le=MAX_SEED, description="random seed of the weights, the data order and dropout")
     micro_batch: Int = Field(16, gt=0, description="sequences per forward/backward on each process")
     seq_len: Int = Field(0, ge=0, description="tokens per sequence (0 = model.block_size)", examples=[0])
     total_batch_tokens: Int = Field(0, ge=0, examples=[0], description=(

@@ -19,6 +19,7 @@ Command line: ``gpt2lab convert from-hf SRC OUT`` and ``gpt2lab convert to-hf CH
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
@@ -30,12 +31,15 @@ import torch
 from .errors import UserError
 from .fileio import atomic_dir
 from .model import GPT, GPTConfig
+from .sizes import check_fits
 from .tokenizer import (COPY_DIR, EOT_STRING, EOT_TOKEN, Tokenizer, bytes_to_unicode, copy_folder, load_tokenizer,
                         onig_pattern, pad_vocab)
 
 HF_CONFIG = "config.json"
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) in transformers
 LAYER_PARAMS = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+TOP_PARAMS = ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")
+_LAYER_KEY = re.compile(r"^h\.(0|[1-9]\d*)\.(.+)\.(?:weight|bias)$")  # h.3.attn.c_attn.weight (no h.03)
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # the same function: GELU, tanh approximation
 _BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers in old checkpoints
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2", "owner/name"
@@ -141,13 +145,12 @@ def gpt2lab_state_from_hf(hf_state_dict: Mapping[str, torch.Tensor], hf_config) 
         if _BUFFER.match(k):
             continue
         src[k] = t
-    expected = ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"]
-    expected += [f"h.{i}.{p}.{w}" for i in range(cfg.n_layer) for p in LAYER_PARAMS for w in ("weight", "bias")]
-    missing = [k for k in expected if k not in src]
-    unexpected = sorted(set(src) - set(expected))
-    if missing or unexpected:
+    unexpected = sorted(k for k in src if not _expected(k, cfg.n_layer))
+    if unexpected or len(src) != len(TOP_PARAMS) + 2 * len(LAYER_PARAMS) * cfg.n_layer:
+        # the first few missing keys only: a config.json's n_layer may be far beyond the weights it comes with
+        missing = list(itertools.islice((k for k in _expected_keys(cfg.n_layer) if k not in src), 3))
         raise UserError(
-            f"weights do not fit the config (n_layer={cfg.n_layer}): missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"weights do not fit the config (n_layer={cfg.n_layer}): missing {missing}, unexpected {unexpected[:3]}"
         )
     C, V = cfg.n_embd, cfg.vocab_size
     shapes = {"wte.weight": (V, C), "wpe.weight": (cfg.block_size, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
@@ -178,6 +181,21 @@ def gpt2lab_state_from_hf(hf_state_dict: Mapping[str, torch.Tensor], hf_config) 
     out["transformer.ln_f.bias"] = f32(src["ln_f.bias"])
     out["lm_head.weight"] = padded
     return cfg, out
+
+
+def _expected_keys(n_layer: int):
+    """The keys a transformers GPT-2 state dict of ``n_layer`` blocks holds (without ``transformer.``), lazily."""
+    yield from TOP_PARAMS
+    for i in range(n_layer):
+        for p in LAYER_PARAMS:
+            yield f"h.{i}.{p}.weight"
+            yield f"h.{i}.{p}.bias"
+
+
+def _expected(key: str, n_layer: int) -> bool:
+    """Whether ``key`` is one of :func:`_expected_keys`, without listing them."""
+    m = _LAYER_KEY.match(key)
+    return key in TOP_PARAMS or bool(m and int(m[1]) < n_layer and m[2] in LAYER_PARAMS)
 
 
 def non_gpt2_features(cfg: GPTConfig) -> list[str]:
@@ -310,6 +328,7 @@ def load_hf(src: str | os.PathLike) -> GPT:
     d = resolve_hf_source(src)
     hf_config = _read_json(d / HF_CONFIG)
     try:
+        check_fits(gpt2lab_config_from_hf(hf_config), "cpu", HF_CONFIG, keys="its n_layer, n_embd")  # weights unread
         cfg, state = gpt2lab_state_from_hf(read_hf_state(d), hf_config)
     except UserError as e:
         raise UserError(f"{src}: {e}") from None

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import secrets
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
@@ -99,22 +101,53 @@ def _jsonable(v):
     return v
 
 
-def read_metrics(run_dir: str | os.PathLike, kind: str | None = None, bad_lines: list[int] | None = None) -> list[dict]:
+# The fields readers (runs, report, plot) take as numbers. A record holding one of another type is damage,
+# skipped as a line that is not a record is: counts are integers; the others may also be "nan", "inf" or "-inf",
+# as _jsonable writes a non-finite value.
+COUNT_FIELDS = frozenset({"tokens", "items", "val_tokens", "mem_bytes", "mem_peak_bytes"})
+NUMBER_FIELDS = frozenset({"loss", "lr", "lr_muon", "grad_norm", "tok_per_s", "step_time", "mfu", "elapsed_s", "eta_s",
+                           "val_loss", "acc", "ppl", "completion_acc", "completion_acc_norm", "lm_eval_acc",
+                           "lm_eval_acc_norm", "lm_eval_acc_bytes"})
+NON_FINITE = frozenset({"nan", "inf", "-inf"})
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A reader's warning about a damaged file, on stderr, once per process (``report`` reads a file several times)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def read_metrics(run_dir: str | os.PathLike, kind: str | None = None, bad_lines: list[int] | None = None,
+                 warn: Callable[[str], None] | None = None) -> list[dict]:
     """The records of a run's metrics.jsonl (of one ``kind``), oldest first.
 
-    A line that is not a record (a torn last line from a killed run, or damage) is skipped; its
-    number goes into ``bad_lines`` when given, so a reader can say so."""
+    A line that is not a record (a torn last line from a killed run, or damage), or a record whose
+    numeric fields (:data:`NUMBER_FIELDS`, :data:`COUNT_FIELDS`) are not numbers, is skipped; its
+    number goes into ``bad_lines`` when given, and ``warn`` (e.g. :func:`warn_once`) is told of them
+    all in one line naming the file, so a reader can say so."""
     path = Path(run_dir) / METRICS_FILE
-    records = []
+    records, bad = [], []
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             r = _record(line)
             if r is None:
-                if bad_lines is not None and line.strip():
-                    bad_lines.append(number)
+                if line.strip():
+                    bad.append(number)
             elif kind is None or r.get("kind") == kind:
                 records.append(r)
+    if bad_lines is not None:
+        bad_lines.extend(bad)
+    if bad and warn is not None:
+        warn(damaged_lines(path, bad))
     return records
+
+
+def damaged_lines(path: Path, numbers: list[int]) -> str:
+    """The warning about damaged lines of a metrics file."""
+    more = ", ..." if len(numbers) > 5 else ""
+    return f"skipped {len(numbers)} damaged line(s) of {path} (line {', '.join(map(str, numbers[:5]))}{more})"
 
 
 def _record(line: bytes) -> dict | None:
@@ -125,7 +158,16 @@ def _record(line: bytes) -> dict | None:
     except ValueError:  # not UTF-8 or not JSON
         return None
     ok = isinstance(r, dict) and isinstance(r.get("kind"), str) and type(r.get("step")) is int
-    return r if ok else None
+    return r if ok and all(_typed(k, v) for k, v in r.items()) else None
+
+
+def _typed(key: str, value) -> bool:
+    """Whether a record's field has the type readers take it as."""
+    if key in COUNT_FIELDS:
+        return type(value) is int
+    if key in NUMBER_FIELDS:
+        return type(value) in (int, float) or (isinstance(value, str) and value in NON_FINITE)
+    return True
 
 
 def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> int:

@@ -9,6 +9,7 @@ batch sizes line up. Needs matplotlib (``pip install 'gpt2lab[plot]'``).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from pathlib import Path
@@ -16,12 +17,21 @@ from pathlib import Path
 from .errors import UserError
 from .fileio import check_folder_path, write_atomic
 from .layout import METRICS_FILE
-from .metrics import read_metrics
+from .metrics import read_metrics, warn_once
 from .progress import fmt_count
 
 # (label, accuracy): HellaSwag acc_norm figures the panel draws as horizontal lines.
 HELLASWAG_REFERENCES = (("GPT-2 124M", 0.2955), ("GPT-3 Small", 0.337))
 PANELS = ("loss", "lr", "hellaswag", "lambada")
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what writing into a folder one may not write to raises
+
+
+class PlotNotWritten(UserError):
+    """The figure is drawn but its file cannot be written there (a read-only folder)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cannot write {path} ({reason}); choose a folder this user can write to")
+        self.path, self.reason = path, reason
 
 
 def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
@@ -29,8 +39,9 @@ def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise UserError(f"{path} not found; give training run folders (train.run_dir)")
-    records = read_metrics(run_dir)
-    train = [r for r in records if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
+    records = read_metrics(run_dir, warn=warn_once)  # fields of the wrong type: skipped, with a warning
+    # points need numbers: a non-finite value is kept as the string "nan" or "inf"
+    train = [r for r in records if r.get("kind") == "train" and _is_number(r.get("loss")) and "tokens" in r]
     per_step = train[-1]["tokens"] / train[-1]["step"] if train and train[-1].get("step") else 0
 
     def tokens_at(step: int) -> float:
@@ -39,7 +50,8 @@ def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]
     curves: dict[str, list[tuple[float, float]]] = {k: [] for k in ("train", "val", "lr", "hellaswag", "lambada")}
     for r in train:
         curves["train"].append((r["tokens"], r["loss"]))
-        curves["lr"].append((r["tokens"], r["lr"]))
+        if _is_number(r.get("lr")):
+            curves["lr"].append((r["tokens"], r["lr"]))
     for r in records:
         kind, value = r.get("kind"), None
         if kind == "val":
@@ -48,9 +60,13 @@ def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]
             value = r.get("completion_acc_norm")
         elif kind == "lambada":
             value = r.get("acc")
-        if isinstance(value, (int, float)):
+        if _is_number(value):
             curves[kind].append((tokens_at(r["step"]), value))
     return curves
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = None, log_x: bool = False,
@@ -74,7 +90,12 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
     if out is not None:
         buf = io.BytesIO()
         fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=80)
-        write_atomic(out, buf.getvalue())
+        try:
+            write_atomic(out, buf.getvalue())
+        except OSError as e:  # a read-only folder (a full disk is the command's one-line error already)
+            if e.errno not in READ_ONLY:
+                raise
+            raise PlotNotWritten(out, e.strerror) from None
     return fig
 
 

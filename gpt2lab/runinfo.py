@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import shlex
@@ -35,10 +36,10 @@ from . import __version__
 from .allocator import in_use as allocator_in_use
 from .checkpoint import list_checkpoints, load_checkpoint_config
 from .config import MODEL_PRESETS
-from .errors import UserError
+from .errors import UserError, brief
 from .fileio import file_sha256, write_json_atomic
 from .layout import CHECKPOINTS_DIR, ENV_FILE, METRICS_FILE, RUN_CONFIG, STATUS_FILE, step_of
-from .metrics import read_metrics
+from .metrics import read_metrics, warn_once
 from .progress import fmt_count, fmt_time
 
 HEARTBEAT_S = 30.0
@@ -107,7 +108,8 @@ def write_environment(run_dir: str | os.PathLike, env: dict) -> None:
     """RUN_DIR/environment.json: this start's record, the earlier starts' under ``earlier``."""
     path = Path(run_dir) / ENV_FILE
     old = read_json(path)
-    earlier = old.pop("earlier", []) + [old] if old else []
+    earlier = old.pop("earlier", []) if old else []
+    earlier = [e for e in earlier if isinstance(e, dict)] + [old] if old else []  # a damaged file: what can be kept
     write_json_atomic(path, {**env, "earlier": earlier})
 
 
@@ -119,8 +121,59 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+# The fields of environment.json that readers format (and their types); one of another type is left out.
+ENV_TYPES = {"started": str, "start_step": int, "command": str, "cwd": str, "host": str, "packages": dict,
+             "git": dict, "device": str, "device_name": str, "dtype": str, "peak_flops": (int, float),
+             "peak_source": str, "world_size": int, "allocator": str, "data_dir": str, "data_manifest_sha256": str,
+             "earlier": list}
+
+
+def read_environment(run_dir: str | os.PathLike) -> dict | None:
+    """RUN_DIR/environment.json as readers use it: None when it is missing; a damaged file (not a JSON object, or
+    fields of another type) is read as far as it can be, with a warning naming the file and what was left out."""
+    path = Path(run_dir) / ENV_FILE
+    if not path.exists():
+        return None
+    env = read_json(path)
+    if env is None:
+        warn_once(f"{path} is damaged (not a JSON object); its environment is not shown")
+        return None
+    return read_environment_fields(env, path)
+
+
+def read_environment_fields(env: dict, path: Path | None = None) -> dict:
+    """``env`` (environment.json's content) without the fields of another type than gpt2lab writes; a warning
+    names ``path`` and them when there were any."""
+    env, dropped = _typed_fields(env)
+    git = env.get("git")
+    if git is not None and not (isinstance(git.get("commit"), str) and git.get("dirty") in (True, False, None)):
+        dropped.append("git")
+        env.pop("git")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.get("packages", {}).items()):
+        dropped.append("packages")
+        env.pop("packages")
+    earlier = []
+    for e in env.get("earlier", []):
+        kept, bad = _typed_fields(e) if isinstance(e, dict) else ({}, ["an entry"])
+        earlier.append(kept)
+        dropped += [f"earlier: {b}" for b in bad]
+    if "earlier" in env:
+        env["earlier"] = earlier
+    if dropped and path is not None:
+        warn_once(f"{path}: left out fields of the wrong type ({', '.join(dropped[:5])}); the file is damaged")
+    return env
+
+
+def _typed_fields(record: dict) -> tuple[dict, list[str]]:
+    """``record`` without the ENV_TYPES fields of another type (None stays: a field not known), and their names."""
+    bad = [k for k, tp in ENV_TYPES.items() if record.get(k) is not None and
+           (not isinstance(record[k], tp) or (tp is int and isinstance(record[k], bool)))]
+    return {k: v for k, v in record.items() if k not in bad}, bad
+
+
 def environment_lines(env: dict) -> list[str]:
     """The environment as ``key: value`` lines for ``gpt2lab report``."""
+    env = read_environment_fields(env)
     git = env.get("git")
     git_text = "not a git checkout" if not git else (
         git["commit"][:12] + (" (uncommitted changes)" if git.get("dirty") else ""))
@@ -197,22 +250,49 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# status.json's fields and what each must be (Heartbeat writes them); "state" is required.
+STATUS_CHECKS = {
+    "state": (lambda v: v in ("running", "finished", "stopped"), "running, finished or stopped"),
+    "pid": (lambda v: type(v) is int and v > 0, "a process id"),
+    "host": (lambda v: isinstance(v, str), "a host name"),
+    "updated": (lambda v: type(v) in (int, float) and math.isfinite(v), "a Unix time"),
+    "message": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def read_status(path: Path) -> dict | None:
+    """status.json, checked: None (with a warning naming the file) when it is not a JSON object or a field has
+    another type than Heartbeat writes (``"updated": "soon"``): its state is then unknown."""
+    status = read_json(path)
+    why = "not a JSON object" if status is None else "no 'state'" if "state" not in status else None
+    for key, (ok, what) in STATUS_CHECKS.items():
+        if why is None and key in status and not ok(status[key]):
+            why = f"'{key}' is {brief(status[key])}, not {what}"
+    if why is not None:
+        warn_once(f"{path} is damaged ({why}); the run's state is told from its metrics instead")
+        return None
+    return status
+
+
 def run_state(run_dir: str | os.PathLike, now: float | None = None) -> tuple[str, str]:
     """(running | finished | stopped, a few words why) from RUN_DIR/status.json, checked against the
     process and the heartbeat (see the module docstring). A run without status.json (made before gpt2lab
     wrote one) is finished when its last train record reached max_steps, else stopped."""
     now = time.time() if now is None else now
-    status = read_json(Path(run_dir) / STATUS_FILE)
-    if status is None:
+    path = Path(run_dir) / STATUS_FILE
+    if not path.exists():
         return "", "no status.json"
-    state, message = status.get("state", ""), status.get("message", "")
+    status = read_status(path)
+    if status is None:
+        return "", "damaged status.json"
+    state, message = status["state"], status.get("message", "")
     if state != "running":
         return state, message
     if status.get("host") == socket.gethostname():
-        if _pid_alive(int(status.get("pid", 0))):
+        if "pid" in status and _pid_alive(status["pid"]):  # (os.kill of pid 0 would ask this process group)
             return "running", f"pid {status.get('pid')}"
         return "stopped", f"process {status.get('pid')} is gone (killed?)"
-    age = now - float(status.get("updated", 0))
+    age = now - status.get("updated", 0)
     if age < STALE_S:
         return "running", f"on {status.get('host')}, heartbeat {age:.0f} s ago"
     return "stopped", f"no heartbeat from {status.get('host')} for {fmt_time(age)}"
@@ -253,7 +333,7 @@ def run_row(run_dir: Path) -> dict:
         row["model"], row["max_steps"] = describe_model(cfg.model), cfg.train.max_steps
     except UserError:
         row["model"], row["max_steps"] = "?", None
-    records = read_metrics(run_dir) if (run_dir / METRICS_FILE).is_file() else []
+    records = read_metrics(run_dir, warn=warn_once) if (run_dir / METRICS_FILE).is_file() else []
     train = [r for r in records if r.get("kind") == "train"]
     last = train[-1] if train else {}
     row["steps"] = last.get("step", 0)
@@ -265,9 +345,9 @@ def run_row(run_dir: Path) -> dict:
     hs = [h for h in hs if isinstance(h, (int, float))]
     row["best_hellaswag"] = max(hs) if hs else None
     state, why = run_state(run_dir)
-    if not state:  # no status.json: a run of an older gpt2lab
+    if not state:  # no status.json (a run of an older gpt2lab), or a damaged one
         done = row["max_steps"] is not None and row["steps"] >= row["max_steps"]
-        state, why = ("finished" if done else "stopped"), "no status.json"
+        state = "finished" if done else "stopped"
     row["status"], row["status_detail"] = state, why
     files = [run_dir / n for n in (STATUS_FILE, METRICS_FILE, RUN_CONFIG)] + list_checkpoints(run_dir)[-1:]
     row["updated"] = max((f.stat().st_mtime for f in files if f.exists()), default=None)
@@ -275,7 +355,15 @@ def run_row(run_dir: Path) -> dict:
 
 
 def list_runs(root: str | os.PathLike) -> list[dict]:
-    return [run_row(p) for p in find_runs(root)]
+    """The rows of the runs under ``root``; a run whose files cannot be read (permissions, I/O) is left out with a
+    warning naming it, so one bad folder never hides the others."""
+    rows = []
+    for p in find_runs(root):
+        try:
+            rows.append(run_row(p))
+        except OSError as e:
+            warn_once(f"{p}: cannot read {e.filename or 'its files'} ({e.strerror or e}); left out")
+    return rows
 
 
 def format_runs(rows: list[dict], root: str | os.PathLike = ".") -> str:
@@ -307,10 +395,10 @@ def run_figures(run_dir: str | os.PathLike) -> dict:
     """The figures of a run's report: train time (summed over its starts), median tokens/s and MFU,
     and the best checkpoint (the kept one with the lowest validation loss, else the newest)."""
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir) if (run_dir / METRICS_FILE).is_file() else []
+    records = read_metrics(run_dir, warn=warn_once) if (run_dir / METRICS_FILE).is_file() else []
     train = [r for r in records if r.get("kind") == "train"]
-    env = read_json(run_dir / ENV_FILE) or {}
-    starts = {e.get("start_step") for e in [env, *(env.get("earlier") or [])] if isinstance(e, dict)}
+    env = read_environment(run_dir) or {}
+    starts = {e.get("start_step") for e in [env, *env.get("earlier", [])]}
     seconds, last = 0.0, 0.0
     for r in train:  # elapsed_s restarts at each start of the run: at the step after a start's, or where it drops
         e = r.get("elapsed_s")
@@ -337,7 +425,7 @@ def report_markdown(run_dir: str | os.PathLike, history: list[dict], plot: str |
     """The run as Markdown: status, final figures, the plot, the history table, environment, config."""
     run_dir = Path(run_dir)
     row, fig = run_row(run_dir), run_figures(run_dir)
-    env = read_json(run_dir / ENV_FILE)
+    env = read_environment(run_dir)
     lines = [f"# Run `{run_dir.name}`", "", f"`{run_dir}`: {row['status']}"
              + (f" ({row['status_detail']})" if row["status_detail"] else ""), "", "## Figures", "",
              "| | |", "|---|---|"]
@@ -355,7 +443,7 @@ def report_markdown(run_dir: str | os.PathLike, history: list[dict], plot: str |
                ("training time", fmt_time(fig["train_seconds"]) if fig["train_seconds"] else "-"),
                ("tokens/s (median)", num(fig["tok_per_s"], "{:,.0f}")),
                ("MFU (median)", num(None if fig["mfu"] is None else 100 * fig["mfu"], "{:.1f}%")
-                + (f" against {env['peak_source']}" if env else "")),
+                + (f" against {env['peak_source']}" if env and env.get("peak_source") else "")),
                ("events (spikes, skipped steps)", str(fig["events"]))]
     lines += [f"| {k} | {v} |" for k, v in figures]
     if plot:
@@ -371,5 +459,5 @@ def report_markdown(run_dir: str | os.PathLike, history: list[dict], plot: str |
         lines += ["", "## Environment", ""] + [f"- {line}" for line in environment_lines(env)]
     config = run_dir / RUN_CONFIG
     if config.is_file():
-        lines += ["", "## Config", "", "```yaml", config.read_text().rstrip(), "```"]
+        lines += ["", "## Config", "", "```yaml", config.read_text(errors="replace").rstrip(), "```"]
     return "\n".join(lines) + "\n"

@@ -16,10 +16,16 @@ loaded, so a damaged install cannot tokenize silently wrong.
 - ``gpt2lab-tokenizer.json``: ``format``, ``version``, ``name``, ``pattern`` (its name) and
   ``pat_str`` (the pre-tokenisation regex), ``special_tokens`` (``<|endoftext|>`` = N-1, last, as
   in GPT-2), ``vocab_size`` (N, special token included), ``ranks_sha256`` (of the rank file,
-  checked on every load) and what it was trained on.
+  checked on every load), ``sha256`` (the tokenizer's identity, below; checked on every load too,
+  so an edited pattern or special token is refused) and what it was trained on.
 
-A tokenizer's identity is the sha256 of its rank file (``Tokenizer.sha256``; GPT-2's is the
-shipped file's): the shard manifest records it and training and evaluation compare it.
+A tokenizer's identity (``Tokenizer.sha256``, :func:`identity`) covers everything that changes its
+output: the ranks, the pre-tokenisation pattern and the special tokens. With GPT-2's pattern and
+``<|endoftext|>`` as the one special token, last, it is the sha256 of the rank file (GPT-2's is the
+shipped file's, as before); with any other pattern or special tokens, the sha256 of those together
+with the ranks' sha256. The shard manifest records it and training and evaluation compare it, so a
+folder whose pattern was edited is another tokenizer. A pattern must also give back every character
+of a test text (:data:`PROBE_TEXT`): one that drops text (digits, punctuation) is refused on load.
 
 Text is encoded as ordinary text: ``<|endoftext|>`` inside it is not the special token.
 ``decode(encode(s)) == s`` for every valid Unicode string. A string that is not valid Unicode
@@ -62,6 +68,40 @@ PATTERNS = {
     "gpt2": r50k_pat_str,
     "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
+
+
+# Text a pattern must split without losing a character (pieces it does not match are dropped by tiktoken): letters,
+# digits, punctuation, spaces, newlines, tabs, other scripts and an emoji.
+PROBE_TEXT = ("Hello, world! It's 2024: 3.14 + 42 = 45.14 -- (quoted) 'LL 'Re; x_y/z\\n\n\n  tabs\there\r\n"
+              "héllo wörld — ✓ 日本語 🙂 ١٢٣ \"end\".")
+
+
+def identity(ranks_sha256: str, pat_str: str, special_tokens: dict[str, int], n_ranks: int) -> str:
+    """A tokenizer's identity (``Tokenizer.sha256``): the ranks' sha256 when the pattern is GPT-2's and
+    ``<|endoftext|>`` is the one special token, right after the ``n_ranks`` ranks (GPT-2's own value, and that
+    of every folder with GPT-2's pattern, unchanged); otherwise the sha256 of the three together."""
+    if pat_str == r50k_pat_str and special_tokens == {EOT_STRING: n_ranks}:
+        return ranks_sha256
+    canonical = json.dumps({"ranks_sha256": ranks_sha256, "pat_str": pat_str, "special_tokens": special_tokens},
+                           sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def encoding_identity(enc: tiktoken.Encoding) -> str:
+    """:func:`identity` of any tiktoken Encoding, from its ranks (as a rank file holds them), pattern and
+    special tokens."""
+    special = {enc.encode_single_token(s) for s in enc.special_tokens_set}
+    h, n_ranks = hashlib.sha256(), 0
+    for rank in range(enc.n_vocab):
+        if rank in special:
+            continue
+        try:
+            token = enc.decode_single_token_bytes(rank)
+        except KeyError:  # a gap in the ranks
+            continue
+        h.update(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
+        n_ranks += 1
+    return identity(h.hexdigest(), enc._pat_str, dict(enc._special_tokens), n_ranks)
 
 
 def onig_pattern(pat_str: str) -> str:
@@ -133,7 +173,8 @@ def parse_ranks(data: bytes, path) -> dict[bytes, int]:
 class Tokenizer:
     """A loaded tokenizer: ``enc`` (a tiktoken Encoding) and where it comes from.
 
-    ``name``: "gpt2" or the folder's recorded name; ``folder``: None for GPT-2; ``sha256``: of the ranks.
+    ``name``: "gpt2" or the folder's recorded name; ``folder``: None for GPT-2; ``sha256``: its identity (of
+    the ranks, pattern and special tokens: :func:`identity`).
     """
 
     name: str
@@ -170,7 +211,7 @@ class Tokenizer:
         return self.enc.decode(list(ids))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gpt2() -> Tokenizer:
     path = vocab_path()
     data = Path(path).read_bytes()
@@ -203,8 +244,13 @@ def read_meta(folder: Path) -> dict:
     for key, tp in need.items():
         if not isinstance(meta.get(key), tp):
             raise _damaged(path, f"'{key}' missing or not a {tp.__name__}")
-    if meta["special_tokens"].get(EOT_STRING) != meta["vocab_size"] - 1:
-        raise _damaged(path, f"'special_tokens' must map {EOT_STRING} to vocab_size - 1")
+    if meta["special_tokens"] != {EOT_STRING: meta["vocab_size"] - 1}:
+        raise _damaged(path, f"'special_tokens' must be {EOT_STRING} alone, mapped to vocab_size - 1")
+    named = meta.get("pattern")
+    if named in PATTERNS and meta["pat_str"] != PATTERNS[named]:  # what `tokenizer train` wrote is a named pattern
+        raise _damaged(path, f"'pat_str' is not the pre-tokenisation pattern {named!r} that 'pattern' names")
+    if "sha256" in meta and not isinstance(meta["sha256"], str):
+        raise _damaged(path, "'sha256' is not a string")
     return meta
 
 
@@ -222,15 +268,23 @@ def _load_folder(folder: Path, _stamp) -> Tokenizer:
     n = meta["vocab_size"]
     if sorted(ranks.values()) != list(range(n - 1)):
         raise _damaged(path, f"expected ranks 0..{n - 2} once each for vocab_size {n}, found {len(ranks)} tokens")
+    special = {EOT_STRING: n - 1}
     try:
         enc = tiktoken.Encoding(name=meta["name"], pat_str=meta["pat_str"], mergeable_ranks=ranks,
-                                special_tokens={EOT_STRING: n - 1}, explicit_n_vocab=n)
+                                special_tokens=special, explicit_n_vocab=n)
     except (ValueError, AssertionError) as e:  # a pattern tiktoken cannot compile, inconsistent sizes
         raise _damaged(folder / META_FILE, f"tiktoken refuses it ({str(e).splitlines()[0][:200]})") from None
-    return Tokenizer(meta["name"], meta["ranks_sha256"], enc, folder, str(meta.get("pattern", "custom")))
+    sha256 = identity(meta["ranks_sha256"], meta["pat_str"], special, n - 1)
+    if meta.get("sha256", sha256) != sha256:  # recorded by `tokenizer train` (folders written before: none)
+        raise _damaged(folder / META_FILE, "its recorded identity 'sha256' differs from its pattern, special tokens "
+                                           "and ranks: the folder was edited")
+    if enc.decode(enc.encode_ordinary(PROBE_TEXT)) != PROBE_TEXT:
+        raise _damaged(folder / META_FILE, "'pat_str' loses text (encoding then decoding a test text does not give it "
+                                           "back): every character must fall in some piece of the pattern")
+    return Tokenizer(meta["name"], sha256, enc, folder, str(meta.get("pattern", "custom")))
 
 
-def load_tokenizer(spec: "str | os.PathLike | Tokenizer" = "gpt2") -> Tokenizer:
+def load_tokenizer(spec: str | os.PathLike | Tokenizer = "gpt2") -> Tokenizer:
     """``"gpt2"`` or a tokenizer folder (or a Tokenizer, returned as it is); cached, checked on load."""
     if isinstance(spec, Tokenizer):
         return spec
@@ -247,7 +301,7 @@ def load_tokenizer(spec: "str | os.PathLike | Tokenizer" = "gpt2") -> Tokenizer:
     return _load_folder(folder, stamp)
 
 
-def get_tokenizer(name: "str | os.PathLike" = "gpt2") -> tiktoken.Encoding:
+def get_tokenizer(name: str | os.PathLike = "gpt2") -> tiktoken.Encoding:
     """The tiktoken Encoding of a tokenizer (GPT-2's: ids identical to ``tiktoken.get_encoding("gpt2")``)."""
     return load_tokenizer(name).enc
 
@@ -259,8 +313,9 @@ def write_folder(folder: Path, ranks: dict[bytes, int], *, name: str, pattern: s
     (folder / RANKS_FILE).write_bytes(data)
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "name": name, "type": "byte-level BPE",
             "pattern": pattern, "pat_str": pat_str, "special_tokens": {EOT_STRING: len(ranks)},
-            "vocab_size": len(ranks) + 1, "ranks_file": RANKS_FILE,
-            "ranks_sha256": hashlib.sha256(data).hexdigest(), **(extra or {})}
+            "vocab_size": len(ranks) + 1, "ranks_file": RANKS_FILE, "ranks_sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": identity(hashlib.sha256(data).hexdigest(), pat_str, {EOT_STRING: len(ranks)}, len(ranks)),
+            **(extra or {})}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -274,7 +329,7 @@ def copy_folder(tok: Tokenizer, dest: Path) -> None:
 
 
 def check_same(expected: Tokenizer, got: Tokenizer, what_expected: str, what_got: str) -> None:
-    """UserError naming both when two tokenizers differ (by the sha256 of their ranks)."""
+    """UserError naming both when two tokenizers differ (by their identity: ranks, pattern, special tokens)."""
     if expected.sha256 != got.sha256:
         raise UserError(f"tokenizer mismatch: {what_expected} uses {expected.describe()} but {what_got} is "
                         f"{got.describe()}; use the same tokenizer for both")

@@ -52,6 +52,7 @@ from .optim import build_optimizer, lr_at, set_lr
 from .perf import device_name, device_peak, memory_bytes, mfu
 from .progress import Clock, SpikeWatch, TrainConsole, live_wanted
 from .runinfo import Heartbeat, environment, write_environment
+from .sizes import check_fits
 from .tokenizer import check_same, load_tokenizer
 from .weights import load_pretrained, model_tokenizer
 
@@ -159,6 +160,9 @@ class Trainer:
                 self.log(f"initialised from {t.init_from}")
             cfg.model = dataclasses.replace(shape, dropout=cfg.model.dropout)
             validate(cfg)
+        check_fits(cfg.model, self.device, f"train.init_from {t.init_from}" if t.init_from else "config keys model.*",
+                   optimizer=cfg.optim.optimizer, micro_batch=t.micro_batch, seq_len=t.seq_len,
+                   loss_chunk=t.loss_chunk, shards=self.info.world_size if t.parallel == "fsdp" else 1)
         model = GPT(cfg.model).to(self.device)
         if init is not None:
             model.load_state_dict(init.state_dict())

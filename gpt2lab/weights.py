@@ -53,11 +53,13 @@ def classify(source: str | os.PathLike) -> str:
     return HUB
 
 
-def load_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
-    """The model of any source (see the module docstring), in eval mode on ``device``."""
+def load_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu", *,
+                    unverified: bool | None = None) -> GPT:
+    """The model of any source (see the module docstring), in eval mode on ``device``; ``unverified``: a gpt2lab
+    checkpoint without a complete checksums.json too (None: as checkpoint.accept_unverified set)."""
     kind = classify(source)
     if kind in (CHECKPOINT, RUN):
-        model = checkpoint.load_model(source)[0]
+        model = checkpoint.load_model(source, unverified=unverified)[0]
     else:  # no transformers needed: hf.py reads safetensors and config.json itself
         model = load_hf(source)
     return model.to(device).eval()
@@ -109,8 +111,9 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
     return Path(out)
 
 
-def export_hf(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+def export_hf(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, *,
+              unverified: bool | None = None) -> Path:
     """Write any model source (a gpt2lab run or checkpoint, typically) as a transformers folder."""
     check_out_dir(Path(out), overwrite)
-    model = load_pretrained(source)
+    model = load_pretrained(source, unverified=unverified)
     return save_hf(model, out, overwrite=overwrite, tokenizer=recorded_tokenizer(source))

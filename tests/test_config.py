@@ -202,7 +202,27 @@ BAD_VALUES = [
     ("eval.every=-2", "eval.every"),
     ("eval.sample_every=-5", "eval.sample_every"),
     ("train.threads=-1", "train.threads"),
+    ("train.seed=100000000000000000000000", "train.seed"),  # was a ValueError traceback (torch's overflow)
+    ("train.seed=-1", "train.seed"),  # numpy's seeds are not negative
 ]
+
+
+def test_the_largest_seed_seeds_everything_a_run_seeds():
+    """train.seed's limit: torch (the seed plus a rank) and numpy (the loader, a new rank on resume) take it."""
+    import numpy as np
+    import torch
+
+    from gpt2lab.config import MAX_SEED
+
+    assert load_config(None, [f"train.seed={MAX_SEED}"]).train.seed == MAX_SEED
+    torch.manual_seed(MAX_SEED + 1023)
+    torch.Generator().manual_seed(MAX_SEED)
+    np.random.default_rng([MAX_SEED, 1000]).permutation(3)
+    np.random.SeedSequence([MAX_SEED, 1023, 10**9]).generate_state(1)
+    with pytest.raises(UserError, match=rf"'train.seed' on the command line: must be <= {MAX_SEED}, got "
+                                        "100000000000000000000000"):
+        load_config(None, ["train.seed=100000000000000000000000"])
+    torch.manual_seed(0)
 
 
 @pytest.mark.parametrize("override, key", BAD_VALUES)

@@ -108,13 +108,85 @@ def test_resume_skips_a_damaged_newest_checkpoint(run, small_shards, done_run, d
     assert ckpt.verify_checkpoint(ckpt.list_checkpoints(run)[-1])
 
 
-def test_a_checkpoint_without_checksums_still_loads(run):
-    """Checkpoints written before checksums existed (and hand-made folders) are read as before."""
+def unverify(folder: Path, how: str) -> None:
+    """Make a checkpoint's checksums.json incomplete, as an older gpt2lab or someone covering an edit would."""
+    path = folder / layout.CHECKSUMS_FILE
+    sums = json.loads(path.read_text())["sha256"]
+    if how == "deleted":
+        path.unlink()
+    elif how == "emptied":
+        path.write_text(json.dumps({"sha256": {}}))
+    elif how == "a file unlisted":
+        del sums[layout.MODEL_FILE]
+        path.write_text(json.dumps({"sha256": sums}))
+    else:  # a file added beside the listed ones
+        (folder / "extra.bin").write_bytes(b"x")
+
+
+HOW = ["deleted", "emptied", "a file unlisted", "a file added"]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_checkpoint_without_complete_checksums_is_refused(run, small_shards, capsys, how):
+    """Bits flipped in the weights and the checksums made useless: sample, eval and --resume refuse it in one
+    line naming the command that writes checksums (the trial's fault: they all ran it before)."""
     folder = ckpt.list_checkpoints(run)[-1]
-    (folder / layout.CHECKSUMS_FILE).unlink()
-    assert ckpt.verify_checkpoint(folder) is False
-    model, _ = ckpt.load_model(folder)
+    if how != "a file added":
+        flip_byte(folder / layout.MODEL_FILE)
+    unverify(folder, how)
+    with pytest.raises(ckpt.UnverifiedCheckpoint, match=f"{folder}: .*`gpt2lab checkpoint checksums {folder}`"):
+        ckpt.verify_checkpoint(folder)
+    for args in (["sample", run, "--max-new-tokens", "2", "--device", "cpu"],
+                 ["eval", "loss", run, "--data", small_shards, "--device", "cpu"]):
+        line = one_line(*cli(capsys, *args)[::2])
+        assert str(folder) in line and "gpt2lab checkpoint checksums" in line
+    with pytest.raises(ckpt.UnverifiedCheckpoint, match="^--resume: .*gpt2lab checkpoint checksums"):
+        train(short_cfg(small_shards, run, "train.max_steps=6"), resume=True, log=quiet)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000002", "step_00000004"]  # nothing set aside
+    assert ckpt.verify_checkpoint(folder, unverified=True) is False  # named as unverified: used as it is
+    model, _ = ckpt.load_model(folder, unverified=True)
     assert model.num_params() > 0
+
+
+def test_checksums_command_gives_older_checkpoints_their_checksums(run, tmp_path):
+    """add_checksums (gpt2lab checkpoint checksums): every checkpoint of a run, or one; never over damage."""
+    for folder in ckpt.list_checkpoints(run):
+        (folder / layout.CHECKSUMS_FILE).unlink()
+    done = ckpt.add_checksums(run)
+    assert done == [(p, "written") for p in ckpt.list_checkpoints(run)]
+    assert all(ckpt.verify_checkpoint(p) for p in ckpt.list_checkpoints(run))
+    assert [what for _, what in ckpt.add_checksums(run)] == ["already complete"] * 2
+    folder = ckpt.list_checkpoints(run)[-1]
+    unverify(folder, "a file unlisted")
+    flip_byte(folder / layout.STATE_FILE)  # listed, and changed: damage that no command blesses
+    before = (folder / layout.CHECKSUMS_FILE).read_bytes()
+    with pytest.raises(ckpt.DamagedCheckpoint, match="train_state.pt differs"):
+        ckpt.add_checksums(folder)
+    assert (folder / layout.CHECKSUMS_FILE).read_bytes() == before
+    with pytest.raises(UserError, match="not a checkpoint folder"):
+        ckpt.add_checksums(tmp_path)
+
+
+def test_the_checksums_command_and_unverified_from_the_command_line(run, small_shards, capsys, monkeypatch):
+    """`gpt2lab checkpoint checksums` is what the refusal names; --unverified uses a checkpoint as it is."""
+    monkeypatch.setattr(ckpt, "_accept_unverified", False)  # whatever a command in this process sets, for the others
+    for folder in ckpt.list_checkpoints(run):
+        (folder / layout.CHECKSUMS_FILE).unlink()
+    newest = ckpt.list_checkpoints(run)[-1]
+    line = one_line(*cli(capsys, "sample", run, "--max-new-tokens", "2", "--device", "cpu")[::2])
+    assert f"`gpt2lab checkpoint checksums {newest}`" in line and "--unverified" in line
+    for args in (["sample", run, "--max-new-tokens", "2", "--device", "cpu", "--unverified"],
+                 ["eval", "loss", run, "--data", small_shards, "--device", "cpu", "--tokens", "256", "--unverified"]):
+        rc, out, err = cli(capsys, *args)
+        assert rc == 0 and out, err
+    line = one_line(*cli(capsys, "sample", run, "--max-new-tokens", "2", "--device", "cpu")[::2])  # not --unverified
+    assert "gpt2lab checkpoint checksums" in line
+    rc, out, err = cli(capsys, "checkpoint", "checksums", run)
+    assert rc == 0 and out.splitlines() == [f"{p}: checksums written" for p in ckpt.list_checkpoints(run)], err
+    rc, out, err = cli(capsys, "sample", run, "--max-new-tokens", "2", "--device", "cpu")
+    assert rc == 0, err
+    assert "already complete" in cli(capsys, "checkpoint", "checksums", newest)[1]
+    assert "not a checkpoint folder" in one_line(*cli(capsys, "checkpoint", "checksums", small_shards)[::2])
 
 
 # --- crafted training states and weights (their checksums made anew, as a tool would) ----------------

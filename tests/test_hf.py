@@ -238,6 +238,29 @@ def test_a_config_that_is_not_a_json_object_is_one_line_error(tiny_hf, tmp_path,
         import_hf(bad, tmp_path / "out")
 
 
+def test_a_config_json_asking_for_a_huge_model_is_one_line_before_its_weights_are_read(tiny_hf, tmp_path):
+    """n_layer=10^7 took 7.4 GB (the list of expected keys) and then a MemoryError: now the size is checked first;
+    a count the machine could hold but the weights lack is a short list of missing keys."""
+    _, d = tiny_hf
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "n_layer": 10**9}))
+    with pytest.raises(UserError, match=rf"^{bad}: config.json: a model of [\d,]+ parameters \(1,000,000,000 layers x "
+                                        r"32 wide, 50,304 vocabulary rows\) needs at least 46.2 TiB for its weights, "
+                                        r"but .* available; choose a smaller size \(its n_layer, n_embd\)$"):
+        import_hf(bad, tmp_path / "out")
+    (bad / "config.json").write_text(json.dumps({**cfg, "n_layer": 100_000}))
+    with pytest.raises(UserError, match=r"weights do not fit the config \(n_layer=100000\): missing "
+                                        r"\[.h.2.ln_1.weight., "
+                                        r"'h.2.ln_1.bias', 'h.2.attn.c_attn.weight'\], unexpected \[\]"):
+        import_hf(bad, tmp_path / "out")
+    hf, _ = tiny_hf
+    state = {k.replace("h.1.", "h.01."): v for k, v in hf.state_dict().items()}  # not a layer's key
+    with pytest.raises(UserError, match=r"missing \['h.1.ln_1.weight'.* unexpected \['h.01"):
+        gpt2lab_state_from_hf(state, hf.config)
+
+
 def test_rejects_untied_head_and_wrong_shapes(tiny_hf):
     hf, _ = tiny_hf
     state = dict(hf.state_dict())

@@ -1,5 +1,6 @@
 import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -323,6 +324,146 @@ def test_damaged_folder_is_user_error(trained_tokenizer, tmp_path):
         load_tokenizer(empty)
     with pytest.raises(UserError, match="unknown tokenizer .*no such folder"):
         load_tokenizer(tmp_path / "nowhere")
+
+
+def edited_copy(folder: Path, dest: Path, **changes) -> Path:
+    """A copy of a tokenizer folder with fields of its gpt2lab-tokenizer.json changed (None: removed)."""
+    shutil.copytree(folder, dest)
+    meta = json.loads((dest / META_FILE).read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    (dest / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    return dest
+
+
+DROPS_TEXT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\s+(?!\S)|\s+"""  # GPT-2's without digits and punctuation
+
+
+@pytest.mark.parametrize("pat_str", [r"(a+)+$", DROPS_TEXT, tk.PATTERNS["cl100k"]], ids=["redos", "drops", "cl100k"])
+def test_an_edited_pattern_is_refused(trained_tokenizer, tmp_path, pat_str):
+    """pat_str changes what the tokenizer outputs: an edit is refused on load, whatever else was edited with it."""
+    d = edited_copy(trained_tokenizer, tmp_path / "a", pat_str=pat_str)  # 'pattern' still names gpt2's
+    with pytest.raises(UserError, match=rf"{d / META_FILE}: 'pat_str' is not the pre-tokenisation pattern 'gpt2'"):
+        load_tokenizer(d)
+    d = edited_copy(trained_tokenizer, tmp_path / "b", pat_str=pat_str, pattern="custom")  # recorded sha256 differs
+    with pytest.raises(UserError, match=rf"{d / META_FILE}: its recorded identity 'sha256' differs .* edited"):
+        load_tokenizer(d)
+    d = edited_copy(trained_tokenizer, tmp_path / "c", pat_str=pat_str, pattern="custom", sha256=None)  # as before
+    if pat_str == tk.PATTERNS["cl100k"]:  # a pattern that keeps all text: another tokenizer
+        assert load_tokenizer(d).sha256 != load_tokenizer(trained_tokenizer).sha256
+    else:
+        with pytest.raises(UserError, match=rf"{d / META_FILE}: 'pat_str' loses text"):
+            load_tokenizer(d)
+
+
+def test_identity_covers_ranks_pattern_and_special_tokens(trained_tokenizer, tmp_path):
+    from gpt2lab.data.prepare import vocab_sha256
+
+    own = load_tokenizer(trained_tokenizer)
+    meta = json.loads((trained_tokenizer / META_FILE).read_text(encoding="utf-8"))
+    assert meta["sha256"] == own.sha256 == meta["ranks_sha256"]  # GPT-2's pattern: the ranks' sha256, as before
+    assert load_tokenizer("gpt2").sha256 == VOCAB_SHA256 == vocab_sha256(get_tokenizer())
+    import tiktoken
+
+    gpt2 = get_tokenizer()
+    copy = tiktoken.Encoding(name="copy", pat_str=gpt2._pat_str, mergeable_ranks=gpt2._mergeable_ranks,
+                             special_tokens={EOT_STRING: EOT_TOKEN})
+    assert vocab_sha256(copy) == VOCAB_SHA256  # the same tokenizer, however it was made
+    other = edited_copy(trained_tokenizer, tmp_path / "cl", pattern="cl100k", pat_str=tk.PATTERNS["cl100k"],
+                        sha256=None)
+    tok = load_tokenizer(other)
+    assert tok.sha256 not in (own.sha256, meta["ranks_sha256"]) and tok.sha256 == vocab_sha256(tok.enc)
+    with pytest.raises(UserError, match="tokenizer mismatch"):
+        tk.check_same(own, tok, "the data", "data.tokenizer")
+    assert tk.identity(own.sha256, r50k_pat(), {EOT_STRING: 8191, "<|pad|>": 8192}, 8191) != own.sha256
+    d = edited_copy(trained_tokenizer, tmp_path / "sp", special_tokens={EOT_STRING: 8191, "<|pad|>": 8192})
+    with pytest.raises(UserError, match="'special_tokens' must be <|endoftext|> alone"):
+        load_tokenizer(d)
+    d = edited_copy(trained_tokenizer, tmp_path / "sha", sha256=["not", "a", "string"])
+    with pytest.raises(UserError, match="'sha256' is not a string"):
+        load_tokenizer(d)
+
+
+def r50k_pat() -> str:
+    return get_tokenizer()._pat_str
+
+
+def test_training_refuses_data_of_the_tokenizer_before_its_pattern_changed(trained_tokenizer, tmp_path):
+    """Data prepared with a folder, then its pattern edited (and its record dropped): another tokenizer."""
+    from cli_helpers import micro_cfg
+
+    from gpt2lab.config import load_config
+    from gpt2lab.data.prepare import prepare
+    from gpt2lab.train import train
+
+    tok = tmp_path / "tok"
+    shutil.copytree(trained_tokenizer, tok)
+    prepare([DATA / "tinyshakespeare_head.txt"], tmp_path / "data", tokenizer=str(tok), workers=1, log=lambda _m: None)
+    edited_copy(trained_tokenizer, tmp_path / "edited", pattern="cl100k", pat_str=tk.PATTERNS["cl100k"], sha256=None)
+    cfg = micro_cfg(tmp_path / "data", tmp_path / "run", f"data.tokenizer={tmp_path / 'edited'}")
+    with pytest.raises(UserError, match="tokenizer mismatch"):
+        train(cfg, log=lambda _m: None)
+    assert load_config(None, [f"data.dir={tmp_path / 'data'}"]).data.tokenizer.endswith("tokenizer")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab1 ,.'\n\t\ré日🙂")), max_size=300), limit=st.integers(4, 40))
+def test_long_documents_train_in_pieces_that_split_as_the_whole(text, limit):
+    """split_long's pieces: each at most ``limit`` long, together the text, and the pattern's pieces of them are
+    those of the whole text (GPT-2's and cl100k's patterns), unless a piece had to be cut hard (no word start)."""
+    pytest.importorskip("tokenizers")
+    from gpt2lab.tokenizer_train import split_long
+
+    pieces = list(split_long(text, limit))
+    assert "".join(pieces) == text and all(len(p) <= limit for p in pieces) and len(pieces) >= 1
+    cuts = list(itertools.accumulate(len(p) for p in pieces[:-1]))
+    word_starts = [c for c in cuts if text[c] == " " and not text[c - 1].isspace() and c + 1 < len(text)
+                   and not text[c + 1].isspace()]
+    assert all(len(p) == limit for p, c in zip(pieces, cuts) if c not in word_starts)  # hard cuts: only when full
+    if word_starts == cuts:
+        for pattern in ("gpt2", "cl100k"):
+            split = hf_split(pattern)
+            assert [w for p in pieces for w in split(p)] == split(text), (pattern, pieces)
+
+
+@functools.lru_cache(maxsize=2)
+def hf_split(pattern):
+    from gpt2lab.tokenizer_train import hf_bpe
+
+    tok = hf_bpe(tk.PATTERNS[pattern])
+    return lambda t: [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(t)]
+
+
+def test_a_long_run_without_spaces_is_cut_at_the_limit():
+    from gpt2lab.tokenizer_train import split_long
+
+    assert list(split_long("x" * 10, 4)) == ["xxxx", "xxxx", "xx"]
+    assert list(split_long("aaaa bbbb cccc", 8)) == ["aaaa", " bbbb", " cccc"]
+    assert list(split_long("short", 8)) == ["short"] and list(split_long("", 8)) == [""]
+
+
+@pytest.mark.slow
+def test_training_on_one_long_line_holds_a_few_times_the_line_in_memory(tmp_path):
+    """One 8 MB line: the trainer held ~90 bytes per character at once (a 50 MB line peaked at 4.4 GB); fed in pieces
+    it holds a few copies of the text. Measured as the process's own peak resident memory."""
+    pytest.importorskip("tokenizers")
+    line = tmp_path / "line.txt"
+    words = (DATA / "tinyshakespeare_head.txt").read_text(encoding="utf-8").split()
+    line.write_text(" ".join(words * (8_000_000 // sum(len(w) + 1 for w in words) + 1))[:8_000_000], encoding="utf-8")
+    code = ("import resource, sys\n"
+            "from gpt2lab.tokenizer_train import train_tokenizer\n"
+            "import tokenizers, tiktoken\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"train_tokenizer([{str(line)!r}], 600, {str(tmp_path / 'tok')!r}, log=lambda m: None)\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "RAYON_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr
+    grown = int(r.stdout.split()[-1])
+    assert grown < 150 * 2**20, f"peak memory grew by {grown / 2**20:.0f} MiB for an 8 MB line"
 
 
 def test_config_vocab_follows_tokenizer(trained_tokenizer):

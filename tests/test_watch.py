@@ -333,3 +333,116 @@ def test_markdown_report_of_a_run_whose_last_loss_was_not_finite(small_shards, t
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     code, md, err = cli(capsys, "report", run, "--markdown")
     assert code == 0 and "| last train loss | nan |" in md, err
+
+
+# --- hostile run files: runs, report and plot read them, warn, and go on ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("hostile") / "run"
+    train(micro_cfg(small_shards, run, "train.max_steps=2", *QUIET_EVALS), log=quiet)
+    return run
+
+
+def copy_run(run, dest):
+    import shutil
+
+    return shutil.copytree(run, dest)
+
+
+@pytest.mark.parametrize("status, why", [
+    ({"state": "running", "pid": 1, "host": "elsewhere", "updated": "soon"}, "'updated' is 'soon', not a Unix time"),
+    ({"state": "running", "pid": "1", "host": socket.gethostname()}, "'pid' is '1', not a process id"),
+    ({"state": "running", "pid": 0, "host": socket.gethostname()}, "'pid' is 0, not a process id"),
+    ({"state": ["finished"]}, "'state' is ['finished'], not running, finished or stopped"),
+    ({"state": "stopped", "message": {"a": 1}}, "'message' is {'a': 1}, not a string"),
+    ({"pid": 3}, "no 'state'"),
+    ([1, 2], "not a JSON object"),
+])
+def test_a_damaged_status_json_is_a_warning_not_a_traceback(tmp_path, capsys, status, why):
+    write_json_atomic(tmp_path / "status.json", status)
+    assert run_state(tmp_path) == ("", "damaged status.json")
+    assert f"warning: {tmp_path / 'status.json'} is damaged ({why})" in capsys.readouterr().err
+
+
+def test_hostile_run_files_never_break_runs_report_or_plot(finished_run, tmp_path, capsys):
+    """The trial's files: "updated": "soon" crashed `report RUN` and `runs DIR` (one bad folder hid all); a string loss
+    crashed `report --markdown`. Fields of the wrong type are skipped with a warning naming the file."""
+    root = tmp_path / "runs"
+    good, bad = copy_run(finished_run, root / "good"), copy_run(finished_run, root / "bad")
+    write_json_atomic(bad / "status.json", {"state": "running", "pid": 1, "host": "elsewhere", "updated": "soon"})
+    env = json.loads((bad / "environment.json").read_text())
+    write_json_atomic(bad / "environment.json", {**env, "git": "abc", "packages": [1], "start_step": "zero",
+                                                 "peak_source": 7, "earlier": ["x", {"start_step": [1]}]})
+    lines = (bad / "metrics.jsonl").read_text().splitlines()
+    last = [json.loads(line) for line in lines if json.loads(line)["kind"] == "train"][-1]
+    extra = [{**last, "loss": "abc"}, {**last, "tokens": "many"}, {"kind": "val", "step": 2, "val_loss": [1]},
+             {"kind": "train", "step": 3, "lr": {"x": 1}}]
+    (bad / "metrics.jsonl").write_text("\n".join(lines + [json.dumps(r) for r in extra]) + "\n")
+    code, out, err = cli(capsys, "runs", root)
+    assert code == 0 and "Traceback" not in err, err
+    assert {line.split()[0] for line in out.splitlines()[2:]} == {"good", "bad"}, out
+    assert f"{bad / 'status.json'} is damaged ('updated' is 'soon'" in err
+    assert f"skipped 4 damaged line(s) of {bad / 'metrics.jsonl'} (line {len(lines) + 1}, " in err
+    assert [r["train_loss"] for r in list_runs(root)] == [last["loss"]] * 2  # the damaged records left out
+    for args in (["report", bad], ["report", bad, "--markdown", "--plot", tmp_path / "p.png"],
+                 ["report", bad, "--json"]):
+        code, out, err = cli(capsys, *args)
+        assert code == 0 and out and "Traceback" not in err, (args, err)
+    code, md, err = cli(capsys, "report", copy_run(bad, tmp_path / "again"), "--markdown")
+    assert code == 0 and "| last train loss |" in md, err
+    assert "environment.json: left out fields of the wrong type (start_step, packages, git, peak_source, earlier: " \
+           "an entry); the file is damaged" in err
+    code, _, err = cli(capsys, "plot", bad, good, "--out", tmp_path / "both.png")
+    assert code == 0 and (tmp_path / "both.png").is_file(), err
+
+
+def test_a_plot_into_a_folder_one_may_not_write_is_one_line(finished_run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    pytest.importorskip("matplotlib")
+    from gpt2lab import plot
+
+    def refuse(path, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(plot, "write_atomic", refuse)  # as a read-only folder does (tests may run as root)
+    code, _, err = cli(capsys, "plot", finished_run, "--out", tmp_path / "ro" / "p.png")
+    assert_one_line_error(code, err)
+    assert f"cannot write {tmp_path / 'ro' / 'p.png'} (Permission denied)" in err
+
+
+def test_a_markdown_report_of_a_folder_one_may_not_write_shows_no_plot(finished_run, tmp_path, capsys, monkeypatch):
+    """report --markdown raised OSError on .tmp-plot.png in a read-only run folder: now the report comes without
+    the plot and one warning says so; a --plot FILE that cannot be written is the user's one-line error."""
+    import errno
+
+    pytest.importorskip("matplotlib")
+    from gpt2lab import plot
+
+    run = copy_run(finished_run, tmp_path / "run")
+
+    def refuse(path, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(plot, "write_atomic", refuse)  # as a read-only folder does (tests may run as root)
+    code, md, err = cli(capsys, "report", run, "--markdown")
+    assert code == 0 and "## Figures" in md and "![" not in md, err
+    assert err.strip() == (f"warning: cannot write {run / 'plot.png'} (Permission denied): the report shows no plot; "
+                           "--plot FILE writes it elsewhere")
+    assert_one_line_error(*cli(capsys, "report", run, "--markdown", "--plot", tmp_path / "x.png")[::2])
+    monkeypatch.undo()
+    if os.geteuid() != 0:  # a real read-only folder
+        os.chmod(run, 0o555)
+        try:
+            code, md, err = cli(capsys, "report", run, "--markdown")
+            assert code == 0 and "![" not in md and "the report shows no plot" in err, err
+        finally:
+            os.chmod(run, 0o755)
+
+
+def test_a_sample_seed_out_of_range_is_a_usage_error(finished_run, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(capsys, "sample", finished_run, "--seed", "100000000000000000000000")
+    assert e.value.code == 2 and "must be >= 0 and <= 9223372036854775807" in capsys.readouterr().err

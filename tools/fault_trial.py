@@ -12,6 +12,7 @@ what happened, whether anything was lost. A full disk needs root (a size-limited
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import random
 import re
@@ -32,6 +33,7 @@ from gpt2lab import checkpoint as ckpt  # noqa: E402
 from gpt2lab import layout  # noqa: E402
 from gpt2lab.data.prepare import prepare  # noqa: E402
 from gpt2lab.metrics import read_metrics  # noqa: E402
+from gpt2lab.tokenizer import PATTERNS  # noqa: E402
 
 STEPS = 16
 
@@ -176,6 +178,78 @@ class Trial:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def refused_in_one_line(r: subprocess.CompletedProcess) -> bool:
+    return r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:")
+
+
+def gpt2lab(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, args)], capture_output=True, text=True, cwd=REPO)
+
+
+HOSTILE_PATTERNS = [r"(a+)+$",
+                    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\s+(?!\S)|\s+""",  # GPT-2's without digits, punctuation
+                    PATTERNS["cl100k"]]  # keeps all text: another tokenizer
+
+
+def tokenizer_and_its_data(root: Path) -> tuple[Path, Path]:
+    """A small trained tokenizer folder and Shakespeare prepared with it (made once per trial run)."""
+    from gpt2lab.tokenizer_train import train_tokenizer
+
+    tok, data = root / "tok", root / "tok-data"
+    if not tok.exists():
+        train_tokenizer([REPO / "tests" / "data" / "tinyshakespeare_head.txt"], 600, tok, log=lambda _m: None)
+        prepare([REPO / "tests" / "data" / "tinyshakespeare_head.txt"], data, val_fraction=0.1, workers=1,
+                tokenizer=str(tok), log=lambda _m: None)
+    return tok, data
+
+
+def tampered_pattern(trial: Trial) -> tuple[str, bool]:
+    """pat_str edited in a tokenizer folder (also its pattern name and recorded identity, at random, as someone
+    covering the edit would): training on data made with the folder as it was must be refused in one line."""
+    import json
+
+    tok, data = tokenizer_and_its_data(trial.root)
+    tmp = trial.fresh()
+    edited = shutil.copytree(tok, tmp / "tok")
+    meta_path = edited / "gpt2lab-tokenizer.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["pat_str"] = random.choice(HOSTILE_PATTERNS)
+    if random.random() < 0.5:
+        meta.update(pattern="custom")
+        meta.pop("sha256", None)
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    r = subprocess.run(args_for(data, tmp / "run", f"data.tokenizer={edited}"), capture_output=True, text=True,
+                       cwd=REPO)
+    refused = refused_in_one_line(r)
+    why = "damaged" if "damaged" in r.stderr else "mismatch" if "tokenizer mismatch" in r.stderr else "?"
+    outcome = f"train {'refused in one line (' + why + ')' if refused else f'rc {r.returncode}: USED IT'}"
+    return outcome, refused and not (tmp / "run" / layout.CHECKPOINTS_DIR).exists()
+
+
+def emptied_checksums(trial: Trial, done_run: Path) -> tuple[str, bool]:
+    """Bits flipped in the newest checkpoint's weights and its checksums.json emptied or deleted: sample and
+    --resume must each be refused in one line naming the command that writes checksums."""
+    tmp = trial.fresh()
+    run = tmp / "run"
+    shutil.copytree(done_run, run)
+    newest = ckpt.list_checkpoints(run)[-1]
+    weights = newest / layout.MODEL_FILE
+    data = bytearray(weights.read_bytes())
+    data[random.randrange(len(data))] ^= 1 << random.randrange(8)
+    weights.write_bytes(bytes(data))
+    how = random.choice(["emptied", "deleted"])
+    if how == "emptied":
+        (newest / layout.CHECKSUMS_FILE).write_text('{"sha256": {}}')
+    else:
+        (newest / layout.CHECKSUMS_FILE).unlink()
+    sample = gpt2lab("sample", newest, "--max-new-tokens", "2", "--device", "cpu")
+    resumed = subprocess.run(args_for(trial.data, run, "--resume"), capture_output=True, text=True, cwd=REPO)
+    ok = [refused_in_one_line(r) and "gpt2lab checkpoint checksums" in r.stderr for r in (sample, resumed)]
+    outcome = f"sample {'refused in one line' if ok[0] else 'USED IT'}, resume " \
+              f"{'refused in one line' if ok[1] else 'USED IT'} ({how})"
+    return outcome, all(ok)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=5, help="trials of each fault")
@@ -200,6 +274,9 @@ def main() -> int:
               ("a second SIGTERM while stopping", lambda: trial.signal(signal.SIGTERM, twice=True)),
               ("SIGKILL while a checkpoint is written", trial.kill_in_save),
               ("one bit flipped in a file of the newest checkpoint", lambda: trial.flip(done8))]
+    if importlib.util.find_spec("tokenizers"):  # to train the tokenizer whose folder is edited
+        faults.append(("a tokenizer folder's pattern edited", lambda: tampered_pattern(trial)))
+    faults.append(("weights flipped, checksums.json emptied or deleted", lambda: emptied_checksums(trial, done8)))
     if os.geteuid() == 0 and shutil.which("mount"):
         faults.append(("disk full (tmpfs of 30-100 MiB)", trial.full_disk))
     rows = ["| fault | trials | outcomes | resumed bit-identical, nothing lost |", "|---|---|---|---|"]

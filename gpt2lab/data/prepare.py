@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import hashlib
 import json
 import multiprocessing
 import os
@@ -44,7 +43,7 @@ import numpy as np
 from ..errors import UserError
 from ..fileio import check_folder_path, file_sha256, replace_dir, write_atomic, write_json_atomic
 from ..progress import PrepareStatus, live_wanted
-from ..tokenizer import COPY_DIR, VOCAB_SHA256, Tokenizer, copy_folder, get_tokenizer, load_tokenizer
+from ..tokenizer import COPY_DIR, VOCAB_SHA256, Tokenizer, copy_folder, encoding_identity, get_tokenizer, load_tokenizer
 from .shards import MANIFEST, SHARD_SUFFIXES, VERSION, VERSION_U32, load_manifest, read_shard, write_shard
 from .sources import (
     DOC_SPLITS,
@@ -104,25 +103,13 @@ def check_data_tokenizer(data_dir, manifest: dict | None, tok: Tokenizer, what: 
 
 
 def vocab_sha256(enc) -> str:
-    """sha256 of the vocabulary in tiktoken's file format (base64 token, rank): names the tokenizer exactly.
+    """The tokenizer's identity (tokenizer.identity: its ranks, pattern and special tokens): names it exactly.
 
     For GPT-2 this is the sha256 of the shipped ``gpt2.tiktoken`` file.
     """
     if enc.name == "gpt2" and enc is get_tokenizer():
         return VOCAB_SHA256
-    import base64
-
-    special = {enc.encode_single_token(s) for s in enc.special_tokens_set}
-    h = hashlib.sha256()
-    for rank in range(enc.n_vocab):
-        if rank in special:
-            continue
-        try:
-            token = enc.decode_single_token_bytes(rank)
-        except KeyError:  # a gap in the ranks
-            continue
-        h.update(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
-    return h.hexdigest()
+    return encoding_identity(enc)
 
 
 # --- the job and its state -----------------------------------------------------------------

@@ -11,14 +11,13 @@ import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..layout import ENV_FILE, METRICS_FILE, PLOT_FILE
-from ..metrics import read_metrics
-from ..plot import plot_runs
-from ..runinfo import environment_lines, read_json, report_markdown, run_row
+from ..layout import METRICS_FILE, PLOT_FILE
+from ..metrics import damaged_lines, read_metrics, warn_once
+from ..plot import PlotNotWritten, plot_runs
+from ..runinfo import environment_lines, read_environment, report_markdown, run_row
 
 COLUMNS = ("step", "tokens", "train_loss", "val_loss", "completion_acc", "completion_acc_norm", "lm_eval_acc",
            "lm_eval_acc_norm", "lm_eval_acc_bytes", "hellaswag_items", "lambada_acc", "lambada_ppl")
@@ -74,18 +73,24 @@ def format_history(rows: list[dict]) -> str:
 def run_report(run_dir: str | os.PathLike, *, plot: str | None = None, as_json: bool = False,
                markdown: bool = False) -> str:
     """``gpt2lab report``: the run's evaluation history as a table followed by its status and environment, or as
-    JSON, or a Markdown report (which shows ``plot``, by default RUN_DIR/plot.png when matplotlib is installed).
-    ``plot`` is drawn first; damaged lines of metrics.jsonl are skipped with a warning on stderr."""
+    JSON, or a Markdown report (which shows ``plot``, by default RUN_DIR/plot.png when matplotlib is installed; a
+    run folder one may not write to: no plot, and a warning). ``plot`` is drawn first; damaged lines of
+    metrics.jsonl and fields of the wrong type in the run's files are skipped with a warning on stderr."""
     bad: list[int] = []
     rows = eval_history(run_dir, bad)
     if bad:
-        print(f"warning: skipped {len(bad)} damaged line(s) of {os.path.join(run_dir, METRICS_FILE)} "
-              f"(line {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})", file=sys.stderr)
+        warn_once(damaged_lines(Path(run_dir) / METRICS_FILE, bad))
     drawn = plot
     if markdown and plot is None and importlib.util.find_spec("matplotlib") is not None:
         drawn = os.path.join(run_dir, PLOT_FILE)
     if drawn:
-        plot_runs([run_dir], drawn)
+        try:
+            plot_runs([run_dir], drawn)
+        except PlotNotWritten as e:
+            if plot is not None:  # the user's own --plot: the error is theirs to fix
+                raise
+            warn_once(f"cannot write {e.path} ({e.reason}): the report shows no plot; --plot FILE writes it elsewhere")
+            drawn = None
     if markdown:
         return report_markdown(run_dir, rows, drawn)
     if as_json:
@@ -94,7 +99,7 @@ def run_report(run_dir: str | os.PathLike, *, plot: str | None = None, as_json: 
     lines = [format_history(rows), f"\nstatus: {status['status']}"
              + (f" ({status['status_detail']})" if status["status_detail"] else "")
              + f", step {status['steps']}/{status['max_steps']}"]
-    env = read_json(Path(run_dir) / ENV_FILE)
+    env = read_environment(run_dir)
     lines += environment_lines(env) if env else ["environment: no environment.json (a run of an older gpt2lab)"]
     if plot:
         lines.append(f"wrote {plot}")

@@ -344,18 +344,3 @@ class GPT(nn.Module):
         return lm_loss(self.hidden(idx, **kw), targets, head=self.lm_head, head_weight=self.lm_head.weight,
                        vocab_size=c.vocab_size, cap=c.logit_softcap, vocab_bias=self.vocab_bias,
                        reduction=reduction, chunk=loss_chunk, return_logits=return_logits)
-
-
-def parameter_count(cfg: GPTConfig) -> int:
-    """Every element of the parameters ``GPT(cfg)`` would hold (a tied head once, the padded vocabulary's rows
-    included), from the config alone: what a model of any asked-for size weighs before anything is built
-    (tests/test_model.py checks it against built models of every switch)."""
-    c = cfg.n_embd
-    norm = c if cfg.norm == "rmsnorm" or not cfg.bias else 2 * c
-    bias = 1 if cfg.bias else 0
-    attn = 3 * c * c + c * c + bias * 4 * c
-    mlp = 8 * c * c + bias * 5 * c
-    fixed = cfg.padded_vocab_size * c + norm  # token embedding, final norm
-    fixed += 0 if cfg.rotary else cfg.block_size * c  # learned positions
-    fixed += 0 if cfg.tie_head else cfg.padded_vocab_size * c  # a head of its own
-    return fixed + cfg.n_layer * (2 * norm + attn + mlp)

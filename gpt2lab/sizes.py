@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .device import device_type
 from .errors import UserError
-from .model import GPTConfig, parameter_count
+from .model import GPTConfig
 
 FP32 = 4
 # Bytes per parameter while training: weights and gradients in fp32, and the optimizer's state (AdamW: two moments;
@@ -27,6 +27,25 @@ TRAIN_BYTES = {"adamw": 4 * FP32, "muon": 3 * FP32}
 # Activations kept for the backward pass, in bytes per layer, token and unit of width: about 34 in bf16 without
 # recomputation (Korthikanti et al., 2022, table 2, without the attention scores); 16 is safely below it.
 ACTIVATION_BYTES = 16
+
+
+def parameter_count(cfg: GPTConfig) -> int:
+    """Every element of the parameters ``GPT(cfg)`` would hold (a tied head once, the padded vocabulary's rows
+    included), from the config alone, in arithmetic: building a model of a hostile size, even on the meta
+    device, makes one Python object per layer. tests/test_sizes.py checks it against built models of every
+    switch: a switch that adds parameters adds them here too."""
+    c = cfg.n_embd
+    norm = c if cfg.norm == "rmsnorm" or not cfg.bias else 2 * c
+    bias = 1 if cfg.bias else 0
+    attn = 3 * c * c + c * c + bias * 4 * c
+    mlp = 8 * c * c + bias * 5 * c
+    fixed = cfg.padded_vocab_size * c + norm  # token embedding, final norm
+    fixed += 0 if cfg.rotary else cfg.block_size * c  # learned positions
+    fixed += 0 if cfg.tie_head else cfg.padded_vocab_size * c  # a head of its own
+    # value embeddings: N tables, and two mixing weights in each block served (the first N and the last N)
+    fixed += cfg.value_embeds * cfg.padded_vocab_size * c + 2 * min(cfg.n_layer, 2 * cfg.value_embeds)
+    fixed += cfg.n_layer // 2 if cfg.unet_skips else 0  # one weight per U-net skip
+    return fixed + cfg.n_layer * (2 * norm + attn + mlp)
 
 
 def model_bytes(cfg: GPTConfig, *, optimizer: str | None = None, micro_batch: int = 0, seq_len: int = 0,

@@ -14,7 +14,8 @@ from gpt2lab import checkpoint as ckpt
 from gpt2lab import sizes
 from gpt2lab.errors import UserError
 from gpt2lab.layout import CONFIG_FILE
-from gpt2lab.model import GPT, GPTConfig, parameter_count
+from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.sizes import parameter_count
 from gpt2lab.train import train
 
 SWITCHES = list(itertools.product([True, False], [True, False], [True, False], ["layernorm", "rmsnorm"],
@@ -25,6 +26,17 @@ SWITCHES = list(itertools.product([True, False], [True, False], [True, False], [
 def test_parameter_count_is_the_built_models(bias, tie_head, rotary, norm, mlp):
     cfg = GPTConfig(block_size=16, vocab_size=100, padded_vocab_size=128, n_layer=3, n_head=2, n_embd=8, bias=bias,
                     tie_head=tie_head, rotary=rotary, norm=norm, mlp=mlp, qk_norm=rotary)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert parameter_count(cfg) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("n_layer", [1, 3, 4])
+@pytest.mark.parametrize("value_embeds", [0, 1, 2])
+@pytest.mark.parametrize("unet_skips", [True, False])
+def test_parameter_count_with_value_embeddings_and_skips(n_layer, value_embeds, unet_skips):
+    cfg = GPTConfig(block_size=16, vocab_size=100, padded_vocab_size=128, n_layer=n_layer, n_head=2, n_embd=8,
+                    value_embeds=min(value_embeds, n_layer), unet_skips=unet_skips)
     with torch.device("meta"):
         model = GPT(cfg)
     assert parameter_count(cfg) == sum(p.numel() for p in model.parameters())

@@ -284,7 +284,7 @@ def test_cli_hub_name_unreachable_is_one_line_error(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and "openai-community/gpt2" in r.stderr and "Traceback" not in r.stderr
     r = gpt2lab("convert", "from-hf", tmp_path / "missing", tmp_path / "out")
-    assert r.returncode == 2 and "no such directory" in r.stderr
+    assert r.returncode == 2 and "no such folder" in r.stderr
 
 
 

@@ -35,12 +35,17 @@ def test_each_kind_is_classified_and_loads_the_same_weights(sources):
         torch.testing.assert_close(loaded(idx)[0], want, atol=1e-5, rtol=0, msg=kind)
 
 
-def test_hub_names_and_paths(tmp_path):
+def test_hub_names_and_paths(tmp_path, monkeypatch):
     assert weights.classify("gpt2") == weights.HUB
     assert weights.classify("openai-community/gpt2") == weights.HUB
     for missing in (tmp_path / "nope", "./nope", "~/nope", "a/b/c"):
-        with pytest.raises(UserError, match="no such checkpoint, run or Hugging Face folder"):
+        with pytest.raises(UserError, match="no such folder.*; expected a checkpoint, run or Hugging Face folder"):
             weights.classify(missing)
+    # DIR/NAME reads as a hub name, but where DIR is a folder here it is a mistyped path (issue 29 item 3)
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"runs/quickstrat: no such folder \(did you mean runs/quickstart\?\)"):
+        monkeypatch.chdir(tmp_path)
+        weights.classify("runs/quickstrat")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a model"):
         weights.classify(tmp_path / "empty")

@@ -386,8 +386,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def cmd_prepare(args) -> None:
     from .data.prepare import prepare
 
-    manifest = _call(prepare, args, inputs=args.inputs or None, hub=_hub_source(args))
-    print(f"wrote {args.out_dir}: {json.dumps(manifest['tokens'])}")
+    _call(prepare, args, inputs=args.inputs or None, hub=_hub_source(args))  # it prints its own summary
 
 
 def _hub_source(args):
@@ -411,11 +410,33 @@ def cmd_train(args) -> int | None:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return None
+    if resume and _already_done(cfg):
+        return None
     summary = train(cfg, resume=resume)
     if summary.get("stopped"):  # SIGTERM/SIGINT: checkpoint written; exit as a signalled process would
         return 128 + signal.Signals[summary["stopped"]].value
     if "val_loss" in summary and os.environ.get("RANK", "0") == "0":
         print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, run in {summary['run_dir']}")
+
+
+def _already_done(cfg) -> bool:
+    """Whether --resume has nothing to do (the newest checkpoint, intact, is at train.max_steps), said at once, before
+    a model is built (a damaged one is left to train(), which sets it aside and resumes from an older one)."""
+    from .checkpoint import DamagedCheckpoint, list_checkpoints, verify_checkpoint
+    from .layout import step_of
+
+    found = list_checkpoints(cfg.train.run_dir)
+    step = step_of(found[-1].name) if found else 0
+    if step < cfg.train.max_steps:
+        return False
+    try:
+        verify_checkpoint(found[-1])
+    except DamagedCheckpoint:
+        return False
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{cfg.train.run_dir} has already done {step} steps (train.max_steps={cfg.train.max_steps}): nothing "
+              "to do; raise train.max_steps to train further")
+    return True
 
 
 def _train_config(args):

@@ -118,6 +118,13 @@ def test_end_to_end(shakespeare_head, tmp_path):
     assert r.returncode == 0, r.stderr
     manifest = json.loads((data / "manifest.json").read_text())
     assert 0 < manifest["tokens"]["val"] < manifest["tokens"]["train"]
+    assert r.stdout.count("done: ") == 1 and f"wrote {data}" not in r.stdout  # its summary, once (issue 29 item 16)
+    # the same prepare again: already complete, nothing redone, exit 0 (issue 29 item 16)
+    r = gpt2lab("prepare", shakespeare_head, "--out", data, "--workers", "1", "--val-fraction", "0.1", cwd=tmp_path)
+    assert r.returncode == 0 and "already holds this prepare, complete" in r.stdout, r.stderr
+    assert json.loads((data / "manifest.json").read_text()) == manifest
+    assert "--overwrite" in assert_one_line_error(gpt2lab("prepare", shakespeare_head, "--out", data, "--workers", "1",
+                                                         "--val-fraction", "0.2", cwd=tmp_path))  # another option
 
     r = gpt2lab("train", "preset=micro", f"data.dir={data}", f"train.run_dir={run}", "device=cpu", "dtype=float32",
                 "micro_batch=4", "seq_len=32", "max_steps=3", "warmup_steps=1", "eval.every=0", "val_tokens=1024",
@@ -147,9 +154,23 @@ def test_end_to_end(shakespeare_head, tmp_path):
     assert result["loss"] == pytest.approx(expected, abs=0.05)
     assert read_metrics(run, "val")[-1]["val_loss"] == pytest.approx(expected, rel=1e-5)
 
+    # like every evaluation, it writes OUT/<task>_summary.json (issue 29 item 5)
+    assert json.loads((tmp_path / "evals" / "run" / "loss_summary.json").read_text()) == {
+        k: v for k, v in result.items() if k != "out"}
+
     r = gpt2lab("eval", "loss", run, "--tokens", 256, "--seq-len", 16, "--batch-size", 3, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["tokens"] == 256
+
+    # --resume of a finished run says so before building anything (issue 29 item 16)
+    r = gpt2lab("train", "--resume", run, "train.compile=true", cwd=tmp_path)
+    assert r.returncode == 0 and "has already done 3 steps" in r.stdout and "model " not in r.stdout, r.stderr
+
+    # a converted checkpoint has no data of its own: eval loss says to pass --data, not that a default is missing
+    # (issue 29 item 9)
+    assert gpt2lab("convert", "to-hf", run, tmp_path / "hf", cwd=tmp_path).returncode == 0
+    assert gpt2lab("convert", "from-hf", tmp_path / "hf", tmp_path / "ck", cwd=tmp_path).returncode == 0
+    assert "pass --data" in assert_one_line_error(gpt2lab("eval", "loss", tmp_path / "ck", cwd=tmp_path))
 
     # a second train into the same run folder without --resume: one-line error
     line = assert_one_line_error(gpt2lab("train", "preset=micro", f"data.dir={data}", f"train.run_dir={run}",

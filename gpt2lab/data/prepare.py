@@ -528,6 +528,10 @@ def prepare(
     job = PrepareJob.create(inputs, out_dir, hub=hub, val_fraction=val_fraction, val_tokens=val_tokens,
                             shard_tokens=shard_tokens, doc_split=doc_split, text_key=text_key, tokenizer=tokenizer,
                             max_docs=max_docs, max_tokens=max_tokens, workers=workers)
+    if not overwrite and (done := _already_prepared(job)) is not None:
+        log(f"{job.out_dir} already holds this prepare, complete ({done['tokens']['total']:,} tokens from the same "
+            "inputs, unchanged, with the same options): nothing to do (--overwrite redoes it)")
+        return done
     saved = _claim_output(job, overwrite)
     new_dir = not job.out_dir.exists()
     job.work_dir.mkdir(parents=True, exist_ok=True)
@@ -542,6 +546,18 @@ def prepare(
         raise
     finally:
         status.close()
+
+
+def _already_prepared(job: PrepareJob) -> dict | None:
+    """The manifest of the same job finished in its folder before (the same inputs, unchanged, options and
+    tokenizer; every shard there, of its size), else None."""
+    try:
+        manifest = load_manifest(job.out_dir)
+        same = manifest is not None and not job.work_dir.exists() and all(
+            manifest.get(k) == job.identity[k] for k in ("tokenizer", "vocab_sha256", "source", "options", "inputs"))
+        return verify(job.out_dir, hashes=False) if same else None
+    except UserError:  # a damaged folder: the usual checks below say what to do
+        return None
 
 
 def _claim_output(job: PrepareJob, overwrite: bool) -> PrepareState | None:
@@ -687,6 +703,7 @@ class _Preparation:
             "eot_position": "before_each_document",
             "source": job.source,
             "options": job.options,
+            "inputs": job.identity["inputs"],  # name, size and time of each input file: a re-run knows they are unchanged
             "documents": dataclasses.asdict(self.counts),  # kept, empty, invalid_utf8
             "tokens": {"val": n_val, "train": total - n_val, "total": total},
             "shards": self.writers["val"].shards + self.writers["train"].shards,

@@ -28,17 +28,19 @@ overrides are section.key=value (or key=value when the key is unique), e.g.
 every key is listed in docs/config.md (or: gpt2lab config --doc)."""
 
 
-def _number(kind, low: float, low_ok: bool = True, high: float | None = None):
-    """An argparse type: ``kind`` (int or float) >= low (> low unless low_ok), <= high; a bad value is a usage error."""
+def _number(kind, low: float, low_ok: bool = True, high: float | None = None, high_ok: bool = True):
+    """An argparse type: ``kind`` (int or float) >= low (> low unless low_ok), <= high (< high unless high_ok);
+    a bad value is a usage error."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        too_high = high is not None and value > high
+        too_high = high is not None and (value > high or (value == high and not high_ok))
         if not math.isfinite(value) or value < low or (value == low and not low_ok) or too_high:
-            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and {'<=' if high_ok else '<'} {high}" if high is not None
+                                                          else "")
             raise argparse.ArgumentTypeError(f"{text} must be {bound}")
         return value
 
@@ -72,10 +74,14 @@ class _Formatter(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser (and so its subcommands' parsers) with _Formatter's help."""
+    """An ArgumentParser (and so its subcommands' parsers) with _Formatter's help, whose usage errors are one
+    line, as gpt2lab's other errors are, pointing at the command's help."""
 
     def __init__(self, *args, formatter_class=_Formatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _defaults(parser: argparse.ArgumentParser, *functions) -> None:
@@ -124,15 +130,16 @@ def _add_prepare(p) -> None:
     p.add_argument("--hub-data-files", nargs="+", metavar="FILE",
                    help="data_files for a builder dataset such as --hub parquet or --hub json")
     val = p.add_mutually_exclusive_group()
-    val.add_argument("--val-fraction", type=float,
+    val.add_argument("--val-fraction", type=_number(float, 0, high=1, high_ok=False),
                      help="fraction of tokens for validation (default for local files: 0.1)")
-    val.add_argument("--val-tokens", type=int, help="the first N tokens are validation (default for --hub: one shard)")
-    p.add_argument("--shard-tokens", type=int, help="tokens per shard")
-    p.add_argument("--max-docs", type=int, help="stop after this many documents")
-    p.add_argument("--max-tokens", type=int, help="stop after this many tokens")
+    val.add_argument("--val-tokens", type=NON_NEGATIVE,
+                     help="the first N tokens are validation (default for --hub: one shard)")
+    p.add_argument("--shard-tokens", type=POSITIVE, help="tokens per shard")
+    p.add_argument("--max-docs", type=POSITIVE, help="stop after this many documents")
+    p.add_argument("--max-tokens", type=POSITIVE, help="stop after this many tokens")
     p.add_argument("--tokenizer", help="gpt2 (shipped), a folder made by `gpt2lab tokenizer train`, or another "
                    "tiktoken encoding name (downloaded by tiktoken)")
-    p.add_argument("--workers", type=int, help="tokenizer processes (default: cores, at most 8)")
+    p.add_argument("--workers", type=POSITIVE, help="tokenizer processes (default: cores, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace shards (or an interrupted prepare) in --out")
     _defaults(p, prepare)
 

@@ -63,7 +63,7 @@ def test_console_script_installed():
 
 def test_no_command_is_usage_error():
     r = gpt2lab()
-    assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "see gpt2lab --help" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_key_is_one_line_error(tmp_path):
@@ -186,10 +186,16 @@ def test_end_to_end(shakespeare_head, tmp_path):
     (["eval", "loss", "run", "--batch-size", "0"], "argument --batch-size: 0 must be >= 1"),
     (["eval", "hellaswag", "run", "--limit", "-5"], "argument --limit: -5 must be >= 0"),
     (["bench", "--steps", "two"], "argument --steps: 'two' is not an integer"),
+    # a command-line flag's error names the flag, not the library's parameter (issue 29 item 13)
+    (["prepare", "x.txt", "--out", "d", "--val-fraction", "1.5"], "argument --val-fraction: 1.5 must be >= 0 and < 1"),
+    (["prepare", "x.txt", "--out", "d", "--shard-tokens", "0"], "argument --shard-tokens: 0 must be >= 1"),
+    (["prepare", "x.txt", "--out", "d", "--val-tokens", "-1"], "argument --val-tokens: -1 must be >= 0"),
 ])
 def test_bad_numbers_are_usage_errors(args, says):
     r = gpt2lab(*args)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # one line, no usage block above it, pointing at the command's help (issue 29 item 13)
+    assert r.stderr == f"error: {r.stderr[7:].splitlines()[0]}\n" and f"(see gpt2lab {args[0]} --help)" in r.stderr
 
 
 def test_cuda_device_without_a_gpu_is_one_line(tmp_path):

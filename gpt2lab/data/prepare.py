@@ -650,7 +650,7 @@ class _Preparation:
         if total == 0:
             _clear(job.out_dir)
             raise UserError(f"inputs hold no text ({self.counts.empty} empty documents); check the files"
-                            + ("" if job.doc_split == "file" else f" and doc_split={job.doc_split!r}"))
+                            + ("" if job.doc_split == "file" else f" and --doc-split {job.doc_split}"))
         self.router.finish()
         n_val = self.writers["val"].tokens
         self._check_splits(n_val, total)
@@ -678,10 +678,10 @@ class _Preparation:
         problem = None
         if split and n_val == 0:
             problem = f"only {total} tokens: too few for a validation split of {split}; " \
-                      "use more text or a larger val_fraction"
+                      "use more text or a larger --val-fraction"
         elif n_val >= total:
             problem = f"only {total} tokens: nothing left for training after the validation split of " \
-                      f"{split}; use more text or a smaller val split"
+                      f"{split}; use more text or a smaller --val-fraction or --val-tokens"
         if problem:
             _clear(self.job.out_dir)
             raise UserError(problem)
@@ -703,7 +703,7 @@ class _Preparation:
             "eot_position": "before_each_document",
             "source": job.source,
             "options": job.options,
-            "inputs": job.identity["inputs"],  # name, size and time of each input file: a re-run knows they are unchanged
+            "inputs": job.identity["inputs"],  # each input file's name, size and time: a re-run sees they are unchanged
             "documents": dataclasses.asdict(self.counts),  # kept, empty, invalid_utf8
             "tokens": {"val": n_val, "train": total - n_val, "total": total},
             "shards": self.writers["val"].shards + self.writers["train"].shards,

@@ -196,20 +196,29 @@ def _add_eval(p) -> None:
     from .evals.loss import run_loss
     from .evals.scoring import BATCH_TOKENS
 
-    p.description = ("Evaluate a model. MODEL is a gpt2lab checkpoint or run folder; hellaswag and lambada also "
-                     "take a Hugging Face GPT-2 folder. Tasks: loss (validation loss over prepared shards), hellaswag "
-                     "(4-way completion accuracy, build-nanogpt and lm-eval-harness definitions), lambada (last-word "
-                     "accuracy and perplexity). All of them also run under torchrun, sharded over the processes. "
-                     "hellaswag and lambada write OUT/<task>_examples.jsonl and OUT/<task>_summary.json and print "
-                     "the summary.")
-    p.add_argument("task", choices=["loss", "hellaswag", "lambada", "harness"],
-                   help="what to evaluate (harness: any lm-evaluation-harness task, with gpt2lab as the model)")
+    p.description = ("Evaluate a model: loss (validation loss over prepared shards), hellaswag (4-way completion "
+                     "accuracy, build-nanogpt's and lm-eval-harness' definitions), lambada (last-word accuracy and "
+                     "perplexity), harness (any lm-evaluation-harness task, with gpt2lab as the model). Each runs "
+                     "under torchrun too, sharded over the processes, writes OUT/<task>_summary.json (hellaswag and "
+                     "lambada also OUT/<task>_examples.jsonl, harness the harness's OUT/harness_results.json) and "
+                     "prints the summary.")
+    p.add_argument("task", choices=["loss", "hellaswag", "lambada", "harness"], help="what to evaluate")
     p.add_argument("model_path", metavar="MODEL", help="checkpoint folder, run folder, or a Hugging Face GPT-2 "
                    "folder or hub name (loss: with --data)")
-    p.add_argument("--data", help="loss: shard folder (default: the run's data.dir); hellaswag: hellaswag_val.jsonl "
-                   "(default: download to the cache); lambada: jsonl with 'text' or one passage per line")
+    p.add_argument("--data", action="append", help="loss: shard folder (default: the run's data.dir); hellaswag: a "
+                   "HellaSwag jsonl (default: downloaded to the cache); lambada: jsonl with 'text' or one passage per "
+                   "line (default: lambada_openai, downloaded); harness: TASK=FILE, a local copy of a task's data "
+                   "(repeat it for each task)")
+    p.add_argument("--out", help="folder for the result files (default: evals/<name of MODEL>)")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--dtype", choices=typing.get_args(typing.get_type_hints(TrainConfig)["dtype"]),
+                   help="autocast dtype (auto: bfloat16 where the hardware has it; loss: the run's train.dtype)")
     p.add_argument("--tokenizer", help=TOKENIZER_HELP)
+    p.add_argument("--limit", type=NON_NEGATIVE, help="score only N items: hellaswag and lambada a fixed subset spread "
+                   "evenly over the file (as eval.hellaswag_items / eval.lambada_items in training), harness the "
+                   "first N documents of each task; 0 = all")
+    p.add_argument("--batch-tokens", type=POSITIVE, help="hellaswag, lambada, harness: tokens per forward batch "
+                   "(default: " + ", ".join(f"{n} on {kind}" for kind, n in BATCH_TOKENS.items()) + ")")
     g = p.add_argument_group("loss")
     g.add_argument("--split", help="the shards' split to score")
     g.add_argument("--tokens", type=POSITIVE, help="tokens to score (default: eval.val_tokens of the run)")
@@ -217,23 +226,16 @@ def _add_eval(p) -> None:
     g.add_argument("--seq-len", type=POSITIVE,
                    help="window length (default: the run's train.seq_len; a Hugging Face model's n_positions)")
     g = p.add_argument_group("hellaswag and lambada")
-    g.add_argument("--out", help="folder for the result files (default: evals/<name of MODEL>)")
-    g.add_argument("--limit", type=NON_NEGATIVE, help="score only N items, a fixed subset spread evenly over the "
-                   "file (as eval.hellaswag_items / eval.lambada_items in training); 0 = all")
-    g.add_argument("--dtype", choices=typing.get_args(typing.get_type_hints(TrainConfig)["dtype"]),
-                   help="autocast dtype (auto: bfloat16 where the hardware has it; loss: the run's train.dtype)")
-    g.add_argument("--batch-tokens", type=POSITIVE, help="tokens per forward batch (default: "
-                   + ", ".join(f"{n} on {kind}" for kind, n in BATCH_TOKENS.items()) + ")")
     g.add_argument("--plain", action="store_true", help="use the plain one-example-at-a-time scorer (reference, slow)")
     g.add_argument("--style", choices=["both", *(s.replace("_", "-") for s in STYLES)],
                    help="hellaswag: which definitions to compute")
     g.add_argument("--variant", choices=VARIANTS, help="lambada: openai (detokenized, lambada_openai; downloaded "
-                   "when reachable) or original (lowercased, tokenized; needs --data)")
+                   "when reachable) or original (lowercased, tokenized; needs --data); default: openai, or what the "
+                   "--data file is (original when it is lowercased throughout)")
     g = p.add_argument_group("harness (needs lm-eval: pip install 'gpt2lab[harness]')")
     g.add_argument("--tasks", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default="hellaswag",
                    help="comma-separated harness tasks, e.g. hellaswag,lambada_openai,piqa,arc_easy,winogrande")
-    g.add_argument("--include-path", help="a folder of your own task YAMLs, e.g. one that points a harness task "
-                   "at a local file (see gpt2lab/evals/harness.py)")
+    g.add_argument("--include-path", help="a folder of your own task YAMLs")
     g.add_argument("--num-fewshot", type=NON_NEGATIVE, help="few-shot examples (default: the task's)")
     _defaults(p, run_loss, run_hellaswag, run_lambada)
 
@@ -360,7 +362,7 @@ PARSERS = {
     "tokenizer": ("train your own byte-level BPE tokenizer, or compare tokenizers", _add_tokenizer),
     "train": ("train a model (CPU, one GPU, or torchrun)", _add_train),
     "sample": ("generate text from a checkpoint", _add_sample),
-    "eval": ("evaluate a model: validation loss, HellaSwag, LAMBADA", _add_eval),
+    "eval": ("evaluate a model: validation loss, HellaSwag, LAMBADA, any lm-evaluation-harness task", _add_eval),
     "report": ("print a run's evaluation history, status and environment", _add_report),
     "runs": ("list training runs and whether they are running, finished or stopped", _add_runs),
     "plot": ("plot loss, learning rate, HellaSwag and LAMBADA of runs against tokens", _add_plot),
@@ -478,6 +480,10 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.task != "harness":  # --data TASK=FILE repeats for the harness's tasks only
+        if len(args.data or []) > 1:
+            raise UserError(f"--data: give one for eval {args.task}")
+        args.data = args.data[0] if args.data else None
     summary = _call(_eval_function(args.task), args)
     if os.environ.get("RANK", "0") == "0":
         summary.pop("definitions", None)

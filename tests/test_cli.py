@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,11 @@ def test_help_defaults_come_from_the_code():
     assert f"(default: {inspect.signature(prepare).parameters['shard_tokens'].default})" in prep
     assert "{" + ",".join(typing.get_args(typing.get_type_hints(TrainConfig)["dtype"])) + "}" in ev
     assert commands["sample"].parse_args(["run"]).max_new_tokens == 100  # the default reaches the command
+    # the eval help names every task and which take a Hugging Face model (issue 29 item 12)
+    assert "any lm-evaluation-harness task" in " ".join(build_parser().format_help().split()).replace("- ", "-")
+    assert "harness (any lm-evaluation-harness task" in ev and "hub name (loss: with --data)" in ev
+    for option, default in (("--limit", "0"), ("--batch-size", "8"), ("--style", "both"), ("--tasks", "hellaswag")):
+        assert re.search(f"{option} \\S+ (?:(?! --).)*?\\(default: {default}\\)", ev), option
 
 
 def test_console_script_installed():

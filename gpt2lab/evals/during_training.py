@@ -127,7 +127,7 @@ def sample_texts(model, cfg: Config, autocast=None, tokenizer: Tokenizer | None 
         model, prompt, e.sample_tokens, num_samples=e.sample_count, temperature=e.sample_temperature,
         top_k=e.sample_top_k or None, seed=cfg.train.seed, autocast=autocast, vocab=tok.n_vocab,
     )
-    return [e.sample_prompt + tok.decode(o) for o in outs]
+    return [e.sample_prompt + tok.decode(o[len(prompt) :]) for o in outs]
 
 
 def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded: bool, log,

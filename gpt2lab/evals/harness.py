@@ -207,7 +207,7 @@ class GPT2LabLM(TemplateLM):
             temperature = float(kw.pop("temperature", 0.0)) if kw.pop("do_sample", False) else 0.0
             ctx = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.tok.eot_token]
             tokens = generate(self._decoder, ctx, max_new, temperature=temperature, stop_token=self.tok.eot_token,
-                              autocast=self.autocast, seed=1234, vocab=self.tok.n_vocab)[0]
+                              autocast=self.autocast, seed=1234, vocab=self.tok.n_vocab)[0][len(ctx) :]
             text = self.tok_decode(tokens)
             for stop in until:
                 if stop:

@@ -65,3 +65,23 @@ def test_convert_round_trip_and_refusals(sources, tmp_path):
     with pytest.raises(UserError, match="already a gpt2lab checkpoint"):
         weights.import_hf(paths["checkpoint"], tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def test_weights_files_are_as_readable_as_the_others(sources, tmp_path):
+    """model.safetensors, of a checkpoint and of a to-hf export, gets the umask's mode like every other file, not
+    safetensors' 0600 (issue 29 item 14)."""
+    import os
+    import stat
+
+    from gpt2lab.fileio import file_mode
+
+    _, paths = sources
+    old = os.umask(0o022)
+    try:
+        folders = [weights.import_hf(paths["hf"], tmp_path / "ck"), weights.export_hf(paths["run"], tmp_path / "hf")]
+    finally:
+        os.umask(old)
+    for folder in folders:
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+        assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+    assert file_mode() == 0o666 & ~old

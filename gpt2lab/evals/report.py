@@ -86,8 +86,8 @@ def run_report(run_dir: str | os.PathLike, *, plot: str | None = None, as_json: 
         drawn = os.path.join(run_dir, PLOT_FILE)
     if drawn:
         plot_runs([run_dir], drawn)
-    if markdown:
-        return report_markdown(run_dir, rows, drawn)
+    if markdown:  # the plot's link is absolute: the report is saved and opened anywhere
+        return report_markdown(run_dir, rows, drawn and str(Path(drawn).resolve()))
     if as_json:
         return json.dumps(rows) + "\n"
     status = run_row(Path(run_dir))

@@ -306,35 +306,32 @@ def _add_plot(p) -> None:
                    help="legend name of each run, in order (default: the folder names)")
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="measure training tokens/s and MFU",
-        description="Time training steps on random tokens and report tokens/s and MFU against a bf16 (and fp32) "
-        "matmul peak measured in the same run on the same device.",
-    )
-    p.add_argument("--preset", default="tiny",
-                   help="model preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, micro (default %(default)s)")
-    p.add_argument("--batch", "-B", type=POSITIVE, default=16, help="micro-batch (default %(default)s)")
-    p.add_argument("--seq-len", "-T", type=POSITIVE, default=256, help="sequence length (default %(default)s)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="autocast dtype; auto = bfloat16 where the hardware has it (default %(default)s)")
-    p.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                   help="torch.compile the model: off, on, or both side by side with their ratio (default %(default)s)")
-    p.add_argument("--steps", type=POSITIVE, default=5, help="timed steps, after --warmup (default %(default)s)")
-    p.add_argument("--warmup", type=NON_NEGATIVE, default=2,
-                   help="untimed steps first; compilation happens here and its time is reported (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--compare", choices=["hf"], default=None,
-                   help="also time transformers' GPT2LMHeadModel of the same shape, same step and protocol, "
-                   "right after each case, and print gpt2lab's ratio to it")
-    p.add_argument("--recipe", default=None, metavar="CONFIG",
-                   help="take the model switches and the optimizer from this training config "
-                   "(e.g. configs/speedrun.yaml) instead of the GPT-2 recipe; --preset sets the size")
-    p.add_argument("--loss-chunk", type=NON_NEGATIVE, default=0, metavar="ROWS",
-                   help="the chunked LM head and loss, ROWS rows of logits at a time, as train.loss_chunk "
-                   "(default %(default)s: the whole logits)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per result instead of a table")
+def _add_bench(p) -> None:
+    from .bench import run_bench
+    from .config import MODEL_PRESETS
+
+    p.description = ("Time training steps on random tokens and report tokens/s and MFU against a bf16 (and fp32) "
+                     "matmul peak measured in the same run on the same device.")
+    p.add_argument("--preset", choices=MODEL_PRESETS, help="model preset")
+    p.add_argument("--batch", "-B", type=POSITIVE, help="micro-batch")
+    p.add_argument("--seq-len", "-T", type=POSITIVE, help="sequence length")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"],
+                   help="autocast dtype; auto = bfloat16 where the hardware has it")
+    p.add_argument("--compile", dest="compile_mode", choices=["off", "on", "both"],
+                   help="torch.compile the model: off, on, or both side by side with their ratio")
+    p.add_argument("--steps", type=POSITIVE, help="timed steps, after --warmup")
+    p.add_argument("--warmup", type=NON_NEGATIVE, help="untimed steps first; compilation happens here and its time "
+                   "is reported")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--compare", choices=["hf"], help="also time transformers' GPT2LMHeadModel of the same shape, same "
+                   "step and protocol, right after each case, and print gpt2lab's ratio to it")
+    p.add_argument("--recipe", metavar="CONFIG", help="take the model switches and the optimizer from this training "
+                   "config (e.g. configs/speedrun.yaml) instead of the GPT-2 recipe; --preset sets the size")
+    p.add_argument("--loss-chunk", type=NON_NEGATIVE, metavar="ROWS", help="the chunked LM head and loss, ROWS rows "
+                   "of logits at a time, as train.loss_chunk (0: the whole logits)")
+    p.add_argument("--json", dest="as_json", action="store_true",
+                   help="print one JSON object per result instead of a table")
+    _defaults(p, run_bench)
 
 
 def _add_quickstart(p) -> None:
@@ -366,7 +363,7 @@ PARSERS = {
     "report": ("print a run's evaluation history, status and environment", _add_report),
     "runs": ("list training runs and whether they are running, finished or stopped", _add_runs),
     "plot": ("plot loss, learning rate, HellaSwag and LAMBADA of runs against tokens", _add_plot),
-    "bench": (None, _add_bench),  # adds its parser, summary and all, itself
+    "bench": ("measure training tokens/s and MFU", _add_bench),
     "convert": ("import GPT-2 weights from Hugging Face transformers, or export to it", _add_convert),
     "config": ("show config options", _add_config),
 }
@@ -383,9 +380,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpt2lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, add_options) in PARSERS.items():
-        if summary is None:
-            add_options(sub)
-        elif command in (None, name):
+        if command in (None, name):
             add_options(sub.add_parser(name, help=summary))
         else:
             sub.add_parser(name, help=summary)
@@ -538,9 +533,7 @@ def cmd_plot(args) -> None:
 def cmd_bench(args) -> None:
     from .bench import run_bench
 
-    run_bench(preset=args.preset, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, compile_mode=args.compile,
-              steps=args.steps, warmup=args.warmup, device=args.device, as_json=args.json, compare=args.compare,
-              recipe=args.recipe, loss_chunk=args.loss_chunk)
+    _call(run_bench, args)
 
 
 def cmd_convert(args) -> None:

@@ -89,8 +89,8 @@ def bench_speed(args) -> list[dict]:
 
             def run_ours(decoder=None, key="ours"):
                 o = generate(decoder or ours, ids.tolist(), n, temperature=0.0, pack=None if decoder else pack)
-                assert [len(r) for r in o] == [n] * B
-                outs[key] = o
+                assert [len(r) for r in o] == [PROMPT_LEN + n] * B
+                outs[key] = [r[PROMPT_LEN:] for r in o]
 
             # a Decoder built once: packed weights (and the compiled step) reused by every call
             build_s, dec = harness.timed(lambda: Decoder(ours, batch=B))

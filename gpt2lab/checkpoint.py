@@ -62,7 +62,8 @@ from .distributed import (
     sharded_state,
 )
 from .errors import UserError, brief
-from .fileio import check_folder_path, file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
+from .fileio import (check_folder_path, file_mode, file_sha256, fsync_path, replace_dir, write_atomic,
+                     write_json_atomic)
 from .layout import (
     CHECKPOINTS_DIR,
     CHECKSUMS_FILE,
@@ -99,6 +100,7 @@ def save_model_file(model: GPT | dict, path: Path, metadata: dict[str, str] | No
     state = _untied(model if isinstance(model, dict) else model.state_dict())
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(tensors, str(path), metadata=metadata or {})
+    os.chmod(path, file_mode())  # safetensors writes 0600; as readable as the checkpoint's other files
 
 
 def _untied(state: dict) -> dict:

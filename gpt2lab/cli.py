@@ -28,17 +28,19 @@ overrides are section.key=value (or key=value when the key is unique), e.g.
 every key is listed in docs/config.md (or: gpt2lab config --doc)."""
 
 
-def _number(kind, low: float, low_ok: bool = True, high: float | None = None):
-    """An argparse type: ``kind`` (int or float) >= low (> low unless low_ok), <= high; a bad value is a usage error."""
+def _number(kind, low: float, low_ok: bool = True, high: float | None = None, high_ok: bool = True):
+    """An argparse type: ``kind`` (int or float) >= low (> low unless low_ok), <= high (< high unless high_ok);
+    a bad value is a usage error."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        too_high = high is not None and value > high
+        too_high = high is not None and (value > high or (value == high and not high_ok))
         if not math.isfinite(value) or value < low or (value == low and not low_ok) or too_high:
-            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and {'<=' if high_ok else '<'} {high}" if high is not None
+                                                          else "")
             raise argparse.ArgumentTypeError(f"{text} must be {bound}")
         return value
 
@@ -72,10 +74,14 @@ class _Formatter(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser (and so its subcommands' parsers) with _Formatter's help."""
+    """An ArgumentParser (and so its subcommands' parsers) with _Formatter's help, whose usage errors are one
+    line, as gpt2lab's other errors are, pointing at the command's help."""
 
     def __init__(self, *args, formatter_class=_Formatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _defaults(parser: argparse.ArgumentParser, *functions) -> None:
@@ -124,15 +130,16 @@ def _add_prepare(p) -> None:
     p.add_argument("--hub-data-files", nargs="+", metavar="FILE",
                    help="data_files for a builder dataset such as --hub parquet or --hub json")
     val = p.add_mutually_exclusive_group()
-    val.add_argument("--val-fraction", type=float,
+    val.add_argument("--val-fraction", type=_number(float, 0, high=1, high_ok=False),
                      help="fraction of tokens for validation (default for local files: 0.1)")
-    val.add_argument("--val-tokens", type=int, help="the first N tokens are validation (default for --hub: one shard)")
-    p.add_argument("--shard-tokens", type=int, help="tokens per shard")
-    p.add_argument("--max-docs", type=int, help="stop after this many documents")
-    p.add_argument("--max-tokens", type=int, help="stop after this many tokens")
+    val.add_argument("--val-tokens", type=NON_NEGATIVE,
+                     help="the first N tokens are validation (default for --hub: one shard)")
+    p.add_argument("--shard-tokens", type=POSITIVE, help="tokens per shard")
+    p.add_argument("--max-docs", type=POSITIVE, help="stop after this many documents")
+    p.add_argument("--max-tokens", type=POSITIVE, help="stop after this many tokens")
     p.add_argument("--tokenizer", help="gpt2 (shipped), a folder made by `gpt2lab tokenizer train`, or another "
                    "tiktoken encoding name (downloaded by tiktoken)")
-    p.add_argument("--workers", type=int, help="tokenizer processes (default: cores, at most 8)")
+    p.add_argument("--workers", type=POSITIVE, help="tokenizer processes (default: cores, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace shards (or an interrupted prepare) in --out")
     _defaults(p, prepare)
 
@@ -193,20 +200,29 @@ def _add_eval(p) -> None:
     from .evals.loss import run_loss
     from .evals.scoring import BATCH_TOKENS
 
-    p.description = ("Evaluate a model. MODEL is a gpt2lab checkpoint or run folder; hellaswag and lambada also "
-                     "take a Hugging Face GPT-2 folder. Tasks: loss (validation loss over prepared shards), hellaswag "
-                     "(4-way completion accuracy, build-nanogpt and lm-eval-harness definitions), lambada (last-word "
-                     "accuracy and perplexity). All of them also run under torchrun, sharded over the processes. "
-                     "hellaswag and lambada write OUT/<task>_examples.jsonl and OUT/<task>_summary.json and print "
-                     "the summary.")
-    p.add_argument("task", choices=["loss", "hellaswag", "lambada", "harness"],
-                   help="what to evaluate (harness: any lm-evaluation-harness task, with gpt2lab as the model)")
+    p.description = ("Evaluate a model: loss (validation loss over prepared shards), hellaswag (4-way completion "
+                     "accuracy, build-nanogpt's and lm-eval-harness' definitions), lambada (last-word accuracy and "
+                     "perplexity), harness (any lm-evaluation-harness task, with gpt2lab as the model). Each runs "
+                     "under torchrun too, sharded over the processes, writes OUT/<task>_summary.json (hellaswag and "
+                     "lambada also OUT/<task>_examples.jsonl, harness the harness's OUT/harness_results.json) and "
+                     "prints the summary.")
+    p.add_argument("task", choices=["loss", "hellaswag", "lambada", "harness"], help="what to evaluate")
     p.add_argument("model_path", metavar="MODEL", help="checkpoint folder, run folder, or a Hugging Face GPT-2 "
                    "folder or hub name (loss: with --data)")
-    p.add_argument("--data", help="loss: shard folder (default: the run's data.dir); hellaswag: hellaswag_val.jsonl "
-                   "(default: download to the cache); lambada: jsonl with 'text' or one passage per line")
+    p.add_argument("--data", action="append", help="loss: shard folder (default: the run's data.dir); hellaswag: a "
+                   "HellaSwag jsonl (default: downloaded to the cache); lambada: jsonl with 'text' or one passage per "
+                   "line (default: lambada_openai, downloaded); harness: TASK=FILE, a local copy of a task's data "
+                   "(repeat it for each task)")
+    p.add_argument("--out", help="folder for the result files (default: evals/<name of MODEL>)")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--dtype", choices=typing.get_args(typing.get_type_hints(TrainConfig)["dtype"]),
+                   help="autocast dtype (auto: bfloat16 where the hardware has it; loss: the run's train.dtype)")
     p.add_argument("--tokenizer", help=TOKENIZER_HELP)
+    p.add_argument("--limit", type=NON_NEGATIVE, help="score only N items: hellaswag and lambada a fixed subset spread "
+                   "evenly over the file (as eval.hellaswag_items / eval.lambada_items in training), harness the "
+                   "first N documents of each task; 0 = all")
+    p.add_argument("--batch-tokens", type=POSITIVE, help="hellaswag, lambada, harness: tokens per forward batch "
+                   "(default: " + ", ".join(f"{n} on {kind}" for kind, n in BATCH_TOKENS.items()) + ")")
     _unverified(p)
     g = p.add_argument_group("loss")
     g.add_argument("--split", help="the shards' split to score")
@@ -215,23 +231,16 @@ def _add_eval(p) -> None:
     g.add_argument("--seq-len", type=POSITIVE,
                    help="window length (default: the run's train.seq_len; a Hugging Face model's n_positions)")
     g = p.add_argument_group("hellaswag and lambada")
-    g.add_argument("--out", help="folder for the result files (default: evals/<name of MODEL>)")
-    g.add_argument("--limit", type=NON_NEGATIVE, help="score only N items, a fixed subset spread evenly over the "
-                   "file (as eval.hellaswag_items / eval.lambada_items in training); 0 = all")
-    g.add_argument("--dtype", choices=typing.get_args(typing.get_type_hints(TrainConfig)["dtype"]),
-                   help="autocast dtype (auto: bfloat16 where the hardware has it; loss: the run's train.dtype)")
-    g.add_argument("--batch-tokens", type=POSITIVE, help="tokens per forward batch (default: "
-                   + ", ".join(f"{n} on {kind}" for kind, n in BATCH_TOKENS.items()) + ")")
     g.add_argument("--plain", action="store_true", help="use the plain one-example-at-a-time scorer (reference, slow)")
     g.add_argument("--style", choices=["both", *(s.replace("_", "-") for s in STYLES)],
                    help="hellaswag: which definitions to compute")
     g.add_argument("--variant", choices=VARIANTS, help="lambada: openai (detokenized, lambada_openai; downloaded "
-                   "when reachable) or original (lowercased, tokenized; needs --data)")
+                   "when reachable) or original (lowercased, tokenized; needs --data); default: openai, or what the "
+                   "--data file is (original when it is lowercased throughout)")
     g = p.add_argument_group("harness (needs lm-eval: pip install 'gpt2lab[harness]')")
     g.add_argument("--tasks", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default="hellaswag",
                    help="comma-separated harness tasks, e.g. hellaswag,lambada_openai,piqa,arc_easy,winogrande")
-    g.add_argument("--include-path", help="a folder of your own task YAMLs, e.g. one that points a harness task "
-                   "at a local file (see gpt2lab/evals/harness.py)")
+    g.add_argument("--include-path", help="a folder of your own task YAMLs")
     g.add_argument("--num-fewshot", type=NON_NEGATIVE, help="few-shot examples (default: the task's)")
     _defaults(p, run_loss, run_hellaswag, run_lambada)
 
@@ -302,35 +311,32 @@ def _add_plot(p) -> None:
                    help="legend name of each run, in order (default: the folder names)")
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="measure training tokens/s and MFU",
-        description="Time training steps on random tokens and report tokens/s and MFU against a bf16 (and fp32) "
-        "matmul peak measured in the same run on the same device.",
-    )
-    p.add_argument("--preset", default="tiny",
-                   help="model preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, micro (default %(default)s)")
-    p.add_argument("--batch", "-B", type=POSITIVE, default=16, help="micro-batch (default %(default)s)")
-    p.add_argument("--seq-len", "-T", type=POSITIVE, default=256, help="sequence length (default %(default)s)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="autocast dtype; auto = bfloat16 where the hardware has it (default %(default)s)")
-    p.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                   help="torch.compile the model: off, on, or both side by side with their ratio (default %(default)s)")
-    p.add_argument("--steps", type=POSITIVE, default=5, help="timed steps, after --warmup (default %(default)s)")
-    p.add_argument("--warmup", type=NON_NEGATIVE, default=2,
-                   help="untimed steps first; compilation happens here and its time is reported (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--compare", choices=["hf"], default=None,
-                   help="also time transformers' GPT2LMHeadModel of the same shape, same step and protocol, "
-                   "right after each case, and print gpt2lab's ratio to it")
-    p.add_argument("--recipe", default=None, metavar="CONFIG",
-                   help="take the model switches and the optimizer from this training config "
-                   "(e.g. configs/speedrun.yaml) instead of the GPT-2 recipe; --preset sets the size")
-    p.add_argument("--loss-chunk", type=NON_NEGATIVE, default=0, metavar="ROWS",
-                   help="the chunked LM head and loss, ROWS rows of logits at a time, as train.loss_chunk "
-                   "(default %(default)s: the whole logits)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per result instead of a table")
+def _add_bench(p) -> None:
+    from .bench import run_bench
+    from .config import MODEL_PRESETS
+
+    p.description = ("Time training steps on random tokens and report tokens/s and MFU against a bf16 (and fp32) "
+                     "matmul peak measured in the same run on the same device.")
+    p.add_argument("--preset", choices=MODEL_PRESETS, help="model preset")
+    p.add_argument("--batch", "-B", type=POSITIVE, help="micro-batch")
+    p.add_argument("--seq-len", "-T", type=POSITIVE, help="sequence length")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"],
+                   help="autocast dtype; auto = bfloat16 where the hardware has it")
+    p.add_argument("--compile", dest="compile_mode", choices=["off", "on", "both"],
+                   help="torch.compile the model: off, on, or both side by side with their ratio")
+    p.add_argument("--steps", type=POSITIVE, help="timed steps, after --warmup")
+    p.add_argument("--warmup", type=NON_NEGATIVE, help="untimed steps first; compilation happens here and its time "
+                   "is reported")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--compare", choices=["hf"], help="also time transformers' GPT2LMHeadModel of the same shape, same "
+                   "step and protocol, right after each case, and print gpt2lab's ratio to it")
+    p.add_argument("--recipe", metavar="CONFIG", help="take the model switches and the optimizer from this training "
+                   "config (e.g. configs/speedrun.yaml) instead of the GPT-2 recipe; --preset sets the size")
+    p.add_argument("--loss-chunk", type=NON_NEGATIVE, metavar="ROWS", help="the chunked LM head and loss, ROWS rows "
+                   "of logits at a time, as train.loss_chunk (0: the whole logits)")
+    p.add_argument("--json", dest="as_json", action="store_true",
+                   help="print one JSON object per result instead of a table")
+    _defaults(p, run_bench)
 
 
 def _add_quickstart(p) -> None:
@@ -375,11 +381,11 @@ PARSERS = {
     "tokenizer": ("train your own byte-level BPE tokenizer, or compare tokenizers", _add_tokenizer),
     "train": ("train a model (CPU, one GPU, or torchrun)", _add_train),
     "sample": ("generate text from a checkpoint", _add_sample),
-    "eval": ("evaluate a model: validation loss, HellaSwag, LAMBADA", _add_eval),
+    "eval": ("evaluate a model: validation loss, HellaSwag, LAMBADA, any lm-evaluation-harness task", _add_eval),
     "report": ("print a run's evaluation history, status and environment", _add_report),
     "runs": ("list training runs and whether they are running, finished or stopped", _add_runs),
     "plot": ("plot loss, learning rate, HellaSwag and LAMBADA of runs against tokens", _add_plot),
-    "bench": (None, _add_bench),  # adds its parser, summary and all, itself
+    "bench": ("measure training tokens/s and MFU", _add_bench),
     "convert": ("import GPT-2 weights from Hugging Face transformers, or export to it", _add_convert),
     "checkpoint": ("give checkpoints of an older gpt2lab their checksums", _add_checkpoint),
     "config": ("show config options", _add_config),
@@ -397,9 +403,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpt2lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, add_options) in PARSERS.items():
-        if summary is None:
-            add_options(sub)
-        elif command in (None, name):
+        if command in (None, name):
             add_options(sub.add_parser(name, help=summary))
         else:
             sub.add_parser(name, help=summary)
@@ -409,8 +413,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def cmd_prepare(args) -> None:
     from .data.prepare import prepare
 
-    manifest = _call(prepare, args, inputs=args.inputs or None, hub=_hub_source(args))
-    print(f"wrote {args.out_dir}: {json.dumps(manifest['tokens'])}")
+    _call(prepare, args, inputs=args.inputs or None, hub=_hub_source(args))  # it prints its own summary
 
 
 def _hub_source(args):
@@ -434,11 +437,33 @@ def cmd_train(args) -> int | None:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return None
+    if resume and _already_done(cfg):
+        return None
     summary = train(cfg, resume=resume)
     if summary.get("stopped"):  # SIGTERM/SIGINT: checkpoint written; exit as a signalled process would
         return 128 + signal.Signals[summary["stopped"]].value
     if "val_loss" in summary and os.environ.get("RANK", "0") == "0":
         print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, run in {summary['run_dir']}")
+
+
+def _already_done(cfg) -> bool:
+    """Whether --resume has nothing to do (the newest checkpoint, intact, is at train.max_steps), said at once, before
+    a model is built (a damaged one is left to train(), which sets it aside and resumes from an older one)."""
+    from .checkpoint import DamagedCheckpoint, list_checkpoints, verify_checkpoint
+    from .layout import step_of
+
+    found = list_checkpoints(cfg.train.run_dir)
+    step = step_of(found[-1].name) if found else 0
+    if step < cfg.train.max_steps:
+        return False
+    try:
+        verify_checkpoint(found[-1])
+    except DamagedCheckpoint:
+        return False
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{cfg.train.run_dir} has already done {step} steps (train.max_steps={cfg.train.max_steps}): nothing "
+              "to do; raise train.max_steps to train further")
+    return True
 
 
 def _train_config(args):
@@ -473,6 +498,10 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.task != "harness":  # --data TASK=FILE repeats for the harness's tasks only
+        if len(args.data or []) > 1:
+            raise UserError(f"--data: give one for eval {args.task}")
+        args.data = args.data[0] if args.data else None
     summary = _call(_eval_function(args.task), args)
     if os.environ.get("RANK", "0") == "0":
         summary.pop("definitions", None)
@@ -527,9 +556,7 @@ def cmd_plot(args) -> None:
 def cmd_bench(args) -> None:
     from .bench import run_bench
 
-    run_bench(preset=args.preset, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, compile_mode=args.compile,
-              steps=args.steps, warmup=args.warmup, device=args.device, as_json=args.json, compare=args.compare,
-              recipe=args.recipe, loss_chunk=args.loss_chunk)
+    _call(run_bench, args)
 
 
 def cmd_convert(args) -> None:

@@ -368,7 +368,8 @@ class _Schema(BaseModel):
         if t.seq_len == 0:
             t.seq_len = m.block_size  # 0 = the model's whole context
         elif t.seq_len > m.block_size:
-            raise _relation_error("train.seq_len", f"{t.seq_len} is longer than model.block_size={m.block_size}")
+            raise _relation_error("train.seq_len", f"{t.seq_len} is longer than model.block_size={m.block_size}; set "
+                                  f"train.seq_len=0 (the model's block_size) or at most {m.block_size}")
         if t.seq_len_warmup_steps and (t.seq_len % 2 or t.seq_len // 2 < t.seq_len_warmup_min):
             raise _relation_error("train.seq_len_warmup_steps", (
                 f"train.seq_len={t.seq_len} has no half length >= train.seq_len_warmup_min={t.seq_len_warmup_min} "
@@ -463,9 +464,26 @@ def _check(raw: dict, sources: dict[str, str]) -> _Schema:
         raise _user_error(e.errors()[0], sources) from None
 
 
-def _unknown(key: str, choices: typing.Iterable[str], where: str) -> UserError:
-    close = difflib.get_close_matches(key, list(choices), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+def _closest(key: str, section_wanted: bool = False, bare: bool = False) -> str | None:
+    """The config key a mistyped ``key`` (section.key, or a word alone) most likely means, searched in every
+    section: a section (``section_wanted``: a YAML mapping), else the same key name elsewhere, else the closest
+    key name (in the typed section first), else the closest section.key; ``bare``: a key name alone where that
+    is unique (a command-line override)."""
+    section, _, name = key.rpartition(".")
+    if section_wanted and (sections := difflib.get_close_matches(name, list(SECTIONS), n=1)):
+        return sections[0]
+    every = [f"{s}.{k}" for s in SECTIONS for k in _keys(s)] + ["model.preset"]
+    names = [name] if any(k.endswith("." + name) for k in every) else \
+        difflib.get_close_matches(name, sorted({k.partition(".")[2] for k in every}), n=1)
+    found = sorted((k for k in every if names and k.endswith("." + names[0])), key=lambda k: not k.startswith(section))
+    if bare and len(found) == 1:
+        return names[0]
+    return found[0] if found else next(iter(difflib.get_close_matches(key, every, n=1)), None)
+
+
+def _unknown(key: str, where: str, section_wanted: bool = False, bare: bool = False) -> UserError:
+    close = _closest(key, section_wanted, bare)
+    hint = f" (did you mean '{close}'?)" if close else ""
     shown = key if key.isprintable() else key.encode("unicode_escape").decode()  # a one-line message, whatever the key
     return UserError(f"unknown config key '{shown}'{where}{hint}; see docs/config.md for the options")
 
@@ -494,7 +512,7 @@ def _merge(base: dict, sources: dict[str, str], raw: dict, where: str) -> None:
         raise UserError(f"config{where} must be a mapping of sections ({', '.join(SECTIONS)})")
     for name, values in raw.items():
         if name not in SECTIONS:
-            raise _unknown(str(name), SECTIONS, where)
+            raise _unknown(str(name), where, section_wanted=isinstance(values, dict))
         if name == "model":
             values = _resolve_model(values, where)
         elif values is None:
@@ -504,7 +522,7 @@ def _merge(base: dict, sources: dict[str, str], raw: dict, where: str) -> None:
         keys = _keys(name)
         for key, value in values.items():
             if key not in keys:
-                raise _unknown(f"{name}.{key}", [f"{name}.{k}" for k in keys], where)
+                raise _unknown(f"{name}.{key}", where)
             base.setdefault(name, {})[key] = value
             sources[f"{name}.{key}"] = where
 
@@ -518,7 +536,7 @@ def parse_override(text: str) -> tuple[str, str, object]:
     if "." in key:
         name, _, key = key.partition(".")
         if name not in SECTIONS:
-            raise _unknown(f"{name}.{key}", [f"{s}.{k}" for s in SECTIONS for k in _keys(s)], "")
+            raise _unknown(f"{name}.{key}", "")
     elif key == "preset":
         name = "model"
     else:
@@ -526,7 +544,7 @@ def parse_override(text: str) -> tuple[str, str, object]:
         if len(owners) > 1:
             raise UserError(f"config key '{key}' is ambiguous: write one of {', '.join(f'{s}.{key}' for s in owners)}")
         if not owners:
-            raise _unknown(key, [k for s in SECTIONS for k in _keys(s)], "")
+            raise _unknown(key, "", bare=True)
         name = owners[0]
     # A string key takes the text as typed, unless quoted: sample_prompt=yes is "yes", not True;
     # run_dir=1e3 is "1e3"; "#1 hit" is not a YAML comment, "Q: why" not a mapping.

@@ -18,13 +18,18 @@ from typing import Iterator
 from .errors import UserError
 
 
+def file_mode() -> int:
+    """The mode a plain ``open`` gives a new file: 0o666 less the umask (0o644 under the usual 022)."""
+    umask = os.umask(0)  # the only way to read it before Python 3.13's os.getumask...
+    os.umask(umask)  # ...is to set it and set it back
+    return 0o666 & ~umask
+
+
 def temp_beside(dest: Path) -> tuple[int, str]:
     """A new temporary file in ``dest``'s folder (fd, path) with the mode a plain ``open`` would
     give it, so the renamed file is as readable as any other (mkstemp's own mode is 0600)."""
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.name}-", dir=dest.parent)
-    umask = os.umask(0)  # the only way to read it before Python 3.13's os.getumask...
-    os.umask(umask)  # ...is to set it and set it back
-    os.fchmod(fd, 0o666 & ~umask)
+    os.fchmod(fd, file_mode())
     return fd, tmp
 
 

@@ -55,6 +55,8 @@ from .tokenizer import Tokenizer
 from .weights import load_pretrained, model_tokenizer
 
 PAD_ID = 0  # token id put in left padding; never seen by real tokens (masked)
+# Sampling's defaults, one copy for generate, generate_text and so `gpt2lab sample` (top_k 0 or None, top_p 1: off).
+TEMPERATURE, TOP_K, TOP_P = 1.0, 50, 1.0
 
 
 def sample_next(
@@ -317,6 +319,11 @@ def _as_prompts(prompt) -> list[list[int]]:
     return prompts
 
 
+def prompts_rows(prompts: list[list[int]], num_samples: int) -> list[list[int]]:
+    """The prompt of each row of a batch: ``num_samples`` rows per prompt, prompt by prompt."""
+    return [p for p in prompts for _ in range(num_samples)]
+
+
 def autocast_dtype(ctx, device_type: str) -> torch.dtype | None:
     """The dtype ``ctx`` autocasts to on ``device_type``, or None (no autocast, or one for another device)."""
     if isinstance(ctx, torch.autocast) and getattr(ctx, "_enabled", True) and ctx.device == device_type:
@@ -354,9 +361,9 @@ def generate(
     max_new_tokens: int,
     *,
     num_samples: int = 1,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    temperature: float = TEMPERATURE,
+    top_k: int | None = TOP_K,
+    top_p: float | None = TOP_P,
     seed: int | None = None,
     stop_token: int | None = None,
     autocast: contextlib.AbstractContextManager | None = None,
@@ -366,13 +373,15 @@ def generate(
     pack: bool | None = None,
     compile: bool = False,
 ) -> list[list[int]]:
-    """Continue ``prompt`` ``num_samples`` times; returns the new tokens of each sample.
+    """Continue ``prompt`` ``num_samples`` times; returns each sample whole: its prompt, then the new tokens.
 
     ``model`` is a ``GPT``, or a ``Decoder`` built from one to reuse its packed weights and
     compiled step across calls (``pack`` and ``compile`` are then the Decoder's). ``prompt`` is
     one list of token ids, or a list of them (a batch; lengths may differ): the result then
     holds ``num_samples`` rows per prompt, prompt by prompt. A sample ends at ``stop_token``
-    (not included) or after ``max_new_tokens``. ``on_token`` receives each step's (rows,)
+    (not included) or after ``max_new_tokens``. Sampling draws from the ``top_k`` likeliest tokens
+    (0 or None: all) within ``top_p`` of the mass (1: all), at ``temperature`` (0: greedy), with the
+    defaults of ``gpt2lab sample``. ``on_token`` receives each step's (rows,)
     tokens, for streaming. ``seed`` makes sampling reproducible. ``autocast`` (e.g.
     ``torch.autocast("cpu", dtype=torch.bfloat16)``) runs the forward pass under it; packed
     weights are then stored in its dtype. ``vocab``: only ids below it are drawn (the tokenizer's
@@ -381,7 +390,7 @@ def generate(
     """
     prompts = _as_prompts(prompt)
     dec = _decoder_for(model, len(prompts) * num_samples, max_new_tokens, autocast, pack, compile)
-    rows = [p[-dec.block_size :] for p in prompts for _ in range(num_samples)]
+    rows = [p[-dec.block_size :] for p in prompts_rows(prompts, num_samples)]
     gen = torch.Generator(device=dec.device)
     if seed is not None:
         gen.manual_seed(seed)
@@ -394,10 +403,10 @@ def generate(
     with autocast or contextlib.nullcontext():
         out = _decode(dec, rows, max_new_tokens, pick, stop_token, on_token, use_cache)
     result = []
-    for row in out.tolist():
+    for prompt_row, row in zip(prompts_rows(prompts, num_samples), out.tolist()):
         if stop_token is not None and stop_token in row:
             row = row[: row.index(stop_token)]
-        result.append(row)
+        result.append(prompt_row + row)
     return result
 
 
@@ -407,9 +416,9 @@ def generate_text(
     *,
     num_samples: int = 1,
     max_new_tokens: int = 100,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 1.0,
+    temperature: float = TEMPERATURE,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
     seed: int | None = None,
     device: str = "auto",
     compile: bool = False,
@@ -434,10 +443,10 @@ def generate_text(
     ids = tok.encode(prompt) if prompt else [tok.eot_token]
     if len(ids) >= model.config.block_size:
         raise UserError(f"--prompt is {len(ids)} tokens; the model's block_size is {model.config.block_size}")
-    outs = generate(model, ids, max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k or None,
+    outs = generate(model, ids, max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop_token=tok.eot_token, compile=compile, vocab=tok.n_vocab,
                     on_token=None if on_text is None else _text_stream(tok, on_text))
-    return [tok.decode(out) for out in outs]
+    return [tok.decode(out[len(ids) :]) for out in outs]
 
 
 def _text_stream(tok: Tokenizer, write: Callable[[str], None]) -> Callable[[torch.Tensor], None]:

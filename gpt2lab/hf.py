@@ -29,7 +29,7 @@ from typing import Mapping
 import torch
 
 from .errors import UserError
-from .fileio import atomic_dir
+from .fileio import atomic_dir, file_mode
 from .model import GPT, GPTConfig
 from .sizes import check_fits
 from .tokenizer import (COPY_DIR, EOT_STRING, EOT_TOKEN, Tokenizer, bytes_to_unicode, copy_folder, load_tokenizer,
@@ -359,6 +359,7 @@ def save_hf(model: GPT, out: str | os.PathLike, overwrite: bool = False,
     state, config = hf_state_from_gpt2lab(model, tok.eot_token if tok is not None else None)
     with atomic_dir(out, overwrite) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(tmp / "model.safetensors", file_mode())  # safetensors writes 0600; as readable as the other files
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if config["eos_token_id"] is not None:
             gen = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}

@@ -6,7 +6,8 @@ A source is, checked in this order:
 - a gpt2lab run folder (``checkpoints/step_*/``): its newest checkpoint;
 - a Hugging Face GPT-2 folder (``config.json``, from ``save_pretrained``);
 - a Hugging Face hub name (``openai-community/gpt2``), when nothing of that name exists on disk
-  and it does not start like a path (``.``, ``/``, ``~``).
+  and it does not look like a path: starting with ``.``, ``/`` or ``~``, or ``DIR/NAME`` where DIR is a
+  folder here (``runs/quickstrat`` is a mistyped folder, not a hub model).
 
 Training's ``train.init_from``, ``gpt2lab eval hellaswag|lambada``, ``sample`` and ``convert``
 all go through :func:`classify` and :func:`load_pretrained`; so does ``eval loss``, which takes its
@@ -16,6 +17,7 @@ for a Hugging Face model.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -48,8 +50,11 @@ def classify(source: str | os.PathLike) -> str:
             return HF_FOLDER
         raise UserError(f"{s}: not a model: expected a gpt2lab checkpoint or run folder, "
                         "or a Hugging Face GPT-2 folder (config.json)")
-    if not is_hub_name(s):
-        raise UserError(f"{s}: no such checkpoint, run or Hugging Face folder (no such directory)")
+    if not is_hub_name(s) or (len(p.parts) > 1 and p.parent.is_dir()):
+        close = difflib.get_close_matches(p.name, [c.name for c in p.parent.iterdir()], n=1) \
+            if p.parent.is_dir() else []
+        hint = f" (did you mean {p.parent / close[0]}?)" if close else ""
+        raise UserError(f"{s}: no such folder{hint}; expected a checkpoint, run or Hugging Face folder")
     return HUB
 
 

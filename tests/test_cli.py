@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,11 @@ def test_help_defaults_come_from_the_code():
     assert f"(default: {inspect.signature(prepare).parameters['shard_tokens'].default})" in prep
     assert "{" + ",".join(typing.get_args(typing.get_type_hints(TrainConfig)["dtype"])) + "}" in ev
     assert commands["sample"].parse_args(["run"]).max_new_tokens == 100  # the default reaches the command
+    # the eval help names every task and which take a Hugging Face model (issue 29 item 12)
+    assert "any lm-evaluation-harness task" in " ".join(build_parser().format_help().split()).replace("- ", "-")
+    assert "harness (any lm-evaluation-harness task" in ev and "hub name (loss: with --data)" in ev
+    for option, default in (("--limit", "0"), ("--batch-size", "8"), ("--style", "both"), ("--tasks", "hellaswag")):
+        assert re.search(f"{option} \\S+ (?:(?! --).)*?\\(default: {default}\\)", ev), option
 
 
 def test_console_script_installed():
@@ -63,7 +69,7 @@ def test_console_script_installed():
 
 def test_no_command_is_usage_error():
     r = gpt2lab()
-    assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "see gpt2lab --help" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_key_is_one_line_error(tmp_path):
@@ -118,6 +124,13 @@ def test_end_to_end(shakespeare_head, tmp_path):
     assert r.returncode == 0, r.stderr
     manifest = json.loads((data / "manifest.json").read_text())
     assert 0 < manifest["tokens"]["val"] < manifest["tokens"]["train"]
+    assert r.stdout.count("done: ") == 1 and f"wrote {data}" not in r.stdout  # its summary, once (issue 29 item 16)
+    # the same prepare again: already complete, nothing redone, exit 0 (issue 29 item 16)
+    r = gpt2lab("prepare", shakespeare_head, "--out", data, "--workers", "1", "--val-fraction", "0.1", cwd=tmp_path)
+    assert r.returncode == 0 and "already holds this prepare, complete" in r.stdout, r.stderr
+    assert json.loads((data / "manifest.json").read_text()) == manifest
+    assert "--overwrite" in assert_one_line_error(gpt2lab("prepare", shakespeare_head, "--out", data, "--workers", "1",
+                                                         "--val-fraction", "0.2", cwd=tmp_path))  # another option
 
     r = gpt2lab("train", "preset=micro", f"data.dir={data}", f"train.run_dir={run}", "device=cpu", "dtype=float32",
                 "micro_batch=4", "seq_len=32", "max_steps=3", "warmup_steps=1", "eval.every=0", "val_tokens=1024",
@@ -147,9 +160,23 @@ def test_end_to_end(shakespeare_head, tmp_path):
     assert result["loss"] == pytest.approx(expected, abs=0.05)
     assert read_metrics(run, "val")[-1]["val_loss"] == pytest.approx(expected, rel=1e-5)
 
+    # like every evaluation, it writes OUT/<task>_summary.json (issue 29 item 5)
+    assert json.loads((tmp_path / "evals" / "run" / "loss_summary.json").read_text()) == {
+        k: v for k, v in result.items() if k != "out"}
+
     r = gpt2lab("eval", "loss", run, "--tokens", 256, "--seq-len", 16, "--batch-size", 3, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["tokens"] == 256
+
+    # --resume of a finished run says so before building anything (issue 29 item 16)
+    r = gpt2lab("train", "--resume", run, "train.compile=true", cwd=tmp_path)
+    assert r.returncode == 0 and "has already done 3 steps" in r.stdout and "model " not in r.stdout, r.stderr
+
+    # a converted checkpoint has no data of its own: eval loss says to pass --data, not that a default is missing
+    # (issue 29 item 9)
+    assert gpt2lab("convert", "to-hf", run, tmp_path / "hf", cwd=tmp_path).returncode == 0
+    assert gpt2lab("convert", "from-hf", tmp_path / "hf", tmp_path / "ck", cwd=tmp_path).returncode == 0
+    assert "pass --data" in assert_one_line_error(gpt2lab("eval", "loss", tmp_path / "ck", cwd=tmp_path))
 
     # a second train into the same run folder without --resume: one-line error
     line = assert_one_line_error(gpt2lab("train", "preset=micro", f"data.dir={data}", f"train.run_dir={run}",
@@ -165,10 +192,16 @@ def test_end_to_end(shakespeare_head, tmp_path):
     (["eval", "loss", "run", "--batch-size", "0"], "argument --batch-size: 0 must be >= 1"),
     (["eval", "hellaswag", "run", "--limit", "-5"], "argument --limit: -5 must be >= 0"),
     (["bench", "--steps", "two"], "argument --steps: 'two' is not an integer"),
+    # a command-line flag's error names the flag, not the library's parameter (issue 29 item 13)
+    (["prepare", "x.txt", "--out", "d", "--val-fraction", "1.5"], "argument --val-fraction: 1.5 must be >= 0 and < 1"),
+    (["prepare", "x.txt", "--out", "d", "--shard-tokens", "0"], "argument --shard-tokens: 0 must be >= 1"),
+    (["prepare", "x.txt", "--out", "d", "--val-tokens", "-1"], "argument --val-tokens: -1 must be >= 0"),
 ])
 def test_bad_numbers_are_usage_errors(args, says):
     r = gpt2lab(*args)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # one line, no usage block above it, pointing at the command's help (issue 29 item 13)
+    assert r.stderr == f"error: {r.stderr[7:].splitlines()[0]}\n" and f"(see gpt2lab {args[0]} --help)" in r.stderr
 
 
 def test_cuda_device_without_a_gpu_is_one_line(tmp_path):

@@ -106,6 +106,10 @@ def test_unknown_preset(tmp_path):
         ({"train": {"max_step": 3}}, "train.max_step", "train.max_steps"),
         ({"optim": {"learning_rate": 1e-3}}, "optim.learning_rate", None),
         ({"model": {"preset": "micro", "n_layers": 3}}, "model.n_layers", "model.n_layer"),
+        # every section is searched, not only the one typed (issue 29 item 8)
+        ({"train": {"warmup_steps": 5}}, "train.warmup_steps", "optim.warmup_steps"),
+        ({"warmup_steps": 5}, "warmup_steps", "optim.warmup_steps"),
+        ({"optm": {"lr": 1e-3}}, "optm", "optim"),
     ],
 )
 def test_unknown_key_in_yaml(tmp_path, data, named, suggestion):
@@ -125,6 +129,11 @@ def test_unknown_key_in_yaml(tmp_path, data, named, suggestion):
         ("optim.lrr=1e-3", "optim.lrr", "optim.lr"),
         ("optimm.lr=1e-3", "optimm.lr", "optim.lr"),
         ("warmup=5", "warmup", "warmup_steps"),
+        # every section is searched, and key names alone (issue 29 item 8)
+        ("train.lr=1e-3", "train.lr", "optim.lr"),
+        ("optim.dropout=0.1", "optim.dropout", "model.dropout"),
+        ("model.presett=micro", "model.presett", "model.preset"),
+        ("train.warmup_step=5", "train.warmup_step", "optim.warmup_steps"),
     ],
 )
 def test_unknown_key_on_cli(override, named, suggestion):
@@ -465,6 +474,15 @@ def test_relations_between_keys():
                        match=r"'train.seq_len' on the command line: 256 is longer than model.block_size=128"):
         load_config(None, ["preset=micro", "seq_len=256"])
     assert load_config(None, ["preset=micro", "seq_len=128", "n_head=4", "vocab_size=1000", "padded_vocab_size=1000"])
+
+
+def test_preset_on_the_command_line_says_how_to_fit_seq_len(tmp_path):
+    """A smaller preset on the command line than the file's seq_len: the error names the fix (issue 29 item 7)."""
+    p = write_yaml(tmp_path, {"model": {"preset": "mini"}, "train": {"seq_len": 256}})
+    with pytest.raises(UserError, match=r"256 is longer than model.block_size=128; set train.seq_len=0 \(the "
+                                        r"model's block_size\) or at most 128"):
+        load_config(p, ["model.preset=micro"])
+    assert load_config(p, ["model.preset=micro", "train.seq_len=0"]).train.seq_len == 128
 
 
 def test_validate_after_the_model_is_replaced():

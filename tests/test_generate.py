@@ -18,14 +18,15 @@ def model():
 
 
 def greedy_uncached(model, prompt, n):
-    """Reference: a full forward over the (last block_size) tokens for every new token, argmax."""
+    """Reference: a full forward over the (last block_size) tokens for every new token, argmax; the prompt and
+    the new tokens, as generate returns a sample."""
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(n):
             window = torch.tensor([seq[-model.config.block_size :]])
             logits, _ = model(window)
             seq.append(int(logits[0, -1, : CFG.vocab_size].argmax()))
-    return seq[len(prompt) :]
+    return seq
 
 
 def test_seeded_sampling_is_reproducible(model):
@@ -34,7 +35,7 @@ def test_seeded_sampling_is_reproducible(model):
     c = generate(model, PROMPT, 10, num_samples=3, seed=124)
     assert a == b
     assert a != c
-    assert len(a) == 3 and all(len(s) == 10 for s in a)
+    assert len(a) == 3 and all(len(s) == len(PROMPT) + 10 and s[: len(PROMPT)] == PROMPT for s in a)
     assert all(0 <= t < CFG.vocab_size for s in a for t in s)
     assert len({tuple(s) for s in a}) > 1  # the samples of one call differ from each other
 
@@ -64,36 +65,38 @@ def test_top_k_and_top_p_restrict_choices():
 
 
 def test_stop_token_ends_samples(model):
-    free = generate(model, PROMPT, 12, num_samples=4, seed=5)
+    n = len(PROMPT)
+    free = [s[n:] for s in generate(model, PROMPT, 12, num_samples=4, seed=5)]
     # stop on a token that some sample produces: that sample is cut just before it
     stop = free[0][3]
     stopped = generate(model, PROMPT, 12, num_samples=4, seed=5, stop_token=stop)
+    assert all(s[:n] == PROMPT for s in stopped)  # the prompt, whole, then what came before the stop token
     for full, cut in zip(free, stopped):
         if stop in full:
-            assert cut == full[: full.index(stop)]
+            assert cut[n:] == full[: full.index(stop)]
         else:
-            assert cut == full
-    assert stopped[0] == free[0][: free[0].index(stop)] and len(stopped[0]) <= 3
-    # greedy with the first greedy token as stop token: empty result, generation ends at once
+            assert cut[n:] == full
+    assert stopped[0][n:] == free[0][: free[0].index(stop)] and len(stopped[0]) <= n + 3
+    # greedy with the first greedy token as stop token: the prompt alone, generation ends at once
     ref = greedy_uncached(model, PROMPT, 1)
     calls = []
-    out = generate(model, PROMPT, 50, temperature=0, stop_token=ref[0], on_token=calls.append)
-    assert out == [[]] and len(calls) == 1
+    out = generate(model, PROMPT, 50, temperature=0, stop_token=ref[-1], on_token=calls.append)
+    assert out == [PROMPT] and len(calls) == 1
 
 
 def test_generation_beyond_block_size_slides(model):
     n = 3 * CFG.block_size
     out = generate(model, PROMPT, n, temperature=0.0)
-    assert len(out[0]) == n
+    assert len(out[0]) == len(PROMPT) + n
     assert out[0] == greedy_uncached(model, PROMPT, n)
     sampled = generate(model, PROMPT, n, num_samples=2, seed=3)
-    assert [len(s) for s in sampled] == [n, n]
+    assert [len(s) for s in sampled] == [len(PROMPT) + n] * 2
 
 
 def test_prompt_longer_than_block_size_uses_its_tail(model):
     long_prompt = list(range(1, 2 * CFG.block_size + 1))
     out = generate(model, long_prompt, 5, temperature=0.0)
-    assert out == [greedy_uncached(model, long_prompt[-CFG.block_size :], 5)]
+    assert out == [long_prompt + greedy_uncached(model, long_prompt[-CFG.block_size :], 5)[CFG.block_size :]]
 
 
 def test_on_token_streams_and_training_mode_is_untouched(model):
@@ -102,7 +105,7 @@ def test_on_token_streams_and_training_mode_is_untouched(model):
     out = generate(model, PROMPT, 6, num_samples=2, seed=11, on_token=lambda t: seen.append(t.tolist()))
     assert model.training  # generation neither needs nor changes the mode
     model.eval()
-    assert [list(col) for col in zip(*seen)] == out
+    assert [list(col) for col in zip(*seen)] == [s[len(PROMPT) :] for s in out]
 
 
 def test_dropout_in_training_mode_does_not_reach_generation():
@@ -121,7 +124,7 @@ def test_empty_prompt_rejected(model):
 def test_generate_under_bf16_autocast(model):
     ctx = torch.autocast("cpu", dtype=torch.bfloat16)
     out = generate(model, PROMPT, 20, num_samples=2, seed=1, autocast=ctx)
-    assert [len(s) for s in out] == [20, 20]
+    assert [len(s) for s in out] == [len(PROMPT) + 20] * 2
     assert all(0 <= t < CFG.vocab_size for s in out for t in s)
 
 
@@ -264,21 +267,23 @@ def test_batch_rows_are_prompt_major_and_seeded(model):
 
 def test_batch_rows_stop_independently(model):
     refs = [greedy_uncached(model, p, 10) for p in PROMPTS]
-    stop = refs[1][4]
+    new = [r[len(p) :] for p, r in zip(PROMPTS, refs)]
+    stop = new[1][4]
     out = generate(model, PROMPTS, 10, temperature=0.0, stop_token=stop)
-    assert out == [r[: r.index(stop)] if stop in r else r for r in refs]
+    assert out == [p + (n[: n.index(stop)] if stop in n else n) for p, n in zip(PROMPTS, new)]
 
 
 def test_packed_bf16_autocast_and_bf16_weights(model):
     ctx = torch.autocast("cpu", dtype=torch.bfloat16)
     out = generate(model, PROMPTS, 6, seed=2, autocast=ctx, pack=True)
-    assert [len(s) for s in out] == [6] * len(PROMPTS)
+    assert [len(s) for s in out] == [len(p) + 6 for p in PROMPTS]
     import copy
 
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     for pack in (False, True):
         out = generate(bf16, PROMPTS, 6, seed=2, pack=pack)
-        assert [len(s) for s in out] == [6] * len(PROMPTS) and all(0 <= t < CFG.vocab_size for s in out for t in s)
+        assert [len(s) for s in out] == [len(p) + 6 for p in PROMPTS]
+        assert all(0 <= t < CFG.vocab_size for s in out for t in s)
 
 
 def test_int8_quantized_model_generates_close_logits(model):
@@ -291,7 +296,7 @@ def test_int8_quantized_model_generates_close_logits(model):
         ref, got = model(x)[0][..., : CFG.vocab_size], q(x)[0][..., : CFG.vocab_size]
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     out = generate(q, PROMPTS, 8, temperature=0.0)
-    assert [len(s) for s in out] == [8] * len(PROMPTS)
+    assert [len(s) for s in out] == [len(p) + 8 for p in PROMPTS]
     assert generate(q, PROMPTS, 8, temperature=0.0, use_cache=False) == out
 
 
@@ -315,9 +320,9 @@ def test_vocab_keeps_samples_to_ids_the_tokenizer_has(model):
     """A model whose vocabulary is larger than its tokenizer's (model.vocab_size=50304 with GPT-2's
     50,257) draws only ids the tokenizer can decode when given the tokenizer's size."""
     limit = 250
-    outs = generate(model, [1, 2, 3], 40, num_samples=8, temperature=2.0, seed=0, vocab=limit)
+    outs = generate(model, [1, 2, 3], 40, num_samples=8, temperature=2.0, top_k=0, seed=0, vocab=limit)
     assert max(max(o) for o in outs) < limit
-    unlimited = generate(model, [1, 2, 3], 40, num_samples=8, temperature=2.0, seed=0)
+    unlimited = generate(model, [1, 2, 3], 40, num_samples=8, temperature=2.0, top_k=0, seed=0)
     assert max(max(o) for o in unlimited) >= limit  # without it the last 50 of 300 ids do come up
 
 
@@ -326,3 +331,19 @@ def test_a_tiny_temperature_is_greedy_not_nan(temperature):
     logits = torch.randn(4, 300) * 5
     logits[:, 290:] = float("-inf")
     assert torch.equal(sample_next(logits, temperature, generator=torch.Generator().manual_seed(0)), logits.argmax(-1))
+
+
+def test_python_and_the_cli_sample_alike_and_a_sample_starts_with_its_prompt(model):
+    """generate (from Python) and generate_text (`gpt2lab sample`) share one set of sampling defaults (top-k 50), and
+    a sample starts with its prompt, so decoding out[0] gives the prompt and its continuation (issue 29 item 10)."""
+    import inspect
+
+    from gpt2lab.generate import generate_text
+
+    lib, cli = inspect.signature(generate).parameters, inspect.signature(generate_text).parameters
+    assert [lib[k].default for k in ("temperature", "top_k", "top_p")] == [cli[k].default for k in
+                                                                            ("temperature", "top_k", "top_p")]
+    assert lib["top_k"].default == 50
+    out = generate(model, PROMPT, 10, num_samples=2, seed=0)
+    assert out == generate(model, PROMPT, 10, num_samples=2, seed=0, top_k=50)
+    assert all(s[: len(PROMPT)] == PROMPT and len(s) == len(PROMPT) + 10 for s in out)

@@ -251,3 +251,19 @@ def test_training_with_missing_task_data_fails_before_training(tmp_path, small_s
     with pytest.raises(UserError, match="missing.jsonl"):
         train(cfg, log=lambda _m: None)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("task", ["hellaswag", "lambada"])
+def test_training_without_a_download_names_the_config_key(tmp_path, small_shards, task, monkeypatch):
+    """Offline, training says to set eval.<task>_data, not to pass --data, which train does not take (issue 29
+    item 6)."""
+    from gpt2lab.evals import hellaswag, lambada
+
+    monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path / "cache"))  # nothing downloaded yet
+    monkeypatch.setattr(hellaswag, "URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
+    monkeypatch.setattr(lambada, "OPENAI_URLS", ["http://127.0.0.1:9/lambada_test.jsonl"])
+    cfg = load_config(None, ["model.preset=micro", f"data.dir={small_shards}", f"train.run_dir={tmp_path / 'run'}",
+                             "micro_batch=2", "seq_len=16", "max_steps=2", f"eval.{task}_every=1"])
+    with pytest.raises(UserError, match=f"cannot download .*pass it as eval.{task}_data=PATH") as e:
+        train(cfg, log=lambda _m: None)
+    assert "--data" not in str(e.value)

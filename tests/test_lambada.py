@@ -91,13 +91,25 @@ def test_cli_original_and_openai_from_local_file(tmp_path, micro_ckpt, original_
     assert summary == {k: v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items() if k != "out"} | {
         "definitions": summary["definitions"]}
     assert recs[0]["target"] == original_txt.read_text().splitlines()[0].split(" ")[-1]
-    # lambada_openai from a local jsonl (the download location is unreachable here), same passages -> same numbers
+    # as lambada_openai from a local jsonl (the download location is unreachable here): same passages, same numbers
     jsonl = tmp_path / "openai.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in subset.read_text().splitlines()))
-    r = gpt2lab("eval", "lambada", micro_ckpt, "--data", jsonl, "--out", tmp_path / "out", "--dtype", "float32")
+    r = gpt2lab("eval", "lambada", micro_ckpt, "--data", jsonl, "--variant", "openai", "--out", tmp_path / "out",
+                "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     openai = json.loads((tmp_path / "out" / "lambada_openai_summary.json").read_text())
     assert openai["task"] == "lambada_openai" and openai["acc"] == summary["acc"] and openai["ppl"] == summary["ppl"]
+    # without --variant, a local file is the set its text is: the original (lowercased) one here (issue 29 item 2)
+    r = gpt2lab("eval", "lambada", micro_ckpt, "--data", jsonl, "--out", tmp_path / "out2", "--dtype", "float32")
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["task"] == "lambada_original", r.stderr
+
+
+def test_a_local_file_is_the_variant_its_text_is(original_txt):
+    from gpt2lab.evals.lambada import file_variant
+
+    original = load_lambada(original_txt)
+    assert file_variant(original) == "original"
+    assert file_variant([original[0].capitalize(), *original[1:]]) == "openai"  # OpenAI's set keeps its capitals
 
 
 @pytest.mark.slow
@@ -115,6 +127,9 @@ def test_bad_input_and_download(tmp_path, micro_ckpt, original_txt):
     dest = tmp_path / "cache" / "lambada_openai.jsonl"
     with pytest.raises(UserError, match="cannot download LAMBADA.*--data PATH"):
         fetch_openai(dest, urls=["http://127.0.0.1:9/lambada_test.jsonl"])
+    # training's way of giving a local file is its config key, not a flag train does not have (issue 29 item 6)
+    with pytest.raises(UserError, match="cannot download LAMBADA.*pass it as eval.lambada_data=PATH"):
+        fetch_openai(dest, urls=["http://127.0.0.1:9/lambada_test.jsonl"], option="eval.lambada_data=PATH")
     src = tmp_path / "src.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in original_txt.read_text().splitlines()[:3]))
     fetch_openai(dest, urls=["http://127.0.0.1:9/lambada_test.jsonl", src.as_uri()])  # the first reachable one
@@ -138,7 +153,7 @@ def test_training_logs_lambada_and_report(tmp_path, small_shards, original_txt):
     train(cfg, log=lines.append)
     logged = read_metrics(run, "lambada")
     assert [r["step"] for r in logged] == [2, 3] and all(r["items"] == 9 for r in logged)
-    assert any("lambada acc" in line and "(9 passages)" in line for line in lines)
+    assert any("lambada acc" in line and "(9 passages) of lambada_original" in line for line in lines)  # the set
     saved = json.loads((run / "evals" / "step_00000003.json").read_text())
     assert saved["lambada"] == {k: v for k, v in logged[-1].items() if k not in ("kind", "step")}
     # the numbers are those of the model saved at that step, scored as training scores it

@@ -121,7 +121,7 @@ def test_val_fraction_zero_warns(tmp_path):
 
 def test_too_few_tokens_for_val(tmp_path):
     (tmp_path / "a.txt").write_text("hi")
-    with pytest.raises(UserError, match="too few for a validation split"):
+    with pytest.raises(UserError, match="too few for a validation split.*a larger --val-fraction"):  # the flag
         prepare([tmp_path / "a.txt"], tmp_path / "out", val_fraction=0.1, workers=1, log=quiet)
 
 

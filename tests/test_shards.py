@@ -158,3 +158,8 @@ def test_find_shards(tmp_path):
         find_shards(tmp_path, "test")
     with pytest.raises(UserError, match="nope does not exist"):
         find_shards(tmp_path / "nope", "train")
+    # a text file given as the data folder (data.dir=corpus.jsonl) is not said not to exist (issue 29 item 9)
+    (tmp_path / "corpus.jsonl").write_text('{"text": "hi"}\n')
+    with pytest.raises(UserError, match=r"corpus.jsonl is a file: the data must be a folder of shards; make one with "
+                                        r"gpt2lab prepare .*corpus.jsonl --out DIR"):
+        find_shards(tmp_path / "corpus.jsonl", "train")

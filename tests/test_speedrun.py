@@ -199,7 +199,7 @@ def test_int8_works_for_every_switch(name):
         last = dec(x, torch.arange(12)[None], torch.arange(12), None, 12)
     assert (last - ref[:, -1]).abs().max() < 0.05 * ref.abs().max()
     out = generate(q, [x[0].tolist()], 5, temperature=0.0)
-    assert len(out[0]) == 5 and all(0 <= t < 50257 for t in out[0])
+    assert out[0][:12] == x[0].tolist() and len(out[0]) == 12 + 5 and all(0 <= t < 50257 for t in out[0])
 
 
 @pytest.mark.parametrize("name", COMBOS)

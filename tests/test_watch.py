@@ -250,7 +250,7 @@ def _history(run, kind, key):
 
 
 @pytest.mark.slow
-def test_plot_two_runs_and_markdown_report(small_shards, tmp_path, capsys):
+def test_plot_two_runs_and_markdown_report(small_shards, tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
     from gpt2lab.plot import plot_runs
 
@@ -297,6 +297,10 @@ def test_plot_two_runs_and_markdown_report(small_shards, tmp_path, capsys):
                  "| training time |", "## Environment", "## Config", "```yaml", "## Evaluations", "plot.png)"):
         assert part in md, part
     assert (runs[0] / "plot.png").stat().st_size > 10_000
+    # the plot's link holds wherever the report is opened from: absolute, not relative to here (issue 29 item 15)
+    monkeypatch.chdir(runs[0].parent)
+    code, md, err = cli(capsys, "report", runs[0].name, "--markdown")
+    assert code == 0 and f"]({runs[0].resolve() / 'plot.png'})" in md, err
     code, out, _ = cli(capsys, "report", runs[0])
     assert code == 0 and "status: finished, step 6/6" in out and "command: " in out
     assert "MFU peak: " in out and "packages: python " in out

@@ -35,12 +35,17 @@ def test_each_kind_is_classified_and_loads_the_same_weights(sources):
         torch.testing.assert_close(loaded(idx)[0], want, atol=1e-5, rtol=0, msg=kind)
 
 
-def test_hub_names_and_paths(tmp_path):
+def test_hub_names_and_paths(tmp_path, monkeypatch):
     assert weights.classify("gpt2") == weights.HUB
     assert weights.classify("openai-community/gpt2") == weights.HUB
     for missing in (tmp_path / "nope", "./nope", "~/nope", "a/b/c"):
-        with pytest.raises(UserError, match="no such checkpoint, run or Hugging Face folder"):
+        with pytest.raises(UserError, match="no such folder.*; expected a checkpoint, run or Hugging Face folder"):
             weights.classify(missing)
+    # DIR/NAME reads as a hub name, but where DIR is a folder here it is a mistyped path (issue 29 item 3)
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"runs/quickstrat: no such folder \(did you mean runs/quickstart\?\)"):
+        monkeypatch.chdir(tmp_path)
+        weights.classify("runs/quickstrat")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a model"):
         weights.classify(tmp_path / "empty")
@@ -60,3 +65,23 @@ def test_convert_round_trip_and_refusals(sources, tmp_path):
     with pytest.raises(UserError, match="already a gpt2lab checkpoint"):
         weights.import_hf(paths["checkpoint"], tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def test_weights_files_are_as_readable_as_the_others(sources, tmp_path):
+    """model.safetensors, of a checkpoint and of a to-hf export, gets the umask's mode like every other file, not
+    safetensors' 0600 (issue 29 item 14)."""
+    import os
+    import stat
+
+    from gpt2lab.fileio import file_mode
+
+    _, paths = sources
+    old = os.umask(0o022)
+    try:
+        folders = [weights.import_hf(paths["hf"], tmp_path / "ck"), weights.export_hf(paths["run"], tmp_path / "hf")]
+    finally:
+        os.umask(old)
+    for folder in folders:
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+        assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+    assert file_mode() == 0o666 & ~old

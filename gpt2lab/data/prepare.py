@@ -515,6 +515,10 @@ def prepare(
     job = PrepareJob.create(inputs, out_dir, hub=hub, val_fraction=val_fraction, val_tokens=val_tokens,
                             shard_tokens=shard_tokens, doc_split=doc_split, text_key=text_key, tokenizer=tokenizer,
                             max_docs=max_docs, max_tokens=max_tokens, workers=workers)
+    if not overwrite and (done := _already_prepared(job)) is not None:
+        log(f"{job.out_dir} already holds this prepare, complete ({done['tokens']['total']:,} tokens from the same "
+            "inputs, unchanged, with the same options): nothing to do (--overwrite redoes it)")
+        return done
     saved = _claim_output(job, overwrite)
     new_dir = not job.out_dir.exists()
     job.work_dir.mkdir(parents=True, exist_ok=True)
@@ -529,6 +533,18 @@ def prepare(
         raise
     finally:
         status.close()
+
+
+def _already_prepared(job: PrepareJob) -> dict | None:
+    """The manifest of the same job finished in its folder before (the same inputs, unchanged, options and
+    tokenizer; every shard there, of its size), else None."""
+    try:
+        manifest = load_manifest(job.out_dir)
+        same = manifest is not None and not job.work_dir.exists() and all(
+            manifest.get(k) == job.identity[k] for k in ("tokenizer", "vocab_sha256", "source", "options", "inputs"))
+        return verify(job.out_dir, hashes=False) if same else None
+    except UserError:  # a damaged folder: the usual checks below say what to do
+        return None
 
 
 def _claim_output(job: PrepareJob, overwrite: bool) -> PrepareState | None:
@@ -621,7 +637,7 @@ class _Preparation:
         if total == 0:
             _clear(job.out_dir)
             raise UserError(f"inputs hold no text ({self.counts.empty} empty documents); check the files"
-                            + ("" if job.doc_split == "file" else f" and doc_split={job.doc_split!r}"))
+                            + ("" if job.doc_split == "file" else f" and --doc-split {job.doc_split}"))
         self.router.finish()
         n_val = self.writers["val"].tokens
         self._check_splits(n_val, total)
@@ -649,10 +665,10 @@ class _Preparation:
         problem = None
         if split and n_val == 0:
             problem = f"only {total} tokens: too few for a validation split of {split}; " \
-                      "use more text or a larger val_fraction"
+                      "use more text or a larger --val-fraction"
         elif n_val >= total:
             problem = f"only {total} tokens: nothing left for training after the validation split of " \
-                      f"{split}; use more text or a smaller val split"
+                      f"{split}; use more text or a smaller --val-fraction or --val-tokens"
         if problem:
             _clear(self.job.out_dir)
             raise UserError(problem)
@@ -674,6 +690,7 @@ class _Preparation:
             "eot_position": "before_each_document",
             "source": job.source,
             "options": job.options,
+            "inputs": job.identity["inputs"],  # each input file's name, size and time: a re-run sees they are unchanged
             "documents": dataclasses.asdict(self.counts),  # kept, empty, invalid_utf8
             "tokens": {"val": n_val, "train": total - n_val, "total": total},
             "shards": self.writers["val"].shards + self.writers["train"].shards,

@@ -242,6 +242,9 @@ def find_shards(data_dir, split: str, required: bool = True) -> list[Path]:
     rest would train or evaluate on less data without a word); so is finding none, when ``required``.
     """
     data_dir = Path(data_dir)
+    if data_dir.is_file():
+        raise UserError(f"data directory {data_dir} is a file: the data must be a folder of shards; make one with "
+                        f"gpt2lab prepare {data_dir} --out DIR and use DIR")
     if not data_dir.is_dir():
         raise UserError(f"data directory {data_dir} does not exist; run gpt2lab prepare to create it")
     found = sorted((p for p in data_dir.iterdir() if _of_split(p.name, split) and p.is_file()), key=lambda p: p.name)

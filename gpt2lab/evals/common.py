@@ -23,10 +23,11 @@ def cache_dir() -> Path:
 
 
 def download(urls: list[str] | str, dest: Path, sha256: dict[str, str] | None = None, what: str = "data",
-             timeout: float = 30) -> Path:
+             timeout: float = 30, option: str = "--data PATH") -> Path:
     """Fetch the first reachable URL into ``dest`` (atomically), checking ``sha256[url]`` where given.
 
-    Raises UserError naming every URL tried and the offline fix when none works.
+    Raises UserError naming every URL tried and the offline fix: a local copy given as ``option``, as the
+    command at hand takes one (``--data PATH``; ``eval.hellaswag_data=PATH`` in training).
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     sha256 = sha256 or {}
@@ -54,14 +55,14 @@ def download(urls: list[str] | str, dest: Path, sha256: dict[str, str] | None = 
             if os.path.exists(tmp):
                 os.unlink(tmp)
     raise UserError(f"cannot download {what} to {dest} ({'; '.join(problems)}); download it yourself and pass "
-                    "--data PATH")
+                    f"it as {option}")
 
 
-def read_jsonl(path: Path, what: str) -> list[dict]:
+def read_jsonl(path: Path, what: str, option: str = "--data PATH") -> list[dict]:
     """Objects of a jsonl file; UserError with the file and line for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such {what} file; check the path given to --data")
+        raise UserError(f"{path}: no such {what} file; check the path given as {option}")
     records = []
     with open(path, encoding="utf-8", errors="strict") as f:
         try:

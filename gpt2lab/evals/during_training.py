@@ -13,17 +13,17 @@ sharded on all ranks, while tasks and samples score one full copy gathered on ra
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from ..config import Config
 from ..data.shards import find_shards
 from ..distributed import DistInfo
-from .common import select_items
-from .hellaswag import evaluate_hellaswag, load_hellaswag
-from .lambada import evaluate_lambada, load_lambada
-from .loss import eval_windows, evaluate_loss
 from ..generate import generate
 from ..tokenizer import Tokenizer, load_tokenizer
+from .common import select_items
+from .hellaswag import evaluate_hellaswag, load_hellaswag
+from .lambada import evaluate_lambada, file_variant, load_lambada
+from .loss import eval_windows, evaluate_loss
 
 
 def due(every: int, step: int, last: bool) -> bool:
@@ -127,7 +127,7 @@ def sample_texts(model, cfg: Config, autocast=None, tokenizer: Tokenizer | None 
         model, prompt, e.sample_tokens, num_samples=e.sample_count, temperature=e.sample_temperature,
         top_k=e.sample_top_k or None, seed=cfg.train.seed, autocast=autocast, vocab=tok.n_vocab,
     )
-    return [e.sample_prompt + tok.decode(o) for o in outs]
+    return [e.sample_prompt + tok.decode(o[len(prompt) :]) for o in outs]
 
 
 def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded: bool, log,
@@ -142,18 +142,22 @@ def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded
             log(f"warning: no '{cfg.data.val_split}' shards in {cfg.data.dir}; validation loss is skipped")
         else:
             windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e.val_tokens, verify=cfg.data.verify)
-            out.append(ValLoss(windows, e.val_batch or cfg.train.micro_batch, T, e.every, device, autocast, info, sharded))
+            out.append(ValLoss(windows, e.val_batch or cfg.train.micro_batch, T, e.every, device, autocast, info,
+                               sharded))
     common = dict(device=device, autocast=autocast, info=info, sharded=sharded)
     if e.hellaswag_every >= 0:
-        out.append(Task("hellaswag", select_items(load_hellaswag(e.hellaswag_data or None), e.hellaswag_items),
+        items = load_hellaswag(e.hellaswag_data or None, option="eval.hellaswag_data=PATH")
+        out.append(Task("hellaswag", select_items(items, e.hellaswag_items),
                         functools.partial(evaluate_hellaswag, gather=False, tokenizer=tok), every=e.hellaswag_every,
                         describe=lambda m: f"hellaswag acc_norm {m['completion_acc_norm']:.4f} "
                                            f"(lm-eval {m['lm_eval_acc_norm']:.4f}, {m['items']:,} items)", **common))
     if e.lambada_every >= 0:
-        out.append(Task("lambada", select_items(load_lambada(e.lambada_data or None), e.lambada_items),
+        texts = load_lambada(e.lambada_data or None, option="eval.lambada_data=PATH")
+        name = f"lambada_{file_variant(texts) if e.lambada_data else 'openai'}"  # which set the figures are of
+        out.append(Task("lambada", select_items(texts, e.lambada_items),
                         functools.partial(evaluate_lambada, gather=False, tokenizer=tok), every=e.lambada_every,
                         describe=lambda m: f"lambada acc {m['acc']:.4f} ppl {m['ppl']:.2f} "
-                                           f"({m['items']:,} passages)", **common))
+                                           f"({m['items']:,} passages) of {name}", **common))
     if e.sample_every >= 0:
         out.append(Samples(cfg, device, autocast, info, tok))
     return out

@@ -9,29 +9,27 @@ requests with the same context (a multiple-choice item's choices) share one row,
 is computed once. Rolling log-likelihoods (perplexity tasks) use the harness's own windows;
 ``generate_until`` decodes with a reused :class:`~gpt2lab.generate.Decoder`.
 
-A task whose data the hub cannot give (offline, or no access) can read a local file through a
-task YAML that includes the harness's definition, in a folder passed as ``--include-path``
-(:func:`write_local_task` writes one)::
-
-    # mytasks/hellaswag_local.yaml
-    include: /path/to/site-packages/lm_eval/tasks/hellaswag/hellaswag.yaml
-    task: hellaswag_local
-    dataset_path: json
-    dataset_name: null
-    training_split: null
-    dataset_kwargs:
-      data_files:
-        validation: /data/hellaswag_val.jsonl
+A task whose data the hub cannot give (offline, or no access) reads a local file: ``--data TASK=FILE``
+(:func:`local_tasks`) writes a task YAML that includes the harness's own definition of TASK and reads
+its evaluation split from FILE (:func:`write_local_task`), and runs that. HellaSwag and LAMBADA files
+are read as ``eval hellaswag`` and ``eval lambada`` read them (every format they take), so the
+harness scores the same text; a file of another task (json, jsonl, csv or parquet) must hold the
+fields its definition reads. Without a connection to the hub, the harness is told so at once: a
+dataset in the local cache is used, one that is not is a one-line error naming ``--data``.
 
 Under torchrun the harness gives each process its share of the requests and gathers the
-results on rank 0, which writes ``OUT/harness_results.json``.
+results on rank 0, which writes ``OUT/harness_results.json`` and ``OUT/harness_summary.json``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -45,27 +43,89 @@ from lm_eval.tasks import TaskManager
 from ..device import autocast_for, device_type, resolve_dtype
 from ..distributed import DistInfo, init_distributed, shutdown
 from ..errors import UserError
-from ..fileio import write_atomic
+from ..fileio import write_atomic, write_json_atomic
 from ..generate import Decoder, autocast_dtype, generate
 from ..tokenizer import Tokenizer, load_tokenizer
 from ..weights import load_pretrained, model_tokenizer
 from .common import results_folder
+from .hellaswag import load_hellaswag, texts
+from .lambada import load_lambada
 from .scoring import Request, score_fast
 
 TASKS_DIR = Path(lm_utils.__file__).parent / "tasks"  # the harness's own task definitions
 
 
-def write_local_task(folder: str | os.PathLike, task: str, base: str, split: str, data: str | os.PathLike,
-                     **overrides) -> Path:
+def write_local_task(folder: str | os.PathLike, task: str, base: str | os.PathLike, split: str,
+                     data: str | os.PathLike, **overrides) -> Path:
     """Write ``folder/<task>.yaml``: the harness's own task ``base`` (e.g. "hellaswag/hellaswag.yaml",
-    relative to its tasks folder) renamed ``task``, reading its ``split`` from the local jsonl ``data``;
-    ``overrides`` are further keys (``training_split=None``, ``metric_list=[...]``). Pass ``folder``
-    as ``--include-path``."""
-    doc = {"include": str(TASKS_DIR / base), "task": task, "dataset_path": "json", "dataset_name": None,
-           "dataset_kwargs": {"data_files": {split: str(data)}}, **overrides}
+    relative to its tasks folder, or a path) renamed ``task``, reading its ``split`` from the local file
+    ``data`` (json/jsonl, csv or parquet, by its suffix) and no training split; ``overrides`` are further
+    keys (``metric_list=[...]``). Pass ``folder`` as ``--include-path``, or the YAML's path as the task."""
+    builder = {".csv": "csv", ".parquet": "parquet"}.get(Path(data).suffix.lower(), "json")
+    doc = {"include": str(TASKS_DIR / base), "task": task, "dataset_path": builder, "dataset_name": None,
+           "dataset_kwargs": {"data_files": {split: str(Path(data).resolve())}}, "training_split": None, **overrides}
     path = Path(folder) / f"{task}.yaml"
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _hellaswag_docs(path: Path) -> tuple[list[dict], dict]:
+    """HellaSwag items as ``eval hellaswag`` reads them, with the harness's query and choices already made
+    (hellaswag.texts' lm_eval style: the harness's own preprocessing, tested against it), so the task needs no
+    ``process_docs`` and takes files without ctx_a/ctx_b or activity_label too."""
+    docs = []
+    for it in load_hellaswag(path, option="--data hellaswag=FILE"):
+        query, endings = texts(it, "lm_eval")
+        docs.append({"query": query, "choices": [e[1:] for e in endings], "label": it["label"]})
+    return docs, {"process_docs": None}
+
+
+def _lambada_docs(path: Path) -> tuple[list[dict], dict]:
+    """LAMBADA passages as ``eval lambada`` reads them (jsonl with 'text', or one passage per line)."""
+    return [{"text": t.strip()} for t in load_lambada(path, option="--data lambada_openai=FILE")], {}
+
+
+# The harness tasks whose local files gpt2lab reads itself, by the hub dataset their definition names.
+READERS = {"Rowan/hellaswag": _hellaswag_docs, "EleutherAI/lambada_openai": _lambada_docs,
+           "cimec/lambada": _lambada_docs}
+
+
+def parse_data(data: list[str] | None, tasks: list[str]) -> dict[str, Path]:
+    """``--data TASK=FILE`` options (a plain FILE with one task) as {task: file}."""
+    out = {}
+    for text in data or []:
+        task, sep, file = text.partition("=")
+        if not (sep and task in tasks):
+            if len(tasks) != 1 or (sep and not Path(text).exists()):
+                raise UserError(f"--data {text}: write TASK=FILE with TASK one of --tasks ({', '.join(tasks)})")
+            task, file = tasks[0], text
+        if not Path(file).is_file():
+            raise UserError(f"--data {text}: no such file {file}")
+        out[task] = Path(file)
+    return out
+
+
+def local_tasks(manager: TaskManager, data: dict[str, Path], folder: Path) -> dict[str, str]:
+    """{task: the path of a task YAML in ``folder`` that runs the harness's task on the local file ``data[task]``}
+    (a task named by its path runs as the task it names)."""
+    specs = {}
+    for task, file in data.items():
+        entry = manager.task_index.get(task)
+        cfg = entry.cfg if entry is not None and entry.kind.name == "TASK" and entry.yaml_path else None
+        split = cfg and (cfg.get("test_split") or cfg.get("validation_split"))
+        if not split:
+            raise UserError(f"--data {task}=FILE: {task} is not a single harness task with a test or validation "
+                            "split (a group's tasks each take their own --data)")
+        splits = {"validation_split": None, "test_split": None, "fewshot_split": None,
+                  "test_split" if cfg.get("test_split") else "validation_split": split}
+        reader = READERS.get(cfg.get("dataset_path"))
+        if reader is not None:  # written as the harness's task reads it
+            docs, extra = reader(file)
+            file = folder / f"{task}.jsonl"
+            write_atomic(file, "".join(json.dumps(d) + "\n" for d in docs))
+            splits.update(extra)
+        specs[task] = str(write_local_task(folder, task, entry.yaml_path, split, file, **splits))
+    return specs
 
 
 class GPT2LabLM(TemplateLM):
@@ -147,7 +207,7 @@ class GPT2LabLM(TemplateLM):
             temperature = float(kw.pop("temperature", 0.0)) if kw.pop("do_sample", False) else 0.0
             ctx = self.tok_encode(context)[-max(1, self.max_length - max_new):] or [self.tok.eot_token]
             tokens = generate(self._decoder, ctx, max_new, temperature=temperature, stop_token=self.tok.eot_token,
-                              autocast=self.autocast, seed=1234, vocab=self.tok.n_vocab)[0]
+                              autocast=self.autocast, seed=1234, vocab=self.tok.n_vocab)[0][len(ctx) :]
             text = self.tok_decode(tokens)
             for stop in until:
                 if stop:
@@ -177,33 +237,106 @@ class GPT2LabLM(TemplateLM):
             dist.barrier()
 
 
-def _data_error(e: BaseException, tasks: list[str]) -> UserError:
+def _data_error(e: BaseException, tasks: list[str], offline: bool) -> UserError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    why = "the Hugging Face hub cannot be reached and it is not in the local cache" if offline else \
+        f"{type(e).__name__}: {first}"
     return UserError(
-        f"the harness could not load the data of {', '.join(tasks)} ({type(e).__name__}: {first}); to use a local "
-        f"file, write a task YAML with 'include: {TASKS_DIR}/<task folder>/<task>.yaml', 'dataset_path: json' and "
-        "'dataset_kwargs: {data_files: {<split>: FILE}}' in a folder, and pass it as --include-path (see "
-        "gpt2lab/evals/harness.py)")
+        f"the harness could not load the data of {', '.join(tasks)} ({why}); pass a local copy as --data TASK=FILE "
+        "(repeat it for each task): for hellaswag the HellaSwag jsonl and for lambada_openai the LAMBADA file that "
+        "eval hellaswag and eval lambada read, for another task a json, jsonl, csv or parquet file of its "
+        "evaluation split with the fields its definition reads")
 
 
-def run_harness(model_path: str, tasks: list[str], *, out: str | None = None, device: str = "auto",
-                dtype: str = "auto", limit: int | None = None, num_fewshot: int | None = None,
-                include_path: str | None = None, batch_tokens: int | None = None, tokenizer: str | None = None) -> dict:
-    """``gpt2lab eval harness``: run harness ``tasks`` on a gpt2lab model; rank 0 writes
-    ``OUT/harness_results.json`` (default OUT: ``evals/<name of MODEL>``) and gets {task: metrics}."""
-    if include_path and not Path(include_path).is_dir():
-        raise UserError(f"--include-path {include_path}: no such folder")
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers (any HTTP answer counts; proxies as the environment sets them)."""
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # URLError is an OSError: no name resolution, no route, refused, timed out
+        return False
+    return True
+
+
+def _go_offline() -> None:
+    """No hub: datasets and huggingface_hub read their caches only, at once (not a minute of retries)."""
+    import datasets
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+
+
+@functools.lru_cache(maxsize=4)
+def _index(include_path: str | None) -> TaskManager:
+    """The harness's task index, with ``include_path``'s tasks (read once per process: it parses thousands of
+    YAML files)."""
     harness_log = logging.getLogger("lm_eval")
     level = harness_log.level
     harness_log.setLevel(logging.ERROR)  # indexing the task folders warns about its own duplicate tags
     try:
-        manager = TaskManager(include_path=include_path)
+        return TaskManager(include_path=include_path)
     finally:
         harness_log.setLevel(level)
+
+
+def _task_manager(include_path: str | None, tasks: list[str]) -> TaskManager:
+    """The harness's task index (with ``include_path``'s), every one of ``tasks`` in it."""
+    if include_path and not Path(include_path).is_dir():
+        raise UserError(f"--include-path {include_path}: no such folder")
+    manager = _index(str(Path(include_path).resolve()) if include_path else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise UserError(f"--tasks: unknown harness task(s) {', '.join(unknown)}; `lm-eval ls tasks` lists them, "
                         "and --include-path adds your own task YAMLs")
+    return manager
+
+
+def _evaluate(lm, specs: list[str], manager: TaskManager, tasks: list[str], local: dict, **kwargs) -> dict | None:
+    """simple_evaluate, with the data problems as one-line errors: a hub dataset that cannot be had (without a
+    connection, found out first, so that the cache is read at once), a local file without the fields the task reads."""
+    offline = False
+    if any(t not in local for t in tasks) and not _datasets_offline():
+        offline = not _hub_reachable()
+        if offline:
+            _go_offline()
+    try:
+        return simple_evaluate(model=lm, tasks=specs, task_manager=manager, log_samples=False, **kwargs)
+    except Exception as e:
+        error = _user_error(e, [t for t in tasks if t not in local], local, offline)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _user_error(e: Exception, missing: list[str], local: dict, offline: bool) -> UserError | None:
+    """The one-line error for what the harness raised about the data; None for anything else (a bug)."""
+    if local and (isinstance(e, KeyError) or type(e).__name__ == "UndefinedError"):  # Python's, or a template's
+        return UserError(f"a --data file ({', '.join(map(str, local.values()))}) lacks a field the task reads "
+                         f"({type(e).__name__}: {str(e)[:200]}): give a file of the task's own dataset")
+    hub = type(e).__module__.split(".")[0] in ("datasets", "huggingface_hub", "requests", "urllib3", "httpx")
+    if missing and (hub or isinstance(e, (ConnectionError, FileNotFoundError))):  # a dataset not to be had
+        return _data_error(e, missing, offline)
+    return None
+
+
+def _datasets_offline() -> bool:
+    """Whether datasets reads its cache only already (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE set)."""
+    import datasets
+
+    return bool(datasets.config.HF_HUB_OFFLINE)
+
+
+def run_harness(model_path: str, tasks: list[str], *, data: list[str] | None = None, out: str | None = None,
+                device: str = "auto", dtype: str = "auto", limit: int | None = None, num_fewshot: int | None = None,
+                include_path: str | None = None, batch_tokens: int | None = None, tokenizer: str | None = None) -> dict:
+    """``gpt2lab eval harness``: run harness ``tasks`` on a gpt2lab model, ``data`` (``TASK=FILE``) read from local
+    files; rank 0 writes the harness's ``OUT/harness_results.json`` and ``OUT/harness_summary.json`` (default OUT:
+    ``evals/<name of MODEL>``) and gets the summary, {task: metrics} in its "results"."""
+    local = parse_data(data, tasks)
+    manager = _task_manager(include_path, tasks)
     out_dir = results_folder(out, model_path)
     info = init_distributed(device)
     try:
@@ -211,15 +344,10 @@ def run_harness(model_path: str, tasks: list[str], *, out: str | None = None, de
         lm = GPT2LabLM(model, info.device, autocast_for(info.device, resolve_dtype(dtype, info.device)), info,
                        batch_tokens, model_tokenizer(model_path, model.config, tokenizer))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        try:
-            results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit or None,
-                                      num_fewshot=num_fewshot, log_samples=False)
-        except (ConnectionError, FileNotFoundError) as e:
-            raise _data_error(e, tasks) from None
-        except Exception as e:  # the datasets/hub libraries' own errors for a missing or unreachable dataset
-            if type(e).__module__.split(".")[0] in ("datasets", "huggingface_hub", "requests", "urllib3"):
-                raise _data_error(e, tasks) from None
-            raise
+        with tempfile.TemporaryDirectory(prefix="gpt2lab-tasks-") as folder:  # one per process: no races
+            specs = local_tasks(manager, local, Path(folder))
+            results = _evaluate(lm, [specs.get(t, t) for t in tasks], manager, tasks, local, limit=limit or None,
+                                num_fewshot=num_fewshot)
         if not info.is_main or results is None:
             return {}
         write_atomic(out_dir / "harness_results.json",
@@ -227,8 +355,11 @@ def run_harness(model_path: str, tasks: list[str], *, out: str | None = None, de
         summary = {"task": "harness", "model": str(model_path),
                    "dtype": str(resolve_dtype(dtype, info.device)).replace("torch.", ""),
                    "world_size": info.world_size, "out": str(out_dir)}
+        if local:
+            summary["data"] = {t: str(f) for t, f in local.items()}
         summary["results"] = {t: {k: v for k, v in m.items() if isinstance(v, (int, float)) and k != "alias"}
                               for t, m in results["results"].items()}
+        write_json_atomic(out_dir / "harness_summary.json", summary)
         return summary
     finally:
         shutdown(info)

@@ -58,14 +58,15 @@ def default_path() -> Path:
     return cache_dir() / "hellaswag" / "hellaswag_val.jsonl"
 
 
-def load_hellaswag(path: str | os.PathLike | None = None) -> list[dict]:
-    """Validated HellaSwag items from ``path``, or from the cache (downloaded when missing)."""
+def load_hellaswag(path: str | os.PathLike | None = None, option: str = "--data PATH") -> list[dict]:
+    """Validated HellaSwag items from ``path``, or from the cache (downloaded when missing); ``option`` is how the
+    user gives a local file (``--data PATH``, ``eval.hellaswag_data=PATH``), for the messages."""
     if path is None:
         path = default_path()
         if not path.is_file():
-            download(URL, path, what="HellaSwag validation data")
+            download(URL, path, what="HellaSwag validation data", option=option)
     path = Path(path)
-    items = read_jsonl(path, "HellaSwag")
+    items = read_jsonl(path, "HellaSwag", option)
     for n, it in enumerate(items, 1):
         where = f"{path} item {n}"
         has_ctx = isinstance(it.get("ctx"), str) or (isinstance(it.get("ctx_a"), str)

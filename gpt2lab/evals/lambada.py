@@ -16,6 +16,9 @@ Variants:
   PTB-style tokens such as ``do n't``), a local file only (``--data``): jsonl with ``text`` or
   plain text with one passage per line. It is scored as it is, without detokenization, so its
   numbers are lower than ``openai``'s and not comparable to them.
+
+A local file is the variant its text shows (:func:`file_variant`), unless one is named: the
+original release is lowercased throughout, OpenAI's is not.
 """
 
 from __future__ import annotations
@@ -45,29 +48,31 @@ def default_path() -> Path:
     return cache_dir() / "lambada" / "lambada_openai_test.jsonl"
 
 
-def fetch_openai(dest: Path | None = None, urls: list[str] | None = None) -> Path:
+def fetch_openai(dest: Path | None = None, urls: list[str] | None = None, option: str = "--data PATH") -> Path:
     """Download lambada_openai into the cache (the first URL that works)."""
     return download(urls or OPENAI_URLS, Path(dest) if dest else default_path(), sha256=OPENAI_SHA256,
-                    what="LAMBADA (lambada_openai)")
+                    what="LAMBADA (lambada_openai)", option=option)
 
 
-def load_lambada(path: str | os.PathLike | None = None, variant: str = "openai") -> list[str]:
-    """Passages of LAMBADA: from ``path`` (jsonl with 'text', or one passage per line), or the cached download."""
+def load_lambada(path: str | os.PathLike | None = None, variant: str = "openai",
+                 option: str = "--data PATH") -> list[str]:
+    """Passages of LAMBADA: from ``path`` (jsonl with 'text', or one passage per line), or the cached download of
+    ``variant``; ``option`` is how the user gives a local file (``--data PATH``, ``eval.lambada_data=PATH``)."""
     if variant not in VARIANTS:
         raise UserError(f"LAMBADA variant {variant!r}: choose {' or '.join(VARIANTS)}")
     if path is None:
         if variant == "original":
-            raise UserError("the original LAMBADA test set is not downloaded: pass --data lambada_test_plain_text.txt "
-                            "(or a jsonl with 'text')")
+            raise UserError("the original LAMBADA test set is not downloaded: pass its file "
+                            f"(lambada_test_plain_text.txt, or a jsonl with 'text') as {option}")
         path = default_path()
         if not path.is_file():
-            fetch_openai(path)
+            fetch_openai(path, option=option)
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such LAMBADA file; check the path given to --data")
+        raise UserError(f"{path}: no such LAMBADA file; check the path given as {option}")
     if path.suffix.lower() in (".jsonl", ".json"):  # JSON lines, as lm-eval's lambada_openai
         texts = []
-        for n, r in enumerate(read_jsonl(path, "LAMBADA"), 1):
+        for n, r in enumerate(read_jsonl(path, "LAMBADA", option), 1):
             if not isinstance(r.get("text"), str):
                 raise UserError(f"{path} record {n}: no 'text' string field; is this a LAMBADA jsonl file?")
             texts.append(r["text"])
@@ -82,6 +87,12 @@ def load_lambada(path: str | os.PathLike | None = None, variant: str = "openai")
     if not texts:
         raise UserError(f"{path}: no passages")
     return texts
+
+
+def file_variant(texts: list[str]) -> str:
+    """The variant passages of a local file are: "original" when lowercased throughout (the original release),
+    else "openai" (OpenAI's detokenized set keeps its capitals)."""
+    return "original" if all(t == t.lower() for t in texts) else "openai"
 
 
 def split_passage(text: str) -> tuple[str, str]:
@@ -142,7 +153,7 @@ def evaluate_lambada(
 def run_lambada(
     model_path: str,
     *,
-    variant: str = "openai",
+    variant: str | None = None,
     data: str | None = None,
     out: str | None = None,
     limit: int = 0,
@@ -152,12 +163,12 @@ def run_lambada(
     plain: bool = False,
     tokenizer: str | None = None,
 ) -> dict:
-    """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON."""
-    def load() -> list[str]:
-        return select_items(load_lambada(data, variant), limit)  # the subset eval.lambada_items scores
-
+    """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON. ``variant``:
+    openai or original; None: openai, or for a local file ``data``, the one its text is (:func:`file_variant`)."""
+    texts = load_lambada(data, variant or "openai")
+    variant = variant or (file_variant(texts) if data else "openai")
     return run_task(
-        f"lambada_{variant}", model_path, load,
+        f"lambada_{variant}", model_path, lambda: select_items(texts, limit),  # the subset eval.lambada_items scores
         lambda model, texts, info, autocast, tok: evaluate_lambada(
             model, texts, info.device, autocast, info, batch_tokens=batch_tokens, plain=plain, tokenizer=tok),
         data_label=str(data or default_path()), out=out, device=device, dtype=dtype, plain=plain, tokenizer=tokenizer,

@@ -10,6 +10,7 @@ result is the mean loss over exactly the same tokens for any world size or batch
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,9 @@ from ..data.shards import find_shards, read_shard
 from ..device import autocast_for, resolve_dtype
 from ..distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from ..errors import UserError
+from ..fileio import write_json_atomic
 from ..weights import CHECKPOINT, RUN, classify, load_pretrained, model_tokenizer
+from .common import results_folder
 
 
 def eval_windows(data_dir, split: str, seq_len: int, max_tokens: int, verify: bool = True) -> list[np.ndarray]:
@@ -91,21 +94,26 @@ def evaluate_loss(
     return (total[0] / total[1]).item()
 
 
-def run_loss(model_path, *, data=None, split: str = "val", tokens: int | None = None, batch_size: int = 8,
+def run_loss(model_path, *, data=None, out=None, split: str = "val", tokens: int | None = None, batch_size: int = 8,
              seq_len: int | None = None, device: str = "auto", dtype: str = "auto",
              tokenizer: str | None = None) -> dict:
     """``gpt2lab eval loss``: the mean loss of the model at ``model_path`` over the first ``tokens`` tokens of
     ``split`` in the shard folder ``data``, in windows of ``seq_len``. A gpt2lab run or checkpoint gives the defaults
     (its data.dir, train.seq_len, eval.val_tokens and train.dtype, for ``dtype="auto"``); a Hugging Face model needs
-    ``data`` and defaults to its block_size and the config defaults. Runs under torchrun too, sharded."""
+    ``data`` and defaults to its block_size and the config defaults. Runs under torchrun too, sharded; rank 0 writes
+    ``OUT/loss_summary.json`` (default OUT: ``evals/<name of the model folder>``)."""
     own = classify(model_path) in (CHECKPOINT, RUN)
     if not own and not data:
         raise UserError(f"{model_path} is a Hugging Face model: pass --data (a folder of shards) to score it on")
+    out_dir = results_folder(out, model_path)
     info = init_distributed(device)
     try:
         # a gpt2lab run gives the defaults (data, seq_len, tokens, dtype); a Hugging Face model, the config's
         model, cfg = load_model(model_path, device=info.device) if own else (
             load_pretrained(model_path, info.device), from_dict({}))
+        if not data and not Path(cfg.data.dir).is_dir():  # e.g. a checkpoint of convert from-hf: the default data.dir
+            raise UserError(f"{model_path} names data.dir {cfg.data.dir}, which is not here: pass --data (a folder of "
+                            "shards made by gpt2lab prepare) to score it on")
         data = data or cfg.data.dir
         tok = model_tokenizer(model_path, model.config, tokenizer)
         check_data_tokenizer(data, load_manifest(data), tok, f"model {model_path}'s tokenizer")
@@ -116,7 +124,11 @@ def run_loss(model_path, *, data=None, split: str = "val", tokens: int | None = 
         dtype = cfg.train.dtype if dtype == "auto" else dtype  # by default, as the run evaluated
         autocast = autocast_for(info.device, resolve_dtype(dtype, info.device))
         loss = evaluate_loss(model, windows, batch_size, info.device, autocast, info)
+        summary = {"task": "loss", "model": str(model_path), "split": split, "data": str(data), "tokenizer": tok.spec,
+                   "tokens": len(windows) * seq_len, "loss": loss, "dtype": dtype, "world_size": info.world_size}
+        if info.is_main:
+            write_json_atomic(out_dir / "loss_summary.json", summary)
+            summary["out"] = str(out_dir)
+        return summary
     finally:
         shutdown(info)
-    return {"task": "loss", "split": split, "data": str(data), "tokenizer": tok.spec, "tokens": len(windows) * seq_len,
-            "loss": loss}

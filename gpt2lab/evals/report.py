@@ -91,8 +91,8 @@ def run_report(run_dir: str | os.PathLike, *, plot: str | None = None, as_json: 
                 raise
             warn_once(f"cannot write {e.path} ({e.reason}): the report shows no plot; --plot FILE writes it elsewhere")
             drawn = None
-    if markdown:
-        return report_markdown(run_dir, rows, drawn)
+    if markdown:  # the plot's link is absolute: the report is saved and opened anywhere
+        return report_markdown(run_dir, rows, drawn and str(Path(drawn).resolve()))
     if as_json:
         return json.dumps(rows) + "\n"
     status = run_row(Path(run_dir))

@@ -185,6 +185,17 @@ class Heartbeat:
         self._write()
 
 
+def note_status(run_dir: str | os.PathLike, state: str, message: str, max_steps: int) -> None:
+    """Rank 0's status.json outside the loop's Heartbeat: a torchrun restart setting up (``running``, saying so)
+    or failing before it trains (``stopped``, with the error). The step stays the last one recorded."""
+    path = Path(run_dir) / STATUS_FILE
+    old = read_json(path) or {}
+    step = old.get("step") if isinstance(old.get("step"), int) else 0
+    now = time.time()
+    write_json_atomic(path, {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "step": step,
+                             "max_steps": max_steps, "started": now, "updated": now, "message": message})
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

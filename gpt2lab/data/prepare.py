@@ -43,6 +43,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import check_folder_path, file_sha256, replace_dir, write_atomic, write_json_atomic
+from ..layout import LOCK_FILE
+from ..lock import FolderLock
 from ..progress import PrepareStatus, live_wanted
 from ..tokenizer import COPY_DIR, VOCAB_SHA256, Tokenizer, copy_folder, get_tokenizer, load_tokenizer
 from .shards import MANIFEST, SHARD_SUFFIXES, VERSION, VERSION_U32, load_manifest, read_shard, write_shard
@@ -528,20 +530,20 @@ def prepare(
     job = PrepareJob.create(inputs, out_dir, hub=hub, val_fraction=val_fraction, val_tokens=val_tokens,
                             shard_tokens=shard_tokens, doc_split=doc_split, text_key=text_key, tokenizer=tokenizer,
                             max_docs=max_docs, max_tokens=max_tokens, workers=workers)
-    saved = _claim_output(job, overwrite)
-    new_dir = not job.out_dir.exists()
-    job.work_dir.mkdir(parents=True, exist_ok=True)
-    status = _status(job, log)
-    try:
-        return _Preparation(job, status, saved).run()
-    except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
-        if saved is None and not _old_outputs(job.out_dir):
-            _clear(job.out_dir)
-            if new_dir and not any(job.out_dir.iterdir()):
-                job.out_dir.rmdir()
-        raise
-    finally:
-        status.close()
+    # one prepare per folder, from before it reads the folder until its manifest is written (lock.py); a folder
+    # the lock made goes again with it when nothing was written
+    with FolderLock(job.out_dir / LOCK_FILE, "prepare"):
+        saved = _claim_output(job, overwrite)
+        job.work_dir.mkdir(parents=True, exist_ok=True)
+        status = _status(job, log)
+        try:
+            return _Preparation(job, status, saved).run()
+        except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
+            if saved is None and not _old_outputs(job.out_dir):
+                _clear(job.out_dir)
+            raise
+        finally:
+            status.close()
 
 
 def _claim_output(job: PrepareJob, overwrite: bool) -> PrepareState | None:

@@ -37,14 +37,15 @@ class FolderBusy(UserError):
 class FolderLock:
     """The lock file ``path`` of a folder, for the command ``what`` (e.g. "train", "prepare").
 
-    ``acquire()`` takes it or raises FolderBusy naming the holder; ``release()`` lets go (the lock file
-    goes, and the folder too when acquiring made it and it is still empty). Also a context manager.
+    ``acquire()`` takes it or raises FolderBusy naming the holder (OSError when the folder cannot be written);
+    ``release()`` lets go: the lock file goes, and so do the folders acquiring made if they are still empty.
+    Also a context manager.
     """
 
     def __init__(self, path: str | os.PathLike, what: str, heartbeat_s: float = HEARTBEAT_S):
         self.path, self.what, self.heartbeat_s = Path(path), what, heartbeat_s
         self._fd: int | None = None
-        self._made_folder = False
+        self._made: list[Path] = []  # the folders acquiring made, deepest first
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -57,7 +58,7 @@ class FolderLock:
 
     def acquire(self) -> None:
         folder = self.path.parent
-        self._made_folder = not folder.exists()
+        self._made = [p for p in (folder, *folder.parents) if not p.exists()]
         while True:  # until the file locked is the one at self.path (a holder letting go removes it)
             folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -123,9 +124,11 @@ class FolderLock:
             if _same_file(fd, self.path):  # still ours: remove it while holding it, then let go
                 self.path.unlink()
         os.close(fd)
-        if self._made_folder:  # nothing was written: leave no empty folder behind
-            with contextlib.suppress(OSError):
-                self.path.parent.rmdir()
+        for folder in self._made:  # nothing was written into them: leave no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     @property
     def held(self) -> bool:

@@ -281,8 +281,16 @@ def run_row(run_dir: Path) -> dict:
         state, why = ("finished" if done else "stopped"), "no status.json"
     row["status"], row["status_detail"] = state, why
     files = [run_dir / n for n in (STATUS_FILE, METRICS_FILE, RUN_CONFIG)] + list_checkpoints(run_dir)[-1:]
-    row["updated"] = max((f.stat().st_mtime for f in files if f.exists()), default=None)
+    row["updated"] = max((m for f in files if (m := _mtime(f)) is not None), default=None)
     return row
+
+
+def _mtime(path: Path) -> float | None:
+    """None for a file that is gone, also one a training run's retention removes while it is looked at."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def list_runs(root: str | os.PathLike) -> list[dict]:

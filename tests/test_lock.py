@@ -33,14 +33,14 @@ def env() -> dict:
 
 
 def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
-    path = tmp_path / "new" / layout.LOCK_FILE
+    path = tmp_path / "new" / "run" / layout.LOCK_FILE
     with FolderLock(path, "train"):
         holder = json.loads(path.read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname() and holder["what"] == "train"
         with pytest.raises(FolderBusy, match=rf"is in use: gpt2lab train \(pid {os.getpid()} on "
                                              rf"{re.escape(socket.gethostname())}\) holds its lock .* one writer"):
             FolderLock(path, "prepare").acquire()
-    assert not path.exists() and not path.parent.exists()  # the folder the lock made, empty: gone with it
+    assert not (tmp_path / "new").exists()  # the folders the lock made, empty: gone with it
     (tmp_path / "kept").mkdir()
     with FolderLock(tmp_path / "kept" / layout.LOCK_FILE, "train"):
         pass

@@ -532,7 +532,13 @@ def prepare(
                             max_docs=max_docs, max_tokens=max_tokens, workers=workers)
     # one prepare per folder, from before it reads the folder until its manifest is written (lock.py); a folder
     # the lock made goes again with it when nothing was written
-    with FolderLock(job.out_dir / LOCK_FILE, "prepare"):
+    lock = FolderLock(job.out_dir / LOCK_FILE, "prepare")
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise UserError(f"output {job.out_dir}: cannot write {e.filename or job.out_dir} ({e.strerror or e}); "
+                        "choose a folder this user can write to") from None
+    try:
         saved = _claim_output(job, overwrite)
         job.work_dir.mkdir(parents=True, exist_ok=True)
         status = _status(job, log)
@@ -544,6 +550,8 @@ def prepare(
             raise
         finally:
             status.close()
+    finally:
+        lock.release()
 
 
 def _claim_output(job: PrepareJob, overwrite: bool) -> PrepareState | None:

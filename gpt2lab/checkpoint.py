@@ -25,6 +25,10 @@ exists is complete: a run killed mid-write leaves only a ``.tmp-*`` folder that 
 and cleaned up by the next save. A save that fails (a full disk) removes its temporary folder
 and leaves the previous checkpoint as it was. A checkpoint found damaged on ``--resume`` is moved
 aside to ``checkpoints/damaged-step_N`` and the newest intact one is used.
+
+Readers (``sample``, ``eval``, ``convert``) take no lock: a run folder given to them means its newest
+checkpoint, and when the run's retention removes it while they read, they read the newest again
+(:func:`read_newest`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ Resumable: the work in progress lives in ``OUT/.prepare/`` (partial shards, appe
 ``state.json``, saved after every finished shard). Run the same command again after a crash
 or a kill and it continues from the last saved state; the output is byte-identical to an
 uninterrupted run. The output depends only on the inputs and options, never on the number
-of workers or on interruptions.
+of workers or on interruptions. One prepare at a time per output folder: it holds the folder's
+lock (lock.py) for its whole run, and a second is refused in one line before it reads the folder.
 """
 
 from __future__ import annotations

@@ -287,8 +287,9 @@ class ManyHands:
         """8 `sample`/`eval loss` calls on a run that saves every step and keeps one checkpoint."""
         tmp = self.trial.fresh()
         run = tmp / "run"
-        proc = start(args_for(self.data, run, "train.max_steps=2000", "train.ckpt_every=1", "train.keep_checkpoints=1"),
-                     tmp / "log")
+        # small steps: a checkpoint replaces the last one about as often as a reader loads one
+        proc = start(args_for(self.data, run, "train.max_steps=5000", "train.ckpt_every=1", "train.keep_checkpoints=1",
+                              "train.micro_batch=2", "train.seq_len=32"), tmp / "log")
         wait_for(lambda: bool(ckpt.list_checkpoints(run)), proc)
         failed = []
         for i in range(8):

@@ -29,6 +29,10 @@ exists is complete: a run killed mid-write leaves only a ``.tmp-*`` folder that 
 and cleaned up by the next save. A save that fails (a full disk) removes its temporary folder
 and leaves the previous checkpoint as it was. A checkpoint found damaged on ``--resume`` is moved
 aside to ``checkpoints/damaged-step_N`` and the newest intact one is used.
+
+Readers (``sample``, ``eval``, ``convert``) take no lock: a run folder given to them means its newest
+checkpoint, and when the run's retention removes it while they read, they read the newest again
+(:func:`read_newest`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ import math
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -81,6 +87,7 @@ from .optim import group_settings, restore_group_settings
 from .sizes import check_fits
 from .tokenizer import COPY_DIR, Tokenizer, copy_folder, load_tokenizer
 
+T = TypeVar("T")
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight (unless model.tie_head is false)
 
 
@@ -402,27 +409,54 @@ def load_checkpoint_config(ckpt: Path) -> Config:
     return from_dict(raw or {}, f" in {path}")
 
 
+READ_TRIES = 5  # a reader chasing a run that saves (and drops) checkpoints faster than it reads gives up after these
+
+
+def read_newest(path: str | os.PathLike, read: Callable[[Path], T]) -> T:
+    """``read(checkpoint)`` of the checkpoint ``path`` names: the folder itself, or a run folder's newest.
+
+    Readers take no lock: a run training beside them keeps only its newest ``keep_checkpoints``, and may remove
+    the one being read. When reading a run's newest fails and it is no longer the newest (retention removed it,
+    or a newer one came), the newest is read instead; a failure of the newest itself (a damaged checkpoint)
+    is the error."""
+    ckpt = resolve_checkpoint(path)
+    for _ in range(READ_TRIES - 1):
+        try:
+            return read(ckpt)
+        except (UserError, OSError):
+            if ckpt == Path(path):  # a checkpoint folder named itself: nothing else to take
+                raise
+            newest = resolve_checkpoint(path)
+            if newest == ckpt:
+                raise
+            ckpt = newest
+    return read(ckpt)
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,
                unverified: bool | None = None) -> tuple[GPT, Config]:
-    """Load a trained model from a checkpoint or run folder, for sampling or evaluation; ``unverified``: also
-    one without a complete checksums.json (see verify_checkpoint)."""
-    ckpt = resolve_checkpoint(path)
-    verify_checkpoint(ckpt, unverified=unverified)
-    cfg = load_checkpoint_config(ckpt)
-    check_fits(cfg.model, str(device), str(ckpt / CONFIG_FILE))
-    model = GPT(cfg.model).to(device)
-    load_model_weights(model, ckpt / MODEL_FILE)
-    model.eval()
-    return model, cfg
+    """Load a trained model from a checkpoint or run folder (its newest checkpoint), for sampling or evaluation;
+    ``unverified``: also one without a complete checksums.json (see verify_checkpoint)."""
+    def read(ckpt: Path) -> tuple[GPT, Config]:
+        verify_checkpoint(ckpt, unverified=unverified)
+        cfg = load_checkpoint_config(ckpt)
+        check_fits(cfg.model, str(device), str(ckpt / CONFIG_FILE))
+        model = GPT(cfg.model).to(device)
+        load_model_weights(model, ckpt / MODEL_FILE)
+        return model.eval(), cfg
+
+    return read_newest(path, read)
 
 
 def checkpoint_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """A checkpoint's (or a run's newest checkpoint's) tokenizer: its own copy (``tokenizer/``), else its config's
     data.tokenizer (GPT-2's for checkpoints made before tokenizers could be chosen)."""
-    ckpt = resolve_checkpoint(path)
-    if (ckpt / COPY_DIR).is_dir():
-        return load_tokenizer(ckpt / COPY_DIR)
-    return load_tokenizer(load_checkpoint_config(ckpt).data.tokenizer)
+    def read(ckpt: Path) -> Tokenizer:
+        if (ckpt / COPY_DIR).is_dir():
+            return load_tokenizer(ckpt / COPY_DIR)
+        return load_tokenizer(load_checkpoint_config(ckpt).data.tokenizer)
+
+    return read_newest(path, read)
 
 
 def load_train_state(ckpt: Path) -> dict:
@@ -589,6 +623,15 @@ class Checkpointer:
             except OSError as e:
                 raise UserError(f"config key 'train.run_dir': cannot write {e.filename or self.run_dir} "
                                 f"({e.strerror or e}); choose a folder this user can write to") from None
+
+    def check_none_damaged(self) -> None:
+        """``--resume`` finding no checkpoint starts from step 0, unless damaged ones were set aside: starting over
+        would then hide them, so it is refused (the same answer on every rank)."""
+        root = self.run_dir / CHECKPOINTS_DIR
+        damaged = broadcast_object(sorted(p.name for p in root.glob(DAMAGED_PREFIX + "step_*")), self.info)
+        if damaged:
+            raise UserError(f"--resume: no intact checkpoint in {root}, only damaged ones set aside "
+                            f"({', '.join(damaged)}); delete them to start over from step 0")
 
     def resume_point(self, log) -> Path:
         """The newest checkpoint whose files match their checksums, chosen by rank 0 for all ranks

@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from .errors import PeerFailure
 from .device import device_type, resolve_device
-
+from .errors import PeerFailure
 
 
 @dataclass
@@ -40,8 +42,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
-    """Join torchrun's process group; ``timeout_s`` bounds how long any collective waits for the others."""
+def init_distributed(device: str = "auto", timeout_s: float = 600,
+                     on_failure: Callable[[str], None] | None = None) -> DistInfo:
+    """Join torchrun's process group; ``timeout_s`` bounds how long any collective waits for the others.
+
+    Setting the group up fails in one line (PeerFailure) within about ``timeout_s``, also where the setup
+    itself would hang (a watchdog ends the process); ``on_failure`` is told the message first."""
     device = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -55,8 +61,65 @@ def init_distributed(device: str = "auto", timeout_s: float = 600) -> DistInfo:
         backend = "nccl" if device_type(device) == "cuda" else "gloo"
         # device_id binds the NCCL communicator to this GPU up front (eager init, no guessing later).
         kwargs = {"device_id": torch.device(device)} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        with _watchdog(rank, timeout_s, on_failure):
+            try:
+                dist.init_process_group(backend=backend, timeout=timeout, **_attempt_store(rank, world_size, timeout),
+                                        **kwargs)
+            except Exception as e:  # a peer that died starting, a refused connection, a store that timed out
+                failure = setup_failure(e, rank, timeout_s)
+                if on_failure is not None:
+                    on_failure(str(failure))
+                raise failure from e
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dict:
+    """The store a group under torchrun's restarts sets itself up through: its own keys for each attempt.
+
+    torchrun (c10d rendezvous) hands its workers one TCPStore for the whole job, so a restarted group read the
+    keys its dead predecessors wrote under the same names: gloo connected to a dead peer's address ("connectFullMesh
+    ... Connection refused") or to a live process of the new group with a stale handshake, and hung past any
+    timeout. On one node every worker sees the same restart count, which then names the attempt's keys; across
+    nodes the counts may differ (torchrun's own default applies; see docs/distributed.md)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE", "1") != "1":
+        return {}  # no torchrun, its store not shared (a fresh one per attempt), or several nodes
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world_size, is_master=False, timeout=timeout)
+    prefix = f"gpt2lab/{env.get('TORCHELASTIC_RUN_ID', '')}/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return {"store": dist.PrefixStore(prefix, store), "rank": rank, "world_size": world_size}
+
+
+@contextlib.contextmanager
+def _watchdog(rank: int, timeout_s: float, on_failure: Callable[[str], None] | None):
+    """End this process with a one-line error if the block runs much longer than ``timeout_s``: a group setup
+    that hangs cannot be interrupted from Python, and torchrun sees a live process as a healthy one."""
+    def give_up() -> None:
+        message = (f"rank {rank}: setting up the process group did not finish within train.dist_timeout="
+                   f"{timeout_s:g}s; a process of the job hung while starting. The job stops; under torchrun "
+                   "--max-restarts it is started again")
+        if on_failure is not None:
+            with contextlib.suppress(Exception):
+                on_failure(message)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(timeout_s * 1.1 + 5, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def setup_failure(e: BaseException, rank: int, timeout_s: float) -> PeerFailure:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return PeerFailure(
+        f"rank {rank}: could not set up the process group with the other processes ({type(e).__name__}: {first}). "
+        f"A process of the job died or hung while starting, or train.dist_timeout={timeout_s:g}s passed. The job "
+        "stops; under torchrun --max-restarts it is started again, else run it again with --resume"
+    )
 
 
 def is_comm_failure(e: BaseException) -> bool:

@@ -12,6 +12,8 @@
     RUN_DIR/evals/step_00001000.json     what was evaluated at a step (EVALS_DIR, eval_record_path; metrics.py)
     RUN_DIR/checkpoints/step_00001000/   a checkpoint (CHECKPOINTS_DIR, checkpoint_name; only checkpoint.py writes one)
     RUN_DIR/checkpoints/damaged-step_N/  one that --resume found damaged, set aside (DAMAGED_PREFIX)
+    RUN_DIR/.gpt2lab.lock                the lock of the one process writing the run, while it runs (LOCK_FILE;
+                                         lock.py, train.py; a prepared data folder has one while prepare runs)
 
 A checkpoint folder (also what ``convert from-hf`` makes) holds::
 
@@ -43,6 +45,7 @@ WANDB_ID_FILE = "gpt2lab_run_id"  # in WANDB_DIR
 EVALS_DIR = "evals"
 CHECKPOINTS_DIR = "checkpoints"
 DAMAGED_PREFIX = "damaged-"  # a checkpoint --resume found damaged is renamed to damaged-step_N
+LOCK_FILE = ".gpt2lab.lock"  # held by the one writer of a run folder (train) or a data folder (prepare --out)
 
 # --- a checkpoint folder -----------------------------------------------------------------------
 MODEL_FILE = "model.safetensors"

@@ -238,6 +238,17 @@ class Heartbeat:
         self._write()
 
 
+def note_status(run_dir: str | os.PathLike, state: str, message: str, max_steps: int) -> None:
+    """Rank 0's status.json outside the loop's Heartbeat: a torchrun restart setting up (``running``, saying so)
+    or failing before it trains (``stopped``, with the error). The step stays the last one recorded."""
+    path = Path(run_dir) / STATUS_FILE
+    old = read_json(path) or {}
+    step = old.get("step") if isinstance(old.get("step"), int) else 0
+    now = time.time()
+    write_json_atomic(path, {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "step": step,
+                             "max_steps": max_steps, "started": now, "updated": now, "message": message})
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -350,8 +361,16 @@ def run_row(run_dir: Path) -> dict:
         state = "finished" if done else "stopped"
     row["status"], row["status_detail"] = state, why
     files = [run_dir / n for n in (STATUS_FILE, METRICS_FILE, RUN_CONFIG)] + list_checkpoints(run_dir)[-1:]
-    row["updated"] = max((f.stat().st_mtime for f in files if f.exists()), default=None)
+    row["updated"] = max((m for f in files if (m := _mtime(f)) is not None), default=None)
     return row
+
+
+def _mtime(path: Path) -> float | None:
+    """None for a file that is gone, also one a training run's retention removes while it is looked at."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def list_runs(root: str | os.PathLike) -> list[dict]:

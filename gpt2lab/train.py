@@ -17,6 +17,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -34,6 +35,7 @@ from .device import autocast_for, device_type, resolve_dtype, set_backends, sync
 from .distributed import (
     DistInfo,
     all_reduce_mean,
+    broadcast_object,
     clip_grad_norm,
     full_state_dict,
     grad_sync,
@@ -46,12 +48,15 @@ from .distributed import (
 )
 from .errors import UserError
 from .evals.during_training import Evaluator, ValLoss, build_evaluators, due
+from .fileio import check_folder_path
+from .layout import CHECKPOINTS_DIR, LOCK_FILE
+from .lock import FolderBusy, FolderLock
 from .metrics import MetricsWriter, drop_history_after
 from .model import GPT
 from .optim import build_optimizer, lr_at, set_lr
 from .perf import device_name, device_peak, memory_bytes, mfu
 from .progress import Clock, SpikeWatch, TrainConsole, live_wanted
-from .runinfo import Heartbeat, environment, write_environment
+from .runinfo import Heartbeat, environment, note_status, write_environment
 from .sizes import check_fits
 from .tokenizer import check_same, load_tokenizer
 from .weights import load_pretrained, model_tokenizer
@@ -75,20 +80,64 @@ def grad_accum_steps(cfg: Config, world_size: int) -> int:
 def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train a model as ``cfg`` says; with ``resume``, continue from the newest checkpoint in train.run_dir.
 
+    The run folder has one writer: rank 0 locks it for the whole run (lock.py) before anything else, and a
+    second run on it is refused in one line, on every rank, before it touches the folder.
     Returns a summary: steps, tokens, last train loss, last validation loss, run directory.
     """
-    info = init_distributed(cfg.train.device, cfg.train.dist_timeout)
+    lock, refusal = _lock_run_dir(cfg.train.run_dir)
+    try:
+        return _train(cfg, resume, log, lock, refusal)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_dir(run_dir) -> tuple[FolderLock | None, str]:
+    """Rank 0 (torchrun's RANK: the group is not set up yet) locks the run folder: (the lock, "") or (None, why
+    not), the refusal told to every rank once the group is up."""
+    if os.environ.get("RANK", "0") != "0":
+        return None, ""
+    run_dir = Path(run_dir)
+    try:
+        check_folder_path(run_dir / CHECKPOINTS_DIR, "config key 'train.run_dir'")  # a file in the way: before mkdir
+        lock = FolderLock(run_dir / LOCK_FILE, "train")
+        lock.acquire()
+    except UserError as e:
+        return None, str(e)
+    except OSError as e:
+        return None, (f"config key 'train.run_dir': cannot write {e.filename or run_dir} ({e.strerror or e}); "
+                      "choose a folder this user can write to")
+    return lock, ""
+
+
+def _train(cfg: Config, resume: bool, log: Callable[[str], None], lock: FolderLock | None, refusal: str) -> dict:
+    t = cfg.train
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    noting = lock is not None and restart not in ("", "0")  # status.json tells of torchrun's restarts
+
+    def note(state: str, message: str) -> None:
+        if noting:
+            note_status(t.run_dir, state, message, t.max_steps)
+
+    note("running", f"restarted by torchrun (restart {restart} of {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}):"
+         " setting up the processes, then resuming")
+    info = init_distributed(t.device, t.dist_timeout, on_failure=lambda message: note("stopped", message))
     lost_peer, trainer = False, None
     try:
+        refusal = broadcast_object(refusal, info)
+        if refusal:
+            raise FolderBusy(refusal)
         trainer = Trainer(cfg, info, resume, log if info.is_main else (lambda _msg: None))
         trainer.start(resume)
         return trainer.run()
     except BaseException as e:
         if trainer is not None:
             trainer.close(e)  # status.json says stopped, and why; the live line and wandb are closed
+        else:
+            note("stopped", (str(e).splitlines() or [""])[0][:300] or type(e).__name__)
         if isinstance(e, Exception) and info.enabled and is_comm_failure(e):
             lost_peer = True  # the group is broken: tearing it down could block on the dead peer
-            raise peer_failure(e, info, cfg.train.dist_timeout) from e
+            raise peer_failure(e, info, t.dist_timeout) from e
         raise
     finally:
         if not lost_peer:
@@ -171,8 +220,11 @@ class Trainer:
     def start(self, resume: bool) -> None:
         """Restore the newest checkpoint (``resume``) or check the run is new; open the run folder."""
         cfg, t, info = self.cfg, self.cfg.train, self.info
-        if resume:
+        if resume and self.ckpt.checkpoints():
             self.start_step = self.ckpt.restore(cfg, self.model, self.optimizer, self.loader, self.log)
+        elif resume:  # torchrun's restarts repeat the first command line: --resume before any checkpoint
+            self.ckpt.check_none_damaged()
+            self.log(f"--resume: no checkpoint in {Path(t.run_dir) / CHECKPOINTS_DIR} yet: starting from step 0")
         elif self.ckpt.checkpoints():
             raise UserError(f"{t.run_dir} already holds checkpoints: add --resume to continue, or set "
                             "train.run_dir to a new folder")

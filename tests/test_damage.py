@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,60 @@ def test_sample_and_eval_refuse_flipped_weights(run, small_shards, capsys):
                  ["eval", "loss", run, "--data", small_shards, "--device", "cpu"]):
         line = one_line(*cli(capsys, *args)[::2])
         assert f"{path} differs from its sha256" in line
+
+
+@pytest.mark.parametrize("patched", ["verify_checkpoint", "load_checkpoint_config"])
+def test_a_reader_takes_the_newest_when_retention_removes_the_one_it_reads(run, monkeypatch, patched):
+    """Issue 31, item 8: `sample`/`eval` beside a run that keeps one checkpoint failed when the run saved a new
+    one and removed the one being read ("config.yaml is missing; the checkpoint is incomplete")."""
+    later, cfg = ckpt.load_model(run)
+    with torch.no_grad():
+        later.transformer.wte.weight.add_(1.0)
+    real, read = getattr(ckpt, patched), []
+
+    def racing(folder):  # the training run saves step 6 and drops the rest just as the reader opens step 4
+        if not read:
+            ckpt.save_checkpoint(run, 6, later, cfg, {}, keep=1)
+        read.append(Path(folder).name)
+        return real(folder)
+
+    monkeypatch.setattr(ckpt, patched, racing)
+    if patched == "verify_checkpoint":
+        model, _ = ckpt.load_model(run)
+        assert torch.equal(model.transformer.wte.weight, later.transformer.wte.weight)
+    else:
+        assert ckpt.checkpoint_tokenizer(run).spec == "gpt2"
+    assert read == ["step_00000004", "step_00000006"]
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000006"]
+
+
+@pytest.mark.slow
+def test_readers_beside_a_run_that_keeps_one_checkpoint(small_shards, tmp_path):
+    """The race itself: a real training process saving every step and keeping one checkpoint, and readers that
+    load its newest over and over meanwhile; every read succeeds."""
+    run = tmp_path / "run"
+    args = [f"{a}" for a in ["train", "model.preset=micro", "train.device=cpu", "train.threads=1",
+                             "train.micro_batch=2", "train.seq_len=32", "train.max_steps=200", "train.ckpt_every=1",
+                             "train.keep_checkpoints=1", "eval.every=-1", "eval.sample_every=-1",
+                             f"data.dir={small_shards}", f"train.run_dir={run}"]]
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    reads, errors = 0, []
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.list_checkpoints(run) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        while proc.poll() is None and reads < 20:
+            try:
+                ckpt.load_model(run)
+                ckpt.checkpoint_tokenizer(run)
+            except UserError as e:
+                errors.append(str(e))
+            reads += 1
+    finally:
+        proc.kill()
+        proc.wait()
+    assert reads >= 10 and not errors, (reads, errors)
 
 
 @pytest.mark.parametrize("damaged, init_from", [(layout.STATE_FILE, False), ("config.yaml", True)],

@@ -12,6 +12,7 @@ A bug (unsynchronised gradients, a wrong batch split, a missed optimizer state) 
 by about lr = 1e-3 per step, far above both tolerances.
 """
 
+import json
 import os
 import re
 import shutil
@@ -440,3 +441,102 @@ def test_speedrun_ddp_equals_accumulation_and_fsdp_equals_ddp(small_shards, tmp_
     for a, b in zip(sharded, read_metrics(run, "train"), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert max_diff(weights(tmp_path / "fsdp"), weights(run)) <= SPEEDRUN_FSDP_ATOL
+
+
+# --- torchrun's restarts (issue 31, item 5) -------------------------------------------------------
+
+RESTARTED = """
+import os, sys, time
+import torch
+import torch.distributed as dist
+from gpt2lab.distributed import init_distributed
+
+rank, attempt = int(os.environ["RANK"]), int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+if attempt == 1 and rank == 0:
+    time.sleep(3)  # rank 1 looks for rank 0's address first: it must not find the dead attempt's
+info = init_distributed("cpu", 30)
+t = torch.ones(1)
+dist.all_reduce(t)
+if attempt == 0:
+    sys.exit(1)  # the first attempt fails after setting up: torchrun starts the group again
+print(f"rank {rank} attempt {attempt}: {int(t.item())}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_restarted_group_reads_none_of_the_dead_attempts_keys(tmp_path):
+    """torchrun shares one store across restarts: a restarted group read its dead predecessors' gloo addresses
+    ("connectFullMesh ... Connection refused", or a hang past every timeout). Each attempt now has its own keys."""
+    script = tmp_path / "restarted.py"
+    script.write_text(RESTARTED)
+    log = run_ok(torchrun([], tmp_path / "log", tmp_path, entry=("--max-restarts=1", str(script))), tmp_path / "log",
+                 timeout=120)
+    assert "rank 0 attempt 1: 2" in log and "rank 1 attempt 1: 2" in log
+
+
+@pytest.mark.slow
+def test_group_setup_failure_is_one_line(small_shards, tmp_path):
+    """A process group that cannot be set up (here rank 1 never comes) ends in one line within train.dist_timeout,
+    not a traceback out of init_distributed."""
+    with socket_port() as port:
+        pass
+    env_0 = {**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0",
+             "LOCAL_RANK": "0"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "gpt2lab", "train", *LONG, "train.dist_timeout=3",
+                        f"data.dir={small_shards}", f"train.run_dir={tmp_path / 'run'}"], capture_output=True,
+                       text=True, env=env_0, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and time.monotonic() - t0 < 60, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "rank 0: could not set up the process group" in errors[0], r.stderr[-3000:]
+    assert "train.dist_timeout=3s" in errors[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()  # nothing written, the lock's folder gone with it
+
+
+@pytest.mark.slow
+def test_a_setup_that_hangs_ends_in_one_line(tmp_path):
+    """gloo's full mesh can hang past its own timeout: the watchdog ends the process, saying why."""
+    script = ("import time\nfrom gpt2lab.distributed import _watchdog\n"
+              "with _watchdog(3, 0.1, lambda m: print('told:', m[:20], flush=True)):\n    time.sleep(60)\n")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env(), timeout=60)
+    assert r.returncode == 1 and time.monotonic() - t0 < 30
+    assert r.stdout == "told: rank 3: setting up t\n"
+    assert r.stderr.startswith("error: rank 3: setting up the process group did not finish within "
+                               "train.dist_timeout=0.1s") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
+def test_kill_9_of_a_rank_under_max_restarts_resumes_bit_identical(runs, small_shards, tmp_path):
+    """`torchrun --max-restarts=2 ... --resume`: the first start finds no checkpoint and starts from step 0; after
+    a kill -9 of rank 1 the group is started again, resumes from the newest checkpoint and ends bit-identical to
+    the uninterrupted DDP run."""
+    paths, _ = runs
+    run, log = tmp_path / "run", tmp_path / "log"
+    proc = torchrun(["train", "--resume", *COMMON, f"data.dir={small_shards}", f"train.run_dir={run}"], log, tmp_path,
+                    entry=("--max-restarts=2", "-m", "gpt2lab"))
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "step_00000003").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.002)
+        rank1 = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGKILL)
+        rc = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            for pid in _children(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    assert re.search(r"--resume: no checkpoint in \S+ yet: starting from step 0", text)
+    assert re.search(r"resumed from \S+step_00000003 \(step 3\)", text), text[-3000:]
+    assert max_diff(weights(paths["ddp"]), weights(run)) == 0.0
+    ref, got = read_metrics(paths["ddp"], "train"), read_metrics(run, "train")
+    assert [(r["step"], r["loss"]) for r in got] == [(r["step"], r["loss"]) for r in ref]
+    assert json.loads((run / layout.STATUS_FILE).read_text())["state"] == "finished"

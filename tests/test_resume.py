@@ -237,9 +237,17 @@ def test_resume_after_a_torn_metrics_line_keeps_every_record(small_shards, run_c
     assert (run_copy / "metrics.jsonl").read_bytes().count(b'"lo\n') == 0
 
 
-def test_resume_without_checkpoint(small_shards, tmp_path):
-    with pytest.raises(UserError, match="no checkpoint"):
-        train(short_cfg(small_shards, tmp_path / "empty"), resume=True, log=quiet)
+def test_resume_without_checkpoint_starts_from_step_0(small_shards, tmp_path):
+    """torchrun --max-restarts repeats the first command line, --resume included: a run that died before its
+    first checkpoint starts again from step 0, and says so (issue 31). Only damaged checkpoints set aside: refused."""
+    lines = []
+    summary = train(short_cfg(small_shards, tmp_path / "empty"), resume=True, log=lines.append)
+    assert summary["steps"] == 2
+    assert any(re.search(r"--resume: no checkpoint in \S+ yet: starting from step 0", line) for line in lines)
+    run = tmp_path / "damaged"
+    (run / layout.CHECKPOINTS_DIR / f"{layout.DAMAGED_PREFIX}step_00000002").mkdir(parents=True)
+    with pytest.raises(UserError, match="no intact checkpoint .*damaged-step_00000002"):
+        train(short_cfg(small_shards, run), resume=True, log=quiet)
 
 
 def test_resume_ignores_half_written_checkpoint(small_shards, run_copy):

@@ -7,12 +7,22 @@ dropout on, so resuming exactly needs the RNG state too), injects one fault at a
 then runs ``--resume`` to the end and compares the final weights and every step's loss with an
 uninterrupted reference run, bit for bit. It prints one markdown table: each fault, how many times,
 what happened, whether anything was lost. A full disk needs root (a size-limited tmpfs is mounted).
+
+Many hands on one run (issue 31): a second writer on a training run folder (while the first runs, or
+both started at once) and on a ``prepare --out`` folder must be refused in one line while the first
+ends bit-identical to a lone run; readers (``sample``, ``eval loss``) beside a run that saves every
+step and keeps one checkpoint must all succeed; a rank killed (``kill -9``) under ``torchrun
+--max-restarts=2 ... --resume`` must resume and finish bit-identical to an uninterrupted torchrun run,
+or fail in one line within ELASTIC_TIMEOUT seconds. Identities: weights flipped with ``checksums.json``
+emptied or deleted, and a tokenizer folder's pattern edited, must be refused in one line. ``--only`` picks
+faults by their key.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import random
 import re
@@ -31,11 +41,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from gpt2lab import checkpoint as ckpt  # noqa: E402
 from gpt2lab import layout  # noqa: E402
-from gpt2lab.data.prepare import prepare  # noqa: E402
+from gpt2lab.data.prepare import prepare, verify  # noqa: E402
 from gpt2lab.metrics import read_metrics  # noqa: E402
 from gpt2lab.tokenizer import PATTERNS  # noqa: E402
 
 STEPS = 16
+ELASTIC_TIMEOUT = 300  # s: a torchrun job with a killed rank finishes or fails within this
 
 
 def args_for(data: Path, run: Path, *extra: str) -> list[str]:
@@ -248,6 +259,166 @@ def emptied_checksums(trial: Trial, done_run: Path) -> tuple[str, bool]:
     outcome = f"sample {'refused in one line' if ok[0] else 'USED IT'}, resume " \
               f"{'refused in one line' if ok[1] else 'USED IT'} ({how})"
     return outcome, all(ok)
+def one_line(stderr: str) -> bool:
+    """A user's error as gpt2lab gives it: one ``error:`` line, no traceback."""
+    lines = stderr.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr
+
+
+def status_of(run: Path) -> str:
+    path = run / layout.STATUS_FILE
+    return json.loads(path.read_text()).get("state", "?") if path.is_file() else "no status"
+
+
+def rank_pids(pid: int) -> dict[int, int]:
+    """torchrun's workers: {rank: pid}, found through /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        for item in env:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(stat.parent.name)
+    return found
+
+
+def torchrun(data: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra,
+            *args_for(data, run)[1:], "--resume"]
+
+
+class ManyHands:
+    """Issue 31's faults: two writers on one folder, readers racing retention, a rank killed under torchrun's
+    restarts."""
+
+    def __init__(self, trial: Trial):
+        self.trial, self.data, self.ref = trial, trial.data, trial.ref
+        self._corpus: Path | None = None
+        self._lone: dict | None = None
+        self._dist_ref = None
+
+    def run_writers(self) -> tuple[str, bool]:
+        """A second `train` on a run folder: while the first is paused at a random step, or both started at once."""
+        tmp = self.trial.fresh()
+        run = tmp / "run"
+        if random.random() < 0.5:
+            procs = [start(args_for(self.data, run), tmp / f"log{i}") for i in range(2)]
+            rcs = [p.wait() for p in procs]
+            texts = [(tmp / f"log{i}").read_text() for i in range(2)]
+            refused = sorted(rcs) == [0, 2] and one_line(texts[rcs.index(2)])
+            outcome = "started together: one refused in one line" if refused else f"started together: rc {rcs}"
+            return outcome, refused and same(run, self.ref) and status_of(run) == "finished"
+        first = start(args_for(self.data, run), tmp / "log")
+        at = random.randint(1, STEPS - 2)
+        wait_for(lambda: steps_logged(run) >= at, first)
+        first.send_signal(signal.SIGSTOP)  # the second runs while the first is in the middle of its run
+        extra = random.choice([["--resume"], []])
+        second = subprocess.run(args_for(self.data, run, *extra), capture_output=True, text=True, cwd=REPO)
+        first.send_signal(signal.SIGCONT)
+        rc = first.wait()
+        refused = second.returncode == 2 and one_line(second.stderr) and f"pid {first.pid} " in second.stderr
+        outcome = (f"during the run{' with --resume' if extra else ''}: "
+                   + ("refused in one line" if refused else f"rc {second.returncode} {second.stderr[-200:]!r}"))
+        return outcome, refused and rc == 0 and same(run, self.ref) and status_of(run) == "finished"
+
+    def _prepare(self, out: Path) -> list[str]:
+        if self._corpus is None:
+            sys.path.insert(0, str(REPO / "tests"))
+            from cli_helpers import write_wiki_jsonl
+
+            self._corpus = write_wiki_jsonl(self.trial.root / "wiki.jsonl", 8000)
+        return [sys.executable, "-m", "gpt2lab", "prepare", str(self._corpus), "--out", str(out), "--shard-tokens",
+                "500000", "--workers", "1"]
+
+    def prepare_writers(self) -> tuple[str, bool]:
+        """The same `prepare --out X` twice, the second 0-1.5 s after the first."""
+        if self._lone is None:
+            lone = self.trial.root / "lone-prepare"
+            subprocess.run(self._prepare(lone), check=True, capture_output=True, cwd=REPO)
+            self._lone = files_of(lone)
+        out = self.trial.fresh() / "out"
+        first = subprocess.Popen(self._prepare(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 cwd=REPO)
+        time.sleep(random.uniform(0, 1.5))
+        second = subprocess.run(self._prepare(out), capture_output=True, text=True, cwd=REPO)
+        rc = first.wait()
+        why = "in use" if "is in use" in second.stderr else "after the first ended" \
+            if "already holds shards" in second.stderr else f"rc {second.returncode} {second.stderr[-200:]!r}"
+        refused = second.returncode == 2 and one_line(second.stderr)
+        try:
+            verify(out)
+            intact = files_of(out) == self._lone
+        except Exception:  # noqa: BLE001 (any failure to verify is the outcome)
+            intact = False
+        outcome = f"second refused in one line ({why})" if refused else f"second not refused: {why}"
+        return outcome + ("" if intact else ", OUTPUT DIFFERS"), refused and rc == 0 and intact
+
+    def readers(self) -> tuple[str, bool]:
+        """8 `sample`/`eval loss` calls on a run that saves every step and keeps one checkpoint."""
+        tmp = self.trial.fresh()
+        run = tmp / "run"
+        # small steps: a checkpoint replaces the last one about as often as a reader loads one
+        proc = start(args_for(self.data, run, "train.max_steps=5000", "train.ckpt_every=1", "train.keep_checkpoints=1",
+                              "train.micro_batch=2", "train.seq_len=32"), tmp / "log")
+        wait_for(lambda: bool(ckpt.list_checkpoints(run)), proc)
+        failed = []
+        for i in range(8):
+            cmd = ["sample", run, "--max-new-tokens", "2"] if i % 2 == 0 else ["eval", "loss", run, "--tokens", "1024"]
+            r = subprocess.run([sys.executable, "-m", "gpt2lab", *map(str, cmd), "--device", "cpu"],
+                               capture_output=True, text=True, cwd=REPO)
+            if r.returncode:
+                failed.append(r.stderr.strip().splitlines()[-1][:120] if r.stderr.strip() else f"rc {r.returncode}")
+        racing = proc.poll() is None
+        proc.terminate()
+        proc.wait()
+        outcome = f"{8 - len(failed)} of 8 reads ok" + ("" if racing else " (the run ended first)") + \
+            "".join(f": {f}" for f in failed[:1])
+        return outcome, racing and not failed
+
+    def _elastic_ref(self):
+        if self._dist_ref is None:
+            run = self.trial.root / "ref-torchrun"
+            subprocess.run(torchrun(self.data, run), check=True, capture_output=True, cwd=REPO)
+            self._dist_ref = final(run)
+        return self._dist_ref
+
+    def elastic(self) -> tuple[str, bool]:
+        """kill -9 of a random rank 0.5-2.5 s after a random checkpoint, under --max-restarts=2."""
+        ref = self._elastic_ref()
+        tmp = self.trial.fresh()
+        run = tmp / "run"
+        proc = start(torchrun(self.data, run, "--max-restarts=2"), tmp / "log")
+        nth = random.randint(1, STEPS // 4 - 1)
+        wait_for(lambda: len(ckpt.list_checkpoints(run)) >= nth, proc)
+        time.sleep(random.uniform(0.5, 2.5))
+        rank = random.randint(0, 1)
+        victim = rank_pids(proc.pid).get(rank)
+        if victim:
+            os.kill(victim, signal.SIGKILL)
+        try:
+            rc = proc.wait(timeout=ELASTIC_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for pid in rank_pids(proc.pid).values():
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+            return f"HUNG past {ELASTIC_TIMEOUT} s (status {status_of(run)})", False
+        text = (tmp / "log").read_text()
+        killed = f"rank {rank} killed" if victim else "ended before the kill"
+        if rc == 0:
+            ok = same(run, ref) and status_of(run) == "finished"
+            return f"{killed}, resumed and finished{'' if ok else ', DIFFERS'}", ok
+        errors = [line for line in text.splitlines() if line.startswith("error: ")]
+        clean = bool(errors) and not re.search(r'File ".*gpt2lab/', text)
+        return f"{killed}, failed {'in one line' if clean else 'with a TRACEBACK'} (status {status_of(run)})", clean
+
+
+def files_of(out: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
 def main() -> int:
@@ -255,6 +426,8 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=5, help="trials of each fault")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the table to this markdown file")
+    p.add_argument("--only", help="comma-separated keys of the faults to run: sigterm, sigint, twice, kill-save, "
+                   "flip, disk, run-writers, prepare-writers, readers, elastic, checksums, pattern")
     a = p.parse_args()
     random.seed(a.seed)
     root = Path(tempfile.mkdtemp(prefix="gpt2lab-trial-"))
@@ -269,20 +442,29 @@ def main() -> int:
     for later in ckpt.list_checkpoints(done8)[2:]:
         shutil.rmtree(later)
     trial = Trial(data, ref, root)
-    faults = [("SIGTERM at a random step", lambda: trial.signal(signal.SIGTERM)),
-              ("SIGINT at a random step", lambda: trial.signal(signal.SIGINT)),
-              ("a second SIGTERM while stopping", lambda: trial.signal(signal.SIGTERM, twice=True)),
-              ("SIGKILL while a checkpoint is written", trial.kill_in_save),
-              ("one bit flipped in a file of the newest checkpoint", lambda: trial.flip(done8))]
+    hands = ManyHands(trial)
+    faults = [("sigterm", "SIGTERM at a random step", lambda: trial.signal(signal.SIGTERM)),
+              ("sigint", "SIGINT at a random step", lambda: trial.signal(signal.SIGINT)),
+              ("twice", "a second SIGTERM while stopping", lambda: trial.signal(signal.SIGTERM, twice=True)),
+              ("kill-save", "SIGKILL while a checkpoint is written", trial.kill_in_save),
+              ("flip", "one bit flipped in a file of the newest checkpoint", lambda: trial.flip(done8)),
+              ("run-writers", "two writers on one run folder", hands.run_writers),
+              ("prepare-writers", "two writers on one prepare folder", hands.prepare_writers),
+              ("readers", "readers racing retention (ckpt_every=1, keep_checkpoints=1)", hands.readers),
+              ("elastic", "kill -9 of one rank under torchrun --max-restarts=2", hands.elastic),
+              ("checksums", "weights flipped, checksums.json emptied or deleted",
+               lambda: emptied_checksums(trial, done8))]
     if importlib.util.find_spec("tokenizers"):  # to train the tokenizer whose folder is edited
-        faults.append(("a tokenizer folder's pattern edited", lambda: tampered_pattern(trial)))
-    faults.append(("weights flipped, checksums.json emptied or deleted", lambda: emptied_checksums(trial, done8)))
+        faults.append(("pattern", "a tokenizer folder's pattern edited", lambda: tampered_pattern(trial)))
     if os.geteuid() == 0 and shutil.which("mount"):
-        faults.append(("disk full (tmpfs of 30-100 MiB)", trial.full_disk))
+        faults.append(("disk", "disk full (tmpfs of 30-100 MiB)", trial.full_disk))
+    if a.only:
+        faults = [f for f in faults if f[0] in a.only.split(",")]
     rows = ["| fault | trials | outcomes | resumed bit-identical, nothing lost |", "|---|---|---|---|"]
-    for name, fn in faults:
+    for _key, name, fn in faults:
         results = [fn() for _ in range(a.trials)]
-        kinds = sorted({o.split(":")[0] if "bit flipped" not in name else o for o, _ in results})
+        kinds = sorted({o.split(":")[0] if "bit flipped" not in name and "writers" not in name else o
+                        for o, _ in results})
         rows.append(f"| {name} | {len(results)} | {'; '.join(kinds)} | {sum(ok for _, ok in results)} of "
                     f"{len(results)} |")
         print(rows[-1], flush=True)

@@ -21,7 +21,8 @@ Resumable: the work in progress lives in ``OUT/.prepare/`` (partial shards, appe
 ``state.json``, saved after every finished shard). Run the same command again after a crash
 or a kill and it continues from the last saved state; the output is byte-identical to an
 uninterrupted run. The output depends only on the inputs and options, never on the number
-of workers or on interruptions.
+of workers or on interruptions. One prepare at a time per output folder: it holds the folder's
+lock (lock.py) for its whole run, and a second is refused in one line before it reads the folder.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import check_folder_path, file_sha256, replace_dir, write_atomic, write_json_atomic
+from ..layout import LOCK_FILE
+from ..lock import FolderLock
 from ..progress import PrepareStatus, live_wanted
 from ..tokenizer import COPY_DIR, VOCAB_SHA256, Tokenizer, copy_folder, encoding_identity, get_tokenizer, load_tokenizer
 from .shards import MANIFEST, SHARD_SUFFIXES, VERSION, VERSION_U32, load_manifest, read_shard, write_shard
@@ -515,24 +518,32 @@ def prepare(
     job = PrepareJob.create(inputs, out_dir, hub=hub, val_fraction=val_fraction, val_tokens=val_tokens,
                             shard_tokens=shard_tokens, doc_split=doc_split, text_key=text_key, tokenizer=tokenizer,
                             max_docs=max_docs, max_tokens=max_tokens, workers=workers)
-    if not overwrite and (done := _already_prepared(job)) is not None:
-        log(f"{job.out_dir} already holds this prepare, complete ({done['tokens']['total']:,} tokens from the same "
-            "inputs, unchanged, with the same options): nothing to do (--overwrite redoes it)")
-        return done
-    saved = _claim_output(job, overwrite)
-    new_dir = not job.out_dir.exists()
-    job.work_dir.mkdir(parents=True, exist_ok=True)
-    status = _status(job, log)
+    # one prepare per folder, from before it reads the folder until its manifest is written (lock.py); a folder
+    # the lock made goes again with it when nothing was written
+    lock = FolderLock(job.out_dir / LOCK_FILE, "prepare")
     try:
-        return _Preparation(job, status, saved).run()
-    except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
-        if saved is None and not _old_outputs(job.out_dir):
-            _clear(job.out_dir)
-            if new_dir and not any(job.out_dir.iterdir()):
-                job.out_dir.rmdir()
-        raise
+        lock.acquire()
+    except OSError as e:
+        raise UserError(f"output {job.out_dir}: cannot write {e.filename or job.out_dir} ({e.strerror or e}); "
+                        "choose a folder this user can write to") from None
+    try:
+        if not overwrite and (done := _already_prepared(job)) is not None:
+            log(f"{job.out_dir} already holds this prepare, complete ({done['tokens']['total']:,} tokens from the "
+                "same inputs, unchanged, with the same options): nothing to do (--overwrite redoes it)")
+            return done
+        saved = _claim_output(job, overwrite)
+        job.work_dir.mkdir(parents=True, exist_ok=True)
+        status = _status(job, log)
+        try:
+            return _Preparation(job, status, saved).run()
+        except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
+            if saved is None and not _old_outputs(job.out_dir):
+                _clear(job.out_dir)
+            raise
+        finally:
+            status.close()
     finally:
-        status.close()
+        lock.release()
 
 
 def _already_prepared(job: PrepareJob) -> dict | None:

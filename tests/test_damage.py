@@ -98,11 +98,11 @@ def test_a_reader_takes_the_newest_when_retention_removes_the_one_it_reads(run, 
         later.transformer.wte.weight.add_(1.0)
     real, read = getattr(ckpt, patched), []
 
-    def racing(folder):  # the training run saves step 6 and drops the rest just as the reader opens step 4
+    def racing(folder, **kw):  # the training run saves step 6 and drops the rest just as the reader opens step 4
         if not read:
             ckpt.save_checkpoint(run, 6, later, cfg, {}, keep=1)
         read.append(Path(folder).name)
-        return real(folder)
+        return real(folder, **kw)
 
     monkeypatch.setattr(ckpt, patched, racing)
     if patched == "verify_checkpoint":

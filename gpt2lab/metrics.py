@@ -106,7 +106,7 @@ def _jsonable(v):
 # as _jsonable writes a non-finite value.
 COUNT_FIELDS = frozenset({"tokens", "items", "val_tokens", "mem_bytes", "mem_peak_bytes"})
 NUMBER_FIELDS = frozenset({"loss", "lr", "lr_muon", "grad_norm", "tok_per_s", "step_time", "mfu", "elapsed_s", "eta_s",
-                           "val_loss", "acc", "ppl", "completion_acc", "completion_acc_norm", "lm_eval_acc",
+                           "val_loss", "val_bpb", "acc", "ppl", "completion_acc", "completion_acc_norm", "lm_eval_acc",
                            "lm_eval_acc_norm", "lm_eval_acc_bytes"})
 NON_FINITE = frozenset({"nan", "inf", "-inf"})
 _warned: set[str] = set()

@@ -1,8 +1,9 @@
 """``gpt2lab plot RUN [RUN ...] --out FILE.png``: runs side by side, against tokens seen.
 
-Four panels: training loss (thin line) and validation loss (dots), learning rate, HellaSwag
-(``completion_acc_norm``, build-nanogpt's figure, with GPT-2 124M's 0.2955 and GPT-3 Small's
-0.337 as reference lines) and LAMBADA accuracy. Each run has one colour in every panel and is
+Five panels: training loss (thin line) and validation loss (dots), validation bits per byte (the
+figure that compares across tokenizers), learning rate, HellaSwag (``completion_acc_norm``,
+build-nanogpt's figure, with GPT-2 124M's 0.2955 and GPT-3 Small's 0.337 as reference lines) and
+LAMBADA accuracy. Each run has one colour in every panel and is
 named in the legend. The x axis is tokens seen (``log_x``: logarithmic), so runs with other
 batch sizes line up. Needs matplotlib (``pip install 'gpt2lab[plot]'``).
 """
@@ -22,7 +23,7 @@ from .progress import fmt_count
 
 # (label, accuracy): HellaSwag acc_norm figures the panel draws as horizontal lines.
 HELLASWAG_REFERENCES = (("GPT-2 124M", 0.2955), ("GPT-3 Small", 0.337))
-PANELS = ("loss", "lr", "hellaswag", "lambada")
+PANELS = ("loss", "bpb", "lr", "hellaswag", "lambada")
 READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what writing into a folder one may not write to raises
 
 
@@ -35,7 +36,7 @@ class PlotNotWritten(UserError):
 
 
 def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
-    """A run's series as (tokens, value) points: train, val, lr, hellaswag, lambada."""
+    """A run's series as (tokens, value) points: train, val, bpb, lr, hellaswag, lambada."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise UserError(f"{path} not found; give training run folders (train.run_dir)")
@@ -47,7 +48,8 @@ def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]
     def tokens_at(step: int) -> float:
         return step * per_step
 
-    curves: dict[str, list[tuple[float, float]]] = {k: [] for k in ("train", "val", "lr", "hellaswag", "lambada")}
+    curves: dict[str, list[tuple[float, float]]] = {k: [] for k in ("train", "val", "bpb", "lr", "hellaswag",
+                                                                      "lambada")}
     for r in train:
         curves["train"].append((r["tokens"], r["loss"]))
         if _is_number(r.get("lr")):
@@ -56,6 +58,8 @@ def run_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]
         kind, value = r.get("kind"), None
         if kind == "val":
             value = r.get("val_loss")
+            if _is_number(r.get("val_bpb")):
+                curves["bpb"].append((tokens_at(r["step"]), r["val_bpb"]))
         elif kind == "hellaswag":
             value = r.get("completion_acc_norm")
         elif kind == "lambada":
@@ -81,11 +85,13 @@ def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = Non
     plt = _pyplot()
     out = _checked_out(out) if out is not None else None  # before any drawing
     data = [run_curves(r) for r in runs]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)  # one tokens axis for all panels
+    fig, grid = plt.subplots(2, 3, figsize=(16, 8), sharex=True)  # one tokens axis for all panels
+    fig.delaxes(grid[1, 2])
+    axes = list(grid.flat)[:5]  # loss, bits per byte, lr; hellaswag, lambada
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, curves) in enumerate(zip(labels, data)):
-        _draw_run(axes.flat, curves, label, colors[i % len(colors)])
-    _finish_panels(axes.flat, log_x)
+        _draw_run(axes, curves, label, colors[i % len(colors)])
+    _finish_panels(axes, log_x)
     fig.tight_layout()
     if out is not None:
         buf = io.BytesIO()
@@ -125,28 +131,29 @@ def _checked_out(out: str | os.PathLike) -> Path:
 
 
 def _draw_run(axes, curves: dict, label: str, color) -> None:
-    """One run's curves into the four panels (loss, lr, hellaswag, lambada), in one colour."""
-    ax_loss, ax_lr, ax_hs, ax_lam = axes
+    """One run's curves into the five panels (loss, bits per byte, lr, hellaswag, lambada), in one colour."""
+    ax_loss, ax_bpb, ax_lr, ax_hs, ax_lam = axes
     if curves["train"]:
         ax_loss.plot(*zip(*curves["train"]), color=color, lw=0.8, alpha=0.6, label=f"{label} train")
     if curves["val"]:
         ax_loss.plot(*zip(*curves["val"]), color=color, lw=1.8, marker="o", ms=4, label=f"{label} val")
     if curves["lr"]:
         ax_lr.plot(*zip(*curves["lr"]), color=color, lw=1.5, label=label)
-    for ax, key in ((ax_hs, "hellaswag"), (ax_lam, "lambada")):
+    for ax, key in ((ax_bpb, "bpb"), (ax_hs, "hellaswag"), (ax_lam, "lambada")):
         if curves[key]:
             ax.plot(*zip(*curves[key]), color=color, lw=1.5, marker="o", ms=4, label=label)
 
 
 def _finish_panels(axes, log_x: bool) -> None:
-    """Reference lines, titles, axes and legends of the four panels, once every run is drawn."""
+    """Reference lines, titles, axes and legends of the five panels, once every run is drawn."""
     from matplotlib.ticker import FuncFormatter
 
-    ax_loss, ax_lr, ax_hs, ax_lam = axes
+    ax_loss, ax_bpb, ax_lr, ax_hs, ax_lam = axes
     for name, value in HELLASWAG_REFERENCES:
         ax_hs.axhline(value, color="gray", lw=1, ls="--" if "GPT-2" in name else ":", label=f"{name} ({value})")
     ax_hs.axhline(0.25, color="lightgray", lw=1, label="chance (0.25)")
-    titles = {ax_loss: "loss (thin: train, dots: validation)", ax_lr: "learning rate",
+    titles = {ax_loss: "loss (thin: train, dots: validation)", ax_bpb: "validation bits per byte",
+              ax_lr: "learning rate",
               ax_hs: "HellaSwag acc_norm", ax_lam: "LAMBADA accuracy"}
     for ax, title in titles.items():
         ax.set_title(title)
@@ -162,7 +169,7 @@ def _finish_panels(axes, log_x: bool) -> None:
     ax_loss.set_ylabel("cross-entropy (nats)")
     top = max(ax_lam.get_ylim()[1], 0.05)
     ax_lam.set_ylim(-0.03 * top, top)  # an accuracy: no negative half-axis while it is still 0
-    for ax in (ax_hs, ax_lam):
+    for ax in (ax_lr, ax_hs, ax_lam):  # the bottom of each column
         ax.set_xlabel("tokens seen")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
 

@@ -352,6 +352,7 @@ def run_row(run_dir: Path) -> dict:
     row["train_loss"] = last.get("loss")
     val = [r for r in records if r.get("kind") == "val"]
     row["val_loss"] = val[-1].get("val_loss") if val else None
+    row["val_bpb"] = val[-1].get("val_bpb") if val else None  # None for runs from before bits per byte
     hs = [r.get("completion_acc_norm") for r in records if r.get("kind") == "hellaswag"]
     hs = [h for h in hs if isinstance(h, (int, float))]
     row["best_hellaswag"] = max(hs) if hs else None
@@ -388,7 +389,8 @@ def list_runs(root: str | os.PathLike) -> list[dict]:
 def format_runs(rows: list[dict], root: str | os.PathLike = ".") -> str:
     if not rows:
         return f"no runs in {root} (a run folder holds config.yaml and metrics.jsonl or checkpoints/)"
-    header = ["run", "model", "steps", "tokens", "train loss", "val loss", "best HellaSwag", "status", "updated"]
+    header = ["run", "model", "steps", "tokens", "train loss", "val loss", "val bpb", "best HellaSwag", "status",
+              "updated"]
 
     def num(v, fmt="{:.4f}"):
         return "-" if v is None or isinstance(v, str) else fmt.format(v)
@@ -399,9 +401,9 @@ def format_runs(rows: list[dict], root: str | os.PathLike = ".") -> str:
         updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated"])) if r["updated"] else "-"
         table.append([name, r["model"], f"{r['steps']}/{r['max_steps'] or '?'}",
                       fmt_count(r["tokens"]) if r["tokens"] else "-", num(r["train_loss"]), num(r["val_loss"]),
-                      num(r["best_hellaswag"]), r["status"], updated])
+                      num(r.get("val_bpb")), num(r["best_hellaswag"]), r["status"], updated])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) if i in (0, 1, 7, 8) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(v.ljust(w) if i in (0, 1, 8, 9) else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
              for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
@@ -468,8 +470,8 @@ def report_markdown(run_dir: str | os.PathLike, history: list[dict], plot: str |
     if plot:
         lines += ["", f"![{run_dir.name}]({plot})"]
     if history:
-        keys = [k for k in ("step", "tokens", "train_loss", "val_loss", "completion_acc_norm", "lm_eval_acc_norm",
-                            "lambada_acc", "lambada_ppl") if any(k in r for r in history)]
+        keys = [k for k in ("step", "tokens", "train_loss", "val_loss", "val_bpb", "completion_acc_norm",
+                            "lm_eval_acc_norm", "lambada_acc", "lambada_ppl") if any(k in r for r in history)]
         lines += ["", "## Evaluations", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         for r in history:
             lines.append("| " + " | ".join(num(r.get(k)) if isinstance(r.get(k), float) else str(r.get(k, "-"))

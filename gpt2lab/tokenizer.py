@@ -210,6 +210,17 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self.enc.decode(list(ids))
 
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes of the text each token id stands for (0 for the special token, which is no text): what bits
+        per byte divides by (evals/loss.py), the same for any tokenizer of the same text."""
+        return _token_bytes(self)
+
+
+@functools.lru_cache(maxsize=8)
+def _token_bytes(tok: Tokenizer) -> list[int]:
+    special = {tok.enc.encode_single_token(s) for s in tok.enc.special_tokens_set}
+    return [0 if i in special else len(tok.enc.decode_single_token_bytes(i)) for i in range(tok.n_vocab)]
+
 
 @functools.cache
 def _gpt2() -> Tokenizer:

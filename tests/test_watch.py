@@ -262,9 +262,9 @@ def test_plot_two_runs_and_markdown_report(small_shards, tmp_path, capsys, monke
     train(micro_cfg(small_shards, runs[1], "optim.lr=2e-3", *evals), log=quiet)
 
     fig = plot_runs(runs, tmp_path / "two.png")
-    loss_ax, lr_ax, hs_ax, lam_ax = fig.axes
+    loss_ax, bpb_ax, lr_ax, hs_ax, lam_ax = fig.axes
     expected = {  # panel -> (line label suffix, metrics kind, key)
-        loss_ax: [(" train", "train", "loss"), (" val", "val", "val_loss")],
+        loss_ax: [(" train", "train", "loss"), (" val", "val", "val_loss")], bpb_ax: [("", "val", "val_bpb")],
         lr_ax: [("", "train", "lr")], hs_ax: [("", "hellaswag", "completion_acc_norm")], lam_ax: [("", "lambada", "acc")],
     }
     for ax, series in expected.items():

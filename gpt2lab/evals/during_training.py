@@ -23,7 +23,7 @@ from ..tokenizer import Tokenizer, load_tokenizer
 from .common import select_items
 from .hellaswag import evaluate_hellaswag, load_hellaswag
 from .lambada import evaluate_lambada, file_variant, load_lambada
-from .loss import eval_windows, evaluate_loss
+from .loss import eval_windows, score_windows
 
 
 def due(every: int, step: int, last: bool) -> bool:
@@ -53,22 +53,26 @@ class Evaluator:
 
 
 class ValLoss(Evaluator):
+    """Validation loss, and bits per byte of the same windows (the tokenizer's bytes per token)."""
+
     kind = "val"
 
-    def __init__(self, windows: list, batch: int, seq_len: int, every: int, device: str, autocast, info: DistInfo,
-                 sharded: bool):
-        self.windows, self.batch, self.tokens, self.every = windows, batch, len(windows) * seq_len, every
+    def __init__(self, windows: list, batch: int, every: int, token_bytes: list[int], *, device: str, autocast,
+                 info: DistInfo, sharded: bool):
+        self.windows, self.batch, self.every, self.token_bytes = windows, batch, every, token_bytes
         self.device, self.autocast, self.info, self.sharded = device, autocast, info, sharded
 
     def run(self, model, full) -> dict:
-        val = evaluate_loss(model, self.windows, self.batch, self.device, self.autocast, self.info, self.sharded)
-        return {"val_loss": val, "val_tokens": self.tokens}
+        r = score_windows(model, self.windows, self.batch, self.device, self.autocast, self.info, self.sharded,
+                          self.token_bytes)
+        return {"val_loss": r["loss"], "val_bpb": r["bpb"], "val_tokens": r["tokens"]}
 
     def lines(self, result):
-        return [f"val loss {result['val_loss']:.4f} ({result['val_tokens']:,} tokens)"]
+        return [f"val loss {result['val_loss']:.4f} | {result['val_bpb']:.4f} bits/byte "
+                f"({result['val_tokens']:,} tokens)"]
 
     def summary(self, result):
-        return {"val_loss": result["val_loss"]}
+        return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
 
     def record(self, result):
         return dict(result)
@@ -142,8 +146,8 @@ def build_evaluators(cfg: Config, device: str, autocast, info: DistInfo, sharded
             log(f"warning: no '{cfg.data.val_split}' shards in {cfg.data.dir}; validation loss is skipped")
         else:
             windows = eval_windows(cfg.data.dir, cfg.data.val_split, T, e.val_tokens, verify=cfg.data.verify)
-            out.append(ValLoss(windows, e.val_batch or cfg.train.micro_batch, T, e.every, device, autocast, info,
-                               sharded))
+            out.append(ValLoss(windows, e.val_batch or cfg.train.micro_batch, e.every, tok.token_bytes(),
+                               device=device, autocast=autocast, info=info, sharded=sharded))
     common = dict(device=device, autocast=autocast, info=info, sharded=sharded)
     if e.hellaswag_every >= 0:
         items = load_hellaswag(e.hellaswag_data or None, option="eval.hellaswag_data=PATH")

@@ -10,6 +10,7 @@ result is the mean loss over exactly the same tokens for any world size or batch
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +55,14 @@ def eval_windows(data_dir, split: str, seq_len: int, max_tokens: int, verify: bo
 
 
 @torch.no_grad()
-def evaluate_loss(
-    model: torch.nn.Module,
-    windows: list[np.ndarray],
-    batch_size: int,
-    device: str,
-    autocast: contextlib.AbstractContextManager | None = None,
-    dist_info: DistInfo | None = None,
-    lockstep: bool = False,
-) -> float:
-    """Mean next-token loss over all ``windows`` (see :func:`eval_windows`).
+def score_windows(model: torch.nn.Module, windows: list[np.ndarray], batch_size: int, device: str,
+                  autocast: contextlib.AbstractContextManager | None = None, dist_info: DistInfo | None = None,
+                  lockstep: bool = False, token_bytes: list[int] | None = None) -> dict:
+    """``loss``: the mean next-token loss over all ``windows`` (see :func:`eval_windows`), in nats per token;
+    with ``token_bytes`` (:meth:`~gpt2lab.tokenizer.Tokenizer.token_bytes`) also ``bpb``, bits per byte: the
+    nats of the targets that are text, over ln 2 times their UTF-8 bytes, as nanochat computes it (the
+    end-of-text token is no text: neither its loss nor bytes count). Bits per byte do not depend on the
+    tokenizer, so runs with different tokenizers compare.
 
     ``lockstep``: every rank runs the same number of forwards (a sharded FSDP model gathers its
     weights collectively in each one); ranks with fewer windows score a repeat and drop it.
@@ -76,7 +75,9 @@ def evaluate_loss(
         mine = mine + [windows[0]] * (per_rank - len(mine))
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
+    # loss sum, token count, the loss of the targets that are text, their bytes
+    total = torch.zeros(4, dtype=torch.float64, device=device)
+    nbytes = torch.tensor(token_bytes or [0], dtype=torch.float64, device=device)
     ctx = autocast or contextlib.nullcontext()
     for i in range(0, len(mine), batch_size):
         batch = torch.from_numpy(np.stack(mine[i : i + batch_size]).astype(np.int64)).to(device)
@@ -86,12 +87,27 @@ def evaluate_loss(
             y = y.clone()
             y[real:] = -1  # ignored targets: no loss
         with ctx:
-            _, loss = model(x, y, reduction="sum")
-        total[0] += loss.double()
+            _, loss = model(x, y, reduction="none")
+        loss = loss.double().view(-1)
+        total[0] += loss.sum()
         total[1] += real * y.size(1)
+        if token_bytes is not None:
+            b = torch.where(y.reshape(-1) >= 0, nbytes[y.reshape(-1).clamp(min=0)], 0.0)
+            total[2] += (loss * (b > 0)).sum()
+            total[3] += b.sum()
     model.train(was_training)
     all_reduce_sum(total, info)
-    return (total[0] / total[1]).item()
+    result = {"loss": (total[0] / total[1]).item(), "tokens": int(total[1].item())}
+    if token_bytes is not None:
+        result.update(bpb=(total[2] / (math.log(2) * total[3])).item(), bytes=int(total[3].item()))
+    return result
+
+
+def evaluate_loss(model: torch.nn.Module, windows: list[np.ndarray], batch_size: int, device: str,
+                  autocast: contextlib.AbstractContextManager | None = None, dist_info: DistInfo | None = None,
+                  lockstep: bool = False) -> float:
+    """Mean next-token loss over all ``windows``: :func:`score_windows`' ``loss``."""
+    return score_windows(model, windows, batch_size, device, autocast, dist_info, lockstep)["loss"]
 
 
 def run_loss(model_path, *, data=None, out=None, split: str = "val", tokens: int | None = None, batch_size: int = 8,
@@ -123,9 +139,10 @@ def run_loss(model_path, *, data=None, out=None, split: str = "val", tokens: int
         windows = eval_windows(data, split, seq_len, tokens or cfg.eval.val_tokens)
         dtype = cfg.train.dtype if dtype == "auto" else dtype  # by default, as the run evaluated
         autocast = autocast_for(info.device, resolve_dtype(dtype, info.device))
-        loss = evaluate_loss(model, windows, batch_size, info.device, autocast, info)
+        scored = score_windows(model, windows, batch_size, info.device, autocast, info, token_bytes=tok.token_bytes())
         summary = {"task": "loss", "model": str(model_path), "split": split, "data": str(data), "tokenizer": tok.spec,
-                   "tokens": len(windows) * seq_len, "loss": loss, "dtype": dtype, "world_size": info.world_size}
+                   "tokens": len(windows) * seq_len, "loss": scored["loss"], "bpb": scored["bpb"],
+                   "bytes": scored["bytes"], "dtype": dtype, "world_size": info.world_size}
         if info.is_main:
             write_json_atomic(out_dir / "loss_summary.json", summary)
             summary["out"] = str(out_dir)

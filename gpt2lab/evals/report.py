@@ -19,12 +19,13 @@ from ..metrics import damaged_lines, read_metrics, warn_once
 from ..plot import PlotNotWritten, plot_runs
 from ..runinfo import environment_lines, read_environment, report_markdown, run_row
 
-COLUMNS = ("step", "tokens", "train_loss", "val_loss", "completion_acc", "completion_acc_norm", "lm_eval_acc",
+COLUMNS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "completion_acc", "completion_acc_norm", "lm_eval_acc",
            "lm_eval_acc_norm", "lm_eval_acc_bytes", "hellaswag_items", "lambada_acc", "lambada_ppl")
 
 
 def eval_history(run_dir: str | os.PathLike, bad_lines: list[int] | None = None) -> list[dict]:
-    """One row per step with an evaluation: step, tokens, last train loss, val loss, HellaSwag and LAMBADA metrics.
+    """One row per step with an evaluation: step, tokens, last train loss, val loss and bits per byte, HellaSwag and
+    LAMBADA metrics.
 
     Damaged lines of metrics.jsonl are skipped (their numbers go into ``bad_lines``)."""
     path = Path(run_dir) / METRICS_FILE
@@ -43,6 +44,8 @@ def eval_history(run_dir: str | os.PathLike, bad_lines: list[int] | None = None)
                 row["tokens"] = last_train.get("tokens")
             if kind == "val":
                 row["val_loss"] = r.get("val_loss")
+                if r.get("val_bpb") is not None:  # runs before bits per byte have none
+                    row["val_bpb"] = r["val_bpb"]
             elif kind == "lambada":
                 row.update(lambada_acc=r.get("acc"), lambada_ppl=r.get("ppl"))
             else:

@@ -19,8 +19,8 @@ from ..metrics import damaged_lines, read_metrics, warn_once
 from ..plot import PlotNotWritten, plot_runs
 from ..runinfo import environment_lines, read_environment, report_markdown, run_row
 
-COLUMNS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "completion_acc", "completion_acc_norm", "lm_eval_acc",
-           "lm_eval_acc_norm", "lm_eval_acc_bytes", "hellaswag_items", "lambada_acc", "lambada_ppl")
+COLUMNS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "completion_acc", "completion_acc_norm",
+           "lm_eval_acc", "lm_eval_acc_norm", "lm_eval_acc_bytes", "hellaswag_items", "lambada_acc", "lambada_ppl")
 
 
 def eval_history(run_dir: str | os.PathLike, bad_lines: list[int] | None = None) -> list[dict]:

@@ -16,7 +16,10 @@ that a busy spell of the machine hits every setting alike:
   so later steps reuse the pages of the first;
 - ``keep+thp``;
 - ``jemalloc``, ``tcmalloc``: preloaded where the library is installed (Debian: libjemalloc2,
-  libtcmalloc-minimal4).
+  libtcmalloc-minimal4);
+- ``mimalloc``: preloaded from the ``cmeel-mimalloc`` wheel (a gpt2lab dependency on Linux), with its
+  defaults; ``mimalloc-keep``: with ``MIMALLOC_PURGE_DELAY=-1`` (freed pages kept), what the ``gpt2lab``
+  command sets (gpt2lab/allocator.py).
 
 ``--only`` picks settings; ``--env NAME:K=V,K=V`` adds one (e.g. ``bind:OMP_PROC_BIND=close,OMP_PLACES=cores``;
 ``LD_PRELOAD=tcmalloc`` stands for the installed tcmalloc). Every process runs with
@@ -45,12 +48,18 @@ LIBS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so*", "tcmalloc": "/u
 
 
 def settings() -> dict[str, dict]:
+    from gpt2lab.allocator import MIMALLOC_ENV, find_mimalloc
+
     found = {"default": {}, "thp": {"THP_MEM_ALLOC_ENABLE": "1"}, "keep": {"GLIBC_TUNABLES": KEEP},
              "keep+thp": {"GLIBC_TUNABLES": KEEP, "THP_MEM_ALLOC_ENABLE": "1"}}
     for name, pattern in LIBS.items():
         libs = sorted(glob.glob(pattern))
         if libs:
             found[name] = {"LD_PRELOAD": libs[0]}
+    mimalloc = find_mimalloc()
+    if mimalloc:
+        found["mimalloc"] = {"LD_PRELOAD": mimalloc}
+        found["mimalloc-keep"] = {"LD_PRELOAD": mimalloc, **MIMALLOC_ENV}
     return found
 
 

@@ -596,15 +596,15 @@ COMMANDS = {
 }
 
 
-# The commands that run a model on the CPU, and so gain from tcmalloc (gpt2lab/allocator.py).
-TCMALLOC_COMMANDS = ("train", "quickstart", "bench", "eval", "sample")
+# The commands that run a model on the CPU, and so gain from a fast allocator (gpt2lab/allocator.py).
+ALLOCATOR_COMMANDS = ("train", "quickstart", "bench", "eval", "sample")
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] in TCMALLOC_COMMANDS:  # the command line, not a caller
-        from .allocator import reexec_with_tcmalloc
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in ALLOCATOR_COMMANDS:  # the command line, not a caller
+        from .allocator import reexec_with_allocator
 
-        reexec_with_tcmalloc(sys.argv[1:])
+        reexec_with_allocator(sys.argv[1:])
     words = sys.argv[1:] if argv is None else argv
     args = build_parser(next((w for w in words if not w.startswith("-")), "")).parse_args(argv)
     try:

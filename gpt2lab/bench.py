@@ -8,9 +8,8 @@ same process on the same device (bf16, and fp32 with TF32 allowed on CUDA as tra
 "MFU against what this machine's matmul reaches"; the timer, peaks and MFU are :mod:`gpt2lab.perf`'s,
 the table and the ratios :mod:`gpt2lab.bench_table`'s.
 
-The scripts in ``benchmarks/`` build on this module (:func:`bench_train`, :func:`make_train_step`)
-and on perf (:func:`~gpt2lab.perf.measure_peaks`); their own tools (results files, retrying busy cases, peers fetched from
-GitHub) live there. Timings are what they are: nothing here rounds towards an expected speed.
+The scripts in ``benchmarks/`` build on :func:`bench_train` and :func:`make_train_step`; their own tools
+(results files, retrying busy cases, peers fetched from GitHub) live there.
 """
 
 from __future__ import annotations

@@ -350,24 +350,20 @@ def _eval(p) -> None:
     _options_from(p.add_argument_group("harness (needs lm-eval: pip install 'gpt2lab[harness]')"),
                   {"harness": tasks["harness"]}, "tasks include_path num_fewshot",
                   tasks=dict(type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default="hellaswag"))
-    p.set_defaults(run=cmd_eval)
+    p.set_defaults(run=lambda args: cmd_eval(args, tasks))
 
 
-def cmd_eval(args) -> None:
-    if args.task != "harness":  # --data TASK=FILE repeats for the harness's tasks only
-        if len(args.data or []) > 1:
-            raise UserError(f"--data: give one for eval {args.task}")
-        args.data = args.data[0] if args.data else None
+def cmd_eval(args, tasks: dict) -> None:
+    """Run ``tasks[args.task]``: the library function of eval TASK (for the harness, imported only now)."""
     if args.task == "harness":
         try:
             from .evals.harness import run_harness as function
         except ImportError as e:
             raise UserError(f"eval harness needs lm-evaluation-harness ({e}): pip install 'gpt2lab[harness]'") from None
-    else:
-        from .evals import hellaswag, lambada, loss
-
-        function = {"loss": loss.run_loss, "hellaswag": hellaswag.run_hellaswag, "lambada": lambada.run_lambada}
-        function = function[args.task]
+    else:  # --data TASK=FILE repeats for the harness's tasks only
+        if len(args.data or []) > 1:
+            raise UserError(f"--data: give one for eval {args.task}")
+        args.data, function = (args.data[0] if args.data else None), tasks[args.task]
     summary = _call(function, args)
     if os.environ.get("RANK", "0") == "0":
         summary.pop("definitions", None)

@@ -9,7 +9,6 @@ each number must be in (RANGES).
 """
 
 from __future__ import annotations
-import __future__
 
 import argparse
 import ast
@@ -161,8 +160,8 @@ def _unimported(module: str, name: str):
     node = next(n for n in ast.parse(Path(path).read_text(encoding="utf-8")).body
                 if isinstance(n, ast.FunctionDef) and n.name == name)
     node.body = node.body[:1]  # the docstring
-    namespace: dict = {}
-    exec(compile(ast.Module([node], type_ignores=[]), path, "exec", __future__.annotations.compiler_flag), namespace)
+    namespace: dict = {}  # compile() keeps this module's `from __future__ import annotations`: names stay strings
+    exec(compile(ast.Module([node], type_ignores=[]), path, "exec"), namespace)
     return namespace[name]
 
 

@@ -342,8 +342,7 @@ def run_harness(model_path: str, tasks: list[str], *, data: list[str] | None = N
         model_path: checkpoint folder, run folder, or a Hugging Face GPT-2 folder or hub name
         tasks: harness tasks (comma-separated on the command line), e.g.
             hellaswag,lambada_openai,piqa,arc_easy,winogrande
-        data: TASK=FILE, a local copy of a task's data (a list: one for each such task; on the command line, repeat
-            --data)
+        data: TASK=FILE, a local copy of a task's data (one for each task read from a file: repeat --data)
         out: folder for the result files (default: evals/<name of MODEL>)
         device: auto, cpu, cuda or cuda:N
         dtype: autocast dtype (auto: bfloat16 where the hardware has it)

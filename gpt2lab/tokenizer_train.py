@@ -117,7 +117,7 @@ def train_tokenizer(inputs, vocab_size: int, out, *, pattern: str = "gpt2", doc_
     Args:
         inputs: input files or globs (txt/jsonl/parquet, compressed too)
         vocab_size: tokens, <|endoftext|> included (GPT-2: 50257); at least 257
-        out: output folder (written atomically; must not exist unless overwrite)
+        out: output folder (written atomically; it must not exist yet, unless overwriting)
         pattern: pre-tokenisation pattern: gpt2 or cl100k
         doc_split: .txt files: one document per file, per line, or per blank-line block
         text_key: jsonl key / parquet column holding the text

@@ -106,7 +106,7 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
 
     Args:
         src: transformers directory or hub name
-        out: output folder (written atomically; must not exist unless overwrite)
+        out: output folder (written atomically; it must not exist yet, unless overwriting)
         overwrite: replace the output folder if it exists
     """
     check_out_dir(Path(out), overwrite)  # before a possibly long download
@@ -132,7 +132,7 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool
 
     Args:
         source: checkpoint or run folder (or any model source that sample takes)
-        out: output folder (written atomically; must not exist unless overwrite)
+        out: output folder (written atomically; it must not exist yet, unless overwriting)
         overwrite: replace the output folder if it exists
         unverified: use a checkpoint whose checksums.json is missing or incomplete as it is (None: as
             checkpoint.accept_unverified set it)

@@ -213,15 +213,31 @@ def run_bench(*, preset: str = "tiny", batch: int = 16, seq_len: int = 256, dtyp
               compile_mode: str = "off", steps: int = 5, warmup: int = 2, device: str = "auto", as_json: bool = False,
               compare: str | None = None, recipe: str | None = None, loss_chunk: int = 0, peaks: dict | None = None,
               out=None, log: Log | None = stderr_log) -> list[dict]:
-    """``gpt2lab bench``: measure the matmul peaks once, then :func:`bench_train` with compile off and/or
-    on; print and return the results.
+    """Time training steps on random tokens and report tokens/s and MFU against a bf16 (and fp32) matmul peak
+    measured in the same run on the same device.
 
-    ``compile_mode`` is "off", "on" or "both" (eager and compiled side by side, with their ratio).
-    ``compare`` "hf" runs transformers' GPT-2 of the same shape after each gpt2lab case and adds the ratio;
-    ``recipe`` (a config file) times its model switches and optimizer instead of the GPT-2 recipe;
-    ``loss_chunk`` > 0 times gpt2lab with the chunked LM head and loss (``train.loss_chunk``).
-    Progress goes to ``log`` (stderr); the table, or one JSON object per line with ``as_json``, to ``out``
-    (stdout). ``peaks`` (from :func:`measure_peaks`) skips measuring them again.
+    Measures the matmul peaks once, then :func:`bench_train` with compile off and/or on; prints and returns the
+    results. ``gpt2lab bench`` takes these arguments as its options (``--help`` shows this text).
+
+    Args:
+        preset: model preset
+        batch: micro-batch
+        seq_len: sequence length
+        dtype: autocast dtype; auto = bfloat16 where the hardware has it
+        compile_mode: torch.compile the model: off, on, or both side by side with their ratio
+        steps: timed steps, after the warmup
+        warmup: untimed steps first; compilation happens here and its time is reported
+        device: auto, cpu, cuda or cuda:N
+        as_json: print one JSON object per result instead of a table
+        compare: also time transformers' GPT2LMHeadModel of the same shape, same step and protocol, right after
+            each case, and print gpt2lab's ratio to it
+        recipe: take the model switches and the optimizer from this training config (e.g. configs/speedrun.yaml)
+            instead of the GPT-2 recipe; the preset sets the size
+        loss_chunk: the chunked LM head and loss, ROWS rows of logits at a time, as train.loss_chunk (0: the whole
+            logits)
+        peaks: the matmul peaks of :func:`measure_peaks`, not measured again
+        out: where the table goes (default: stdout)
+        log: where progress goes (default: stderr)
     """
     if compile_mode not in COMPILE_MODES:
         raise UserError(f"--compile: {compile_mode!r}; choose off, on or both")

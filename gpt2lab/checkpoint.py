@@ -340,9 +340,16 @@ def _unverified(folder: Path, why: str, allowed: bool) -> bool:
 
 
 def add_checksums(path: str | os.PathLike) -> list[tuple[Path, str]]:
-    """``gpt2lab checkpoint checksums PATH``: give a checkpoint (or every checkpoint of a run folder) whose
-    checksums.json is missing or incomplete the sha256 of all its files. Files already listed must still match
-    (a damaged one is a DamagedCheckpoint: nothing is written). Returns (folder, "written" or "already complete")."""
+    """Give a checkpoint of an older gpt2lab (or every checkpoint of a run folder) the checksums.json that sample,
+    eval, convert and train --resume check: the sha256 of every file in it. A file that checksums.json already lists
+    must still match it.
+
+    A damaged one is a DamagedCheckpoint: nothing is written. Returns (folder, "written" or "already complete") for
+    each checkpoint; ``gpt2lab checkpoint checksums PATH`` prints them (``--help`` shows this text).
+
+    Args:
+        path: checkpoint folder, or run folder (all its checkpoints)
+    """
     p = Path(path)
     if is_run(p):  # before is_checkpoint: a run folder holds a config.yaml too
         folders = list_checkpoints(p)

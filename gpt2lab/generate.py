@@ -426,11 +426,29 @@ def generate_text(
     tokenizer: str | None = None,
     on_text: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """``gpt2lab sample``: continue ``prompt`` (empty: the start of a document) ``num_samples`` times with the
-    model at ``model_path`` (a checkpoint or run folder, or a Hugging Face GPT-2 folder or hub name) and its
-    tokenizer; returns the continuations' texts. ``top_k`` 0 is off; ``int8`` quantizes the Linear layers
-    (CPU only). ``on_text`` receives the text of the first row as it is generated, piece by piece (streaming
-    one sample to a terminal)."""
+    """Generate text from a checkpoint folder, a run folder (its newest checkpoint), or a Hugging Face GPT-2 folder
+    or hub name.
+
+    Continues ``prompt`` ``num_samples`` times with the model and its tokenizer; returns the continuations' texts.
+    ``gpt2lab sample`` takes these arguments as its options (``--help`` shows this text).
+
+    Args:
+        model_path: checkpoint folder (…/checkpoints/step_N), run folder, or Hugging Face GPT-2 folder or hub name
+        prompt: text to continue (default: the start of a document)
+        num_samples: how many samples
+        max_new_tokens: tokens per sample, at most (fewer when it ends)
+        temperature: 0 = greedy
+        top_k: sample from the k likeliest tokens; 0 = off
+        top_p: nucleus sampling mass (1 = off)
+        seed: makes the samples reproducible
+        device: auto, cpu, cuda or cuda:N
+        compile: torch.compile the decode step (compiles first, faster after)
+        int8: CPU only: int8 dynamic quantization of the Linear layers (faster, ~1% higher perplexity)
+        tokenizer: gpt2 or a tokenizer folder (gpt2lab tokenizer train); default: the model's own (a checkpoint's
+            copy, else gpt2); one that differs from the model's recorded tokenizer is an error
+        on_text: receives the text of the first sample as it is generated, piece by piece (to stream one sample to
+            a terminal)
+    """
     dev = resolve_device(device)
     model = load_pretrained(model_path, dev)
     tok = model_tokenizer(model_path, model.config, tokenizer)

@@ -75,8 +75,19 @@ def _is_number(v) -> bool:
 
 def plot_runs(runs: list[str | os.PathLike], out: str | os.PathLike | None = None, log_x: bool = False,
               labels: list[str] | None = None):
-    """Draw the runs (see the module docstring); write ``out`` atomically when given; return the Figure.
-    Each plotted line's label starts with its run's label, so ``fig.axes[i].get_lines()`` shows what is drawn."""
+    """Plot one or more runs overlaid: train and validation loss, learning rate, HellaSwag (with GPT-2 124M's 0.2955
+    and GPT-3 Small's 0.337) and LAMBADA, against tokens seen. Needs matplotlib (pip install 'gpt2lab[plot]').
+
+    Writes ``out`` atomically when given; returns the Figure (the module docstring describes it). Each plotted
+    line's label starts with its run's label, so ``fig.axes[i].get_lines()`` shows what is drawn. ``gpt2lab plot``
+    takes these arguments as its options (``--help`` shows this text).
+
+    Args:
+        runs: training run folders
+        out: image file to write (.png, .svg, .pdf)
+        log_x: logarithmic tokens axis
+        labels: legend name of each run, in order (default: the folder names)
+    """
     if not runs:
         raise UserError("give at least one run folder")
     labels = list(labels) if labels else _labels(runs)

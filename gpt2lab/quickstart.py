@@ -21,6 +21,16 @@ def asset(name: str) -> Path:
 
 
 def quickstart(run_dir: str = "runs/quickstart", overrides: Sequence[str] = ()) -> dict:
+    """The whole loop on the corpus shipped inside gpt2lab: prepare tinyshakespeare, train the quickstart model
+    (under 4 minutes on 2 CPU cores with tcmalloc), report validation loss, save a checkpoint, print samples.
+
+    Continues from the run's newest checkpoint, if any; returns train's summary. ``gpt2lab quickstart`` takes these
+    arguments as its options (``--help`` shows this text).
+
+    Args:
+        run_dir: run folder
+        overrides: key=value overrides of configs/quickstart.yaml, e.g. max_steps=50
+    """
     run = Path(run_dir)
     data_dir = run / "data"
     if not (data_dir / MANIFEST).exists():

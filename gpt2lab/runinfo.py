@@ -375,8 +375,17 @@ def _mtime(path: Path) -> float | None:
 
 
 def list_runs(root: str | os.PathLike) -> list[dict]:
-    """The rows of the runs under ``root``; a run whose files cannot be read (permissions, I/O) is left out with a
-    warning naming it, so one bad folder never hides the others."""
+    """List the run folders in a folder (itself, or up to two levels below it): model, steps done/total, tokens,
+    last train and val loss, best HellaSwag, status, last update. Status comes from RUN_DIR/status.json: running
+    while the training process is alive (on another host: while its heartbeat, rewritten every 30 s, is younger
+    than 3 minutes).
+
+    Returns a row for each run; ``gpt2lab runs`` prints them (``--help`` shows this text). A run whose files cannot
+    be read (permissions, I/O) is left out with a warning naming it, so one bad folder never hides the others.
+
+    Args:
+        root: folder of runs
+    """
     rows = []
     for p in find_runs(root):
         try:

@@ -107,7 +107,24 @@ def train_bpe(texts, vocab_size: int, pattern: str = "gpt2"):
 def train_tokenizer(inputs, vocab_size: int, out, *, pattern: str = "gpt2", doc_split: str = "file",
                     text_key: str = "text", name: str | None = None, overwrite: bool = False,
                     log: Callable[[str], None] = print) -> Tokenizer:
-    """Train a byte-level BPE of ``vocab_size`` tokens on ``inputs`` (files, globs) and write it to ``out``."""
+    """Train a byte-level BPE (GPT-2's pre-tokenisation pattern by default, <|endoftext|> as its last token) on
+    txt/jsonl/parquet files (compressed too), as prepare reads them; write it to a folder (a tiktoken rank file and
+    gpt2lab-tokenizer.json).
+
+    Returns the Tokenizer written. ``gpt2lab tokenizer train`` takes these arguments as its options (``--help``
+    shows this text).
+
+    Args:
+        inputs: input files or globs (txt/jsonl/parquet, compressed too)
+        vocab_size: tokens, <|endoftext|> included (GPT-2: 50257); at least 257
+        out: output folder (written atomically; it must not exist yet, unless overwriting)
+        pattern: pre-tokenisation pattern: gpt2 or cl100k
+        doc_split: .txt files: one document per file, per line, or per blank-line block
+        text_key: jsonl key / parquet column holding the text
+        name: the tokenizer's name in manifests (default: the folder's name)
+        overwrite: replace the output folder if it exists
+        log: receives the summary line
+    """
     _hf()
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
         raise UserError(f"--vocab-size {vocab_size}: a byte-level BPE needs at least {MIN_VOCAB} tokens "
@@ -146,10 +163,18 @@ def train_tokenizer(inputs, vocab_size: int, out, *, pattern: str = "gpt2", doc_
 
 def tokenizer_stats(inputs, tokenizers: list, *, doc_split: str = "file", text_key: str = "text",
                     repeats: int = 1) -> list[dict]:
-    """Bytes per token and encode speed of each tokenizer on the documents of ``inputs``.
+    """Encode the documents of text files with each tokenizer as prepare does (tiktoken, one process) and report
+    bytes per token and tokens/s.
 
-    Encoding is gpt2lab's path (prepare's ``tokenize_texts``: tiktoken, one process); tokens/s is
-    the best of ``repeats`` timed passes over all the documents.
+    Returns a row for each tokenizer. Encoding is gpt2lab's path (prepare's ``tokenize_texts``). ``gpt2lab tokenizer
+    stats`` takes these arguments as its options (``--help`` shows this text).
+
+    Args:
+        inputs: input files or globs (txt/jsonl/parquet, compressed too)
+        tokenizers: gpt2 or tokenizer folders
+        doc_split: .txt files: one document per file, per line, or per blank-line block
+        text_key: jsonl key / parquet column holding the text
+        repeats: timed passes over all the documents; tokens/s is the best
     """
     import numpy as np
 

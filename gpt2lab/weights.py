@@ -97,10 +97,17 @@ def model_tokenizer(source: str | os.PathLike, model_config: GPTConfig | None = 
 
 
 def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Convert a transformers GPT-2 (folder or hub name) into a gpt2lab checkpoint folder.
+    """Convert a transformers GPT-2 into a gpt2lab checkpoint folder that `gpt2lab sample` loads. The GPT-2 is a
+    directory saved by transformers' save_pretrained() (safetensors or pytorch_model.bin) or a hub name such as
+    openai-community/gpt2 (needs gpt2lab[hf] and a connection).
 
     The folder holds model.safetensors, config.yaml and checksums.json (no training state); ``sample``, ``eval``
-    and ``train.init_from`` take it.
+    and ``train.init_from`` take it. ``gpt2lab convert from-hf SRC OUT`` calls it (``--help`` shows this text).
+
+    Args:
+        src: transformers directory or hub name
+        out: output folder (written atomically; it must not exist yet, unless overwriting)
+        overwrite: replace the output folder if it exists
     """
     check_out_dir(Path(out), overwrite)  # before a possibly long download
     if classify(src) in (CHECKPOINT, RUN):
@@ -118,7 +125,18 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
 
 def export_hf(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, *,
               unverified: bool | None = None) -> Path:
-    """Write any model source (a gpt2lab run or checkpoint, typically) as a transformers folder."""
+    """Write a model (a gpt2lab checkpoint or run folder, typically) as a directory that transformers'
+    GPT2LMHeadModel and AutoTokenizer load offline.
+
+    ``gpt2lab convert to-hf CHECKPOINT OUT`` calls it (``--help`` shows this text).
+
+    Args:
+        source: checkpoint or run folder (or any model source that sample takes)
+        out: output folder (written atomically; it must not exist yet, unless overwriting)
+        overwrite: replace the output folder if it exists
+        unverified: use a checkpoint whose checksums.json is missing or incomplete as it is (None: as
+            checkpoint.accept_unverified set it)
+    """
     check_out_dir(Path(out), overwrite)
     model = load_pretrained(source, unverified=unverified)
     return save_hf(model, out, overwrite=overwrite, tokenizer=recorded_tokenizer(source))

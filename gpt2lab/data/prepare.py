@@ -511,9 +511,27 @@ def prepare(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Tokenize ``inputs`` (files and globs) or ``hub`` into shards in ``out_dir``; return the manifest.
+    """Tokenize local .txt/.jsonl/.parquet files (globs allowed; .gz/.zst/.bz2/.xz ok) or a Hugging Face hub dataset
+    (streamed) with the GPT-2 BPE (or another tokenizer) into llm.c-compatible .bin shards (val_*.bin, train_*.bin)
+    plus manifest.json. An interrupted prepare continues when it is run again with the same inputs and options.
 
-    A prepare interrupted in ``out_dir`` is continued when the same job is run again.
+    Returns the manifest; ``log`` gets the progress. ``gpt2lab prepare`` takes these arguments as its options.
+
+    Args:
+        inputs: input files or globs (txt/jsonl/parquet, compressed too)
+        out_dir: output folder for the shards
+        hub: the hub dataset to read instead of files (a HubSource)
+        val_fraction: fraction of tokens for validation (default for local files: 0.1)
+        val_tokens: the first N tokens are validation (default for a hub dataset: one shard)
+        shard_tokens: tokens per shard
+        doc_split: .txt files: one document per file, per line, or per blank-line block
+        text_key: jsonl key / parquet or hub column holding the text
+        tokenizer: gpt2 (shipped), a folder made by `gpt2lab tokenizer train`, or another tiktoken encoding name
+            (downloaded by tiktoken)
+        max_docs: stop after this many documents
+        max_tokens: stop after this many tokens
+        workers: tokenizer processes (default: cores, at most 8)
+        overwrite: replace shards (or an interrupted prepare) in the output folder
     """
     job = PrepareJob.create(inputs, out_dir, hub=hub, val_fraction=val_fraction, val_tokens=val_tokens,
                             shard_tokens=shard_tokens, doc_split=doc_split, text_key=text_key, tokenizer=tokenizer,

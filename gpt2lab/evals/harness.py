@@ -334,7 +334,25 @@ def run_harness(model_path: str, tasks: list[str], *, data: list[str] | None = N
                 include_path: str | None = None, batch_tokens: int | None = None, tokenizer: str | None = None) -> dict:
     """``gpt2lab eval harness``: run harness ``tasks`` on a gpt2lab model, ``data`` (``TASK=FILE``) read from local
     files; rank 0 writes the harness's ``OUT/harness_results.json`` and ``OUT/harness_summary.json`` (default OUT:
-    ``evals/<name of MODEL>``) and gets the summary, {task: metrics} in its "results"."""
+    ``evals/<name of MODEL>``) and gets the summary, {task: metrics} in its "results".
+
+    ``gpt2lab eval harness`` takes these arguments as its options (``--help`` shows this text).
+
+    Args:
+        model_path: checkpoint folder, run folder, or a Hugging Face GPT-2 folder or hub name
+        tasks: harness tasks (comma-separated on the command line), e.g.
+            hellaswag,lambada_openai,piqa,arc_easy,winogrande
+        data: TASK=FILE, a local copy of a task's data (one for each task read from a file: repeat --data)
+        out: folder for the result files (default: evals/<name of MODEL>)
+        device: auto, cpu, cuda or cuda:N
+        dtype: autocast dtype (auto: bfloat16 where the hardware has it)
+        limit: score only the first N documents of each task (0: all)
+        num_fewshot: few-shot examples (default: the task's)
+        include_path: a folder of your own task YAMLs
+        batch_tokens: tokens per forward batch
+        tokenizer: gpt2 or a tokenizer folder (gpt2lab tokenizer train); default: the model's own (a checkpoint's
+            copy, else gpt2); one that differs from the model's recorded tokenizer is an error
+    """
     local = parse_data(data, tasks)
     manager = _task_manager(include_path, tasks)
     out_dir = results_folder(out, model_path)

@@ -196,7 +196,23 @@ def run_hellaswag(
     plain: bool = False,
     tokenizer: str | None = None,
 ) -> dict:
-    """``gpt2lab eval hellaswag``: score a model, write the per-example file and the summary JSON."""
+    """``gpt2lab eval hellaswag``: score a model, write the per-example file and the summary JSON.
+
+    ``gpt2lab eval hellaswag`` takes these arguments as its options (``--help`` shows this text).
+
+    Args:
+        model_path: checkpoint folder, run folder, or a Hugging Face GPT-2 folder or hub name
+        data: a HellaSwag jsonl (default: downloaded to the cache)
+        out: folder for the result files (default: evals/<name of MODEL>)
+        limit: score only N items, a fixed subset spread evenly over the file, as training's evaluation does (0: all)
+        device: auto, cpu, cuda or cuda:N
+        dtype: autocast dtype (auto: bfloat16 where the hardware has it)
+        style: which definitions to compute: completion (build-nanogpt's), lm-eval (lm-evaluation-harness') or both
+        batch_tokens: tokens per forward batch
+        plain: use the plain one-example-at-a-time scorer (reference, slow)
+        tokenizer: gpt2 or a tokenizer folder (gpt2lab tokenizer train); default: the model's own (a checkpoint's
+            copy, else gpt2); one that differs from the model's recorded tokenizer is an error
+    """
     styles = STYLES if style == "both" else (style.replace("-", "_"),)
     if any(s not in STYLES for s in styles):
         raise UserError(f"--style {style!r}: choose completion, lm-eval or both")

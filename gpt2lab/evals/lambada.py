@@ -163,8 +163,25 @@ def run_lambada(
     plain: bool = False,
     tokenizer: str | None = None,
 ) -> dict:
-    """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON. ``variant``:
-    openai or original; None: openai, or for a local file ``data``, the one its text is (:func:`file_variant`)."""
+    """``gpt2lab eval lambada``: score a model, write the per-passage file and the summary JSON.
+
+    ``gpt2lab eval lambada`` takes these arguments as its options (``--help`` shows this text).
+
+    Args:
+        model_path: checkpoint folder, run folder, or a Hugging Face GPT-2 folder or hub name
+        variant: openai (detokenized, lambada_openai; downloaded when reachable) or original (lowercased,
+            tokenized; needs a data file); default: openai, or what the data file is (original when it is lowercased
+            throughout)
+        data: jsonl with 'text' or one passage per line (default: lambada_openai, downloaded)
+        out: folder for the result files (default: evals/<name of MODEL>)
+        limit: score only N items, a fixed subset spread evenly over the file, as training's evaluation does (0: all)
+        device: auto, cpu, cuda or cuda:N
+        dtype: autocast dtype (auto: bfloat16 where the hardware has it)
+        batch_tokens: tokens per forward batch
+        plain: use the plain one-example-at-a-time scorer (reference, slow)
+        tokenizer: gpt2 or a tokenizer folder (gpt2lab tokenizer train); default: the model's own (a checkpoint's
+            copy, else gpt2); one that differs from the model's recorded tokenizer is an error
+    """
     texts = load_lambada(data, variant or "openai")
     variant = variant or (file_variant(texts) if data else "openai")
     return run_task(

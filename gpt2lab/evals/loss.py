@@ -117,7 +117,23 @@ def run_loss(model_path, *, data=None, out=None, split: str = "val", tokens: int
     ``split`` in the shard folder ``data``, in windows of ``seq_len``. A gpt2lab run or checkpoint gives the defaults
     (its data.dir, train.seq_len, eval.val_tokens and train.dtype, for ``dtype="auto"``); a Hugging Face model needs
     ``data`` and defaults to its block_size and the config defaults. Runs under torchrun too, sharded; rank 0 writes
-    ``OUT/loss_summary.json`` (default OUT: ``evals/<name of the model folder>``)."""
+    ``OUT/loss_summary.json`` (default OUT: ``evals/<name of the model folder>``).
+
+    ``gpt2lab eval loss`` takes these arguments as its options (``--help`` shows this text).
+
+    Args:
+        model_path: checkpoint folder, run folder, or a Hugging Face GPT-2 folder or hub name (which needs data)
+        data: shard folder (default: the run's data.dir)
+        out: folder for the result files (default: evals/<name of MODEL>)
+        split: the shards' split to score
+        tokens: tokens to score (default: eval.val_tokens of the run)
+        batch_size: windows per forward batch
+        seq_len: window length (default: the run's train.seq_len; a Hugging Face model's n_positions)
+        device: auto, cpu, cuda or cuda:N
+        dtype: autocast dtype (auto: the run's train.dtype)
+        tokenizer: gpt2 or a tokenizer folder (gpt2lab tokenizer train); default: the model's own (a checkpoint's
+            copy, else gpt2); one that differs from the model's recorded tokenizer is an error
+    """
     own = classify(model_path) in (CHECKPOINT, RUN)
     if not own and not data:
         raise UserError(f"{model_path} is a Hugging Face model: pass --data (a folder of shards) to score it on")

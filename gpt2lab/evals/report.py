@@ -75,10 +75,20 @@ def format_history(rows: list[dict]) -> str:
 
 def run_report(run_dir: str | os.PathLike, *, plot: str | None = None, as_json: bool = False,
                markdown: bool = False) -> str:
-    """``gpt2lab report``: the run's evaluation history as a table followed by its status and environment, or as
-    JSON, or a Markdown report (which shows ``plot``, by default RUN_DIR/plot.png when matplotlib is installed; a
-    run folder one may not write to: no plot, and a warning). ``plot`` is drawn first; damaged lines of
-    metrics.jsonl and fields of the wrong type in the run's files are skipped with a warning on stderr."""
+    """Report a training run: its validation loss, HellaSwag and LAMBADA history (from its metrics.jsonl) as a
+    table, then its status and what it ran on (environment.json).
+
+    Returns the text, which ``gpt2lab report`` prints (its options are these arguments; ``--help`` shows this
+    text). ``plot`` is drawn first; a run folder one may not write to gets no default plot, and a warning; damaged
+    lines of metrics.jsonl and fields of the wrong type in the run's files are skipped with a warning on stderr.
+
+    Args:
+        run_dir: training run folder (train.run_dir)
+        plot: also plot the run to FILE (.png, .svg, ...; needs matplotlib)
+        as_json: the rows as JSON instead of a table
+        markdown: a Markdown report: figures, best checkpoint, time, tokens/s, MFU, evaluations, environment,
+            config, and the plot (FILE, or RUN_DIR/plot.png when matplotlib is installed)
+    """
     bad: list[int] = []
     rows = eval_history(run_dir, bad)
     if bad:

@@ -27,6 +27,7 @@ from .config import MODEL_PRESETS, OptimConfig, load_config
 from .device import autocast_for, device_type, resolve_dtype
 from .distributed import DistInfo
 from .errors import UserError
+from .hf import transformers_lm
 from .model import GPT, GPTConfig
 from .optim import build_optimizer
 from .perf import (
@@ -76,29 +77,6 @@ def recipe_configs(preset: str, seq_len: int, recipe: str | None) -> tuple[GPTCo
 def _check_peer(peer: str, allowed: tuple[str, ...] = PEERS) -> None:
     if peer not in allowed:
         raise UserError(f"--compare: unknown peer {peer!r}; choose one of: {', '.join(PEERS[1:])}")
-
-
-class _HFLoss(torch.nn.Module):
-    """transformers' GPT-2 behind gpt2lab's ``model(x, y) -> (logits, loss)`` call, with its own
-    loss (labels = inputs, shifted inside transformers), as a user of transformers trains it."""
-
-    def __init__(self, hf: torch.nn.Module):
-        super().__init__()
-        self.hf = hf
-
-    def forward(self, x, _y, **_gpt2lab_options):
-        return None, self.hf(input_ids=x, labels=x).loss
-
-
-def _hf_model(cfg: GPTConfig) -> torch.nn.Module:
-    try:
-        from transformers import GPT2Config, GPT2LMHeadModel
-    except ImportError:
-        raise UserError("--compare hf needs transformers: pip install 'gpt2lab[hf]'") from None
-    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-                        attn_pdrop=cfg.dropout, attn_implementation="sdpa")
-    return _HFLoss(GPT2LMHeadModel(hf_cfg))
 
 
 def make_train_step(model: torch.nn.Module, optim_cfg: OptimConfig, *, vocab_size: int, batch: int, seq_len: int,
@@ -164,7 +142,7 @@ def bench_train(preset: str = "tiny", *, batch: int = 16, seq_len: int = 256, dt
         log("warning: --warmup 0 with compile: compilation is inside the timed steps")
     reset_ok = reset_peak_memory(device)  # from here on: model, optimizer state, activations, compiled code
     if make_model is None:
-        make_model = GPT if peer == "gpt2lab" else _hf_model
+        make_model = GPT if peer == "gpt2lab" else transformers_lm
     model = make_model(cfg).to(device)
     one_step = make_train_step(model, optim_cfg, vocab_size=cfg.vocab_size, batch=batch, seq_len=seq_len,
                                device=device, autocast=autocast_for(device_type(device), amp_dtype), compile=compile,

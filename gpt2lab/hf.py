@@ -23,8 +23,8 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -32,8 +32,17 @@ from .errors import UserError
 from .fileio import atomic_dir, file_mode
 from .model import GPT, GPTConfig
 from .sizes import check_fits
-from .tokenizer import (COPY_DIR, EOT_STRING, EOT_TOKEN, Tokenizer, bytes_to_unicode, copy_folder, load_tokenizer,
-                        onig_pattern, pad_vocab)
+from .tokenizer import (
+    COPY_DIR,
+    EOT_STRING,
+    EOT_TOKEN,
+    Tokenizer,
+    bytes_to_unicode,
+    copy_folder,
+    load_tokenizer,
+    onig_pattern,
+    pad_vocab,
+)
 
 HF_CONFIG = "config.json"
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) in transformers
@@ -465,3 +474,31 @@ def write_tokenizer_files(directory: str | os.PathLike, model_max_length: int = 
         (d / "tokenizer.json").write_text(json.dumps(_fast_tokenizer_json(tok, vocab, merges), ensure_ascii=False),
                                           encoding="utf-8")
     (d / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+
+
+# --- transformers' GPT-2 of the same shape, trained as gpt2lab's model is (gpt2lab bench --compare hf) -----
+
+
+class TransformersLM(torch.nn.Module):
+    """transformers' GPT-2 behind gpt2lab's ``model(x, y) -> (logits, loss)`` call, with its own
+    loss (labels = inputs, shifted inside transformers), as a user of transformers trains it."""
+
+    def __init__(self, hf: torch.nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x, _y, **_gpt2lab_options):
+        return None, self.hf(input_ids=x, labels=x).loss
+
+
+def transformers_lm(cfg: GPTConfig) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel of ``cfg``'s shape (SDPA attention), randomly initialised, as a
+    :class:`TransformersLM`: the peer ``gpt2lab bench --compare hf`` times."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise UserError("--compare hf needs transformers: pip install 'gpt2lab[hf]'") from None
+    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                        attn_pdrop=cfg.dropout, attn_implementation="sdpa")
+    return TransformersLM(GPT2LMHeadModel(hf_cfg))

@@ -545,23 +545,28 @@ def prepare(
         raise UserError(f"output {job.out_dir}: cannot write {e.filename or job.out_dir} ({e.strerror or e}); "
                         "choose a folder this user can write to") from None
     try:
-        if not overwrite and (done := _already_prepared(job)) is not None:
-            log(f"{job.out_dir} already holds this prepare, complete ({done['tokens']['total']:,} tokens from the "
-                "same inputs, unchanged, with the same options): nothing to do (--overwrite redoes it)")
-            return done
-        saved = _claim_output(job, overwrite)
-        job.work_dir.mkdir(parents=True, exist_ok=True)
-        status = _status(job, log)
-        try:
-            return _Preparation(job, status, saved).run()
-        except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
-            if saved is None and not _old_outputs(job.out_dir):
-                _clear(job.out_dir)
-            raise
-        finally:
-            status.close()
+        return _run_locked(job, overwrite, log)
     finally:
         lock.release()
+
+
+def _run_locked(job: PrepareJob, overwrite: bool, log: Callable[[str], None]) -> dict:
+    """The job, its folder locked: nothing to do when it is complete there, else continued or started anew."""
+    if not overwrite and (done := _already_prepared(job)) is not None:
+        log(f"{job.out_dir} already holds this prepare, complete ({done['tokens']['total']:,} tokens from the "
+            "same inputs, unchanged, with the same options): nothing to do (--overwrite redoes it)")
+        return done
+    saved = _claim_output(job, overwrite)
+    job.work_dir.mkdir(parents=True, exist_ok=True)
+    status = _status(job, log)
+    try:
+        return _Preparation(job, status, saved).run()
+    except UserError:  # a bad input: before the first shard there is nothing worth continuing, so nothing is kept
+        if saved is None and not _old_outputs(job.out_dir):
+            _clear(job.out_dir)
+        raise
+    finally:
+        status.close()
 
 
 def _already_prepared(job: PrepareJob) -> dict | None:

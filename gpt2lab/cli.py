@@ -11,172 +11,25 @@ each number must be in (RANGES).
 from __future__ import annotations
 
 import argparse
-import ast
 import errno
-import functools
-import importlib.util
-import inspect
 import json
-import math
 import os
-import re
 import signal
 import sys
-import textwrap
 import typing
-from pathlib import Path
 
+from .argspec import Parser, call, number, options_from, param_help, summary, unimported
 from .errors import PeerFailure, UserError
 
-
-def _number(kind, low: float, low_ok: bool = True, high: float | None = None, high_ok: bool = True):
-    """An argparse type: ``kind`` (int or float) >= low (> low unless low_ok), <= high (< high unless high_ok);
-    a bad value is a usage error."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        too_high = high is not None and (value > high or (value == high and not high_ok))
-        if not math.isfinite(value) or value < low or (value == low and not low_ok) or too_high:
-            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and {'<=' if high_ok else '<'} {high}" if high is not None
-                                                          else "")
-            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
-        return value
-
-    return parse
-
-
-POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0)
-# The range of a number, by parameter name (a name means the same in every command); an int not named here counts
-# something, so is >= 1. The parser checks it: a value out of range is a usage error naming the flag.
-RANGES = {"top_k": NON_NEGATIVE, "limit": NON_NEGATIVE, "num_fewshot": NON_NEGATIVE, "val_tokens": NON_NEGATIVE,
-          "warmup": NON_NEGATIVE, "loss_chunk": NON_NEGATIVE, "temperature": _number(float, 0),
-          "top_p": _number(float, 0, low_ok=False, high=1), "val_fraction": _number(float, 0, high=1, high_ok=False)}
 STATS_TOKENIZERS = ["gpt2"]  # what `tokenizer stats` measures without --tokenizer
-
-
-class _Formatter(argparse.HelpFormatter):
-    """Wraps descriptions and epilogs but keeps their indented lines (examples) as written, and ends each
-    option's help with its default (the parser's, taken from the code), unless there is none to show (None,
-    a flag's False, an empty string) or the help speaks of its default itself."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return "\n".join(indent + line if line.startswith(" ") else
-                         textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent,
-                                       break_on_hyphens=False)
-                         for line in text.splitlines())
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if any(default is v for v in (None, False, argparse.SUPPRESS)) or default == "" or "default" in text:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser (and so its subcommands' parsers) with _Formatter's help, whose usage errors are one
-    line, as gpt2lab's other errors are, pointing at the command's help."""
-
-    def __init__(self, *args, formatter_class=_Formatter, **kwargs):
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-# --- options from the library's signatures and docstrings ---------------------------------------------------------
-def _summary(function) -> str:
-    """The first paragraph of ``function``'s docstring, on one line: its command's description."""
-    return " ".join(inspect.getdoc(function).split("\n\n")[0].split()).replace("``", "")
-
-
-@functools.cache
-def _param_help(function) -> dict[str, str]:
-    """The help of each parameter in ``function``'s docstring, as argparse takes it. The docstring's ``Args:`` block
-    (Google style) has a line ``name: text`` for each parameter; lines indented further continue the text."""
-    helps, name = {}, None
-    for line in (inspect.getdoc(function) or "").partition("\nArgs:\n")[2].splitlines():
-        if not line.startswith(" "):  # a blank line or the next section ends the block
-            break
-        entry = re.fullmatch(r" {4}(\w+): (.*)", line)
-        if entry:
-            name, helps[entry[1]] = entry[1], entry[2]
-        else:
-            helps[name] += " " + line.strip()
-    # ``code`` reads as plain text in a terminal; argparse %-formats help, so a % is doubled
-    return {name: text.replace("``", "").replace("%", "%%") for name, text in helps.items()}
-
-
-def _help(functions: dict, name: str) -> str:
-    """The help of parameter ``name`` in the docstrings of ``functions`` ({label: function}): the text, when all of
-    them say the same, else each text after the labels of those that say it ("loss: ...; hellaswag: ...")."""
-    said: dict[str, list[str]] = {}
-    for label, function in functions.items():
-        if name in inspect.signature(function).parameters:
-            said.setdefault(_param_help(function)[name], []).append(label)
-    if list(said.values()) == [list(functions)]:
-        return next(iter(said))
-    return "; ".join(f"{', '.join(labels)}: {text}" for text, labels in said.items())
-
-
-def _options_from(parser, functions, names: str, **special: dict) -> None:
-    """Add to ``parser`` (or an argument group) an option for each parameter named in ``names``, in that order:
-    ``max_new_tokens`` becomes --max-new-tokens, with the parameter's default (none: the option is required), its
-    docstring's help (:func:`_help`) and its annotation's type: a bool is a flag, an int or a float (``int | None``
-    too) is checked against RANGES, anything else is a string.
-
-    ``functions`` is the library function, or {label: function} where several share a command's options (eval's
-    tasks): the first with the parameter gives its type and default, and each its own help.
-    ``special[name]`` holds what the command line does its own way, as add_argument's keywords (choices, metavar,
-    action, default, required, ...), with two more: ``flags``, the option's names when not --max-new-tokens (a
-    short alias, another name), and ``help_end``, text added to the docstring's help."""
-    functions = functions if isinstance(functions, dict) else {"": functions}
-    for name in names.split():
-        first = next(f for f in functions.values() if name in inspect.signature(f).parameters)
-        param = inspect.signature(first).parameters[name]
-        hint = typing.get_type_hints(first).get(name, type(param.default))
-        kinds = typing.get_args(hint) or (hint,)  # int | None: (int, NoneType)
-        if bool in kinds:
-            kwargs = {"action": "store_true"}
-        else:
-            kwargs = {"type": RANGES.get(name, POSITIVE if int in kinds else float if float in kinds else str)}
-        if param.default is not param.empty:
-            kwargs["default"] = param.default
-        kwargs.update(dest=name, help=_help(functions, name), **special.get(name, {}))
-        flags = kwargs.pop("flags", ["--" + name.replace("_", "-")])
-        kwargs["help"] += kwargs.pop("help_end", "")
-        if kwargs.setdefault("required", "default" not in kwargs):
-            kwargs.pop("default", None)  # a required option shows no default
-        parser.add_argument(*flags, **kwargs)
-
-
-def _unimported(module: str, name: str):
-    """Function ``name`` of ``module`` compiled from its source with its signature and docstring but no body: enough
-    for its options, without importing what the module imports (the harness's lm-eval: optional, slow to import)."""
-    path = importlib.util.find_spec(module).origin
-    node = next(n for n in ast.parse(Path(path).read_text(encoding="utf-8")).body
-                if isinstance(n, ast.FunctionDef) and n.name == name)
-    node.body = node.body[:1]  # the docstring
-    namespace: dict = {}  # compile() keeps this module's `from __future__ import annotations`: names stay strings
-    exec(compile(ast.Module([node], type_ignores=[]), path, "exec"), namespace)
-    return namespace[name]
-
-
-def _call(function, args: argparse.Namespace, **given):
-    """``function`` called with every parsed argument named like one of its parameters, and ``given``."""
-    params = inspect.signature(function).parameters
-    return function(**{**{k: v for k, v in vars(args).items() if k in params}, **given})
 
 
 def _text_inputs(p, function, nargs: str) -> None:
     """The input files and how their documents are read: prepare's and the tokenizer's."""
     from .data.sources import DOC_SPLITS
 
-    p.add_argument("inputs", nargs=nargs, help=_param_help(function)["inputs"])
-    _options_from(p, function, "doc_split text_key", doc_split=dict(choices=DOC_SPLITS))
+    p.add_argument("inputs", nargs=nargs, help=param_help(function)["inputs"])
+    options_from(p, function, "doc_split text_key", doc_split=dict(choices=DOC_SPLITS))
 
 
 def _unverified(p) -> None:
@@ -191,10 +44,10 @@ def _prepare(p) -> None:
     from .data.prepare import prepare
     from .data.sources import HubSource
 
-    p.description = _summary(prepare)
+    p.description = summary(prepare)
     p.epilog = ("examples:\n  gpt2lab prepare corpus/*.jsonl.zst --out data/mycorpus\n  gpt2lab prepare --hub --out "
                 f"data/fineweb-edu-10B     # {HubSource.name} {HubSource.config}, val = the first shard")
-    _options_from(p, prepare, "out_dir", out_dir=dict(flags=["--out", "-o"], metavar="OUT", required=True))
+    options_from(p, prepare, "out_dir", out_dir=dict(flags=["--out", "-o"], metavar="OUT", required=True))
     _text_inputs(p, prepare, "*")
     # --hub and its options make the HubSource passed as hub=
     p.add_argument("--hub", nargs="?", const=HubSource.name, metavar="NAME",
@@ -204,24 +57,11 @@ def _prepare(p) -> None:
     p.add_argument("--hub-split", default=HubSource.split, help="hub dataset split")
     p.add_argument("--hub-data-files", nargs="+", metavar="FILE",
                    help="data_files for a builder dataset such as --hub parquet or --hub json")
-    _options_from(p.add_mutually_exclusive_group(), prepare, "val_fraction val_tokens")
-    _options_from(p, prepare, "shard_tokens max_docs max_tokens tokenizer workers overwrite")
+    options_from(p.add_mutually_exclusive_group(), prepare, "val_fraction val_tokens")
+    options_from(p, prepare, "shard_tokens max_docs max_tokens tokenizer workers overwrite")
     # prepare prints its own summary
-    p.set_defaults(run=lambda args: _call(prepare, args, inputs=args.inputs or None, hub=_hub_source(args)))
-
-
-def _hub_source(args):
-    """The HubSource that --hub and its options name (None without --hub)."""
-    from .data.sources import HubSource
-
-    if args.hub is None:
-        if not args.inputs:
-            raise UserError("no inputs: give files or globs to tokenize, or --hub for a Hugging Face dataset")
-        return None
-    if args.inputs:
-        raise UserError("give input files or --hub, not both")
-    config = HubSource.config if args.hub_config is None and args.hub == HubSource.name else args.hub_config
-    return HubSource(args.hub, config, args.hub_split, tuple(args.hub_data_files) if args.hub_data_files else None)
+    p.set_defaults(run=lambda args: call(prepare, args, inputs=args.inputs or None, hub=HubSource.named(
+        args.hub, args.inputs, config=args.hub_config, split=args.hub_split, data_files=args.hub_data_files)))
 
 
 def _train(p) -> None:
@@ -239,13 +79,13 @@ def _train(p) -> None:
 
 
 def cmd_train(args) -> int | None:
-    from .train import train
+    from .train import nothing_to_resume, resume_config, train
 
-    cfg, resume = _train_config(args)
+    cfg, resume = resume_config(args.config, args.overrides, args.resume)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return None
-    if resume and _already_done(cfg):
+    if resume and nothing_to_resume(cfg):
         return None
     summary = train(cfg, resume=resume)
     if summary.get("stopped"):  # SIGTERM/SIGINT: checkpoint written; exit as a signalled process would
@@ -254,52 +94,15 @@ def cmd_train(args) -> int | None:
         print(f"done: {summary['steps']} steps, val loss {summary['val_loss']:.4f}, run in {summary['run_dir']}")
 
 
-def _already_done(cfg) -> bool:
-    """Whether --resume has nothing to do (the newest checkpoint, intact, is at train.max_steps), said at once, before
-    a model is built (a damaged one is left to train(), which sets it aside and resumes from an older one)."""
-    from .checkpoint import DamagedCheckpoint, list_checkpoints, verify_checkpoint
-    from .layout import step_of
-
-    found = list_checkpoints(cfg.train.run_dir)
-    step = step_of(found[-1].name) if found else 0
-    if step < cfg.train.max_steps:
-        return False
-    try:
-        verify_checkpoint(found[-1])
-    except DamagedCheckpoint:
-        return False
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{cfg.train.run_dir} has already done {step} steps (train.max_steps={cfg.train.max_steps}): nothing "
-              "to do; raise train.max_steps to train further")
-    return True
-
-
-def _train_config(args):
-    """(config, resume) as train's options give them: ``--resume RUN_DIR`` resumes that run, with its config.yaml
-    unless --config is given; in ``--resume lr=1e-4`` the override follows a plain --resume."""
-    from .config import load_config
-    from .layout import RUN_CONFIG
-
-    config, overrides, resume = args.config, list(args.overrides), args.resume
-    if isinstance(resume, str) and "=" in resume:
-        overrides.insert(0, resume)
-        resume = True
-    if isinstance(resume, str):  # a run folder: its config, then the overrides
-        if config is None:
-            config = os.path.join(resume, RUN_CONFIG)
-        overrides.append(f"train.run_dir={resume}")
-    return load_config(config, overrides), bool(resume)
-
-
 def _sample(p) -> None:
     from .config import MAX_SEED
     from .generate import generate_text
 
-    p.description = _summary(generate_text)
-    p.add_argument("model_path", metavar="checkpoint", help=_param_help(generate_text)["model_path"])
-    _options_from(p, generate_text, "prompt num_samples max_new_tokens temperature top_k top_p seed device compile "
+    p.description = summary(generate_text)
+    p.add_argument("model_path", metavar="checkpoint", help=param_help(generate_text)["model_path"])
+    options_from(p, generate_text, "prompt num_samples max_new_tokens temperature top_k top_p seed device compile "
                   "int8 tokenizer", num_samples=dict(flags=["--num-samples", "-n"]),
-                  seed=dict(type=_number(int, 0, high=MAX_SEED)))
+                  seed=dict(type=number(int, 0, high=MAX_SEED)))
     _unverified(p)
     p.set_defaults(run=cmd_sample)
 
@@ -308,7 +111,7 @@ def cmd_sample(args) -> None:
     from .generate import generate_text
 
     stream = args.num_samples == 1 and sys.stdout.isatty()  # one sample to a terminal: shown as it comes
-    texts = _call(generate_text, args, on_text=(lambda text: print(text, end="", flush=True)) if stream else None)
+    texts = call(generate_text, args, on_text=(lambda text: print(text, end="", flush=True)) if stream else None)
     if stream:
         print()
         return
@@ -326,7 +129,7 @@ def _eval(p) -> None:
     from .evals.scoring import BATCH_TOKENS
 
     tasks = {"loss": run_loss, "hellaswag": run_hellaswag, "lambada": run_lambada,
-             "harness": _unimported("gpt2lab.evals.harness", "run_harness")}
+             "harness": unimported("gpt2lab.evals.harness", "run_harness")}
     p.description = ("Evaluate a model: loss (validation loss over prepared shards), hellaswag (4-way completion "
                      "accuracy, build-nanogpt's and lm-eval-harness' definitions), lambada (last-word accuracy and "
                      "perplexity), harness (any lm-evaluation-harness task, with gpt2lab as the model). Each runs "
@@ -338,15 +141,15 @@ def _eval(p) -> None:
                    "folder or hub name (loss: with --data)")
     # the options most tasks take, then each task's own; a help names the tasks it is for where they differ
     by_device = ", ".join(f"{n} on {kind}" for kind, n in BATCH_TOKENS.items())  # batch_tokens=None means this
-    _options_from(p, tasks, "data out device dtype tokenizer limit batch_tokens", data=dict(action="append"),
+    options_from(p, tasks, "data out device dtype tokenizer limit batch_tokens", data=dict(action="append"),
                   dtype=dict(choices=typing.get_args(typing.get_type_hints(TrainConfig)["dtype"])),
                   batch_tokens=dict(help_end=f" (default: {by_device})"))
     _unverified(p)
-    _options_from(p.add_argument_group("loss"), {"loss": run_loss}, "split tokens batch_size seq_len")
-    _options_from(p.add_argument_group("hellaswag and lambada"), {"hellaswag": run_hellaswag, "lambada": run_lambada},
+    options_from(p.add_argument_group("loss"), {"loss": run_loss}, "split tokens batch_size seq_len")
+    options_from(p.add_argument_group("hellaswag and lambada"), {"hellaswag": run_hellaswag, "lambada": run_lambada},
                   "plain style variant", style=dict(choices=["both", *(s.replace("_", "-") for s in STYLES)]),
                   variant=dict(choices=VARIANTS))
-    _options_from(p.add_argument_group("harness (needs lm-eval: pip install 'gpt2lab[harness]')"),
+    options_from(p.add_argument_group("harness (needs lm-eval: pip install 'gpt2lab[harness]')"),
                   {"harness": tasks["harness"]}, "tasks include_path num_fewshot",
                   tasks=dict(type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default="hellaswag"))
     p.set_defaults(run=lambda args: cmd_eval(args, tasks))
@@ -363,7 +166,7 @@ def cmd_eval(args, tasks: dict) -> None:
         if len(args.data or []) > 1:
             raise UserError(f"--data: give one for eval {args.task}")
         args.data, function = (args.data[0] if args.data else None), tasks[args.task]
-    summary = _call(function, args)
+    summary = call(function, args)
     if os.environ.get("RANK", "0") == "0":
         summary.pop("definitions", None)
         print(json.dumps(summary))
@@ -376,18 +179,18 @@ def _tokenizer(p) -> None:
                      "'gpt2lab[tokenizer]'), saved as a folder that --tokenizer and data.tokenizer take. stats: bytes "
                      "per token and encode speed of tokenizers on your text.")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    t = tsub.add_parser("train", help="train a byte-level BPE on a corpus", description=_summary(train_tokenizer),
+    t = tsub.add_parser("train", help="train a byte-level BPE on a corpus", description=summary(train_tokenizer),
                         epilog="example:\n  gpt2lab tokenizer train corpus/*.jsonl --vocab-size 32768 --out tok32k\n"
                         "  gpt2lab prepare corpus/*.jsonl --tokenizer tok32k --out data/mycorpus\n"
                         "  gpt2lab train data.dir=data/mycorpus data.tokenizer=tok32k")
-    _options_from(t, train_tokenizer, "vocab_size out pattern", out=dict(flags=["--out", "-o"]))
+    options_from(t, train_tokenizer, "vocab_size out pattern", out=dict(flags=["--out", "-o"]))
     _text_inputs(t, train_tokenizer, "+")
-    _options_from(t, train_tokenizer, "name overwrite")
+    options_from(t, train_tokenizer, "name overwrite")
     st = tsub.add_parser("stats", help="bytes per token and tokens/s of tokenizers on some text",
-                         description=_summary(tokenizer_stats))
+                         description=summary(tokenizer_stats))
     _text_inputs(st, tokenizer_stats, "+")
     # --tokenizer, repeated, makes the list (default None: argparse would append to a default list)
-    _options_from(st, tokenizer_stats, "tokenizers repeats", tokenizers=dict(
+    options_from(st, tokenizer_stats, "tokenizers repeats", tokenizers=dict(
         flags=["--tokenizer"], metavar="TOKENIZER", action="append", default=None,
         help_end=f"; repeat to compare (default: {', '.join(STATS_TOKENIZERS)})"))
     st.add_argument("--json", action="store_true", help="print one JSON object per tokenizer instead of a table")
@@ -398,10 +201,10 @@ def cmd_tokenizer(args) -> None:
     from .tokenizer_train import format_stats, tokenizer_stats, train_tokenizer
 
     if args.action == "stats":
-        rows = _call(tokenizer_stats, args, tokenizers=args.tokenizers or STATS_TOKENIZERS)
+        rows = call(tokenizer_stats, args, tokenizers=args.tokenizers or STATS_TOKENIZERS)
         print("\n".join(json.dumps(r) for r in rows) if args.json else format_stats(rows))
         return
-    tok = _call(train_tokenizer, args)
+    tok = call(train_tokenizer, args)
     print(f"wrote tokenizer {tok.name} ({tok.n_vocab:,} tokens, sha256 {tok.sha256}) to {args.out}; use it with "
           f"--tokenizer {args.out} (prepare, sample, eval) and data.tokenizer={args.out} (train)")
 
@@ -409,17 +212,17 @@ def cmd_tokenizer(args) -> None:
 def _report(p) -> None:
     from .evals.report import run_report
 
-    p.description = _summary(run_report)
-    p.add_argument("run_dir", help=_param_help(run_report)["run_dir"])
-    _options_from(p, run_report, "plot as_json markdown", plot=dict(metavar="FILE"), as_json=dict(flags=["--json"]))
-    p.set_defaults(run=lambda args: print(_call(run_report, args), end=""))
+    p.description = summary(run_report)
+    p.add_argument("run_dir", help=param_help(run_report)["run_dir"])
+    options_from(p, run_report, "plot as_json markdown", plot=dict(metavar="FILE"), as_json=dict(flags=["--json"]))
+    p.set_defaults(run=lambda args: print(call(run_report, args), end=""))
 
 
 def _runs(p) -> None:
     from .runinfo import format_runs, list_runs
 
-    p.description = _summary(list_runs)
-    p.add_argument("dir", nargs="?", default="runs", help=_param_help(list_runs)["root"])
+    p.description = summary(list_runs)
+    p.add_argument("dir", nargs="?", default="runs", help=param_help(list_runs)["root"])
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
 
     def run(args):
@@ -432,13 +235,13 @@ def _runs(p) -> None:
 def _plot(p) -> None:
     from .plot import plot_runs
 
-    p.description = _summary(plot_runs)
-    p.add_argument("runs", nargs="+", metavar="RUN", help=_param_help(plot_runs)["runs"])
-    _options_from(p, plot_runs, "out log_x labels", out=dict(flags=["--out", "-o"], metavar="FILE", required=True),
+    p.description = summary(plot_runs)
+    p.add_argument("runs", nargs="+", metavar="RUN", help=param_help(plot_runs)["runs"])
+    options_from(p, plot_runs, "out log_x labels", out=dict(flags=["--out", "-o"], metavar="FILE", required=True),
                   labels=dict(flags=["--label"], action="append", metavar="NAME"))
 
     def run(args):
-        _call(plot_runs, args)
+        call(plot_runs, args)
         print(f"wrote {args.out}")
 
     p.set_defaults(run=run)
@@ -448,24 +251,24 @@ def _bench(p) -> None:
     from .bench import run_bench
     from .config import MODEL_PRESETS
 
-    p.description = _summary(run_bench)
-    _options_from(p, run_bench, "preset batch seq_len dtype compile_mode steps warmup device compare recipe "
+    p.description = summary(run_bench)
+    options_from(p, run_bench, "preset batch seq_len dtype compile_mode steps warmup device compare recipe "
                   "loss_chunk as_json", preset=dict(choices=MODEL_PRESETS), batch=dict(flags=["--batch", "-B"]),
                   seq_len=dict(flags=["--seq-len", "-T"]), dtype=dict(choices=["auto", "bfloat16", "float32"]),
                   compile_mode=dict(flags=["--compile"], choices=["off", "on", "both"]), compare=dict(choices=["hf"]),
                   recipe=dict(metavar="CONFIG"), loss_chunk=dict(metavar="ROWS"), as_json=dict(flags=["--json"]))
-    p.set_defaults(run=lambda args: _call(run_bench, args))  # it prints the table
+    p.set_defaults(run=lambda args: call(run_bench, args))  # it prints the table
 
 
 def _convert(p) -> None:
     from .weights import export_hf, import_hf
 
-    p.description = f"from-hf SRC OUT: {_summary(import_hf)} to-hf CHECKPOINT OUT: {_summary(export_hf)}"
+    p.description = f"from-hf SRC OUT: {summary(import_hf)} to-hf CHECKPOINT OUT: {summary(export_hf)}"
     p.add_argument("direction", choices=["from-hf", "to-hf"],
                    help="from-hf: transformers -> gpt2lab; to-hf: the reverse")
     p.add_argument("src", help="from-hf: transformers directory or hub name; to-hf: checkpoint or run folder")
     p.add_argument("out", help="output folder (written atomically; must not exist unless --overwrite)")
-    _options_from(p, import_hf, "overwrite")
+    options_from(p, import_hf, "overwrite")
     _unverified(p)
 
     def run(args):
@@ -482,11 +285,11 @@ def _convert(p) -> None:
 def _checkpoint(p) -> None:
     from .checkpoint import add_checksums
 
-    p.description = "checksums PATH: " + _summary(add_checksums)
+    p.description = "checksums PATH: " + summary(add_checksums)
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = csub.add_parser("checksums", help="write the checksums of checkpoints that lack them",
                         description=p.description)
-    c.add_argument("path", help=_param_help(add_checksums)["path"])
+    c.add_argument("path", help=param_help(add_checksums)["path"])
 
     def run(args):
         for folder, what in add_checksums(args.path):
@@ -498,10 +301,10 @@ def _checkpoint(p) -> None:
 def _quickstart(p) -> None:
     from .quickstart import quickstart
 
-    p.description = _summary(quickstart)
-    _options_from(p, quickstart, "run_dir", run_dir=dict(flags=["--out"], metavar="OUT"))
-    p.add_argument("overrides", nargs="*", help=_param_help(quickstart)["overrides"])
-    p.set_defaults(run=lambda args: _call(quickstart, args))
+    p.description = summary(quickstart)
+    options_from(p, quickstart, "run_dir", run_dir=dict(flags=["--out"], metavar="OUT"))
+    p.add_argument("overrides", nargs="*", help=param_help(quickstart)["overrides"])
+    p.set_defaults(run=lambda args: call(quickstart, args))
 
 
 def _config(p) -> None:
@@ -539,15 +342,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     name and summary in ``gpt2lab --help``."""
     from . import __version__
 
-    parser = _Parser(prog="gpt2lab",
+    parser = Parser(prog="gpt2lab",
                      description="Pretrain GPT-2-class language models from scratch: prepare, train, eval, sample.")
     parser.add_argument("--version", action="version", version=f"gpt2lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (summary, add_options) in PARSERS.items():
+    for name, (line, add_options) in PARSERS.items():
         if command in (None, name):
-            add_options(sub.add_parser(name, help=summary))
+            add_options(sub.add_parser(name, help=line))
         else:
-            sub.add_parser(name, help=summary)
+            sub.add_parser(name, help=line)
     return parser
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import Checkpointer, load_checkpoint_config
-from .config import Config, validate
+from .checkpoint import Checkpointer, DamagedCheckpoint, list_checkpoints, load_checkpoint_config, verify_checkpoint
+from .config import Config, load_config, validate
 from .data.loader import TokenLoader, seq_len_at, split_rows
 from .data.prepare import check_data_tokenizer
 from .device import autocast_for, device_type, resolve_dtype, set_backends, synchronize
@@ -49,7 +49,7 @@ from .distributed import (
 from .errors import UserError
 from .evals.during_training import Evaluator, ValLoss, build_evaluators, due
 from .fileio import check_folder_path
-from .layout import CHECKPOINTS_DIR, LOCK_FILE
+from .layout import CHECKPOINTS_DIR, LOCK_FILE, RUN_CONFIG, step_of
 from .lock import FolderBusy, FolderLock
 from .metrics import MetricsWriter, drop_history_after
 from .model import GPT
@@ -90,6 +90,37 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
     finally:
         if lock is not None:
             lock.release()
+
+
+def nothing_to_resume(cfg: Config) -> bool:
+    """Whether ``--resume`` has nothing to do (the newest checkpoint, intact, is at train.max_steps), said at once,
+    before a model is built (a damaged one is left to train(), which sets it aside and resumes from an older one)."""
+    found = list_checkpoints(cfg.train.run_dir)
+    step = step_of(found[-1].name) if found else 0
+    if step < cfg.train.max_steps:
+        return False
+    try:
+        verify_checkpoint(found[-1])
+    except DamagedCheckpoint:
+        return False
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{cfg.train.run_dir} has already done {step} steps (train.max_steps={cfg.train.max_steps}): nothing "
+              "to do; raise train.max_steps to train further")
+    return True
+
+
+def resume_config(config: str | None, overrides: list[str], resume: bool | str) -> tuple[Config, bool]:
+    """(config, resume) as ``gpt2lab train``'s options give them: ``--resume RUN_DIR`` resumes that run, with its
+    config.yaml unless ``--config`` is given; in ``--resume lr=1e-4`` the override follows a plain --resume."""
+    overrides = list(overrides)
+    if isinstance(resume, str) and "=" in resume:
+        overrides.insert(0, resume)
+        resume = True
+    if isinstance(resume, str):  # a run folder: its config, then the overrides
+        if config is None:
+            config = os.path.join(resume, RUN_CONFIG)
+        overrides.append(f"train.run_dir={resume}")
+    return load_config(config, overrides), bool(resume)
 
 
 def _lock_run_dir(run_dir) -> tuple[FolderLock | None, str]:

@@ -21,8 +21,9 @@ import json
 import lzma
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,20 @@ class HubSource:
     split: str = "train"
     data_files: tuple[str, ...] | None = None
     revision: str | None = None
+
+    @classmethod
+    def named(cls, name: str | None, inputs, *, config: str | None = None, split: str = "train",
+              data_files=None) -> HubSource | None:
+        """The dataset ``gpt2lab prepare --hub NAME`` names (None without --hub: ``inputs`` are files), with its
+        default config for the default dataset; files and a hub dataset together are an error."""
+        if name is None:
+            if not inputs:
+                raise UserError("no inputs: give files or globs to tokenize, or --hub for a Hugging Face dataset")
+            return None
+        if inputs:
+            raise UserError("give input files or --hub, not both")
+        config = cls.config if config is None and name == cls.name else config
+        return cls(name, config, split, tuple(data_files) if data_files else None)
 
     def describe(self) -> dict:
         d = dataclasses.asdict(self)

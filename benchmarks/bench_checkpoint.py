@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import describe_machine, log  # noqa: E402
-
 import torch  # noqa: E402
 
 from gpt2lab import checkpoint as ckpt  # noqa: E402
@@ -28,6 +26,7 @@ from gpt2lab.config import load_config  # noqa: E402
 from gpt2lab.distributed import DistInfo  # noqa: E402
 from gpt2lab.model import GPT  # noqa: E402
 from gpt2lab.optim import build_optimizer  # noqa: E402
+from harness import describe_machine, log  # noqa: E402
 
 
 class _Position:

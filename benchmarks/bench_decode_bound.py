@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 
-import harness
 import torch
 import torch.nn.functional as F
+
+import harness
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from gpt2_pair import random_gpt2_pair
+
     from gpt2lab.generate import Decoder, generate
 
     harness.start("cpu")

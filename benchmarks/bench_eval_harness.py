@@ -21,16 +21,16 @@ import logging
 import tempfile
 from pathlib import Path
 
-import harness
 import torch
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 
+import harness
 from gpt2lab.config import MODEL_PRESETS
+from gpt2lab.device import autocast_for
 from gpt2lab.evals.harness import GPT2LabLM, write_local_task
 from gpt2lab.hf import save_hf
 from gpt2lab.model import GPT, GPTConfig
-from gpt2lab.device import autocast_for
 
 
 def local_task(folder: Path, items: int, data: Path) -> str:

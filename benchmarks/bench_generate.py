@@ -36,8 +36,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import harness
 import torch
+
+import harness
 
 PROMPT_LEN = 16
 
@@ -66,6 +67,7 @@ def _best_of(fns: dict, repeats: int) -> dict:
 
 def bench_speed(args) -> list[dict]:
     from gpt2_pair import random_gpt2_pair
+
     from gpt2lab.generate import Decoder, generate
 
     hf32, ours32 = random_gpt2_pair()

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import functools
 
-import harness
 import torch
+
+import harness
 from gpt2lab.config import MODEL_PRESETS
+from gpt2lab.device import autocast_for, cpu_supports_bf16
 from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag, requests_for, select_items
 from gpt2lab.evals.scoring import score_fast, score_plain
 from gpt2lab.model import GPT, GPTConfig
-from gpt2lab.device import autocast_for, cpu_supports_bf16
 
 
 def default_data() -> str | None:

@@ -22,9 +22,9 @@ import contextlib
 import dataclasses
 import statistics
 
-import harness
 import torch
 
+import harness
 from gpt2lab.bench import make_train_step, recipe_configs
 from gpt2lab.device import autocast_for, set_backends
 from gpt2lab.model import GPT

@@ -32,8 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness
 import tiktoken
+
+import harness
 from gpt2lab.data import TokenLoader
 from gpt2lab.data.prepare import prepare
 from gpt2lab.tokenizer import get_tokenizer
@@ -82,8 +83,8 @@ def gpt2_step_rate() -> float:
     import torch
 
     from gpt2lab.config import MODEL_PRESETS
-    from gpt2lab.model import GPT, GPTConfig
     from gpt2lab.device import autocast_for
+    from gpt2lab.model import GPT, GPTConfig
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(**MODEL_PRESETS["gpt2"]))

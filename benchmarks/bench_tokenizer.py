@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness
 import tokenizers
+
+import harness
 from gpt2lab.tokenizer_train import format_stats, tokenizer_stats, train_tokenizer
 
 

@@ -26,11 +26,10 @@ import sys
 
 import harness
 import peers as peer_models
-
 from gpt2lab.bench import COMPILE_MODES, bench_train
 from gpt2lab.bench_table import add_compile_ratios, add_peer_ratios, format_table
-from gpt2lab.perf import measure_peaks, set_peaks
 from gpt2lab.device import DTYPES
+from gpt2lab.perf import measure_peaks, set_peaks
 
 # name -> (preset, micro-batch, seq_len, timed steps, warm-up steps eager, warm-up steps compiled)
 CASES = {

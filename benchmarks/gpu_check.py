@@ -33,7 +33,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import harness
-
 from gpt2lab.bench import bench_train
 from gpt2lab.bench_table import add_peer_ratios
 from gpt2lab.perf import measure_peaks

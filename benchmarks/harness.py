@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))  # benchmark this checkout's gpt2lab, not whichever one is installed
 
-from gpt2lab.perf import BUSY_CPU_SHARE  # noqa: E402
 from gpt2lab.bench import stderr_log as log  # noqa: E402,F401  (re-exported for the scripts)
 from gpt2lab.device import resolve_device  # noqa: E402
 from gpt2lab.perf import (  # noqa: E402,F401  (re-exported for the scripts)
+    BUSY_CPU_SHARE,  # noqa: E402
     best_time,
     describe_machine,
     machine_line,

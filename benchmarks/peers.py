@@ -24,8 +24,8 @@ import sys
 import tempfile
 import types
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

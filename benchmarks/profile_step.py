@@ -25,10 +25,10 @@ import re
 import resource
 import time
 
-import harness
-import peers as peer_models
 import torch
 
+import harness
+import peers as peer_models
 from gpt2lab.allocator import in_use as allocator_in_use
 from gpt2lab.bench import make_train_step, recipe_configs
 from gpt2lab.device import autocast_for, device_type, resolve_dtype, set_backends

@@ -68,8 +68,7 @@ from .distributed import (
     sharded_state,
 )
 from .errors import UserError, brief
-from .fileio import (check_folder_path, file_mode, file_sha256, fsync_path, replace_dir, write_atomic,
-                     write_json_atomic)
+from .fileio import check_folder_path, file_mode, file_sha256, fsync_path, replace_dir, write_atomic, write_json_atomic
 from .layout import (
     CHECKPOINTS_DIR,
     CHECKSUMS_FILE,

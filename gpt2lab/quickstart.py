@@ -7,9 +7,9 @@ prepare -> train the ``quickstart`` config (a 4-layer model, about 10 minutes on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 from .config import load_config
 from .data.prepare import MANIFEST, prepare

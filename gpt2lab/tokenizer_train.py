@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .data.sources import DOC_SPLITS, chunk_texts, expand_inputs, file_chunks
 from .errors import UserError

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .errors import UserError
 from .config import Config
+from .errors import UserError
 from .fileio import atomic_dir, check_out_dir
 from .hf import is_hub_name, load_hf, save_hf
 from .model import GPT, GPTConfig

@@ -62,7 +62,7 @@ def ckpt_cfg(data_dir, run_dir, steps: int, *extra):
                      "eval.every=-1", "eval.sample_every=-1", *extra)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wiki_articles() -> tuple:
     with open(DATA / "wikipedia-en_head.jsonl", encoding="utf-8") as f:
         return tuple(json.loads(line) for line in f)

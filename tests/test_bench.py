@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import gpt2lab
 
+from cli_helpers import gpt2lab
 from gpt2lab import perf
 from gpt2lab.bench import bench_train, run_bench
 from gpt2lab.bench_table import add_peer_ratios, format_table
-from gpt2lab.perf import measure_peaks
 from gpt2lab.config import MODEL_PRESETS
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPT
-from gpt2lab.perf import describe_machine, machine_line, time_cases, timed, warn_if_busy
+from gpt2lab.perf import describe_machine, machine_line, measure_peaks, time_cases, timed, warn_if_busy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The benchmark scripts' shared modules, imported as the scripts import them (python benchmarks/x.py

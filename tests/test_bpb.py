@@ -65,7 +65,6 @@ def test_bytes_are_the_texts_for_any_tokenizer(trained_tokenizer):
 def test_training_records_and_eval_loss_give_bpb(small_shards, tmp_path):
     """The val records of a run and `eval loss` carry bits per byte; the report and runs show them."""
     from cli_helpers import micro_cfg, quiet
-
     from gpt2lab.evals.loss import run_loss
     from gpt2lab.evals.report import eval_history
     from gpt2lab.metrics import read_metrics

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from cli_helpers import gpt2lab
 from cli_helpers import one_line_error as assert_one_line_error
-
 from gpt2lab.checkpoint import list_checkpoints, load_model
 from gpt2lab.config import config_doc
 from gpt2lab.evals.loss import eval_windows, evaluate_loss

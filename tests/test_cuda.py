@@ -17,13 +17,13 @@ import torch.distributed as dist
 
 from cli_helpers import ckpt_cfg, gpt2lab, quiet, socket_port
 from gpt2lab.config import from_dict
-from gpt2lab.distributed import DistInfo, full_state_dict, shard_model, sharded_state, load_sharded_state
+from gpt2lab.device import autocast_for, set_backends
+from gpt2lab.distributed import DistInfo, full_state_dict, load_sharded_state, shard_model, sharded_state
 from gpt2lab.evals.hellaswag import evaluate_hellaswag
 from gpt2lab.generate import Decoder, generate
 from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT
 from gpt2lab.optim import build_optimizer
-from gpt2lab.device import autocast_for, set_backends
 from gpt2lab.train import train, train_step
 
 pytestmark = pytest.mark.cuda

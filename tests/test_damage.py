@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cli_helpers import ckpt_cfg, micro_cfg, quiet
 from gpt2lab import checkpoint as ckpt
 from gpt2lab import layout
 from gpt2lab.cli import main
 from gpt2lab.errors import UserError
 from gpt2lab.train import train
-from cli_helpers import ckpt_cfg, micro_cfg, quiet
 
 
 def short_cfg(data_dir, run_dir, *extra):

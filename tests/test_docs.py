@@ -67,6 +67,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+
 from cli_helpers import DATA
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,6 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_helpers import micro_cfg, quiet
 from gpt2lab import checkpoint as ckpt
 from gpt2lab import layout
 from gpt2lab.cli import main
@@ -30,7 +31,6 @@ from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT
 from gpt2lab.optim import build_optimizer
 from gpt2lab.train import train
-from cli_helpers import micro_cfg, quiet
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -4,18 +4,18 @@ import math
 import pytest
 import torch
 
+from cli_helpers import gpt2lab, one_line_error
 from gpt2lab.checkpoint import load_model
 from gpt2lab.config import load_config
 from gpt2lab.errors import UserError
 from gpt2lab.evals.common import download
-from gpt2lab.weights import load_pretrained
 from gpt2lab.evals.hellaswag import evaluate_hellaswag, load_hellaswag, requests_for, select_items, texts
 from gpt2lab.evals.report import eval_history
 from gpt2lab.evals.scoring import Request, fit
 from gpt2lab.metrics import read_metrics
 from gpt2lab.tokenizer import get_tokenizer
 from gpt2lab.train import train
-from cli_helpers import gpt2lab, one_line_error
+from gpt2lab.weights import load_pretrained
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ from safetensors.torch import load_file, save_file
 transformers = pytest.importorskip("transformers")
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+from cli_helpers import gpt2_tokenizer_sha256, gpt2lab  # noqa: E402
 from gpt2lab.checkpoint import load_model  # noqa: E402
-from gpt2lab.layout import CHECKSUMS_FILE, CONFIG_FILE, MODEL_FILE, STATE_FILE  # noqa: E402
 from gpt2lab.errors import UserError  # noqa: E402
 from gpt2lab.generate import generate  # noqa: E402
 from gpt2lab.hf import gpt2lab_state_from_hf, hf_state_from_gpt2lab, load_hf, save_hf  # noqa: E402
-from gpt2lab.weights import export_hf, import_hf  # noqa: E402
+from gpt2lab.layout import CHECKSUMS_FILE, CONFIG_FILE, MODEL_FILE, STATE_FILE  # noqa: E402
 from gpt2lab.model import GPT, GPTConfig  # noqa: E402
 from gpt2lab.tokenizer import get_tokenizer  # noqa: E402
-from cli_helpers import gpt2_tokenizer_sha256, gpt2lab  # noqa: E402
+from gpt2lab.weights import export_hf, import_hf  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)  # GPT-2's vocabulary, so the tokenizer applies
 
@@ -313,10 +313,11 @@ def test_cli_hub_name_unreachable_is_one_line_error(tmp_path):
 
 def test_exported_own_tokenizer_encodes_identically(trained_tokenizer, tmp_path, monkeypatch):
     """convert to-hf of a model with a trained tokenizer: AutoTokenizer loads it offline and encodes as gpt2lab does."""
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
-    from gpt2lab.tokenizer import load_tokenizer
     from cli_helpers import held_out_texts
+    from gpt2lab.tokenizer import load_tokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ours = load_tokenizer(trained_tokenizer)

@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 
+from cli_helpers import gpt2lab, one_line_error
 from gpt2lab.checkpoint import load_model
 from gpt2lab.errors import UserError
-from gpt2lab.weights import load_pretrained
 from gpt2lab.evals.lambada import evaluate_lambada, fetch_openai, load_lambada, split_passage
 from gpt2lab.evals.scoring import Request, score_fast, score_plain
 from gpt2lab.tokenizer import get_tokenizer
-from cli_helpers import gpt2lab, one_line_error
+from gpt2lab.weights import load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +139,10 @@ def test_bad_input_and_download(tmp_path, micro_ckpt, original_txt):
 @pytest.mark.slow
 def test_training_logs_lambada_and_report(tmp_path, small_shards, original_txt):
     from gpt2lab.config import load_config
+    from gpt2lab.device import autocast_for, resolve_dtype
     from gpt2lab.evals.common import select_items
     from gpt2lab.evals.report import eval_history
     from gpt2lab.metrics import read_metrics
-    from gpt2lab.device import autocast_for, resolve_dtype
     from gpt2lab.train import train
 
     run = tmp_path / "run"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import quiet, write_wiki_jsonl
 from gpt2lab.data.prepare import prepare
 from gpt2lab.data.shards import find_shards, read_shard, write_shard
 from gpt2lab.errors import UserError
 from gpt2lab.tokenizer import EOT_TOKEN, VOCAB_SHA256, get_tokenizer
-from cli_helpers import quiet, write_wiki_jsonl
 
 
 def stream(out_dir, split):

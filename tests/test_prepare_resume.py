@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from cli_helpers import quiet, write_wiki_jsonl
 from gpt2lab.data.prepare import WORK_DIR, prepare
 from gpt2lab.data.shards import read_shard
 from gpt2lab.errors import UserError
-from cli_helpers import quiet, write_wiki_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tiktoken
 
+from cli_helpers import quiet, wiki_rows, write_wiki_jsonl
 from gpt2lab.data import TokenLoader
 from gpt2lab.data.prepare import VAL_BLOCK, prepare, vocab_sha256
 from gpt2lab.data.shards import VERSION_U32, find_shards, read_shard
 from gpt2lab.data.sources import HubSource
 from gpt2lab.errors import UserError
 from gpt2lab.tokenizer import EOT_TOKEN, VOCAB_SHA256, get_tokenizer
-from cli_helpers import quiet, wiki_rows, write_wiki_jsonl
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

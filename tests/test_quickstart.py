@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpt2lab.quickstart import asset
 from cli_helpers import gpt2lab
+from gpt2lab.quickstart import asset
 
 REPO = Path(__file__).resolve().parent.parent
 

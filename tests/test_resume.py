@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_helpers import ckpt_cfg, quiet
 from gpt2lab import checkpoint as ckpt
 from gpt2lab import layout
+from gpt2lab.distributed import DistInfo
 from gpt2lab.errors import UserError
 from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT, GPTConfig
-from gpt2lab.distributed import DistInfo
 from gpt2lab.train import Trainer, train
-from cli_helpers import ckpt_cfg, quiet
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_STEPS = 12

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-from cli_helpers import micro_cfg, one_line_error, quiet
 
+from cli_helpers import micro_cfg, one_line_error, quiet
 from gpt2lab import checkpoint as ckpt
 from gpt2lab import sizes
 from gpt2lab.errors import UserError

@@ -13,9 +13,9 @@ import hashlib
 
 import pytest
 import torch
-from cli_helpers import DATA, ckpt_cfg, quiet
 from safetensors.torch import load_file
 
+from cli_helpers import DATA, ckpt_cfg, quiet
 from gpt2lab.checkpoint import list_checkpoints, load_model, load_train_state, save_checkpoint
 from gpt2lab.cli import main as cli_main
 from gpt2lab.config import MODEL_PRESETS, OptimConfig, load_config

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import gpt2_tokenizer_sha256
 from gpt2lab import tokenizer as tk
 from gpt2lab.tokenizer import EOT_STRING, EOT_TOKEN, VOCAB_SHA256, VOCAB_SIZE, decode, encode, get_tokenizer, vocab_path
-from cli_helpers import gpt2_tokenizer_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def test_encoding_facts(reference):
     facts = reference["encoding"]
     assert enc.n_vocab == VOCAB_SIZE == facts["n_vocab"] == 50257
     assert enc.eot_token == EOT_TOKEN == facts["eot_token"] == 50256
-    assert EOT_STRING == facts["eot_string"]
+    assert facts["eot_string"] == EOT_STRING
     assert enc.encode(EOT_STRING, allowed_special="all") == [EOT_TOKEN]
     assert enc.decode([EOT_TOKEN]) == EOT_STRING
     assert enc._pat_str == facts["pat_str"]
@@ -81,7 +81,7 @@ def test_shipped_vocab_hash_and_shared_copy():
     shipped = Path(vocab_path()).read_bytes()
     assert hashlib.sha256(shipped).hexdigest() == VOCAB_SHA256
     # the shared copy of OpenAI's file (r50k_base.tiktoken), by its hash: byte for byte the same
-    assert VOCAB_SHA256 == gpt2_tokenizer_sha256()["gpt2.tiktoken"]
+    assert gpt2_tokenizer_sha256()["gpt2.tiktoken"] == VOCAB_SHA256
 
 
 def openai_gpt2_files(directory: Path) -> Path:
@@ -138,11 +138,12 @@ def test_damaged_vocab_is_user_error(tmp_path):
 
 # --- your own tokenizer (gpt2lab/tokenizer_train.py) -------------------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
+from cli_helpers import DATA, TOKENIZER_CORPUS, gpt2lab, held_out_texts, one_line_error  # noqa: E402
 from gpt2lab.errors import UserError  # noqa: E402
 from gpt2lab.tokenizer import META_FILE, RANKS_FILE, clean_surrogates, load_tokenizer  # noqa: E402
-from cli_helpers import DATA, TOKENIZER_CORPUS, gpt2lab, held_out_texts, one_line_error  # noqa: E402
 
 ANY_TEXT = st.text(alphabet=st.characters(blacklist_categories=()), max_size=200)  # every code point, surrogates too
 VALID_TEXT = st.text(max_size=200)  # hypothesis leaves lone surrogates out by default
@@ -394,7 +395,6 @@ def r50k_pat() -> str:
 def test_training_refuses_data_of_the_tokenizer_before_its_pattern_changed(trained_tokenizer, tmp_path):
     """Data prepared with a folder, then its pattern edited (and its record dropped): another tokenizer."""
     from cli_helpers import micro_cfg
-
     from gpt2lab.config import load_config
     from gpt2lab.data.prepare import prepare
     from gpt2lab.train import train
@@ -480,8 +480,8 @@ def test_config_vocab_follows_tokenizer(trained_tokenizer):
 
 def test_train_checks_the_data_tokenizer(trained_tokenizer, small_shards, tmp_path):
     """small_shards are GPT-2's: training them with another tokenizer is an error naming both."""
-    from gpt2lab.train import train
     from cli_helpers import micro_cfg
+    from gpt2lab.train import train
 
     cfg = micro_cfg(small_shards, tmp_path / "run", f"data.tokenizer={trained_tokenizer}")
     with pytest.raises(UserError, match=rf"tokenizer mismatch: {small_shards} was prepared with tokenizer 'gpt2' "

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from cli_helpers import micro_cfg, quiet
 from gpt2lab import checkpoint as ckpt
 from gpt2lab.config import OptimConfig, from_dict, load_config
 from gpt2lab.data.shards import write_shard
@@ -18,7 +19,6 @@ from gpt2lab.metrics import read_metrics
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.optim import build_optimizer, lr_at, param_groups
 from gpt2lab.train import TrainingDiverged, grad_accum_steps, train, train_step
-from cli_helpers import micro_cfg, quiet
 
 NO_AUTOCAST = contextlib.nullcontext()
 SMALL = GPTConfig(block_size=32, vocab_size=512, padded_vocab_size=512, n_layer=2, n_head=2, n_embd=64)

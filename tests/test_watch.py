@@ -19,13 +19,13 @@ import time
 
 import pytest
 
+from cli_helpers import DATA, micro_cfg, quiet
 from gpt2lab.errors import UserError
 from gpt2lab.fileio import file_sha256, write_json_atomic
 from gpt2lab.metrics import read_metrics
 from gpt2lab.progress import SpikeWatch
 from gpt2lab.runinfo import list_runs, run_state
 from gpt2lab.train import TrainingDiverged, train
-from cli_helpers import DATA, micro_cfg, quiet
 
 FIELDS = ("step", "tokens", "loss", "lr", "norm", "tok/s", "MFU", "mem", "ms/step", "elapsed", "ETA")
 QUIET_EVALS = ("eval.sample_every=-1",)

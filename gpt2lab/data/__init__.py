@@ -5,8 +5,8 @@ pay for importing torch.
 """
 
 from .prepare import MANIFEST, load_manifest, prepare, verify
-from .sources import HubSource
 from .shards import MAGIC, VERSION, find_shards, read_shard, write_shard
+from .sources import HubSource
 
 __all__ = [
     "MAGIC", "VERSION", "MANIFEST", "HubSource", "TokenLoader", "find_shards", "load_manifest", "prepare", "read_shard",

@@ -64,10 +64,12 @@ def main() -> None:
     manager = TaskManager(include_path=str(tmp))
     bf16 = autocast_for("cpu", torch.bfloat16)
     cases = {
-        f"hf fp32 (batch {args.hf_batch})": lambda: dict(model="hf", device="cpu", batch_size=args.hf_batch,
-                                                          model_args={"pretrained": str(tmp / "hf"), "dtype": "float32"}),
-        f"hf bf16 (batch {args.hf_batch})": lambda: dict(model="hf", device="cpu", batch_size=args.hf_batch,
-                                                          model_args={"pretrained": str(tmp / "hf"), "dtype": "bfloat16"}),
+        f"hf fp32 (batch {args.hf_batch})": lambda: dict(
+            model="hf", device="cpu", batch_size=args.hf_batch,
+            model_args={"pretrained": str(tmp / "hf"), "dtype": "float32"}),
+        f"hf bf16 (batch {args.hf_batch})": lambda: dict(
+            model="hf", device="cpu", batch_size=args.hf_batch,
+            model_args={"pretrained": str(tmp / "hf"), "dtype": "bfloat16"}),
         "gpt2lab fp32": lambda: dict(model=GPT2LabLM(model)),
         "gpt2lab bf16 autocast": lambda: dict(model=GPT2LabLM(model, autocast=bf16)),
     }
@@ -94,7 +96,8 @@ def main() -> None:
     print(f"fp32, hf backend vs gpt2lab backend: scores equal {same}; items that differ {differ}; "
           f"largest |log-likelihood difference| {ll_diff:.2e}")
     harness.write_results(args.out or harness.default_out("eval-harness"), machine, {
-        "preset": args.preset, "items": args.items, "seconds": best, "items_per_s": {k: args.items / v for k, v in best.items()},
+        "preset": args.preset, "items": args.items, "seconds": best,
+        "items_per_s": {k: args.items / v for k, v in best.items()},
         "scores": scores, "fp32_equal": same, "fp32_items_differ": differ, "fp32_max_ll_diff": ll_diff})
 
 

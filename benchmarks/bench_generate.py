@@ -44,13 +44,15 @@ PROMPT_LEN = 16
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " See the module docstring for what is measured.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " See the module docstring for what is measured.")
     p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per case; the best counts (default 3)")
     p.add_argument("--compile", action="store_true", help="also time a reused Decoder with a compiled decode step")
-    p.add_argument("--pack", choices=["auto", "on", "off"], default="auto", help="gpt2lab's packed weights (default auto)")
+    p.add_argument("--pack", choices=["auto", "on", "off"], default="auto",
+                   help="gpt2lab's packed weights (default auto)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--int8", action="store_true", help="run the int8 measurements instead of the comparison")
     p.add_argument("--int8-ckpt", default=None, help="checkpoint for --int8 (default: train a mini model briefly)")
@@ -157,7 +159,8 @@ def _train_small(workdir: Path, steps: int) -> Path:
         "train.log_every=50", "train.ckpt_every=0", "eval.every=0", "eval.sample_every=-1", "train.dtype=float32",
         "optim.warmup_steps=30",
     ])
-    print(f"training the quickstart model ({cfg.model.n_layer} x {cfg.model.n_embd}) for {steps} steps on tinyshakespeare")
+    print(f"training the quickstart model ({cfg.model.n_layer} x {cfg.model.n_embd}) for {steps} steps "
+          "on tinyshakespeare")
     summary = train(cfg, log=lambda m: print("  " + m) if "step" in m and "/" in m else None)
     return Path(summary["checkpoint"])
 

@@ -81,7 +81,8 @@ def main() -> None:
                         "seconds": sec, "all_seconds": ts, "items_per_s": len(items) / sec})
     base = results[0]["items_per_s"]
     same_dtype = {r["dtype"]: r["items_per_s"] for r in results if r["scorer"] == "plain"}
-    print(f"{'scorer':>6} {'dtype':>8} {'items':>6} {'best s':>8} {'items/s':>8} {'vs plain fp32':>13} {'vs plain same dtype':>19}")
+    print(f"{'scorer':>6} {'dtype':>8} {'items':>6} {'best s':>8} {'items/s':>8} {'vs plain fp32':>13} "
+          f"{'vs plain same dtype':>19}")
     for r in results:
         r["speedup_vs_plain_fp32"] = r["items_per_s"] / base
         r["speedup_vs_plain_same_dtype"] = r["items_per_s"] / same_dtype[r["dtype"]]

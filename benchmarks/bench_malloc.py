@@ -44,7 +44,8 @@ import harness
 
 CASES = {"quickstart": ("mini", 16, 256, 6), "tiny": ("tiny", 16, 256, 6), "gpt2": ("gpt2", 4, 1024, 3)}
 KEEP = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
-LIBS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so*", "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so*"}
+LIBS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so*",
+        "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so*"}
 
 
 def settings() -> dict[str, dict]:
@@ -81,7 +82,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=["quickstart", "tiny"])
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--only", nargs="+", default=None, metavar="SETTING", help="built-in settings to run besides default (default all)")
+    p.add_argument("--only", nargs="+", default=None, metavar="SETTING",
+                   help="built-in settings to run besides default (default all)")
     p.add_argument("--env", action="append", default=[], metavar="NAME:K=V,...", help="one more setting")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)

@@ -133,7 +133,8 @@ def main() -> None:
         res = {
             "workers": W, "input_mb": round(mb, 1), "documents": n_docs, "tokens": n_tok,
             "bare": {"seconds": round(bare, 3), "mb_per_s": round(mb / bare, 2), "tokens_per_s": round(n_bare / bare)},
-            "prepare": {"seconds": round(prep, 3), "mb_per_s": round(mb / prep, 2), "tokens_per_s": round(n_tok / prep)},
+            "prepare": {"seconds": round(prep, 3), "mb_per_s": round(mb / prep, 2),
+                        "tokens_per_s": round(n_tok / prep)},
         }
         res["ratio_prepare_over_bare"] = round((n_tok / prep) / (n_bare / bare), 3)
         print(f"input: {mb:.1f} MB, {n_docs:,} documents, {n_tok:,} tokens; {W} process(es); best of {args.rounds}")

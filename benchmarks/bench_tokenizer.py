@@ -89,7 +89,8 @@ def main() -> None:
     for t in trained:
         print(f"trained {t['vocab_size']:,}: {t['train_seconds']:.1f} s")
     doc = {"data": str(args.data), "articles": len(lines), "held_out_articles": n_held, "train_articles": n_train,
-           "train_bytes": train_file.stat().st_size, "threads": os.cpu_count(), "trained": trained, "stats": rows, **doc_extra}
+           "train_bytes": train_file.stat().st_size, "threads": os.cpu_count(), "trained": trained, "stats": rows,
+           **doc_extra}
     print(f"wrote {harness.write_results(args.out, machine, doc)}")
 
 

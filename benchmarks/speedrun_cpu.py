@@ -34,7 +34,8 @@ import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS_PER_STEP = 16 * 256
-COMMON = ["model.preset=tiny", "train.micro_batch=16", "train.seq_len=256", f"train.total_batch_tokens={TOKENS_PER_STEP}",
+COMMON = ["model.preset=tiny", "train.micro_batch=16", "train.seq_len=256",
+          f"train.total_batch_tokens={TOKENS_PER_STEP}",
           "train.device=cpu", "train.dtype=bfloat16", "train.compile=false", "train.ckpt_every=0",
           "train.keep_checkpoints=1", "eval.val_tokens=32768", "eval.val_batch=16", "eval.hellaswag_every=-1",
           "eval.sample_every=-1", "train.progress=lines", "train.log_every=1"]
@@ -50,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "$GPT2LAB_DATA/corpora/wikipedia-en.jsonl)")
     p.add_argument("--steps", type=int, default=300, help="steps of the GPT-2 recipe runs (default 300)")
     p.add_argument("--evals", type=int, default=10, help="validation evaluations per run (default 10)")
-    p.add_argument("--lrs", default="3e-4,6e-4,1.2e-3", help="GPT-2 recipe learning rates to sweep (default 3e-4,6e-4,1.2e-3: GPT-3 Small's 6e-4 and a factor 2 either side)")
+    p.add_argument("--lrs", default="3e-4,6e-4,1.2e-3",
+                   help="GPT-2 recipe learning rates to sweep (default 3e-4,6e-4,1.2e-3: GPT-3 Small's 6e-4 "
+                   "and a factor 2 either side)")
     p.add_argument("--speedrun-overrides", default="model.logit_softcap=0",
                    help="config overrides of the speedrun runs, space-separated (default: no logit soft-cap, "
                    "which doubles a step's time on a CPU; see docs/speedrun.md)")
@@ -58,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train_run(out: Path, name: str, recipe: str, steps: int, seed: int, data: Path, evals: int, extra: list[str]) -> Path:
+def train_run(out: Path, name: str, recipe: str, steps: int, seed: int, data: Path, evals: int,
+              extra: list[str]) -> Path:
     run = out / name
     if (run / "summary.json").is_file():
         harness.log(f"{name}: done before, kept")
@@ -71,7 +75,8 @@ def train_run(out: Path, name: str, recipe: str, steps: int, seed: int, data: Pa
     t = time.perf_counter()
     log = out / f"{name}.log"
     with open(log, "w") as f:
-        r = subprocess.run([sys.executable, "-m", "gpt2lab", "train", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run([sys.executable, "-m", "gpt2lab", "train", *args], cwd=ROOT, stdout=f,
+                           stderr=subprocess.STDOUT)
     if r.returncode != 0:
         raise SystemExit(f"{name} failed (exit {r.returncode}); see {log}")
     summary = {"name": name, "recipe": recipe, "steps": steps, "seed": seed, "extra": extra,
@@ -128,7 +133,8 @@ def report(out: Path, lrs: list[str]) -> dict:
            "rows": rows, "curves": runs}
     (out / "report.json").write_text(json.dumps(doc, indent=1))
     lines = [f"GPT-2 recipe: best lr {best_lr}; final validation loss {base:.4f} (mean of {len(gpt2)} seeds) after "
-             f"{base_tokens:,.0f} tokens and {base_secs:.0f} s of training steps" if base is not None else "no GPT-2 runs",
+             f"{base_tokens:,.0f} tokens and {base_secs:.0f} s of training steps"
+             if base is not None else "no GPT-2 runs",
              "", "| run | recipe | steps | seed | final val loss | s/step | tokens to reach GPT-2's final | "
              "seconds to reach it | fewer tokens | less time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -266,7 +266,8 @@ def full_state_dict(model: torch.nn.Module) -> dict:
 
 
 def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Model and optimizer state keyed by parameter name, each rank holding its shards, for ``torch.distributed.checkpoint``."""
+    """Model and optimizer state keyed by parameter name, each rank holding its shards, for
+    ``torch.distributed.checkpoint``."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)

@@ -87,7 +87,8 @@ def gpt2lab_config_from_hf(hf_config: Mapping | object) -> GPTConfig:
     expect("reorder_and_upcast_attn", False, lambda v: v is False, "expected false")
     expect("add_cross_attention", False, lambda v: v is False, "expected false (no cross-attention)")
     for key in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size"):
-        expect(key, None, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "expected a positive integer")
+        expect(key, None, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+               "expected a positive integer")
     n_embd, n_head = c["n_embd"], c["n_head"]
     expect("n_embd", None, lambda v: v % n_head == 0, f"not divisible by n_head={n_head}")
     expect("n_inner", None, lambda v: v is None or v == 4 * n_embd, f"expected null or 4 * n_embd = {4 * n_embd}")
@@ -298,7 +299,8 @@ def read_hf_state(directory: str | os.PathLike) -> dict:
                     raise UserError(f"{d / f} is missing (listed in {index.name})")
                 state.update(loader(d / f))
             return state
-    raise UserError(f"{d}: no model.safetensors or pytorch_model.bin (expected a directory saved with save_pretrained())")
+    raise UserError(f"{d}: no model.safetensors or pytorch_model.bin "
+                    "(expected a directory saved with save_pretrained())")
 
 
 def _download(name: str) -> Path:
@@ -315,7 +317,8 @@ def _download(name: str) -> Path:
     except Exception as e:  # offline, unknown repo, gated, ...: every failure is the user's to fix
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"cannot fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {first}); "
-                        "check the name and the connection, or pass a local directory saved with save_pretrained()") from None
+                        "check the name and the connection, "
+                        "or pass a local directory saved with save_pretrained()") from None
     return path
 
 
@@ -436,7 +439,8 @@ def _fast_tokenizer_json(tok: Tokenizer, vocab: dict[str, int], merges: list[tup
                           "rstrip": False, "normalized": False, "special": True}],
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": onig_pattern(tok.enc._pat_str)}, "behavior": "Isolated", "invert": False},
+            {"type": "Split", "pattern": {"Regex": onig_pattern(tok.enc._pat_str)}, "behavior": "Isolated",
+             "invert": False},
             byte_level]},
         "post_processor": byte_level, "decoder": byte_level,
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,

@@ -15,6 +15,7 @@ size of the input is known, the ETA.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -61,10 +62,8 @@ class Status:
         self.log, self.label, self.total = log, label, total
         self._bar = None
         if live:
-            try:
+            with contextlib.suppress(ImportError):  # no tqdm: plain lines
                 self._bar = _live_bar(total, initial, f"{label} {initial:>6}/{total}" if label and total else label)
-            except ImportError:  # no tqdm: plain lines
-                pass
 
     @property
     def live(self) -> bool:

@@ -29,7 +29,8 @@ def quantize_int8(model: GPT) -> GPT:
     """An int8 dynamic-quantized copy of ``model`` for CPU inference (the model itself is unchanged)."""
     if model.transformer.wte.weight.device.type != "cpu":
         raise UserError("int8 quantization runs on CPU only: load the model with device cpu")
-    if "fbgemm" not in torch.backends.quantized.supported_engines and "x86" not in torch.backends.quantized.supported_engines:
+    if ("fbgemm" not in torch.backends.quantized.supported_engines
+            and "x86" not in torch.backends.quantized.supported_engines):
         raise UserError("this PyTorch build has no x86 int8 kernels (fbgemm); int8 is unavailable")
     q = copy.deepcopy(model).float().eval()
     with warnings.catch_warnings():  # torch.ao quantized tensors are deprecated in favour of torchao

@@ -66,7 +66,8 @@ FORMAT, FORMAT_VERSION = "gpt2lab-tokenizer", 1
 # Named pre-tokenisation patterns (the regex that splits text into pieces before BPE).
 PATTERNS = {
     "gpt2": r50k_pat_str,
-    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
+              r"""\s*[\r\n]|\s+(?!\S)|\s""",
 }
 
 

@@ -205,6 +205,7 @@ def format_stats(rows: list[dict]) -> str:
     base = rows[0]["bytes_per_token"]
     lines = [f"{'tokenizer':<40} {'vocab':>8} {'tokens':>12} {'bytes/token':>11} {'vs first':>9} {'tokens/s':>12}"]
     for r in rows:
-        lines.append(f"{r['tokenizer'][-40:]:<40} {r['vocab_size']:>8,} {r['tokens']:>12,} {r['bytes_per_token']:>11.4f} "
+        lines.append(f"{r['tokenizer'][-40:]:<40} {r['vocab_size']:>8,} {r['tokens']:>12,} "
+                     f"{r['bytes_per_token']:>11.4f} "
                      f"{(r['bytes_per_token'] / base - 1) * 100:>+8.2f}% {r['tokens_per_s']:>12,.0f}")
     return "\n".join(lines)

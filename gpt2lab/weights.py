@@ -92,7 +92,8 @@ def model_tokenizer(source: str | os.PathLike, model_config: GPTConfig | None = 
         check_same(recorded, tok, f"model {os.fspath(source)}", "--tokenizer")
     if model_config is not None and tok.n_vocab > model_config.vocab_size:
         raise UserError(f"{os.fspath(source)}: the model has {model_config.vocab_size:,} tokens but tokenizer "
-                        f"{tok.describe()} has more: it is not this model's tokenizer; pass the model's with --tokenizer")
+                        f"{tok.describe()} has more: it is not this model's tokenizer; "
+                        "pass the model's with --tokenizer")
     return tok
 
 
@@ -117,7 +118,8 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = 
     with atomic_dir(out, overwrite) as tmp:
         cfg = Config(model=model.config)
         if tok is not None and tok.folder is not None:
-            copy_folder(tok, tmp / COPY_DIR)  # the checkpoint's copy is the one it uses (checkpoint.checkpoint_tokenizer)
+            # the checkpoint's copy is the one it uses (checkpoint.checkpoint_tokenizer)
+            copy_folder(tok, tmp / COPY_DIR)
             cfg.data.tokenizer = str(Path(out).resolve() / COPY_DIR)
         checkpoint.save_model_checkpoint(tmp, model, cfg, {"format": "gpt2lab", "source": f"transformers:{src}"})
     return Path(out)

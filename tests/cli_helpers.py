@@ -96,7 +96,7 @@ TOKENIZER_CORPUS = (DATA / "wikipedia-en_head.jsonl", DATA / "tinyshakespeare_he
 
 def held_out_texts() -> list[str]:
     """Text the small trained tokenizer never saw: LAMBADA passages and HellaSwag contexts and endings."""
-    texts = [line for line in (DATA / "lambada_test_plain_text_head.txt").read_text(encoding="utf-8").splitlines()]
+    texts = list((DATA / "lambada_test_plain_text_head.txt").read_text(encoding="utf-8").splitlines())
     for line in (DATA / "hellaswag_val_120.jsonl").read_text(encoding="utf-8").splitlines():
         item = json.loads(line)
         texts += [item["ctx"], *(" " + e for e in item["endings"])]

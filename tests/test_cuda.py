@@ -90,7 +90,8 @@ def test_compiled_step_matches_eager():
     assert cosine(grads_c, grads_e) > 0.995
 
 
-@pytest.mark.parametrize("switches", [{}, {"rotary": True, "qk_norm": True, "norm": "rmsnorm"}], ids=["gpt2", "speedrun"])
+@pytest.mark.parametrize("switches", [{}, {"rotary": True, "qk_norm": True, "norm": "rmsnorm"}],
+                         ids=["gpt2", "speedrun"])
 def test_attention_runs_on_the_flash_kernel(switches):
     """The model's attention is flash-eligible (causal, no explicit mask) in training and scoring:
     restricted to the flash backend it runs, and matches the math backend."""
@@ -165,8 +166,8 @@ def test_fsdp2_mixed_precision_on_one_device(process_group, tmp_path):
     info = DistInfo(device=DEVICE)
     for step in range(3):
         x, y = (t.to(DEVICE) for t in batch(plain, seed=step))
-        lp, _ = train_step(plain, plain, opts[0], iter([(x, y)]), accum=1, autocast=autocast_for(DEVICE, BF16), clip=1.0,
-                           info=info)
+        lp, _ = train_step(plain, plain, opts[0], iter([(x, y)]), accum=1, autocast=autocast_for(DEVICE, BF16),
+                           clip=1.0, info=info)
         ls, _ = train_step(sharded, sharded, opts[1], iter([(x, y)]), accum=1, autocast=contextlib.nullcontext(),
                            clip=1.0, info=info)
         assert abs(ls.item() - lp.item()) < 0.01 * lp.item(), (step, ls.item(), lp.item())
@@ -194,7 +195,8 @@ def test_generation_cached_and_compiled_equal_uncached():
 def test_hellaswag_on_the_device_predicts_as_cpu_fp32(small_data):
     """The packed scorer on the device, under the bf16 autocast `eval hellaswag` uses there, against the
     plain scorer on the CPU in fp32: every prediction whose fp32 margin exceeds bf16's noise agrees."""
-    items = [json.loads(line) for line in open(small_data / "hellaswag_val_120.jsonl")][:60]
+    with open(small_data / "hellaswag_val_120.jsonl") as f:
+        items = [json.loads(line) for line in f][:60]
     model = micro(seed=3)
     _, ref = evaluate_hellaswag(copy.deepcopy(model), items, "cpu", plain=True)
     _, dev = evaluate_hellaswag(model.to(DEVICE), items, DEVICE, autocast_for(DEVICE, BF16))

@@ -264,7 +264,8 @@ def rewrite_state(folder: Path, change):
     (lambda s: s["optimizer"]["param_groups"].pop(), "has 1 parameter group(s), this run's optimizer 2"),
     (lambda s: s["optimizer"]["param_groups"][0].update(lr=float("nan")), "group 0 has lr nan"),
     (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(2, 2)), "exp_avg of parameter 0 has shape (2, 2)"),
-    (lambda s: s["optimizer"]["state"][1]["exp_avg_sq"].fill_(float("inf")), "exp_avg_sq of parameter 1 holds NaN or Inf"),
+    (lambda s: s["optimizer"]["state"][1]["exp_avg_sq"].fill_(float("inf")),
+     "exp_avg_sq of parameter 1 holds NaN or Inf"),
 ])
 def test_crafted_training_state_is_refused_in_one_line(run, small_shards, change, message):
     folder = ckpt.list_checkpoints(run)[-1]
@@ -320,7 +321,8 @@ def test_a_shard_missing_from_a_prepared_folder_is_an_error(small_shards, tmp_pa
             p.unlink()
         with pytest.raises(UserError, match=rf"{gone[0]}: listed in .*manifest.json but missing"):
             train(micro_cfg(data, tmp_path / f"run-{split}", "eval.every=2"), log=quiet)
-    rc, _, err = cli(capsys, "train", "model.preset=micro", f"data.dir={tmp_path / 'val'}", f"train.run_dir={tmp_path / 'r'}")
+    rc, _, err = cli(capsys, "train", "model.preset=micro", f"data.dir={tmp_path / 'val'}",
+                     f"train.run_dir={tmp_path / 'r'}")
     assert rc != 0 and "val_000000.bin: listed in" in one_line(rc, err)
 
 
@@ -330,9 +332,11 @@ def test_a_run_dir_that_is_a_file_is_an_error_before_training(small_shards, tmp_
     (tmp_path / "file").write_text("x")
     (tmp_path / "run" / "checkpoints").parent.mkdir()
     (tmp_path / "run" / "checkpoints").write_text("x")
-    for run_dir, culprit in ((tmp_path / "file", tmp_path / "file"), (tmp_path / "run", tmp_path / "run" / "checkpoints")):
+    for run_dir, culprit in ((tmp_path / "file", tmp_path / "file"),
+                             (tmp_path / "run", tmp_path / "run" / "checkpoints")):
         rc, out, err = cli(capsys, "train", "model.preset=micro", "train.seq_len=32", "train.max_steps=2",
-                           "eval.every=-1", "eval.sample_every=-1", f"data.dir={small_shards}", f"train.run_dir={run_dir}")
+                           "eval.every=-1", "eval.sample_every=-1", f"data.dir={small_shards}",
+                           f"train.run_dir={run_dir}")
         assert f"{culprit} is a file, not a folder" in one_line(rc, err)
         assert "step" not in out
 
@@ -343,7 +347,8 @@ def test_an_output_path_through_a_file_is_an_error_before_the_work(run, small_da
     for args in (["eval", "hellaswag", run, "--data", small_data / "hellaswag_val_120.jsonl", "--limit", "2",
                   "--out", tmp_path / "results.json"],
                  ["eval", "lambada", run, "--variant", "original", "--data",
-                  small_data / "lambada_test_plain_text_head.txt", "--limit", "2", "--out", tmp_path / "results.json" / "x"],
+                  small_data / "lambada_test_plain_text_head.txt", "--limit", "2",
+                  "--out", tmp_path / "results.json" / "x"],
                  ["convert", "to-hf", run, tmp_path / "results.json" / "hf"]):
         rc, out, err = cli(capsys, *args, "--device", "cpu") if args[0] == "eval" else cli(capsys, *args)
         assert f"{tmp_path / 'results.json'} is a file, not a folder" in one_line(rc, err)

@@ -128,7 +128,8 @@ def test_fsdp_two_processes_equal_one_with_accumulation(runs):
     single, fsdp = read_metrics(paths["single"], "train"), read_metrics(paths["fsdp"], "train")
     for a, b in zip(single, fsdp, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        # step 1: 2.5e-6 apart (fp32 reduce-scatter); Adam then amplifies round-off in tiny gradients, about 2e-4 by step 6
+        # step 1: 2.5e-6 apart (fp32 reduce-scatter); Adam then amplifies round-off in tiny gradients,
+        # about 2e-4 by step 6
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5 if a["step"] == 1 else 1e-3)
     assert logs["fsdp"].count("sample: ") == 1
     # sharded checkpoint (one file per rank) beside the consolidated model file that sampling reads

@@ -61,8 +61,9 @@ def test_two_processes_match_one(setup):
     worker.write_text(WORKER)
     out = tmp / "out.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
-                        str(tmp / "run"), str(shards), str(hs), str(lam), str(out), str(SEQ), str(WINDOWS)],
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(worker), str(tmp / "run"), str(shards), str(hs), str(lam), str(out), str(SEQ),
+                        str(WINDOWS)],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     two = json.loads(out.read_text())

@@ -155,7 +155,7 @@ tensors = st.sampled_from([torch.zeros(3), torch.zeros(0, dtype=torch.uint8), to
        sub=st.sampled_from(["param_groups", "state", "epoch", "sequence", "seq_len", None]), sub_value=json_values)
 def test_training_states(state_run, key, value, sub, sub_value):
     cfg, folder, good = state_run
-    state = {k: v for k, v in good.items()}
+    state = dict(good)
     state["optimizer"] = dict(good["optimizer"])
     state["loader"] = dict(good["loader"])
     if sub in ("param_groups", "state"):

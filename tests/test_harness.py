@@ -108,7 +108,8 @@ def test_gpt2lab_backend_gives_the_hf_backends_results(exported, tmp_path):
     data = DATA / "lambada_original_test_head.jsonl"
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    local = f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+    local = (f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+             "test_split: test\n")
     write_local_task(tasks, "t_lambada", "lambada/lambada_openai.yaml", "test", data)
     (tasks / "rolling.yaml").write_text(
         f"task: t_rolling\n{local}output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{{{text}}}}'\n"

@@ -49,7 +49,8 @@ def test_fast_matches_plain_fp32(micro_ckpt, hs_items):
     plain, plain_recs = evaluate_hellaswag(model, items, plain=True)
     assert fast == plain and fast["items"] == len(items)
     for f, p in zip(fast_recs, plain_recs):
-        for style, preds in (("completion", ("pred_sum", "pred_mean")), ("lm_eval", ("pred", "pred_norm", "pred_bytes"))):
+        for style, preds in (("completion", ("pred_sum", "pred_mean")),
+                             ("lm_eval", ("pred", "pred_norm", "pred_bytes"))):
             assert max(abs(a - b) for a, b in zip(f[style]["logprob"], p[style]["logprob"])) < 1e-4
             assert all(f[style][k] == p[style][k] for k in preds), (f, p)
         assert f["completion"]["tokens"] == p["completion"]["tokens"]
@@ -93,7 +94,8 @@ def test_lm_eval_text_preparation(small_data):
     ctx, ends = texts(item, "lm_eval")
     assert ctx == "Roof shingle removal: A man is sitting on a roof. He"
     assert ends == [" is using wrap.", " starts pulling up roofing."]
-    assert texts(item, "completion") == ("A man is sitting on a roof. he", [" is using wrap.", " starts pulling up roofing."])
+    assert texts(item, "completion") == ("A man is sitting on a roof. he",
+                                         [" is using wrap.", " starts pulling up roofing."])
     official = load_hellaswag(small_data / "hellaswag_val_official_head.jsonl")
     wikihow = next(it for it in official if "[title]" in it["ctx"])
     ctx, ends = texts(wikihow, "lm_eval")
@@ -130,8 +132,8 @@ def test_cli_writes_results_consistent_with_summary(tmp_path, micro_ckpt, hs_ite
     from gpt2lab.weights import export_hf
 
     export_hf(micro_ckpt, tmp_path / "hf")
-    r = gpt2lab("eval", "hellaswag", tmp_path / "hf", "--data", data, "--out", tmp_path / "out_hf", "--dtype", "float32",
-                "--style", "completion")
+    r = gpt2lab("eval", "hellaswag", tmp_path / "hf", "--data", data, "--out", tmp_path / "out_hf",
+                "--dtype", "float32", "--style", "completion")
     assert r.returncode == 0, r.stderr
     hf_summary = json.loads((tmp_path / "out_hf" / "hellaswag_summary.json").read_text())
     assert hf_summary["completion_acc"] == summary["completion_acc"]
@@ -224,13 +226,15 @@ def test_training_logs_hellaswag_and_report(tmp_path, small_shards, hs_items):
     logged = read_metrics(run, "hellaswag")
     assert [r["step"] for r in logged] == [2, 3] and all(r["items"] == 6 for r in logged)
     saved = json.loads((run / "evals" / "step_00000003.json").read_text())
-    assert saved["step"] == 3 and saved["hellaswag"] == {k: v for k, v in logged[-1].items() if k not in ("kind", "step")}
+    assert saved["step"] == 3 and saved["hellaswag"] == {
+        k: v for k, v in logged[-1].items() if k not in ("kind", "step")}
     assert math.isclose(saved["val_loss"], read_metrics(run, "val")[-1]["val_loss"])
     # the logged numbers are those of the model saved at that step, evaluated as training does (same dtype)
     from gpt2lab.device import autocast_for, resolve_dtype
 
     model, _ = load_model(run)
-    again, _ = evaluate_hellaswag(model, select_items(hs_items[:8], 6), autocast=autocast_for("cpu", resolve_dtype("auto", "cpu")))
+    again, _ = evaluate_hellaswag(model, select_items(hs_items[:8], 6),
+                                  autocast=autocast_for("cpu", resolve_dtype("auto", "cpu")))
     assert again == saved["hellaswag"]
     rows = eval_history(run)
     assert [r["step"] for r in rows] == [2, 3] and rows[-1]["val_loss"] == saved["val_loss"]

@@ -124,7 +124,8 @@ def test_exported_dir_loads_in_transformers_with_tokenizer(tmp_path, monkeypatch
     assert (our_logits(own, x) - hf_logits(hf, x)).abs().max().item() <= 1e-5
     tok = AutoTokenizer.from_pretrained(out)
     ours = get_tokenizer()
-    for s in ["Hello, world!", "  two spaces\n\nnew lines\ttab", "naïve café — ünïcödé 你好 🤖", "I'm 123 years' old", ""]:
+    for s in ["Hello, world!", "  two spaces\n\nnew lines\ttab", "naïve café — ünïcödé 你好 🤖",
+              "I'm 123 years' old", ""]:
         ids = tok(s)["input_ids"]
         assert ids == ours.encode_ordinary(s), s
         assert tok.decode(ids) == s
@@ -132,7 +133,8 @@ def test_exported_dir_loads_in_transformers_with_tokenizer(tmp_path, monkeypatch
 
 
 def test_tokenizer_files_equal_openai_files(tmp_path):
-    """vocab.json and merges.txt hold what OpenAI's encoder.json and vocab.bpe hold (checked by the originals' sha256)."""
+    """vocab.json and merges.txt hold what OpenAI's encoder.json and vocab.bpe hold
+    (checked by the originals' sha256)."""
     from gpt2lab.hf import write_tokenizer_files
 
     write_tokenizer_files(tmp_path)
@@ -186,10 +188,12 @@ def test_pytorch_bin_sharded_and_unsafe(tiny_hf, tmp_path):
     shutil.copy(d / "config.json", s)
     full = load_file(str(d / "model.safetensors"))
     keys = sorted(full)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
     for name, ks in shards.items():
         save_file({k: full[k] for k in ks}, str(s / name), metadata={"format": "pt"})
-    (s / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: n for n, ks in shards.items() for k in ks}}))
+    (s / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: n for n, ks in shards.items() for k in ks}}))
     got = load_hf(s).state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     # a .bin that needs unpickling code is refused
@@ -332,7 +336,8 @@ def test_exported_own_tokenizer_encodes_identically(trained_tokenizer, tmp_path,
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
     x = torch.randint(0, ours.n_vocab, (2, 30))
     assert (our_logits(own, x) - hf_logits(hf, x)).abs().max().item() <= 1e-5
-    texts = held_out_texts() + ["naïve café — ünïcödé 你好 🤖", "  two spaces\n\nnew lines\ttab", "I'm 123 years' old", ""]
+    texts = held_out_texts() + ["naïve café — ünïcödé 你好 🤖", "  two spaces\n\nnew lines\ttab",
+                                "I'm 123 years' old", ""]
     for s in texts:
         ids = tok(s)["input_ids"]
         assert ids == ours.encode(s), s

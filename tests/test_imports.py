@@ -200,8 +200,8 @@ def test_walker_on_a_small_package(tmp_path):
     (pkg / "sub").mkdir(parents=True)
     files = {
         "__init__.py": "from .a import A\n",
-        "a.py": "import os\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .c import C\nelse:\n    pass\n"
-                "def f():\n    from pkg.sub import thing\nA = 1\n",
+        "a.py": "import os\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .c import C\n"
+                "else:\n    pass\ndef f():\n    from pkg.sub import thing\nA = 1\n",
         "b.py": "import pkg.sub.deep as d\nfrom . import a\n",
         "c.py": "try:\n    from .b import x\nexcept ImportError:\n    pass\n",
         "lone.py": "from pkg import A\nimport typing\nif typing.TYPE_CHECKING:\n    import pkg.c\n",

@@ -125,7 +125,8 @@ def test_full_disk_gives_one_line_and_no_partial_shard(wiki, tmp_path):
     failed = subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=small_disk)
     assert failed.returncode == 2
     err = failed.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: no space left while writing") and "Traceback" not in failed.stderr
+    assert (len(err) == 1 and err[0].startswith("error: no space left while writing")
+            and "Traceback" not in failed.stderr)
     assert not (out / "manifest.json").exists()
     assert sorted(p.name for p in out.glob("*.bin")) == ["val_000000.bin"] and not list(out.glob(".tmp-*"))
     assert len(read_shard(out / "val_000000.bin")) == 50_000

@@ -78,7 +78,8 @@ def test_all_sources_give_the_same_shards(fineweb, tmp_path):
     runs = {
         "gz": dict(inputs=[d / "docs.jsonl.gz"]),
         "zst": dict(inputs=[d / "docs.jsonl.zst"], workers=2),
-        "hub-parquet": dict(hub=HubSource("parquet", None, "train", (str(d / "000_00000.parquet"), str(d / "000_00001.parquet")))),
+        "hub-parquet": dict(hub=HubSource("parquet", None, "train",
+                                          (str(d / "000_00000.parquet"), str(d / "000_00001.parquet")))),
         "hub-json": dict(hub=HubSource("json", None, "train", (str(d / "docs.jsonl.gz"),))),
     }
     for name, kw in runs.items():

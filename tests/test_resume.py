@@ -42,9 +42,8 @@ def cli_args(data_dir, run_dir, *extra):
 
 
 def gpt2lab(args, log: Path, cwd: Path) -> subprocess.Popen:
-    f = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", *args], stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
-    f.close()
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", *args], stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
     return proc
 
 

@@ -53,7 +53,8 @@ def test_shards_get_the_mode_of_any_new_file(tmp_path, umask):
         (tmp_path / "plain").write_bytes(b"")
     finally:
         os.umask(old)
-    assert oct((tmp_path / "train_000000.bin").stat().st_mode & 0o777) == oct((tmp_path / "plain").stat().st_mode & 0o777)
+    assert (oct((tmp_path / "train_000000.bin").stat().st_mode & 0o777)
+            == oct((tmp_path / "plain").stat().st_mode & 0o777))
 
 
 def test_uint32_version(tmp_path):
@@ -100,7 +101,8 @@ def test_truncated(tmp_path):
     path = tmp_path / "train_000001.bin"
     write_shard(path, np.arange(1000))
     os.truncate(path, HEADER_BYTES + 2 * 512)
-    with pytest.raises(UserError, match=r"train_000001\.bin: truncated shard: header says 1000 tokens but file holds 512"):
+    with pytest.raises(UserError,
+                       match=r"train_000001\.bin: truncated shard: header says 1000 tokens but file holds 512"):
         read_shard(path)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
 from cli_helpers import gpt2_tokenizer_sha256
 from gpt2lab import tokenizer as tk
@@ -106,7 +107,8 @@ def test_build_vocab_reproduces_shipped_file(tmp_path):
     out = tmp_path / "gpt2.tiktoken"
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
     r = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "build_vocab.py"), str(src / "encoder.json"), str(src / "vocab.bpe"), str(out)],
+        [sys.executable, str(REPO / "tools" / "build_vocab.py"), str(src / "encoder.json"), str(src / "vocab.bpe"),
+         str(out)],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert r.returncode == 0, r.stderr
@@ -139,7 +141,6 @@ def test_damaged_vocab_is_user_error(tmp_path):
 # --- your own tokenizer (gpt2lab/tokenizer_train.py) -------------------------------------------------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st
 
 from cli_helpers import DATA, TOKENIZER_CORPUS, gpt2lab, held_out_texts, one_line_error  # noqa: E402
 from gpt2lab.errors import UserError  # noqa: E402
@@ -256,7 +257,8 @@ def test_stats(own):
     from gpt2lab.tokenizer_train import tokenizer_stats
 
     rows = tokenizer_stats([DATA / "lambada_test_plain_text_head.txt"], ["gpt2", own.folder], doc_split="line")
-    texts = [t for t in (DATA / "lambada_test_plain_text_head.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
+    texts = [t for t in (DATA / "lambada_test_plain_text_head.txt").read_text(encoding="utf-8").splitlines()
+             if t.strip()]
     n_bytes = sum(len(t.encode()) for t in texts)
     for row, tok in zip(rows, (load_tokenizer("gpt2"), own)):
         n_tokens = sum(len(tok.encode(t)) for t in texts)
@@ -543,7 +545,8 @@ def test_cli_errors_and_no_tokenizers_library(trained_tokenizer, tmp_path):
                                     timeout=120, cwd=tmp_path)
     line = one_line_error(run("tokenizer", "train", *TOKENIZER_CORPUS, "--vocab-size", 300, "--out", "t"))
     assert "pip install 'gpt2lab[tokenizer]'" in line and not (tmp_path / "t").exists()
-    r = run("prepare", DATA / "tinyshakespeare_head.txt", "--tokenizer", trained_tokenizer, "--out", "d", "--workers", 1)
+    r = run("prepare", DATA / "tinyshakespeare_head.txt", "--tokenizer", trained_tokenizer, "--out", "d",
+            "--workers", 1)
     assert r.returncode == 0, r.stderr
     r = run("tokenizer", "stats", DATA / "lambada_test_plain_text_head.txt", "--tokenizer", "gpt2",
             "--tokenizer", trained_tokenizer, "--json")
@@ -553,7 +556,8 @@ def test_cli_errors_and_no_tokenizers_library(trained_tokenizer, tmp_path):
     line = one_line_error(gpt2lab("tokenizer", "train", DATA / "nope.jsonl", "--vocab-size", 1000, "--out", "t",
                                   cwd=tmp_path))
     assert "nope.jsonl not found" in line
-    line = one_line_error(gpt2lab("tokenizer", "train", *TOKENIZER_CORPUS, "--vocab-size", 100, "--out", "t", cwd=tmp_path))
+    line = one_line_error(gpt2lab("tokenizer", "train", *TOKENIZER_CORPUS, "--vocab-size", 100, "--out", "t",
+                                  cwd=tmp_path))
     assert "at least 257" in line and not (tmp_path / "t").exists()
 
 
@@ -574,7 +578,8 @@ def test_evaluations_use_the_checkpoint_tokenizer(trained_tokenizer, tmp_path):
     data = DATA / "lambada_test_plain_text_head.txt"
     summary = run_lambada(tmp_path / "run", variant="original", data=data, limit=6, device="cpu", out=tmp_path / "ev")
     assert summary["tokenizer"].endswith("tokenizer") and summary["items"] == 6
-    records = [json.loads(line) for line in (tmp_path / "ev" / "lambada_original_examples.jsonl").read_text().splitlines()]
+    records = [json.loads(line)
+               for line in (tmp_path / "ev" / "lambada_original_examples.jsonl").read_text().splitlines()]
     passages = [t for t in data.read_text(encoding="utf-8").splitlines() if t.strip()]
     picked = [passages[i * len(passages) // 6] for i in range(6)]
     assert [r["tokens"] for r in records] == [len(own.encode(split_passage(p)[1])) for p in picked]

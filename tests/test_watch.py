@@ -90,7 +90,8 @@ def test_plain_status_lines_environment_and_status(small_shards, tmp_path):
 
 def test_loss_spike_event_and_skip_nonfinite(small_shards, tmp_path):
     watch = SpikeWatch(2.0, 3)
-    assert [watch.check(x) for x in (3.0, 3.0, 3.0, 7.0, 3.1, 6.1)] == [None, None, None, 3.0, None, pytest.approx(9.1 / 3)]
+    assert ([watch.check(x) for x in (3.0, 3.0, 3.0, 7.0, 3.1, 6.1)]
+            == [None, None, None, 3.0, None, pytest.approx(9.1 / 3)])
     assert SpikeWatch(0.0, 1).check(100.0) is None  # 0 = off
 
     run = tmp_path / "spiky"  # every step over half the recent mean is a "spike": the event's path end to end
@@ -176,8 +177,8 @@ def _in_terminal(args, cwd, timeout=240) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_terminal_mode_renders_a_live_line(small_shards, tmp_path):
-    code, text = _in_terminal(["prepare", DATA / "wikipedia-en_head.jsonl", "--out", tmp_path / "data", "--workers", "1"],
-                              tmp_path)
+    code, text = _in_terminal(["prepare", DATA / "wikipedia-en_head.jsonl", "--out", tmp_path / "data",
+                               "--workers", "1"], tmp_path)
     assert code == 0, text
     assert "documents" in text and "MB/s" in text and "shards" in text and "ETA" in text  # a plain .jsonl: size known
 
@@ -200,8 +201,8 @@ def test_terminal_mode_renders_a_live_line(small_shards, tmp_path):
 def test_run_state_from_another_host(tmp_path):
     now = time.time()
     for age, expected in ((10, "running"), (600, "stopped")):
-        write_json_atomic(tmp_path / "status.json", {"state": "running", "pid": 1, "host": "not-" + socket.gethostname(),
-                                                     "updated": now - age})
+        write_json_atomic(tmp_path / "status.json", {"state": "running", "pid": 1,
+                                                     "host": "not-" + socket.gethostname(), "updated": now - age})
         assert run_state(tmp_path, now)[0] == expected
     write_json_atomic(tmp_path / "status.json", {"state": "running", "pid": 2**22 + 7, "host": socket.gethostname(),
                                                  "updated": now})
@@ -254,8 +255,9 @@ def test_plot_two_runs_and_markdown_report(small_shards, tmp_path, capsys, monke
     pytest.importorskip("matplotlib")
     from gpt2lab.plot import plot_runs
 
-    evals = ("train.max_steps=6", "eval.every=3", "eval.hellaswag_every=3", f"eval.hellaswag_data={DATA / 'hellaswag_val_120.jsonl'}",
-             "eval.hellaswag_items=8", "eval.lambada_every=3", f"eval.lambada_data={DATA / 'lambada_test_plain_text_head.txt'}",
+    evals = ("train.max_steps=6", "eval.every=3", "eval.hellaswag_every=3",
+             f"eval.hellaswag_data={DATA / 'hellaswag_val_120.jsonl'}", "eval.hellaswag_items=8",
+             "eval.lambada_every=3", f"eval.lambada_data={DATA / 'lambada_test_plain_text_head.txt'}",
              "eval.lambada_items=8", *QUIET_EVALS)
     runs = [tmp_path / "lr6e-4", tmp_path / "lr2e-3"]
     train(micro_cfg(small_shards, runs[0], *evals), log=quiet)
@@ -265,7 +267,8 @@ def test_plot_two_runs_and_markdown_report(small_shards, tmp_path, capsys, monke
     loss_ax, bpb_ax, lr_ax, hs_ax, lam_ax = fig.axes
     expected = {  # panel -> (line label suffix, metrics kind, key)
         loss_ax: [(" train", "train", "loss"), (" val", "val", "val_loss")], bpb_ax: [("", "val", "val_bpb")],
-        lr_ax: [("", "train", "lr")], hs_ax: [("", "hellaswag", "completion_acc_norm")], lam_ax: [("", "lambada", "acc")],
+        lr_ax: [("", "train", "lr")], hs_ax: [("", "hellaswag", "completion_acc_norm")],
+        lam_ax: [("", "lambada", "acc")],
     }
     for ax, series in expected.items():
         lines = {line.get_label(): line for line in ax.get_lines()}

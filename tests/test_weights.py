@@ -61,7 +61,8 @@ def test_convert_round_trip_and_refusals(sources, tmp_path):
     V = model.config.vocab_size  # Hugging Face keeps the real vocabulary only: padded rows come back as 0
     for k, v in weights.load_pretrained(back).state_dict().items():
         want = model.state_dict()[k]
-        assert torch.equal(v[:V], want[:V]) if k in ("transformer.wte.weight", "lm_head.weight") else torch.equal(v, want), k
+        assert (torch.equal(v[:V], want[:V]) if k in ("transformer.wte.weight", "lm_head.weight")
+                else torch.equal(v, want)), k
     with pytest.raises(UserError, match="already a gpt2lab checkpoint"):
         weights.import_hf(paths["checkpoint"], tmp_path / "again")
     assert not (tmp_path / "again").exists()

@@ -25,7 +25,8 @@ def build(encoder_json: str, vocab_bpe: str) -> bytes:
         vocab_bpe_hash=VOCAB_BPE_SHA256,
         encoder_json_hash=ENCODER_JSON_SHA256,
     )
-    lines = [base64.b64encode(tok) + b" " + str(rank).encode() for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
+    lines = [base64.b64encode(tok) + b" " + str(rank).encode()
+             for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
     return b"\n".join(lines) + b"\n"
 
 

@@ -14,6 +14,7 @@ A folder written by ``gpt2lab prepare`` lists its shards in ``manifest.json`` (:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -82,10 +83,8 @@ def write_shard(path, tokens, *, version: int = VERSION) -> str:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(path.parent)
     return digest.hexdigest()
@@ -251,7 +250,8 @@ def find_shards(data_dir, split: str, required: bool = True) -> list[Path]:
     manifest = load_manifest(data_dir)
     if manifest is not None:
         present = {p.name for p in found}
-        missing = sorted(s["name"] for s in manifest["shards"] if _of_split(s["name"], split) and s["name"] not in present)
+        missing = sorted(s["name"] for s in manifest["shards"]
+                         if _of_split(s["name"], split) and s["name"] not in present)
         if missing:
             raise UserError(f"{data_dir / missing[0]}: listed in {data_dir / MANIFEST} but missing ({len(missing)} "
                             f"{split!r} shard(s) in all); restore it or re-run gpt2lab prepare")

@@ -72,7 +72,8 @@ class HubSource:
 
 
 class Chunk(NamedTuple):
-    kind: str  # "bytes" (text documents), "jsonl" (raw JSON lines) or "str" (a column's values: texts, bytes, None = empty)
+    # "bytes" (text documents), "jsonl" (raw JSON lines) or "str" (a column's values: texts, bytes, None = empty)
+    kind: str
     items: list
     text_key: str
     where: str  # file name, for error messages
@@ -146,7 +147,7 @@ class _ZstdFrames(io.RawIOBase):
     where a file is cut short; this raises EOFError there, as gzip, bz2 and lzma do."""
 
     def __init__(self, path: Path, zstandard):
-        self._file = open(path, "rb")
+        self._file = open(path, "rb")  # noqa: SIM115 - kept open on the reader; close() closes it
         self._new, self._error = zstandard.ZstdDecompressor().decompressobj, zstandard.ZstdError
         self._frame = self._new()
         self._in_frame = False  # bytes of an unfinished frame were fed
@@ -272,7 +273,8 @@ def file_chunks(
                     f.close()
         except UserError:
             raise
-        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:  # damaged gzip/xz/zstd, unreadable file ...
+        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:
+            # damaged gzip/xz/zstd, unreadable file ...
             raise UserError(f"{path}: cannot read ({e}); check the file is not damaged") from None
         yield Chunk(kind, items, text_key, str(path), lines, [fi + 1, 0])  # may be empty: still a resume point
 
@@ -362,7 +364,8 @@ def chunk_texts(chunk: Chunk, counts: list) -> list[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{chunk.where}:{chunk.lines[i]}: invalid JSON ({e.msg}); fix or remove the line") from None
+                raise UserError(f"{chunk.where}:{chunk.lines[i]}: invalid JSON ({e.msg}); "
+                                "fix or remove the line") from None
             if not isinstance(obj, dict) or chunk.text_key not in obj:
                 raise UserError(f"{chunk.where}:{chunk.lines[i]}: no {chunk.text_key!r} key in the JSON object; "
                                 "set text_key to the field that holds the text")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .device import device_type, resolve_device, set_backends, synchronize
+from .device import cpu_supports_bf16, device_type, resolve_device, set_backends, synchronize
 
 
 def timed(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:
@@ -275,9 +275,13 @@ def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...]
     """bf16 and fp32 matmul peaks on one device, measured one after the other in this process: each the
     best rate over the sizes of PEAK_SIZES (or ``sizes``, for both dtypes); a known GPU's datasheet peak too."""
     device = prepare_device(device)
-    peaks: dict = {"device": device}
+    # A CPU without bf16 instructions (AVX2 only) emulates a bf16 matmul at about 1 GFLOP/s: PEAK_SIZES would
+    # take minutes there, so its (useless) bf16 rate is read off one small matmul.
+    emulated_bf16 = device_type(device) == "cpu" and not cpu_supports_bf16()
+    peaks: dict = {"device": device, "bf16_native": not emulated_bf16}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        flops, n = matmul_peak(device, dtype, sizes or PEAK_SIZES[device_type(device), dtype], repeats)
+        own = (128,) if emulated_bf16 and dtype == torch.bfloat16 else sizes or PEAK_SIZES[device_type(device), dtype]
+        flops, n = matmul_peak(device, dtype, own, repeats)
         peaks[f"peak_{name}_flops"], peaks[f"peak_{name}_n"] = flops, n
     peaks["fp32_tf32"] = device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
     known = known_bf16_peak(torch.cuda.get_device_name(device)) if device_type(device) == "cuda" else None

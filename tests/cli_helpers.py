@@ -8,7 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from gpt2lab.device import cpu_supports_bf16
+
 DATA = Path(__file__).resolve().parent / "data"  # see data/PROVENANCE.md
+# A CPU without bf16 instructions (AVX2 only, e.g. an older AMD EPYC) emulates bf16 matmuls at about
+# 1 GFLOP/s: a bf16 test that takes seconds on a GPU or an AVX-512/AMX CPU takes minutes there.
+needs_fast_bf16 = pytest.mark.skipif(not torch.cuda.is_available() and not cpu_supports_bf16(),
+                                     reason="bf16 on this CPU is emulated (no AVX-512 BF16 or AMX): minutes a test")
 
 
 def gpt2lab(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cli_helpers import ckpt_cfg, gpt2lab, quiet, socket_port
+from cli_helpers import ckpt_cfg, gpt2lab, needs_fast_bf16, quiet, socket_port
 from gpt2lab.config import from_dict
 from gpt2lab.device import autocast_for, set_backends
 from gpt2lab.distributed import DistInfo, full_state_dict, load_sharded_state, shard_model, sharded_state
@@ -62,6 +62,7 @@ def cosine(a: dict, b: dict) -> float:
     return torch.nn.functional.cosine_similarity(va, vb, dim=0).item()
 
 
+@needs_fast_bf16
 def test_bf16_step_on_the_device_matches_the_cpu_fp32_step():
     set_backends(DEVICE)
     ref, dev = micro(), micro()
@@ -77,6 +78,7 @@ def test_bf16_step_on_the_device_matches_the_cpu_fp32_step():
     assert moved < 0.05, moved  # the same AdamW step (lr 6e-4 moves each weight by at most ~lr per step)
 
 
+@needs_fast_bf16
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile's own code
 def test_compiled_step_matches_eager():
     set_backends(DEVICE)
@@ -120,6 +122,7 @@ def restore_determinism():
     torch.use_deterministic_algorithms(before)
 
 
+@needs_fast_bf16
 def test_checkpoint_resume_on_the_device_is_exact(small_shards, tmp_path, restore_determinism):
     """6 steps straight against 3, a checkpoint, and 3 more after --resume, on the device in bf16
     with deterministic kernels: the same losses and the same final weights, bit for bit."""
@@ -152,6 +155,7 @@ def process_group():
         dist.destroy_process_group()
 
 
+@needs_fast_bf16
 def test_fsdp2_mixed_precision_on_one_device(process_group, tmp_path):
     """FSDP2 (fully_shard per block, bf16 mixed precision, fp32 reductions and master weights) on one
     device trains like bf16 autocast without it, and its sharded checkpoint loads back exactly."""
@@ -192,6 +196,7 @@ def test_generation_cached_and_compiled_equal_uncached():
     torch._dynamo.reset()
 
 
+@needs_fast_bf16
 def test_hellaswag_on_the_device_predicts_as_cpu_fp32(small_data):
     """The packed scorer on the device, under the bf16 autocast `eval hellaswag` uses there, against the
     plain scorer on the CPU in fp32: every prediction whose fp32 margin exceeds bf16's noise agrees."""

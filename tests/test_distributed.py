@@ -12,6 +12,7 @@ A bug (unsynchronised gradients, a wrong batch split, a missed optimizer state) 
 by about lr = 1e-3 per step, far above both tolerances.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_helpers import socket_port
+from cli_helpers import needs_fast_bf16, socket_port
 from gpt2lab import checkpoint as ckpt
 from gpt2lab import layout
 from gpt2lab.cli import main as cli_main
@@ -58,12 +59,22 @@ def env() -> dict:
 
 def torchrun(args, log: Path, cwd: Path, nproc: int = 2, entry=("-m", "gpt2lab")) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *entry, *args]
-    with open(log, "w") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env())
+    with open(log, "w") as f:  # its own process group, so that kill_job also ends workers torchrun left behind
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env(), start_new_session=True)
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and every process of its group (a worker of a failed test must not train on)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def run_ok(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
-    assert proc.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+    try:
+        assert proc.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+    finally:
+        kill_job(proc)
     return log.read_text()
 
 
@@ -288,6 +299,7 @@ LONG = ["model.preset=micro", "train.device=cpu", "train.threads=1", "train.micr
         "train.max_steps=1000000", "optim.warmup_steps=2", "eval.every=-1", "eval.sample_every=-1"]
 
 
+@needs_fast_bf16
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
 def test_killed_rank_ends_the_job(runs, small_shards, tmp_path):
@@ -308,9 +320,7 @@ def test_killed_rank_ends_the_job(runs, small_shards, tmp_path):
         rc = proc.wait(timeout=90)
         elapsed = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_job(proc)
     text = log.read_text()
     assert rc != 0, text[-3000:]
     assert elapsed < 60, f"the job took {elapsed:.0f} s to stop"
@@ -376,9 +386,7 @@ def test_sigterm_to_torchrun_checkpoints_on_every_rank(small_shards, tmp_path):
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=90)  # torchrun's own exit code and traceback on a signal are torchrun's
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_job(proc)
     text = log.read_text()
     stops = re.findall(r"stopped by SIGTERM after step (\d+): checkpoint \S+ written", text)
     assert len(stops) == 1, text[-3000:]  # rank 0 speaks for both
@@ -528,11 +536,7 @@ def test_kill_9_of_a_rank_under_max_restarts_resumes_bit_identical(runs, small_s
         os.kill(rank1[0], signal.SIGKILL)
         rc = proc.wait(timeout=240)
     finally:
-        if proc.poll() is None:
-            for pid in _children(proc.pid):
-                os.kill(pid, signal.SIGKILL)
-            proc.kill()
-            proc.wait()
+        kill_job(proc)
     text = log.read_text()
     assert rc == 0, text[-3000:]
     assert re.search(r"--resume: no checkpoint in \S+ yet: starting from step 0", text)

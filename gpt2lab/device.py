@@ -44,6 +44,11 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def emulated_bf16(dtype: torch.dtype, device: str | torch.device) -> bool:
+    """bf16 on a CPU without AVX-512 BF16 or AMX: oneDNN emulates it at about 1 GFLOP/s, 100x slower than fp32."""
+    return dtype == torch.bfloat16 and device_type(device) == "cpu" and not cpu_supports_bf16()
+
+
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """The autocast dtype for ``name`` (auto, bfloat16, float32) on ``device`` (a device or device type):
     auto is bfloat16 where the hardware runs it natively, else float32."""

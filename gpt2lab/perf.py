@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .device import cpu_supports_bf16, device_type, resolve_device, set_backends, synchronize
+from .device import device_type, emulated_bf16, resolve_device, set_backends, synchronize
 
 
 def timed(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, Any]:
@@ -187,9 +187,13 @@ def known_bf16_peak(device_name: str) -> tuple[float, str] | None:
     return None
 
 
+EMULATED_SIZES = (128,)  # bf16 on a CPU without bf16 instructions: ~1 GFLOP/s, so 2048^3 would take 20 s a repeat
+
+
 @functools.cache
 def _measured(device: str, dtype: torch.dtype) -> tuple[float, int]:
-    return matmul_peak(device, dtype, QUICK_SIZES[device_type(device)], QUICK_REPEATS)
+    sizes = EMULATED_SIZES if emulated_bf16(dtype, device) else QUICK_SIZES[device_type(device)]
+    return matmul_peak(device, dtype, sizes, QUICK_REPEATS)
 
 
 def device_peak(device: str, dtype: torch.dtype, configured_tflops: float = 0.0) -> tuple[float, str]:
@@ -277,10 +281,9 @@ def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...]
     device = prepare_device(device)
     # A CPU without bf16 instructions (AVX2 only) emulates a bf16 matmul at about 1 GFLOP/s: PEAK_SIZES would
     # take minutes there, so its (useless) bf16 rate is read off one small matmul.
-    emulated_bf16 = device_type(device) == "cpu" and not cpu_supports_bf16()
-    peaks: dict = {"device": device, "bf16_native": not emulated_bf16}
+    peaks: dict = {"device": device, "bf16_native": not emulated_bf16(torch.bfloat16, device)}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        own = (128,) if emulated_bf16 and dtype == torch.bfloat16 else sizes or PEAK_SIZES[device_type(device), dtype]
+        own = EMULATED_SIZES if emulated_bf16(dtype, device) else sizes or PEAK_SIZES[device_type(device), dtype]
         flops, n = matmul_peak(device, dtype, own, repeats)
         peaks[f"peak_{name}_flops"], peaks[f"peak_{name}_n"] = flops, n
     peaks["fp32_tf32"] = device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)

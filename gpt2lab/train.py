@@ -31,7 +31,7 @@ from .checkpoint import Checkpointer, DamagedCheckpoint, list_checkpoints, load_
 from .config import Config, load_config, validate
 from .data.loader import TokenLoader, seq_len_at, split_rows
 from .data.prepare import check_data_tokenizer
-from .device import autocast_for, device_type, resolve_dtype, set_backends, synchronize
+from .device import autocast_for, device_type, emulated_bf16, resolve_dtype, set_backends, synchronize
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -278,6 +278,9 @@ class Trainer:
         )
         for note in cfg.notes:  # what loading decided: a warm-up scaled to the run, the data's tokenizer
             self.log(note)
+        if emulated_bf16(self.dtype, self.device):
+            self.log("warning: train.dtype=bfloat16 on a CPU without bf16 instructions (AVX-512 BF16 or AMX) is "
+                     "emulated, about 100x slower than fp32: set train.dtype=auto or float32")
         o = cfg.optim
         if o.warmup_steps >= t.max_steps / 2:
             self.log(f"warning: optim.warmup_steps={o.warmup_steps:,} is {o.warmup_steps / t.max_steps:.0%} of "

@@ -2,6 +2,7 @@ import contextlib
 import copy
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,3 +330,18 @@ def test_a_validation_split_shorter_than_one_window_is_an_error(tmp_path):
     assert len(eval_windows(tmp_path, "val", 49, 1000)) == 1
     with pytest.raises(UserError, match=r"'val' shards in .* fewer than seq_len \+ 1 = 51 tokens"):
         eval_windows(tmp_path, "val", 50, 1000)
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(small_shards, tmp_path):
+    """Where the CPU has no bf16 instructions a bf16 step is ~100x slower than fp32: the start says so, and
+    auto picks fp32 there (the recipes say auto)."""
+    from gpt2lab.device import cpu_supports_bf16, resolve_dtype
+
+    lines = []
+    train(micro_cfg(small_shards, tmp_path / "run", "train.dtype=bfloat16", "train.max_steps=1", "train.seq_len=16",
+                    "train.micro_batch=1"), log=lines.append)
+    warned = [x for x in lines if "emulated, about 100x slower than fp32" in x]
+    assert len(warned) == (0 if cpu_supports_bf16() else 1), lines
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+    for recipe in ("configs/gpt2-124m.yaml", "configs/speedrun.yaml"):
+        assert load_config(str(Path(__file__).resolve().parent.parent / recipe), []).train.dtype == "auto"

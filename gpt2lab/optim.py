@@ -30,6 +30,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim.adam import adam
 
 from .config import OptimConfig
+from .device import emulated_bf16
 from .errors import UserError
 
 
@@ -277,7 +278,10 @@ class MuonAdamW(torch.optim.Optimizer):
                 update = update.full_tensor()
             by_shape[tuple(p.shape)].append((p, update))
         for (rows, cols), items in by_shape.items():
-            ortho = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"], kind=group["ns"])
+            stacked = torch.stack([u for _, u in items])
+            # bf16 where it is fast; fp32 on a CPU that emulates bf16 (100x slower there)
+            ns_dtype = torch.float32 if emulated_bf16(torch.bfloat16, stacked.device) else torch.bfloat16
+            ortho = orthogonalize(stacked, group["ns_steps"], dtype=ns_dtype, kind=group["ns"])
             scale = max(1.0, rows / cols) ** 0.5
             for (p, _), o in zip(items, ortho):
                 if group["normuon"]:

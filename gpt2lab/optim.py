@@ -178,6 +178,11 @@ def ns_coefficients(kind: str, steps: int) -> list[tuple[float, float, float]]:
     return [NS_COEFFS] * steps
 
 
+def ns_dtype(device: torch.device) -> torch.dtype:
+    """Newton-Schulz's dtype: bf16 where it is fast; fp32 on a CPU that emulates bf16 (100x slower there)."""
+    return torch.float32 if emulated_bf16(torch.bfloat16, device) else torch.bfloat16
+
+
 def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16,
                   kind: str = "quintic") -> torch.Tensor:
     """An approximate ``U V^T`` of ``g = U S V^T`` for a matrix or a batch of them (..., m, n), in ``dtype``.
@@ -279,9 +284,7 @@ class MuonAdamW(torch.optim.Optimizer):
             by_shape[tuple(p.shape)].append((p, update))
         for (rows, cols), items in by_shape.items():
             stacked = torch.stack([u for _, u in items])
-            # bf16 where it is fast; fp32 on a CPU that emulates bf16 (100x slower there)
-            ns_dtype = torch.float32 if emulated_bf16(torch.bfloat16, stacked.device) else torch.bfloat16
-            ortho = orthogonalize(stacked, group["ns_steps"], dtype=ns_dtype, kind=group["ns"])
+            ortho = orthogonalize(stacked, group["ns_steps"], dtype=ns_dtype(stacked.device), kind=group["ns"])
             scale = max(1.0, rows / cols) ** 0.5
             for (p, _), o in zip(items, ortho):
                 if group["normuon"]:

@@ -26,7 +26,7 @@ from gpt2lab.generate import Decoder, generate
 from gpt2lab.hf import hf_state_from_gpt2lab, non_gpt2_features
 from gpt2lab.layout import MODEL_FILE
 from gpt2lab.model import GPT, GPTConfig, value_table
-from gpt2lab.optim import MuonAdamW, build_optimizer, lr_at, normuon, ns_coefficients, orthogonalize, set_lr
+from gpt2lab.optim import MuonAdamW, build_optimizer, lr_at, normuon, ns_coefficients, ns_dtype, orthogonalize, set_lr
 from gpt2lab.quantize import quantize_int8
 from gpt2lab.train import train
 
@@ -515,7 +515,7 @@ def test_cautious_weight_decay_decays_only_where_update_and_weight_agree():
     torch.testing.assert_close(cautious, plain - lr * wd * w * keep)
     torch.testing.assert_close(stepped(MuonAdamW, {"weight_decay": wd}), plain - lr * wd * w)  # every coordinate
     # Muon (no momentum): the update is the orthogonalised gradient
-    o = orthogonalize(grad).float()
+    o = orthogonalize(grad, dtype=ns_dtype(grad.device)).float()  # the dtype MuonAdamW picks on this device
     muon = stepped(MuonAdamW, {"weight_decay": wd, "kind": "muon"}, momentum=0.0, nesterov=False, cautious_wd=True)
     torch.testing.assert_close(muon, w - lr * wd * w * (o * w >= 0) - lr * o)
     # the adamw recipe with cautious_wd: GPT-2's two groups in a MuonAdamW; without it, torch's AdamW as it was

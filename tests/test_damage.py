@@ -116,11 +116,11 @@ def test_a_reader_takes_the_newest_when_retention_removes_the_one_it_reads(run, 
 
 @pytest.mark.slow
 def test_readers_beside_a_run_that_keeps_one_checkpoint(small_shards, tmp_path):
-    """The race itself: a real training process saving every step and keeping one checkpoint, and readers that
-    load its newest over and over meanwhile; every read succeeds."""
+    """The race itself: a real training process saving every step and keeping one checkpoint (killed after the
+    reads), and readers that load its newest over and over meanwhile; every read succeeds."""
     run = tmp_path / "run"
     args = [f"{a}" for a in ["train", "model.preset=micro", "train.device=cpu", "train.threads=1",
-                             "train.micro_batch=2", "train.seq_len=32", "train.max_steps=200", "train.ckpt_every=1",
+                             "train.micro_batch=2", "train.seq_len=32", "train.max_steps=100000", "train.ckpt_every=1",
                              "train.keep_checkpoints=1", "eval.every=-1", "eval.sample_every=-1",
                              f"data.dir={small_shards}", f"train.run_dir={run}"]]
     proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", *args], stdout=subprocess.DEVNULL,

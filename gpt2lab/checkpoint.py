@@ -43,6 +43,7 @@ import json
 import math
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -415,6 +416,7 @@ def load_checkpoint_config(ckpt: Path) -> Config:
     return from_dict(raw or {}, f" in {path}")
 
 
+RECHECK_S = 0.5  # how long a reader waits before it calls a failed newest checkpoint damaged
 READ_TRIES = 5  # a reader chasing a run that saves (and drops) checkpoints faster than it reads gives up after these
 
 
@@ -433,8 +435,11 @@ def read_newest(path: str | os.PathLike, read: Callable[[Path], T]) -> T:
             if ckpt == Path(path):  # a checkpoint folder named itself: nothing else to take
                 raise
             newest = resolve_checkpoint(path)
-            if newest == ckpt:
-                raise
+            if newest == ckpt:  # retention may be removing it before the next one is in place: look once more
+                time.sleep(RECHECK_S)
+                newest = resolve_checkpoint(path)
+                if newest == ckpt:
+                    raise
             ckpt = newest
     return read(ckpt)
 

@@ -23,7 +23,9 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +70,26 @@ def retry_while_busy(times: int, min_cpu_share: float = BUSY_CPU_SHARE):
 def data_dir() -> Path:
     """The shared data folder: $GPT2LAB_DATA, else ../shared/data next to this checkout."""
     return Path(os.environ.get("GPT2LAB_DATA", ROOT.parent / "shared" / "data"))
+
+
+def wikipedia_shards(data: str | None, out: Path) -> Path:
+    """The shared Wikipedia articles as shards with 262,144 held-out tokens: ``data`` if given, else OUT/data,
+    prepared there the first time."""
+    folder = Path(data) if data else out / "data"
+    if not (folder / "manifest.json").is_file():
+        src = data_dir() / "corpora" / "wikipedia-en.jsonl"
+        subprocess.run([sys.executable, "-m", "gpt2lab", "prepare", str(src), "--out", str(folder),
+                        "--val-tokens", "262144"], cwd=ROOT, check=True)
+    return folder
+
+
+def train_logged(args: list[str], log_file: Path) -> tuple[int, float]:
+    """``gpt2lab train ARGS`` in a subprocess from the checkout, its output in ``log_file``: (exit code, wall s)."""
+    t = time.perf_counter()
+    with open(log_file, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "gpt2lab", "train", *args], cwd=ROOT, stdout=f,
+                           stderr=subprocess.STDOUT)
+    return r.returncode, time.perf_counter() - t
 
 
 def default_out(kind: str) -> Path:

@@ -24,9 +24,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness
@@ -88,14 +86,10 @@ def run(out: Path, name: str, seed: int, steps: int, data: Path) -> dict:
     args = [*RECIPES[recipe], *COMMON, f"train.max_steps={steps}", f"train.seed={seed}", f"data.dir={data}",
             f"train.run_dir={folder}", *extra]
     harness.log(f"{folder.name}: gpt2lab train {' '.join(args)}")
-    t = time.perf_counter()
-    with open(out / f"{folder.name}.log", "w") as f:
-        r = subprocess.run([sys.executable, "-m", "gpt2lab", "train", *args], cwd=ROOT, stdout=f,
-                           stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t
-    if r.returncode != 0:
-        harness.log(f"{folder.name} failed (exit {r.returncode}); see {out / f'{folder.name}.log'}")
-        return {"name": name, "seed": seed, "failed": r.returncode}
+    code, wall = harness.train_logged(args, out / f"{folder.name}.log")
+    if code != 0:
+        harness.log(f"{folder.name} failed (exit {code}); see {out / f'{folder.name}.log'}")
+        return {"name": name, "seed": seed, "failed": code}
     from gpt2lab.metrics import read_metrics
 
     val = read_metrics(folder, "val")[-1]
@@ -145,11 +139,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         harness.start("cpu")
-        data = Path(args.data) if args.data else out / "data"
-        if not (data / "manifest.json").is_file():
-            src = harness.data_dir() / "corpora" / "wikipedia-en.jsonl"
-            subprocess.run([sys.executable, "-m", "gpt2lab", "prepare", str(src), "--out", str(data),
-                            "--val-tokens", "262144"], cwd=ROOT, check=True)
+        data = harness.wikipedia_shards(args.data, out)
         for seed in args.seeds:
             for name in args.only or configs():
                 run(out, name, seed, args.steps, data)

@@ -25,9 +25,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness
@@ -72,15 +70,11 @@ def train_run(out: Path, name: str, recipe: str, steps: int, seed: int, data: Pa
             f"train.max_steps={steps}", f"train.seed={seed}", f"eval.every={every}",
             f"optim.warmup_steps={max(1, round(WARMUP[recipe] * steps))}", *extra]
     harness.log(f"{name}: gpt2lab train {' '.join(args)}")
-    t = time.perf_counter()
     log = out / f"{name}.log"
-    with open(log, "w") as f:
-        r = subprocess.run([sys.executable, "-m", "gpt2lab", "train", *args], cwd=ROOT, stdout=f,
-                           stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        raise SystemExit(f"{name} failed (exit {r.returncode}); see {log}")
-    summary = {"name": name, "recipe": recipe, "steps": steps, "seed": seed, "extra": extra,
-               "wall_s": time.perf_counter() - t}
+    code, wall = harness.train_logged(args, log)
+    if code != 0:
+        raise SystemExit(f"{name} failed (exit {code}); see {log}")
+    summary = {"name": name, "recipe": recipe, "steps": steps, "seed": seed, "extra": extra, "wall_s": wall}
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     harness.log(f"{name}: done in {summary['wall_s']:.0f} s")
     return run
@@ -188,11 +182,7 @@ def main(argv=None) -> int:
     lrs = args.lrs.split(",")
     if not args.report:
         harness.start("cpu")
-        data = Path(args.data) if args.data else out / "data"
-        if not (data / "manifest.json").is_file():
-            src = harness.data_dir() / "corpora" / "wikipedia-en.jsonl"
-            subprocess.run([sys.executable, "-m", "gpt2lab", "prepare", str(src), "--out", str(data),
-                            "--val-tokens", "262144"], cwd=ROOT, check=True)
+        data = harness.wikipedia_shards(args.data, out)
         sr_extra = args.speedrun_overrides.split()
         third = args.steps // 3
         # the speedrun first: a bad speedrun setting shows before the long sweep

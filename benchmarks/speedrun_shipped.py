@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness
@@ -46,13 +44,9 @@ def run(out: Path, recipe: str, steps: int, seed: int, data: Path, extra: list[s
     args = [*RECIPES[recipe], f"train.max_steps={steps}", f"train.seed={seed}", f"data.dir={data}",
             f"train.run_dir={out / name}", *EVAL, *extra]
     harness.log(f"{name}: gpt2lab train {' '.join(args)}")
-    t = time.perf_counter()
-    with open(out / f"{name}.log", "w") as f:
-        r = subprocess.run([sys.executable, "-m", "gpt2lab", "train", *args], cwd=ROOT, stdout=f,
-                           stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t
-    if r.returncode != 0:
-        raise SystemExit(f"{name} failed (exit {r.returncode}); see {out / f'{name}.log'}")
+    code, wall = harness.train_logged(args, out / f"{name}.log")
+    if code != 0:
+        raise SystemExit(f"{name} failed (exit {code}); see {out / f'{name}.log'}")
     from gpt2lab.metrics import read_metrics
 
     val = read_metrics(out / name, "val")[-1]["val_loss"]
@@ -73,11 +67,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = harness.start("cpu")
-    data = Path(args.data) if args.data else out / "data"
-    if not (data / "manifest.json").is_file():
-        src = harness.data_dir() / "corpora" / "wikipedia-en.jsonl"
-        subprocess.run([sys.executable, "-m", "gpt2lab", "prepare", str(src), "--out", str(data),
-                        "--val-tokens", "262144"], cwd=ROOT, check=True)
+    data = harness.wikipedia_shards(args.data, out)
     rows = []
     for seed in args.seeds:
         rows.append(run(out, "gpt2", args.steps, seed, data, []))

@@ -113,8 +113,13 @@ def _watchdog(rank: int, timeout_s: float, on_failure: Callable[[str], None] | N
         timer.cancel()
 
 
+def _first_line(e: BaseException) -> str:
+    """An exception's first line, for a one-line error (its type where it has no text)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
 def setup_failure(e: BaseException, rank: int, timeout_s: float) -> PeerFailure:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    first = _first_line(e)
     return PeerFailure(
         f"rank {rank}: could not set up the process group with the other processes ({type(e).__name__}: {first}). "
         f"A process of the job died or hung while starting, or train.dist_timeout={timeout_s:g}s passed. The job "
@@ -133,7 +138,7 @@ def is_comm_failure(e: BaseException) -> bool:
 
 
 def peer_failure(e: BaseException, info: DistInfo, timeout_s: float) -> PeerFailure:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    first = _first_line(e)
     return PeerFailure(
         f"rank {info.rank}: lost contact with the other processes ({first}). Another rank died or hung (see its "
         f"log), or a collective waited longer than train.dist_timeout={timeout_s:g}s. The job stops; continue "

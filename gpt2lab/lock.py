@@ -95,7 +95,7 @@ class FolderLock:
         if host != socket.gethostname() and age < STALE_S:
             raise FolderBusy(self._refusal(holder, f"kept its lock alive {age:.0f} s ago"))
         if not flocked and host == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() \
-                and _pid_alive(pid):
+                and pid_alive(pid):
             raise FolderBusy(self._refusal(holder, "holds its lock"))
 
     def _refusal(self, holder: dict, how: str) -> str:
@@ -175,7 +175,8 @@ def _write_holder(fd: int, what: str) -> None:
     os.pwrite(fd, data.encode() + b"\n", 0)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -39,6 +39,7 @@ from .config import MODEL_PRESETS
 from .errors import UserError, brief
 from .fileio import file_sha256, write_json_atomic
 from .layout import CHECKPOINTS_DIR, ENV_FILE, METRICS_FILE, RUN_CONFIG, STATUS_FILE, step_of
+from .lock import pid_alive
 from .metrics import read_metrics, warn_once
 from .progress import fmt_count, fmt_time
 
@@ -249,18 +250,6 @@ def note_status(run_dir: str | os.PathLike, state: str, message: str, max_steps:
                              "max_steps": max_steps, "started": now, "updated": now, "message": message})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except OSError:
-        return False
-    return True
-
-
 # status.json's fields and what each must be (Heartbeat writes them); "state" is required.
 STATUS_CHECKS = {
     "state": (lambda v: v in ("running", "finished", "stopped"), "running, finished or stopped"),
@@ -300,7 +289,7 @@ def run_state(run_dir: str | os.PathLike, now: float | None = None) -> tuple[str
     if state != "running":
         return state, message
     if status.get("host") == socket.gethostname():
-        if "pid" in status and _pid_alive(status["pid"]):  # (os.kill of pid 0 would ask this process group)
+        if "pid" in status and pid_alive(status["pid"]):  # (os.kill of pid 0 would ask this process group)
             return "running", f"pid {status.get('pid')}"
         return "stopped", f"process {status.get('pid')} is gone (killed?)"
     age = now - status.get("updated", 0)

@@ -7,6 +7,7 @@ string is mapped to "cuda"/"cpu" once and TF32 is switched on in one place.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -37,6 +38,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
+@functools.cache  # the hardware does not change; asked on every Muon step
 def cpu_supports_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

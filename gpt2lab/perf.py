@@ -158,8 +158,15 @@ def _matmul_flops(device: str, dtype: torch.dtype, n: int, repeats: int) -> floa
     return 2.0 * n**3 / best_time(lambda: torch.matmul(a, b, out=out), repeats, device=device)
 
 
+# bf16 on a CPU without bf16 instructions runs at ~1 GFLOP/s (2048^3 would take 20 s a repeat): its useless rate
+# is read off one small matmul, whatever sizes were asked for
+EMULATED_SIZES = (128,)
+
+
 def matmul_peak(device: str, dtype: torch.dtype, sizes: tuple[int, ...], repeats: int) -> tuple[float, int]:
-    """(best FLOP/s, its size n) over n x n x n matmuls of ``sizes`` in ``dtype`` on ``device``."""
+    """(best FLOP/s, its size n) over n x n x n matmuls of ``sizes`` (EMULATED_SIZES for emulated bf16) in
+    ``dtype`` on ``device``."""
+    sizes = EMULATED_SIZES if emulated_bf16(dtype, device) else sizes
     return max((_matmul_flops(device, dtype, n, repeats), n) for n in sizes)
 
 
@@ -187,13 +194,9 @@ def known_bf16_peak(device_name: str) -> tuple[float, str] | None:
     return None
 
 
-EMULATED_SIZES = (128,)  # bf16 on a CPU without bf16 instructions: ~1 GFLOP/s, so 2048^3 would take 20 s a repeat
-
-
 @functools.cache
 def _measured(device: str, dtype: torch.dtype) -> tuple[float, int]:
-    sizes = EMULATED_SIZES if emulated_bf16(dtype, device) else QUICK_SIZES[device_type(device)]
-    return matmul_peak(device, dtype, sizes, QUICK_REPEATS)
+    return matmul_peak(device, dtype, QUICK_SIZES[device_type(device)], QUICK_REPEATS)
 
 
 def device_peak(device: str, dtype: torch.dtype, configured_tflops: float = 0.0) -> tuple[float, str]:
@@ -279,12 +282,9 @@ def measure_peaks(device: str = "auto", repeats: int = 5, sizes: tuple[int, ...]
     """bf16 and fp32 matmul peaks on one device, measured one after the other in this process: each the
     best rate over the sizes of PEAK_SIZES (or ``sizes``, for both dtypes); a known GPU's datasheet peak too."""
     device = prepare_device(device)
-    # A CPU without bf16 instructions (AVX2 only) emulates a bf16 matmul at about 1 GFLOP/s: PEAK_SIZES would
-    # take minutes there, so its (useless) bf16 rate is read off one small matmul.
     peaks: dict = {"device": device, "bf16_native": not emulated_bf16(torch.bfloat16, device)}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        own = EMULATED_SIZES if emulated_bf16(dtype, device) else sizes or PEAK_SIZES[device_type(device), dtype]
-        flops, n = matmul_peak(device, dtype, own, repeats)
+        flops, n = matmul_peak(device, dtype, sizes or PEAK_SIZES[device_type(device), dtype], repeats)
         peaks[f"peak_{name}_flops"], peaks[f"peak_{name}_n"] = flops, n
     peaks["fp32_tf32"] = device_type(device) == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
     known = known_bf16_peak(torch.cuda.get_device_name(device)) if device_type(device) == "cuda" else None

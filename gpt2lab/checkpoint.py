@@ -417,7 +417,7 @@ def load_checkpoint_config(ckpt: Path) -> Config:
 
 
 RECHECK_S = 0.5  # how long a reader waits before it calls a failed newest checkpoint damaged
-READ_TRIES = 5  # a reader chasing a run that saves (and drops) checkpoints faster than it reads gives up after these
+CHASE_S = 60.0  # how long a reader chases a run whose retention removes each checkpoint before the read ends
 
 
 def read_newest(path: str | os.PathLike, read: Callable[[Path], T]) -> T:
@@ -425,10 +425,12 @@ def read_newest(path: str | os.PathLike, read: Callable[[Path], T]) -> T:
 
     Readers take no lock: a run training beside them keeps only its newest ``keep_checkpoints``, and may remove
     the one being read. When reading a run's newest fails and it is no longer the newest (retention removed it,
-    or a newer one came), the newest is read instead; a failure of the newest itself (a damaged checkpoint)
+    or a newer one came), the newest is read instead, for up to CHASE_S seconds (a run that saves every step
+    can remove several in a row while one is read); a failure of the newest itself (a damaged checkpoint)
     is the error."""
     ckpt = resolve_checkpoint(path)
-    for _ in range(READ_TRIES - 1):
+    deadline = time.monotonic() + CHASE_S
+    while True:
         try:
             return read(ckpt)
         except (UserError, OSError):
@@ -438,10 +440,13 @@ def read_newest(path: str | os.PathLike, read: Callable[[Path], T]) -> T:
             if newest == ckpt:  # retention may be removing it before the next one is in place: look once more
                 time.sleep(RECHECK_S)
                 newest = resolve_checkpoint(path)
-                if newest == ckpt:
-                    raise
-            ckpt = newest
-    return read(ckpt)
+            if newest == ckpt:
+                raise
+            if time.monotonic() > deadline:
+                raise UserError(f"{path}: the run saved and removed its newest checkpoint faster than it could be "
+                                f"read, for {CHASE_S:.0f} s; read it when the run has stopped, or keep more "
+                                "checkpoints (train.keep_checkpoints)") from None
+        ckpt = newest
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *,

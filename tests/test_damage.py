@@ -114,6 +114,24 @@ def test_a_reader_takes_the_newest_when_retention_removes_the_one_it_reads(run, 
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000006"]
 
 
+def test_a_reader_that_never_catches_up_says_so(run, monkeypatch, capsys):
+    """A run that removes every checkpoint before the read of it ends (it saves faster than a read takes): the
+    reader chases for CHASE_S seconds, then one line that says why, not a "damaged" checkpoint."""
+    model, cfg = ckpt.load_model(run)
+    real, read = ckpt.verify_checkpoint, []
+
+    def always_late(folder, **kw):
+        read.append(Path(folder).name)
+        ckpt.save_checkpoint(run, 4 + 2 * len(read), model, cfg, {}, keep=1)
+        return real(folder, **kw)
+
+    monkeypatch.setattr(ckpt, "verify_checkpoint", always_late)
+    monkeypatch.setattr(ckpt, "CHASE_S", 0.3)
+    line = one_line(*cli(capsys, "sample", run, "--max-new-tokens", "2", "--device", "cpu")[::2])
+    assert "faster than it could be read" in line and "keep_checkpoints" in line, line
+    assert len(read) >= 2 and read[:2] == ["step_00000004", "step_00000006"], read
+
+
 @pytest.mark.slow
 def test_readers_beside_a_run_that_keeps_one_checkpoint(small_shards, tmp_path):
     """The race itself: a real training process saving every step and keeping one checkpoint (killed after the

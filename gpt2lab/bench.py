@@ -66,7 +66,8 @@ def recipe_configs(preset: str, seq_len: int, recipe: str | None) -> tuple[GPTCo
     if preset not in MODEL_PRESETS:
         raise UserError(f"--preset: unknown preset {preset!r}; choose one of: {', '.join(MODEL_PRESETS)}")
     if recipe:
-        cfg = load_config(recipe, [f"model.preset={preset}"])
+        # seq_len=0: the recipe's own length (gpt2-124m.yaml's 1024) may not fit a smaller preset; the caller's is used
+        cfg = load_config(recipe, [f"model.preset={preset}", "train.seq_len=0"])
         model_cfg, optim_cfg = cfg.model, cfg.optim
     else:
         model_cfg, optim_cfg = GPTConfig(**MODEL_PRESETS[preset]), OptimConfig()

@@ -12,7 +12,7 @@ import torch
 
 from cli_helpers import gpt2lab
 from gpt2lab import perf
-from gpt2lab.bench import bench_train, run_bench
+from gpt2lab.bench import bench_train, recipe_configs, run_bench
 from gpt2lab.bench_table import add_peer_ratios, format_table
 from gpt2lab.config import MODEL_PRESETS
 from gpt2lab.device import cpu_supports_bf16
@@ -70,6 +70,15 @@ def test_bench_train_block_size_follows_seq_len():
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 1.0)
     assert r["mfu_fp32"] == pytest.approx(r["achieved_tflops"] / 0.1)
     assert "micro" in format_table([r], PEAKS)
+
+
+@pytest.mark.parametrize("recipe", ["configs/gpt2-124m.yaml", "configs/speedrun.yaml"])
+def test_a_recipe_at_a_smaller_preset(recipe):
+    """profile_step.py --preset tiny -T 256 --recipe configs/gpt2-124m.yaml: the recipe's seq_len of 1024 does not
+    fit tiny's block of 256 and was refused; the benchmark's own length is the one timed."""
+    model_cfg, optim_cfg = recipe_configs("tiny", 256, str(REPO_ROOT / recipe))
+    assert model_cfg.n_layer == MODEL_PRESETS["tiny"]["n_layer"] and model_cfg.block_size == 256
+    assert optim_cfg.optimizer == ("muon" if "speedrun" in recipe else "adamw")
 
 
 def test_run_bench_json_lines():

@@ -19,12 +19,21 @@ Torch only, and the soft-cap of gpt2lab/ops.py (model.py imports both).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .ops import softcap
+
+# exp(x) is finite in fp32 up to x = 88.7: a sum of vocab terms, each < e^cap, is finite while cap + ln(vocab) < this
+_EXP_MAX = 80.0
+
+
+def _capped(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """``cap tanh(x / cap)`` through a sigmoid, in x's dtype (what ops.softcap does compiled)."""
+    return cap * (2.0 * torch.sigmoid(x * (2.0 / cap)) - 1.0)
 
 
 def padding_bias(vocab_size: int, padded_vocab_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -86,17 +95,24 @@ class LMCrossEntropy(torch.autograd.Function):
     ``cap`` > 0: the logits are soft-capped here, ``cap tanh(logits / cap)`` written through a
     sigmoid as :func:`~gpt2lab.ops.softcap` does, and the backward multiplies by the cap's
     derivative, recomputed from the raw logits it keeps anyway: the cap adds no pass over the
-    logits and no tensor of their size (a separate soft-cap costs two, each way)."""
+    logits and no tensor of their size (a separate soft-cap costs two, each way). The forward reads
+    the capped logits once, in one sum of exponentials (they are bounded by the cap, so logsumexp's
+    max pass is not needed): read twice, inductor stored them, a tensor of the logits' size, and the
+    capped loss took 4.6x the uncapped one (0.59 s against 0.13 s forward, one 2-core EPYC thread,
+    4096 x 50304 logits; 0.22 s now)."""
 
     @staticmethod
     def forward(ctx, logits, targets, vocab_bias, vocab: int, reduction: str, cap: float = 0.0):
         x = logits[:, :vocab].float()
-        if cap > 0:
-            x = cap * (2.0 * torch.sigmoid(x * (2.0 / cap)) - 1.0)
         keep = targets >= 0
         safe = torch.where(keep, targets, 0)
-        lse = torch.logsumexp(x, dim=-1)
         picked = x.gather(1, safe[:, None]).squeeze(1)
+        if cap > 0:  # the capped logits are read once, by one reduction: inductor keeps them in registers
+            x, picked = _capped(x, cap), _capped(picked, cap)
+        if cap > 0 and cap + math.log(vocab) < _EXP_MAX:  # |x| < cap: exp cannot overflow, no max pass needed
+            lse = torch.log(torch.exp(x).sum(dim=-1))
+        else:
+            lse = torch.logsumexp(x, dim=-1)
         per_token = torch.where(keep, lse - picked, 0.0)
         count = keep.sum()
         ctx.save_for_backward(logits, vocab_bias, lse, picked, safe, keep, count)

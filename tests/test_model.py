@@ -209,14 +209,15 @@ def test_targets_minus_one_ignored():
     torch.testing.assert_close(summed, per_token[keep.view(-1)].sum())
 
 
-@pytest.mark.parametrize("cap", [0.0, 3.0], ids=["no-cap", "softcap"])
+@pytest.mark.parametrize("cap", [0.0, 3.0, 100.0], ids=["no-cap", "softcap", "softcap-past-exp-range"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_loss_without_logits_equals_the_loss_with_them(reduction, compiled, cap):
     """return_logits=False (the training step's call) gives the same loss and gradients, padded columns
     (made to win were they counted) and ignored targets included, and no logits. Compiled, it takes
     its own path (the loss over the real columns' view, the soft-cap inside it); aot_eager traces that
-    path without inductor's code generation. A cap of 3 bends most logits, so its derivative counts."""
+    path without inductor's code generation. A cap of 3 bends most logits, so its derivative counts; with a cap of 100
+    a sum of exp(capped logits) could overflow fp32, so the loss takes logsumexp's max pass there."""
     cfg = tiny_cfg(vocab_size=100, padded_vocab_size=128, logit_softcap=cap)
     model = padded_rows_rigged_to_win(make(cfg))
     if compiled:

@@ -335,27 +335,37 @@ class ManyHands:
                 "500000", "--workers", "1"]
 
     def prepare_writers(self) -> tuple[str, bool]:
-        """The same `prepare --out X` twice, the second 0-1.5 s after the first."""
+        """The same `prepare --out X` twice, the second 0-1.5 s after the first. Whichever takes the folder's lock
+        first writes; the other must be refused in one line ("in use"), or, when the first had already ended,
+        find nothing to do. Either way the output must equal a lone run's."""
         if self._lone is None:
             lone = self.trial.root / "lone-prepare"
             subprocess.run(self._prepare(lone), check=True, capture_output=True, cwd=REPO)
             self._lone = files_of(lone)
         out = self.trial.fresh() / "out"
-        first = subprocess.Popen(self._prepare(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        first = subprocess.Popen(self._prepare(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  cwd=REPO)
         time.sleep(random.uniform(0, 1.5))
+        ended_before = first.poll() is not None
         second = subprocess.run(self._prepare(out), capture_output=True, text=True, cwd=REPO)
-        rc = first.wait()
-        why = "in use" if "is in use" in second.stderr else "after the first ended" \
-            if "already holds shards" in second.stderr else f"rc {second.returncode} {second.stderr[-200:]!r}"
-        refused = second.returncode == 2 and one_line(second.stderr)
+        first_out, first_err = first.communicate()
+        runs = {"first": (first.returncode, first_out, first_err),
+                "second": (second.returncode, second.stdout, second.stderr)}
+        in_use = [k for k, (rc, _, err) in runs.items() if rc == 2 and one_line(err) and "is in use" in err]
+        wrote = [k for k, (rc, _, _) in runs.items() if rc == 0]
+        if len(in_use) == 1 and len(wrote) == 1:
+            outcome, ok = f"{in_use[0]} refused in one line (in use)", True
+        elif ended_before and wrote == ["first", "second"] and "nothing to do" in second.stdout + second.stderr:
+            outcome, ok = "second after the first had ended: nothing to do", True
+        else:
+            outcome, ok = "not one writer: " + "; ".join(f"{k} rc {rc} {err[-160:]!r}"
+                                                          for k, (rc, _, err) in runs.items()), False
         try:
             verify(out)
             intact = files_of(out) == self._lone
         except Exception:  # noqa: BLE001 (any failure to verify is the outcome)
             intact = False
-        outcome = f"second refused in one line ({why})" if refused else f"second not refused: {why}"
-        return outcome + ("" if intact else ", OUTPUT DIFFERS"), refused and rc == 0 and intact
+        return outcome + ("" if intact else ", OUTPUT DIFFERS"), ok and intact
 
     def readers(self) -> tuple[str, bool]:
         """8 `sample`/`eval loss` calls on a run that saves every step and keeps one checkpoint."""

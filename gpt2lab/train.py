@@ -49,14 +49,14 @@ from .distributed import (
 from .errors import UserError
 from .evals.during_training import Evaluator, ValLoss, build_evaluators, due
 from .fileio import check_folder_path
-from .layout import CHECKPOINTS_DIR, LOCK_FILE, RUN_CONFIG, step_of
+from .layout import CHECKPOINTS_DIR, LOCK_FILE, RUN_CONFIG, STATUS_FILE, step_of
 from .lock import FolderBusy, FolderLock
 from .metrics import MetricsWriter, drop_history_after
 from .model import GPT
 from .optim import build_optimizer, lr_at, set_lr
 from .perf import device_name, device_peak, memory_bytes, mfu
 from .progress import Clock, SpikeWatch, TrainConsole, live_wanted
-from .runinfo import Heartbeat, environment, note_status, write_environment
+from .runinfo import Heartbeat, environment, note_status, read_status, write_environment
 from .sizes import check_fits
 from .tokenizer import check_same, load_tokenizer
 from .weights import load_pretrained, model_tokenizer
@@ -93,11 +93,16 @@ def train(cfg: Config, resume: bool = False, log: Callable[[str], None] = print)
 
 
 def nothing_to_resume(cfg: Config) -> bool:
-    """Whether ``--resume`` has nothing to do (the newest checkpoint, intact, is at train.max_steps), said at once,
-    before a model is built (a damaged one is left to train(), which sets it aside and resumes from an older one)."""
+    """Whether ``--resume`` has nothing to do (the newest checkpoint, intact, is at train.max_steps, and the run
+    finished), said at once, before a model is built. A damaged one is left to train(), which sets it aside and
+    resumes from an older one; so is a run that stopped after its last step (a rank killed during the final
+    evaluation, torchrun restarting the group): train() does what is left and marks it finished."""
     found = list_checkpoints(cfg.train.run_dir)
     step = step_of(found[-1].name) if found else 0
     if step < cfg.train.max_steps:
+        return False
+    status = read_status(Path(cfg.train.run_dir) / STATUS_FILE)
+    if status is not None and status["state"] != "finished":
         return False
     try:
         verify_checkpoint(found[-1])

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import shutil
@@ -200,6 +201,33 @@ def test_resume_continues_in_process(small_shards, run_copy):
     assert any(re.search(r"resumed from .*step_00000002", line) for line in lines)
     assert [r["step"] for r in read_metrics(run_copy, "train")] == [1, 2, 3, 4]
     assert [p.name for p in ckpt.list_checkpoints(run_copy)] == ["step_00000002", "step_00000004"]
+
+
+def test_resume_of_a_run_that_stopped_after_its_last_step_finishes_it(small_shards, run_copy, capsys):
+    """A rank killed after the last checkpoint (during the final evaluation) leaves every step done and status.json
+    "stopped"; torchrun's restart with --resume said "nothing to do" and left it stopped (tools/fault_trial.py,
+    elastic). It now finishes the run, changing nothing else; a finished run still has nothing to do."""
+    from gpt2lab.cli import main
+    from gpt2lab.runinfo import read_status
+
+    status = run_copy / layout.STATUS_FILE
+    checkpoints, records = ckpt.list_checkpoints(run_copy), read_metrics(run_copy)
+    def weights():
+        return load_file(str(ckpt.list_checkpoints(run_copy)[-1] / layout.MODEL_FILE))
+
+    before = weights()
+    note = {**read_status(status), "state": "stopped", "message": "Connection closed by peer"}
+    status.write_text(json.dumps(note))
+    args = ["train", "--resume", str(run_copy), f"data.dir={small_shards}"]
+    assert main(args) == 0
+    assert "has already done 2 steps" in capsys.readouterr().out
+    assert read_status(status)["state"] == "finished"
+    assert ckpt.list_checkpoints(run_copy) == checkpoints and read_metrics(run_copy, "train") == [
+        r for r in records if r["kind"] == "train"]
+    assert all(torch.equal(t, before[k]) for k, t in weights().items())
+    assert main(args) == 0  # finished: said at once, before a model is built
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "model " not in out, out
 
 
 @pytest.mark.parametrize("recipe", [[], ["optim.optimizer=muon"]], ids=["adamw", "muon"])

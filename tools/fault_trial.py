@@ -336,8 +336,8 @@ class ManyHands:
 
     def prepare_writers(self) -> tuple[str, bool]:
         """The same `prepare --out X` twice, the second 0-1.5 s after the first. Whichever takes the folder's lock
-        first writes; the other must be refused in one line ("in use"), or, when the first had already ended,
-        find nothing to do. Either way the output must equal a lone run's."""
+        first writes; the other must be refused in one line ("in use"), or, when the first had ended before the
+        second reached the lock, find nothing to do. Either way the output must equal a lone run's."""
         if self._lone is None:
             lone = self.trial.root / "lone-prepare"
             subprocess.run(self._prepare(lone), check=True, capture_output=True, cwd=REPO)
@@ -355,8 +355,10 @@ class ManyHands:
         wrote = [k for k, (rc, _, _) in runs.items() if rc == 0]
         if len(in_use) == 1 and len(wrote) == 1:
             outcome, ok = f"{in_use[0]} refused in one line (in use)", True
-        elif ended_before and wrote == ["first", "second"] and "nothing to do" in second.stdout + second.stderr:
-            outcome, ok = "second after the first had ended: nothing to do", True
+        elif wrote == ["first", "second"] and "nothing to do" in second.stdout + second.stderr:
+            # the second reached the lock after the first had finished and released it
+            when = "started after the first ended" if ended_before else "locked after the first ended"
+            outcome, ok = f"second {when}: nothing to do", True
         else:
             outcome, ok = "not one writer: " + "; ".join(f"{k} rc {rc} {err[-160:]!r}"
                                                           for k, (rc, _, err) in runs.items()), False
@@ -471,8 +473,14 @@ def main() -> int:
     if a.only:
         faults = [f for f in faults if f[0] in a.only.split(",")]
     rows = ["| fault | trials | outcomes | resumed bit-identical, nothing lost |", "|---|---|---|---|"]
+    failed = 0
     for _key, name, fn in faults:
-        results = [fn() for _ in range(a.trials)]
+        results = []
+        for _ in range(a.trials):
+            results.append(fn())
+            if not results[-1][1]:
+                failed += 1
+                print(f"failed: {name}, trial folder {root}/t{trial.n}: {results[-1][0]}", flush=True)
         kinds = sorted({o.split(":")[0] if "bit flipped" not in name and "writers" not in name else o
                         for o, _ in results})
         rows.append(f"| {name} | {len(results)} | {'; '.join(kinds)} | {sum(ok for _, ok in results)} of "
@@ -482,6 +490,9 @@ def main() -> int:
     print("\n" + table)
     if a.out:
         Path(a.out).write_text(table + "\n")
+    if failed:
+        print(f"\n{failed} trial(s) failed; their folders are kept for a look in {root} (t1, t2, ... in trial order)")
+        return 1
     shutil.rmtree(root, ignore_errors=True)
     return 0
 

@@ -21,6 +21,7 @@ faults by their key.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import json
 import os
@@ -335,7 +336,7 @@ class ManyHands:
                 "500000", "--workers", "1"]
 
     def prepare_writers(self) -> tuple[str, bool]:
-        """The same `prepare --out X` twice, the second 0-1.5 s after the first. Whichever takes the folder's lock
+        """The same `prepare --out X` twice, the second 0-0.8 s after the first. Whichever takes the folder's lock
         first writes; the other must be refused in one line ("in use"), or, when the first had ended before the
         second reached the lock, find nothing to do. Either way the output must equal a lone run's."""
         if self._lone is None:
@@ -345,7 +346,7 @@ class ManyHands:
         out = self.trial.fresh() / "out"
         first = subprocess.Popen(self._prepare(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  cwd=REPO)
-        time.sleep(random.uniform(0, 1.5))
+        time.sleep(random.uniform(0, 0.8))
         ended_before = first.poll() is not None
         second = subprocess.run(self._prepare(out), capture_output=True, text=True, cwd=REPO)
         first_out, first_err = first.communicate()
@@ -481,10 +482,10 @@ def main() -> int:
             if not results[-1][1]:
                 failed += 1
                 print(f"failed: {name}, trial folder {root}/t{trial.n}: {results[-1][0]}", flush=True)
-        kinds = sorted({o.split(":")[0] if "bit flipped" not in name and "writers" not in name else o
-                        for o, _ in results})
-        rows.append(f"| {name} | {len(results)} | {'; '.join(kinds)} | {sum(ok for _, ok in results)} of "
-                    f"{len(results)} |")
+        kinds = collections.Counter(o.split(":")[0] if "bit flipped" not in name and "writers" not in name else o
+                                    for o, _ in results)
+        told = "; ".join(f"{k} ({n})" for k, n in sorted(kinds.items()))
+        rows.append(f"| {name} | {len(results)} | {told} | {sum(ok for _, ok in results)} of {len(results)} |")
         print(rows[-1], flush=True)
     table = "\n".join(rows)
     print("\n" + table)

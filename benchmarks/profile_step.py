@@ -40,7 +40,8 @@ GROUPS = [
     ("grad clip", r"foreach|clip_grad"),
     ("attention", r"scaled_dot_product|flash_attention|_efficient_attention"),
     ("matmul", r"^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$|mkldnn|onednn|_mm_|mm_plus_mm"),
-    ("loss", r"log_softmax|nll_loss|cross_entropy|logsumexp"),  # logsumexp: LMCrossEntropy's kernels
+    # LMCrossEntropy's kernels: logsumexp, or (soft-capped: a plain sum of exponentials) exp and the target's gather
+    ("loss", r"log_softmax|nll_loss|cross_entropy|logsumexp|exp_gather"),
     ("layer norm", r"layer_norm"),
 ]
 

@@ -101,7 +101,8 @@ def _watchdog(rank: int, timeout_s: float, on_failure: Callable[[str], None] | N
         if on_failure is not None:
             with contextlib.suppress(Exception):
                 on_failure(message)
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"error: {message}\n")  # one write: other ranks write to the same pipe
+        sys.stderr.flush()
         os._exit(1)
 
     timer = threading.Timer(timeout_s * 1.1 + 5, give_up)

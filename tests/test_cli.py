@@ -211,3 +211,27 @@ def test_cuda_device_without_a_gpu_is_one_line(tmp_path):
         pytest.skip("this machine has a GPU")
     line = assert_one_line_error(gpt2lab("sample", tmp_path, "--device", "cuda"))
     assert "no CUDA GPU" in line and "use cpu" in line
+
+
+def test_an_error_line_is_one_write(monkeypatch, tmp_path):
+    """Under torchrun every rank writes its error to the same pipe; print's two writes (the text, then the
+    newline, each a system call with PYTHONUNBUFFERED) let another rank's line in between: 'error: ...againerror:
+    ...' in CI (tests/test_lock.py). The line and its newline now go in one write."""
+    from gpt2lab.cli import main
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, s):
+            self.writes.append(s)
+            return len(s)
+
+        def flush(self):
+            pass
+
+    err = Recorder()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["sample", str(tmp_path / "missing")]) == 2
+    assert len(err.writes) == 1 and err.writes[0].startswith("error: ") and err.writes[0].endswith("\n"), err.writes
+    assert err.writes[0].count("\n") == 1

@@ -19,7 +19,7 @@ import sys
 import typing
 
 from .argspec import Parser, call, number, options_from, param_help, summary, unimported
-from .errors import PeerFailure, UserError
+from .errors import PeerFailure, UserError, print_error
 
 STATS_TOKENIZERS = ["gpt2"]  # what `tokenizer stats` measures without --tokenizer
 
@@ -358,13 +358,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 ALLOCATOR_COMMANDS = ("train", "quickstart", "bench", "eval", "sample")
 
 
-def _error_line(message: str) -> None:
-    """``error: message`` on stderr in one write: under torchrun every rank writes to the same pipe, and print's
-    two writes (the text, then the newline; unbuffered with PYTHONUNBUFFERED) let another rank's line in between."""
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-
-
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] in ALLOCATOR_COMMANDS:  # the command line, not a caller
         from .allocator import reexec_with_allocator
@@ -379,10 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             accept_unverified(args.unverified)
         rc = args.run(args)
     except UserError as e:
-        _error_line(" ".join(str(e).split("\n")))  # one line, whatever a message quotes
+        print_error(" ".join(str(e).split("\n")))  # one line, whatever a message quotes
         return 2
     except PeerFailure as e:
-        _error_line(str(e))
+        print_error(str(e))
         sys.stdout.flush()
         # The process group is broken; normal interpreter exit could block or abort tearing it down.
         os._exit(1)
@@ -392,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (signum or signal.SIGINT)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # full disk, quota or file-size limit: the user's
-            _error_line(f"no space left while writing {e.filename or 'a file'} ({e.strerror}): free space and run the "
+            print_error(f"no space left while writing {e.filename or 'a file'} ({e.strerror}): free space and run the "
                         "same command again (files are written atomically: nothing half-written is kept, and prepare "
                         "and train --resume continue from their last complete shard or checkpoint)")
             return 2

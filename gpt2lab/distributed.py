@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from .device import device_type, resolve_device
-from .errors import PeerFailure
+from .errors import PeerFailure, print_error
 
 
 @dataclass
@@ -101,8 +100,7 @@ def _watchdog(rank: int, timeout_s: float, on_failure: Callable[[str], None] | N
         if on_failure is not None:
             with contextlib.suppress(Exception):
                 on_failure(message)
-        sys.stderr.write(f"error: {message}\n")  # one write: other ranks write to the same pipe
-        sys.stderr.flush()
+        print_error(message)
         os._exit(1)
 
     timer = threading.Timer(timeout_s * 1.1 + 5, give_up)
